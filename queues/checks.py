@@ -1,0 +1,33 @@
+"""System checks: job definitions must have unique names and known queues."""
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+from queues.constants import QueueName, rq_queue_names
+
+
+@register()
+def check_job_definitions(app_configs=None, **kwargs):
+    from queues.definitions import registry
+
+    errors = []
+    definitions = registry.all()
+    for name, first, second in registry.duplicates:
+        errors.append(Error(
+            f"Job type {name!r} is defined twice: {first.__module__}.{first.__qualname__} and "
+            f"{second.__module__}.{second.__qualname__}.", id="queues.E001",
+        ))
+    for name, definition in definitions.items():
+        if definition.queue not in QueueName.values:
+            errors.append(Error(f"Job type {name!r} names unknown queue {definition.queue!r}.", id="queues.E002"))
+        if definition.retry.max_attempts < 1:
+            errors.append(Error(f"Job type {name!r} must allow at least one attempt.", id="queues.E003"))
+    return errors
+
+
+@register()
+def check_rq_queues(app_configs=None, **kwargs):
+    missing = sorted(set(rq_queue_names()) - set(getattr(settings, "RQ_QUEUES", {})))
+    if missing:
+        return [Warning(f"RQ_QUEUES lacks {', '.join(missing)}.", id="queues.W001")]
+    return []

@@ -1,0 +1,159 @@
+"""JobDefinition: one subclass per job type (name, queue, payload serializer, timeout, retry policy).
+
+Subclasses register themselves when their module is imported; every app lists its job modules
+in `AppConfig.job_modules`, imported by `registry.load()` (lazily, never at import time of this module).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from django.apps import apps
+from rest_framework import serializers
+
+from queues.constants import QueueName
+
+
+class PermanentJobError(Exception):
+    """Raised by a job when retrying cannot help (bad input, missing or foreign resource)."""
+
+    def __init__(self, message: str, *, code: str = "permanent_error"):
+        super().__init__(message)
+        self.code = code
+
+
+class TransientJobError(Exception):
+    """Raised by a job for a failure worth retrying; `retry_after` (s) overrides the backoff."""
+
+    def __init__(self, message: str, *, code: str = "transient_error", retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its record was cancelled while it ran."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff_base: float = 2.0  # seconds before the 2nd attempt; doubles each time (2, 4, 8, ...)
+    backoff_max: float = 300.0
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after the `attempt`-th attempt (1-based) failed."""
+        return min(self.backoff_base * (2 ** (attempt - 1)), self.backoff_max)
+
+
+class EmptyPayload(serializers.Serializer):
+    pass
+
+
+class JobDefinition:
+    name: ClassVar[str] = ""
+    queue: ClassVar[str] = QueueName.DATABASE
+    payload_serializer: ClassVar[type[serializers.Serializer]] = EmptyPayload
+    timeout: ClassVar[int] = 60  # seconds a single attempt may run
+    retry: ClassVar[RetryPolicy] = RetryPolicy()
+    result_ttl: ClassVar[int | None] = None  # seconds RQ keeps its copy; None = settings.JOB_RESULT_TTL
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            registry.register(cls)
+
+    @classmethod
+    def validate(cls, payload: Any) -> dict:
+        """Validated plain data, or a DRF ValidationError naming the fields."""
+        if not isinstance(payload, dict):
+            raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
+        serializer = cls.payload_serializer(data=payload)
+        serializer.is_valid(raise_exception=True)
+        unknown = sorted(set(payload) - set(serializer.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return _plain(serializer.validated_data)
+
+    @classmethod
+    def is_permanent(cls, exc: BaseException) -> bool:
+        """Whether a failure should skip the remaining attempts. Override to classify more errors."""
+        return isinstance(exc, PermanentJobError)
+
+    def run(self, payload: dict, context: "JobContext") -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _plain(data):
+    """Validated data as JSON-able plain types (UUIDs and datetimes to strings)."""
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+class Registry:
+    def __init__(self):
+        self._definitions: dict[str, type[JobDefinition]] = {}
+        self.duplicates: list[tuple[str, type, type]] = []
+        self._loaded = False
+
+    def register(self, definition: type[JobDefinition]) -> None:
+        existing = self._definitions.get(definition.name)
+        if existing is not None and _path(existing) != _path(definition):
+            self.duplicates.append((definition.name, existing, definition))
+            return
+        self._definitions[definition.name] = definition
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        from django.conf import settings
+
+        modules = [m for config in apps.get_app_configs() for m in getattr(config, "job_modules", ())]
+        for module in modules + list(settings.EXTRA_JOB_MODULES):
+            importlib.import_module(module)
+        self._loaded = True
+
+    def get(self, name: str) -> type[JobDefinition] | None:
+        self.load()
+        return self._definitions.get(name)
+
+    def all(self) -> dict[str, type[JobDefinition]]:
+        self.load()
+        return dict(self._definitions)
+
+
+def _path(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+registry = Registry()
+
+
+@dataclass
+class JobContext:
+    """What a running job may know about itself; passed to `run()`."""
+
+    job_id: str
+    job_type: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    owner_id: int | None
+    request_id: str
+
+    def set_progress(self, progress: Any) -> None:
+        from queues.services import job_progress_set
+
+        job_progress_set(job_id=self.job_id, progress=progress)
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if staff or the owner cancelled this job while it ran."""
+        from queues.selectors import job_is_cancelled
+
+        if job_is_cancelled(job_id=self.job_id):
+            raise JobCancelled(self.job_id)

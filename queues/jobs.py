@@ -1,0 +1,19 @@
+"""Job types of the job infrastructure itself."""
+
+from queues.constants import QueueName
+from queues.definitions import JobDefinition, RetryPolicy
+
+
+class ReconcileJob(JobDefinition):
+    """Runs the reconciler from a queue (e.g. scheduled by an operator)."""
+
+    name = "queues_reconcile"
+    queue = QueueName.DATABASE
+    timeout = 120
+    retry = RetryPolicy(max_attempts=1)
+
+    def run(self, payload, context):
+        from queues.reconcile import queues_reconcile
+
+        report = queues_reconcile()
+        return {"requeued": len(report.requeued), "recovered": len(report.recovered)}

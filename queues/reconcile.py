@@ -1,0 +1,85 @@
+"""The reconciler: makes Redis agree with the ledger again.
+
+- A waiting record (queued / scheduled / retrying) that Redis no longer holds in a runnable place
+  (lost in a restart, a FLUSHALL, or a crash inside RQ's non-atomic multi-queue BLPOP) is pushed again.
+- A started record whose worker stopped beating (see queues.worker) is handed to its retry policy.
+Pushing twice is harmless: the runner starts a record only from a waiting status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils import timezone
+
+from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
+from queues.models import JobRecord
+from queues.redis import get_connection, get_rq_queue
+from queues.services import job_push, job_recover_abandoned
+from queues.worker import alive_key
+
+logger = logging.getLogger("queues.reconcile")
+
+BATCH = 5000
+
+
+@dataclass
+class ReconcileReport:
+    requeued: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+    def __str__(self):
+        return f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s)"
+
+
+def queues_reconcile(*, grace_seconds: int | None = None) -> ReconcileReport:
+    report = ReconcileReport()
+    grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
+    _recover_abandoned(report)
+    _requeue_lost(report, timezone.now() - grace)
+    if report.requeued or report.recovered:
+        logger.warning("reconcile: %s", report)
+    return report
+
+
+def _recover_abandoned(report: ReconcileReport) -> None:
+    started = list(
+        JobRecord.objects.filter(status=JobStatus.STARTED).exclude(worker_name="").values_list("id", "worker_name")[:BATCH]
+    )
+    if not started:
+        return
+    conn = get_connection()
+    names = sorted({name for _, name in started})
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(alive_key(name))
+        alive = dict(zip(names, pipe.execute()))
+    for job_id, name in started:
+        if not alive[name] and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating"):
+            report.recovered.append(str(job_id))
+
+
+def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
+    waiting = list(
+        JobRecord.objects.filter(status__in=WAITING_STATUSES, updated_at__lt=older_than).order_by("created_at")[:BATCH]
+    )
+    if not waiting:
+        return
+    conn = get_connection()
+    in_lists: set[str] = set()
+    scheduled: set[str] = set()
+    for queue in QueueName.values:
+        for priority in PRIORITY_ORDER:
+            rq_queue = get_rq_queue(queue, priority)
+            in_lists.update(i.decode() for i in conn.lrange(rq_queue.key, 0, -1))
+            scheduled.update(i.decode() for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
+            in_lists.update(rq_queue.started_job_registry.get_job_ids())
+    for job in waiting:
+        job_id = str(job.id)
+        if job_id in in_lists or job_id in scheduled:
+            continue
+        job_push(job=job)
+        report.requeued.append(job_id)

@@ -1,0 +1,47 @@
+"""The one place that builds Redis connections and RQ queues (lazily, never at import time)."""
+
+from django.conf import settings
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+
+from queues.constants import PRIORITY_ORDER, rq_queue_name
+
+_connections: dict[tuple[str, float], Redis] = {}
+
+
+def _connection(url: str, timeout: float) -> Redis:
+    key = (url, timeout)
+    conn = _connections.get(key)
+    if conn is None:
+        conn = _connections[key] = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0), health_check_interval=30
+        )
+    return conn
+
+
+def get_connection() -> Redis:
+    return _connection(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)
+
+
+def get_rq_queue(queue: str, priority: str = "normal") -> Queue:
+    return Queue(rq_queue_name(queue, priority), connection=get_connection(), default_timeout=600)
+
+
+def get_rq_queues(queue: str) -> list[Queue]:
+    return [get_rq_queue(queue, p) for p in PRIORITY_ORDER]
+
+
+def redis_ping(timeout: float = 0.5) -> bool:
+    """True when Redis answers within `timeout`; lets callers fail fast instead of hanging."""
+    try:
+        return bool(_connection(settings.REDIS_URL, timeout).ping())
+    except (RedisError, OSError):
+        return False
+
+
+def reset_connections() -> None:
+    """Forget cached connections (after a fork, or when tests point REDIS_URL elsewhere)."""
+    for conn in _connections.values():
+        conn.close()
+    _connections.clear()

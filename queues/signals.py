@@ -1,0 +1,10 @@
+"""Hooks the job system fires; metrics and others connect to them (nothing here depends on them)."""
+
+from django.dispatch import Signal
+
+# job
+job_enqueued = Signal()
+# job, wait (seconds from due time to start)
+job_started = Signal()
+# job, outcome ("completed" | "failed" | "retried" | "cancelled"), duration (seconds or None)
+job_finished = Signal()

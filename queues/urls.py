@@ -1,0 +1,9 @@
+from django.urls import path
+
+from queues import apis
+
+urlpatterns = [
+    path("jobs/<str:job_id>", apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<str:job_id>/retry", apis.JobRetryApi.as_view(), name="job-retry"),
+    path("jobs/<str:job_id>/cancel", apis.JobCancelApi.as_view(), name="job-cancel"),
+]

@@ -1,0 +1,148 @@
+"""RQ worker classes for `manage.py rqworker chat database audit`.
+
+What they add to RQ's workers:
+- each named queue is expanded into its priority lists (all `.high` lists first, then normal, then `.low`);
+- a liveness key refreshed by a thread, so the reconciler can tell within WORKER_TTL that a worker
+  died (RQ alone notices after its heartbeat TTL plus a maintenance pass of up to 10 minutes);
+- a job whose work-horse was killed, or that a cold shutdown interrupted, is handed to its retry policy;
+- Django database connections are never shared across fork() and are closed when a horse exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import threading
+
+from django.conf import settings
+from django.db import connections
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker, Worker
+
+from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+
+logger = logging.getLogger("queues.worker")
+
+ALIVE_KEY = "slimy:worker:alive:{}"
+_PR_SET_PDEATHSIG = 1
+
+
+def alive_key(worker_name: str) -> str:
+    return ALIVE_KEY.format(worker_name)
+
+
+def expand_priorities(queues: list[Queue]) -> list[Queue]:
+    """[chat, audit] → [chat.high, audit.high, chat, audit, chat.low, audit.low]; other names kept."""
+    base = []
+    for queue in queues:
+        name = base_queue_name(queue.name)
+        if name in QueueName.values:
+            if name not in base:
+                base.append(name)
+        else:
+            base.append(queue)
+    expanded = []
+    for priority in PRIORITY_ORDER:
+        for item in base:
+            if isinstance(item, str):
+                expanded.append(Queue(rq_queue_name(item, priority), connection=queues[0].connection,
+                                      serializer=queues[0].serializer))
+            elif priority == PRIORITY_ORDER[0]:
+                expanded.append(item)
+    return expanded
+
+
+class LedgerWorkerMixin:
+    def __init__(self, queues, *args, **kwargs):
+        if isinstance(queues, (Queue, str)):
+            queues = [queues]
+        queues = [q if isinstance(q, Queue) else Queue(q, connection=kwargs.get("connection")) for q in queues]
+        kwargs.setdefault("worker_ttl", max(settings.WORKER_TTL, 15))
+        super().__init__(expand_priorities(queues), *args, **kwargs)
+        self._alive_stop = threading.Event()
+        self._alive_thread = None
+
+    # --- liveness
+    def _beat(self):
+        ttl = max(settings.WORKER_TTL, 3)
+        while not self._alive_stop.is_set():
+            try:
+                self.connection.set(alive_key(self.name), "1", ex=ttl)
+            except (RedisError, OSError):
+                logger.warning("worker %s: liveness beat failed", self.name)
+            self._alive_stop.wait(ttl / 3)
+
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        self.connection.set(alive_key(self.name), "1", ex=max(settings.WORKER_TTL, 3))
+        self._alive_thread = threading.Thread(target=self._beat, name="slimy-liveness", daemon=True)
+        self._alive_thread.start()
+
+    def teardown(self):
+        self._stop_beating()
+        super().teardown()
+
+    def _stop_beating(self):
+        self._alive_stop.set()
+        try:
+            self.connection.delete(alive_key(self.name))
+        except (RedisError, OSError):
+            pass
+
+    # --- recovery of jobs whose process died
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
+                                   exc_string=exc_string, execution=execution)
+        self._recover(job.id, exc_string.strip().splitlines()[-1] if exc_string.strip() else "work-horse died")
+
+    def _recover(self, job_id: str, reason: str) -> None:
+        from queues.services import job_recover_abandoned
+
+        # The runner records every outcome it sees; a record still `started` means the process died.
+        job_recover_abandoned(job_id=job_id, reason=reason[:500])
+        self._release_db_before_fork()
+
+    def _release_db_before_fork(self):
+        pass
+
+    def request_force_stop(self, signum, frame):
+        job_id = self.get_current_job_id()
+        try:
+            super().request_force_stop(signum, frame)
+        finally:
+            if job_id:
+                self._stop_beating()
+                self._recover(job_id, "worker cold shutdown interrupted the job")
+
+
+class SlimyWorker(LedgerWorkerMixin, Worker):
+    """Forking worker: each job runs in a work-horse process (isolation, hard timeouts)."""
+
+    def fork_work_horse(self, job, queue):
+        # A connection opened in the parent must never be used by the child (and vice versa).
+        connections.close_all()
+        super().fork_work_horse(job, queue)
+
+    def setup_work_horse_signals(self):
+        super().setup_work_horse_signals()
+        self._alive_stop.set()  # the horse must not beat for its parent
+        try:
+            # If the worker itself is killed, take the horse with it so no job runs unsupervised.
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+    def perform_job(self, job, queue, execution):
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            # The horse exits with os._exit(): close sessions instead of abandoning them.
+            connections.close_all()
+
+    def _release_db_before_fork(self):
+        connections.close_all()
+
+
+class SlimySimpleWorker(LedgerWorkerMixin, SimpleWorker):
+    """In-process worker: no fork per job, several times the throughput; used by tests and benchmarks."""

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from queues import health
+
+urlpatterns = [
+    path("health/live", health.live, name="health-live"),
+    path("health/live/", health.live),
+    path("health/ready", health.ready, name="health-ready"),
+    path("health/ready/", health.ready),
+    path("admin/rq/", include("django_rq.urls")),
+    path("admin/", admin.site.urls),
+    path("api/", include("queues.urls")),
+    path("", include("django_prometheus.urls")),
+]

@@ -1,0 +1,71 @@
+import os
+
+import tests.jobs  # noqa: F401  (registers the test job types)
+
+import pytest
+from django.conf import settings
+
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_redis(redis_server):
+    """Point every Redis user (settings, django-rq, subprocesses) at the private server."""
+    from queues.constants import rq_queue_names
+    from queues.redis import reset_connections
+
+    os.environ["REDIS_URL"] = redis_server.url
+    settings.REDIS_URL = redis_server.url
+    settings.RQ_QUEUES = {
+        name: {"URL": redis_server.url, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": 5} for name in rq_queue_names()
+    }
+    reset_connections()
+    yield
+    reset_connections()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(_private_redis):
+    from queues.redis import get_connection
+
+    get_connection().flushdb()
+    yield
+
+
+@pytest.fixture
+def redis_conn():
+    from queues.redis import get_connection
+
+    return get_connection()
+
+
+@pytest.fixture
+def run_worker():
+    """Run jobs through a real RQ worker in this process until the queues are empty."""
+    from queues.constants import QueueName
+    from queues.redis import get_connection
+    from queues.worker import SlimySimpleWorker
+
+    def run(queues=None, *, with_scheduler=True, max_jobs=None):
+        worker = SlimySimpleWorker(queues or list(QueueName.values), connection=get_connection())
+        worker.work(burst=True, with_scheduler=with_scheduler, max_jobs=max_jobs, logging_level="WARNING")
+        return worker
+
+    return run
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="bob", password="pw-bob-123")

@@ -1,0 +1,112 @@
+"""Job types used only by the tests of the job infrastructure (loaded through EXTRA_JOB_MODULES)."""
+
+import os
+import time
+
+from rest_framework import serializers
+
+from queues.constants import QueueName
+from queues.definitions import JobDefinition, PermanentJobError, RetryPolicy, TransientJobError
+
+
+def _redis():
+    from queues.redis import get_connection
+
+    return get_connection()
+
+
+class EchoPayload(serializers.Serializer):
+    value = serializers.CharField(max_length=100)
+    count = serializers.IntegerField(min_value=0, max_value=10, required=False, default=1)
+
+
+class EchoJob(JobDefinition):
+    name = "test_echo"
+    queue = QueueName.DATABASE
+    payload_serializer = EchoPayload
+
+    def run(self, payload, context):
+        _redis().rpush("test:ran", f"{payload['value']}:{context.attempt}")
+        return {"echo": payload["value"] * payload["count"]}
+
+
+class TagPayload(serializers.Serializer):
+    tag = serializers.CharField()
+
+
+class RecordOrderJob(JobDefinition):
+    name = "test_record"
+    queue = QueueName.AUDIT
+    payload_serializer = TagPayload
+
+    def run(self, payload, context):
+        _redis().rpush("test:order", payload["tag"])
+        return {"tag": payload["tag"]}
+
+
+class FlakyPayload(serializers.Serializer):
+    succeed_on = serializers.IntegerField(min_value=1)
+    tag = serializers.CharField(required=False, default="flaky")
+
+
+class FlakyJob(JobDefinition):
+    """Fails with a transient error until its `succeed_on`-th attempt."""
+
+    name = "test_flaky"
+    queue = QueueName.DATABASE
+    payload_serializer = FlakyPayload
+    retry = RetryPolicy(max_attempts=3, backoff_base=1)
+
+    def run(self, payload, context):
+        _redis().rpush(f"test:attempts:{payload['tag']}", context.attempt)
+        if context.attempt < payload["succeed_on"]:
+            raise TransientJobError(f"attempt {context.attempt} failed")
+        return {"succeededOn": context.attempt}
+
+
+class PermanentFailJob(JobDefinition):
+    name = "test_permanent"
+    queue = QueueName.DATABASE
+    payload_serializer = TagPayload
+
+    def run(self, payload, context):
+        _redis().rpush("test:permanent", context.attempt)
+        raise PermanentJobError("this can never work", code="never_works")
+
+
+class SleepPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=120)
+    tag = serializers.CharField(required=False, default="sleep")
+
+
+class SleepJob(JobDefinition):
+    """Sleeps in small steps, checking for cancellation; marks its start and its end in Redis."""
+
+    name = "test_sleep"
+    queue = QueueName.CHAT
+    payload_serializer = SleepPayload
+    retry = RetryPolicy(max_attempts=3, backoff_base=1)
+    timeout = 180
+
+    def run(self, payload, context):
+        conn = _redis()
+        conn.rpush(f"test:started:{payload['tag']}", f"{os.getpid()}:{context.attempt}")
+        deadline = time.monotonic() + payload["seconds"]
+        while time.monotonic() < deadline:
+            context.check_cancelled()
+            time.sleep(0.05)
+        conn.rpush(f"test:done:{payload['tag']}", context.attempt)
+        return {"slept": payload["seconds"]}
+
+
+class CrashJob(JobDefinition):
+    """Kills its own process, as a segfault or OOM kill would."""
+
+    name = "test_crash"
+    queue = QueueName.CHAT
+    payload_serializer = TagPayload
+    retry = RetryPolicy(max_attempts=2, backoff_base=1)
+
+    def run(self, payload, context):
+        _redis().rpush(f"test:crash:{payload['tag']}", context.attempt)
+        os._exit(3)

@@ -1,0 +1,138 @@
+import time
+
+import pytest
+from rq.job import Job
+
+from queues.constants import JobStatus
+from queues.models import JobRecord
+from queues.reconcile import queues_reconcile
+from queues.services import job_cancel, job_enqueue, job_retry
+from queues.worker import alive_key
+from slimy_site.exceptions import Conflict
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _record(job):
+    return JobRecord.objects.get(pk=job.pk)
+
+
+def _drain(run_worker, until, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached"
+        run_worker()
+        time.sleep(0.2)
+
+
+def test_cancel_queued_job_removes_it_from_redis(run_worker, redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    job_cancel(job=job)
+    assert _record(job).status == JobStatus.CANCELLED
+    assert not Job.exists(str(job.pk), connection=redis_conn)
+    run_worker()
+    assert redis_conn.llen("test:ran") == 0
+
+
+def test_cancel_scheduled_job(run_worker, redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"}, delay=1)
+    job_cancel(job=job)
+    time.sleep(1.2)
+    run_worker()
+    assert _record(job).status == JobStatus.CANCELLED
+    assert redis_conn.llen("test:ran") == 0
+
+
+def test_cancel_finished_job_is_a_conflict(run_worker):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    run_worker()
+    with pytest.raises(Conflict) as err:
+        job_cancel(job=_record(job))
+    assert err.value.code == "job_not_cancellable"
+
+
+def test_cancelled_record_is_never_started_even_if_redis_still_has_it(run_worker, redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED)
+    run_worker()
+    assert redis_conn.llen("test:ran") == 0
+    assert _record(job).attempts == 0
+
+
+def test_retry_failed_job_runs_it_again_with_fresh_attempts(run_worker, redis_conn):
+    job = job_enqueue(job_type="test_permanent", payload={"tag": "r"})
+    run_worker()
+    assert _record(job).status == JobStatus.FAILED
+    job_retry(job=_record(job))
+    record = _record(job)
+    assert record.status == JobStatus.QUEUED and record.error_message == ""
+    assert record.max_attempts == 1 + 3
+    run_worker()
+    record = _record(job)
+    assert record.status == JobStatus.FAILED
+    assert record.attempts == 2
+    assert [a.number for a in record.attempt_history.all()] == [1, 2]
+
+
+def test_retry_of_a_running_or_completed_job_is_refused(run_worker):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    with pytest.raises(Conflict):
+        job_retry(job=job)
+    run_worker()
+    with pytest.raises(Conflict):
+        job_retry(job=_record(job))
+
+
+def test_reconciler_requeues_jobs_after_flushdb(run_worker, redis_conn):
+    jobs = [job_enqueue(job_type="test_echo", payload={"value": f"v{i}"}) for i in range(5)]
+    delayed = job_enqueue(job_type="test_echo", payload={"value": "delayed"}, delay=3)
+    redis_conn.flushdb()
+    run_worker()
+    assert redis_conn.llen("test:ran") == 0
+    report = queues_reconcile(grace_seconds=0)
+    assert sorted(report.requeued) == sorted(str(j.pk) for j in jobs + [delayed])
+    run_worker()
+    assert all(_record(j).status == JobStatus.COMPLETED for j in jobs)
+    assert _record(delayed).status == JobStatus.SCHEDULED
+    _drain(run_worker, lambda: _record(delayed).status == JobStatus.COMPLETED)
+
+
+def test_reconciler_leaves_jobs_redis_still_holds(run_worker):
+    job_enqueue(job_type="test_echo", payload={"value": "x"})
+    job_enqueue(job_type="test_echo", payload={"value": "y"}, delay=30)
+    assert queues_reconcile(grace_seconds=0).requeued == []
+
+
+def test_reconciler_respects_grace_period(redis_conn):
+    job_enqueue(job_type="test_echo", payload={"value": "x"})
+    redis_conn.flushdb()
+    assert queues_reconcile(grace_seconds=3600).requeued == []
+
+
+def test_reconciler_recovers_jobs_of_a_dead_worker(run_worker, redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "orphan"})
+    # The state a worker killed mid-job leaves: record started, worker no longer beating.
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=1, worker_name="gone-worker")
+    record = _record(job)
+    record.attempt_history.create(number=1, worker_name="gone-worker", started_at=record.created_at)
+    redis_conn.set(alive_key("gone-worker"), "1")
+    assert queues_reconcile(grace_seconds=0).recovered == []
+    redis_conn.delete(alive_key("gone-worker"))
+    report = queues_reconcile(grace_seconds=0)
+    assert report.recovered == [str(job.pk)]
+    record = _record(job)
+    assert record.status == JobStatus.RETRYING
+    assert record.attempt_history.get(number=1).outcome == "abandoned"
+    _drain(run_worker, lambda: _record(job).status == JobStatus.COMPLETED)
+    assert _record(job).attempts == 2
+
+
+def test_abandoned_job_without_attempts_left_fails(redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "orphan"})
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=3, worker_name="gone")
+    record = _record(job)
+    record.attempt_history.create(number=3, worker_name="gone", started_at=record.created_at)
+    queues_reconcile(grace_seconds=0)
+    record = _record(job)
+    assert record.status == JobStatus.FAILED
+    assert "stopped beating" in record.error_message
