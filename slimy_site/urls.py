@@ -10,6 +10,8 @@ urlpatterns = [
     path("health/ready/", health.ready),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
+    path("api/chat/", include("chat.urls")),
+    path("api/audit-log", include("audit.urls")),
     path("api/", include("queues.urls")),
     path("", include("django_prometheus.urls")),
 ]
