@@ -1,0 +1,12 @@
+"""One module per scenario; each defines NAME, DEFAULTS, SMOKE and run(env, **options) -> Result."""
+
+import importlib
+
+SCENARIOS = {
+    "throughput": "bench.scenarios.throughput",
+    "pickup": "bench.scenarios.pickup",
+}
+
+
+def load(name: str):
+    return importlib.import_module(SCENARIOS[name])
