@@ -1,10 +1,14 @@
 """Audit job types (queue `audit`): one JobDefinition per type; each run() calls one service."""
 
+import datetime as dt
+
 from rest_framework import serializers
 
 from audit.events import EventPayload, EventsPayload
 from queues.constants import QueueName
 from queues.definitions import JobDefinition, RetryPolicy
+
+MAX_REPORT_RANGE = dt.timedelta(days=5 * 366)
 
 
 class LogEventJob(JobDefinition):
@@ -34,3 +38,51 @@ class LogEventsBulkJob(JobDefinition):
         from audit.services import audit_events_bulk_run
 
         return audit_events_bulk_run(events=payload["events"])
+
+
+class CleanupPayload(serializers.Serializer):
+    retentionDays = serializers.IntegerField(min_value=1, required=False, help_text="Overrides AUDIT_RETENTION_DAYS.")
+    scheduled = serializers.BooleanField(required=False, default=False,
+                                         help_text="A daily run: schedules the next one when it finishes.")
+
+
+class AuditCleanupJob(JobDefinition):
+    name = "audit_cleanup"
+    queue = QueueName.AUDIT
+    payload_serializer = CleanupPayload
+    timeout = 3600
+    retry = RetryPolicy(max_attempts=3, backoff_base=60)
+
+    def run(self, payload, context):
+        from audit.retention import audit_cleanup_run
+
+        return audit_cleanup_run(retention_days=payload.get("retentionDays"), scheduled=payload["scheduled"])
+
+
+class ReportPayload(serializers.Serializer):
+    occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")
+    occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive).")
+
+    def validate(self, attrs):
+        if attrs["occurredFrom"] >= attrs["occurredTo"]:
+            raise serializers.ValidationError({"occurredTo": ["Must be after occurredFrom."]})
+        if attrs["occurredTo"] - attrs["occurredFrom"] > MAX_REPORT_RANGE:
+            raise serializers.ValidationError({"occurredTo": [f"The range may span at most {MAX_REPORT_RANGE.days} days."]})
+        return attrs
+
+
+class AuditReportJob(JobDefinition):
+    name = "audit_report"
+    queue = QueueName.AUDIT
+    payload_serializer = ReportPayload
+    timeout = 600
+    retry = RetryPolicy(max_attempts=2, backoff_base=5)
+    result_ttl = 24 * 3600
+
+    def run(self, payload, context):
+        from django.utils.dateparse import parse_datetime
+
+        from audit.reports import audit_report_build
+
+        return audit_report_build(occurred_from=parse_datetime(payload["occurredFrom"]),
+                                  occurred_to=parse_datetime(payload["occurredTo"]))
