@@ -7,6 +7,7 @@ and it records them before re-raising.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -24,7 +25,13 @@ from queues.services import job_attempt_failed, job_complete, job_start
 logger = logging.getLogger("queues.runner")
 
 
+# Set by the batch worker (queues.batchworker), which runs jobs without an RQ "current job".
+batch_worker_name: str | None = None
+
+
 def _worker_name() -> str:
+    if batch_worker_name is not None:
+        return batch_worker_name
     rq_job = get_current_job()
     return (rq_job.worker_name or "") if rq_job else "inline"
 
@@ -40,7 +47,29 @@ def execute(job_id: str):
         return _run(job)
 
 
-def _run(job: JobRecord):
+def execute_started(job: JobRecord, *, defer_complete, time_limit):
+    """Run a record the batch worker already marked started (queues.fastpath.job_start_batch).
+
+    As `execute`, except that a success is handed to `defer_complete(job, result, duration)` (the
+    worker records a batch of completions in one statement, then calls `job_completed`), the run is
+    wrapped in `time_limit(seconds)` (the hard timeout), and a failure is recorded but not re-raised.
+    Returns RQ's `Retry` when the record now waits for another attempt (the caller pushes it again).
+    """
+    with log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None):
+        return _run(job, defer_complete=defer_complete, time_limit=time_limit, reraise=False)
+
+
+def job_completed(job: JobRecord, duration: float, completed: bool) -> None:
+    """Log and signal a completion the batch worker recorded (the tail of `_run` for deferred jobs)."""
+    with log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None):
+        if completed:
+            logger.info("job completed in %.3f s", duration)
+            signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=duration)
+        else:
+            logger.info("job finished but was cancelled meanwhile; result discarded")
+
+
+def _run(job: JobRecord, *, defer_complete=None, time_limit=None, reraise=True):
     due = job.scheduled_for or job.created_at
     wait = max((job.started_at - due).total_seconds(), 0.0)
     signals.job_started.send(sender=JobRecord, job=job, wait=wait)
@@ -51,12 +80,16 @@ def _run(job: JobRecord):
     if definition is None:
         exc = PermanentJobError(f"Unknown job type {job.job_type!r}.", code="unknown_job_type")
         _failed(job, exc, permanent=True, started=started)
+        if not reraise:
+            return None
         raise exc
     try:
         payload = definition.validate(job.payload)
     except serializers.ValidationError as exc:
         error = PermanentJobError(f"Invalid payload: {exc.detail}", code="invalid_payload")
         _failed(job, error, permanent=True, started=started)
+        if not reraise:
+            return None
         raise error from exc
 
     context = JobContext(
@@ -64,7 +97,8 @@ def _run(job: JobRecord):
         max_attempts=job.max_attempts, owner_id=job.owner_id, request_id=job.request_id,
     )
     try:
-        result = definition().run(payload, context)
+        with time_limit(definition.timeout) if time_limit else contextlib.nullcontext():
+            result = definition().run(payload, context)
     except JobCancelled:
         logger.info("job cancelled while running")
         job_attempt_failed(job=job, exc=JobCancelled("cancelled"), permanent=True)
@@ -78,14 +112,15 @@ def _run(job: JobRecord):
         if delay is not None:
             # RQ reschedules this same job id after `delay`; the record already says `retrying`.
             return Retry(max=job.max_attempts, interval=max(math.ceil(delay), 1))
+        if not reraise:
+            return None  # recorded above; the batch worker goes on with its next job
         raise
 
     duration = time.monotonic() - started
-    if job_complete(job=job, result=result):
-        logger.info("job completed in %.3f s", duration)
-        signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=duration)
-    else:
-        logger.info("job finished but was cancelled meanwhile; result discarded")
+    if defer_complete is not None:
+        defer_complete(job, result, duration)
+        return {"status": "completed"}
+    job_completed(job, duration, job_complete(job=job, result=result))
     return {"status": job.status}
 
 

@@ -1,0 +1,101 @@
+"""Ledger transitions for many jobs in one statement each: what makes the batch worker fast.
+
+The same transitions as `job_start` / `job_complete` (queues.services), with the same conditions
+(start only from a waiting status; complete only a record still `started` in the same attempt),
+but on PostgreSQL each is ONE statement — a data-modifying CTE that updates the records and writes
+their attempt rows — so a batch of jobs costs two round trips and two commits instead of nine per
+job. Elsewhere (SQLite) they fall back to the ORM calls, one job at a time.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.db import connection
+from django.utils import timezone
+
+from queues.constants import WAITING_STATUSES, JobStatus
+from queues.models import JobAttempt, JobRecord
+
+_RECORD = JobRecord._meta.db_table
+_ATTEMPT = JobAttempt._meta.db_table
+_WAITING = sorted(str(s) for s in WAITING_STATUSES)
+
+START_SQL = f"""
+WITH started AS (
+    UPDATE {_RECORD}
+       SET status = %s, attempts = attempts + 1, started_at = %s, worker_name = %s, progress = NULL
+     WHERE id = ANY(%s::uuid[]) AND status = ANY(%s::text[])
+ RETURNING *
+), attempt AS (
+    INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
+                            error_traceback)
+    SELECT id, attempts, %s, %s, NULL, %s, '', '' FROM started
+)
+SELECT * FROM started
+"""
+
+COMPLETE_SQL = f"""
+WITH input AS (
+    SELECT * FROM unnest(%s::uuid[], %s::int[], %s::jsonb[]) AS t(id, attempts, result)
+), done AS (
+    UPDATE {_RECORD} AS j
+       SET status = %s, result = input.result, finished_at = %s, scheduled_for = NULL
+      FROM input
+     WHERE j.id = input.id AND j.status = %s AND j.attempts = input.attempts
+ RETURNING j.id
+), attempt AS (
+    UPDATE {_ATTEMPT} AS a
+       SET outcome = CASE WHEN done.id IS NULL THEN %s ELSE %s END, finished_at = %s
+      FROM input LEFT JOIN done ON done.id = input.id
+     WHERE a.job_id = input.id AND a.number = input.attempts
+)
+SELECT id FROM done
+"""
+
+
+def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
+    """Mark the waiting records among `job_ids` started (attempt rows included), in the given order.
+
+    Ids whose record is not waiting (cancelled, finished, taken by another worker) are left out.
+    """
+    if not job_ids:
+        return []
+    if connection.vendor != "postgresql":
+        from queues.services import job_start
+
+        return [job for job in (job_start(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None]
+    now = timezone.now()
+    rows = JobRecord.objects.raw(START_SQL, [
+        JobStatus.STARTED, now, worker_name, [str(i) for i in job_ids], _WAITING,
+        worker_name, now, JobAttempt.Outcome.RUNNING,
+    ])
+    by_id = {str(job.pk): job for job in rows}
+    return [by_id[str(i)] for i in job_ids if str(i) in by_id]
+
+
+def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
+    """Record (job, result) pairs as completed; returns the ids completed.
+
+    A record cancelled meanwhile keeps its status; its attempt is closed as cancelled (as job_complete).
+    """
+    if not outcomes:
+        return set()
+    if connection.vendor != "postgresql":
+        from queues.services import job_complete
+
+        return {str(job.pk) for job, result in outcomes if job_complete(job=job, result=result)}
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(COMPLETE_SQL, [
+            [str(job.pk) for job, _ in outcomes], [job.attempts for job, _ in outcomes],
+            # SQL NULL for None, like JSONField(null=True) stores it.
+            [None if result is None else json.dumps(result) for _, result in outcomes],
+            JobStatus.COMPLETED, now, JobStatus.STARTED,
+            JobAttempt.Outcome.CANCELLED, JobAttempt.Outcome.COMPLETED, now,
+        ])
+        done = {str(row[0]) for row in cursor.fetchall()}
+    for job, result in outcomes:
+        if str(job.pk) in done:
+            job.status, job.result, job.finished_at = JobStatus.COMPLETED, result, now
+    return done
