@@ -25,7 +25,8 @@ BASELINE_QUEUE = "bench-rq"
 
 # (label, worker class, queues measured). The stock class is the "before" figure.
 WORKERS = [
-    ("SlimySimpleWorker", "queues.worker.SlimySimpleWorker", [QueueName.DATABASE]),
+    ("SlimySimpleWorker (stock)", "queues.worker.SlimySimpleWorker", [QueueName.DATABASE]),
+    ("SlimyBatchWorker", "queues.batchworker.SlimyBatchWorker", [QueueName.DATABASE, QueueName.CHAT, QueueName.AUDIT]),
 ]
 
 

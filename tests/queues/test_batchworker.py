@@ -1,0 +1,148 @@
+"""SlimyBatchWorker: the same ledger outcomes as the stock workers, a batch at a time."""
+
+import time
+
+import pytest
+from rest_framework import serializers
+from rq import Queue
+from rq.job import Job
+
+from queues.constants import JobStatus, QueueName
+from queues.definitions import JobDefinition, RetryPolicy
+from queues.models import JobAttempt, JobRecord
+from queues.services import job_cancel, job_enqueue, job_push
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class SlowPayload(serializers.Serializer):
+    seconds = serializers.FloatField()
+
+
+class SlowJob(JobDefinition):
+    """Sleeps without cooperating: only the hard timeout can stop it."""
+
+    name = "test_batch_slow"
+    queue = QueueName.DATABASE
+    payload_serializer = SlowPayload
+    timeout = 1
+    retry = RetryPolicy(max_attempts=1)
+
+    def run(self, payload, context):
+        time.sleep(payload["seconds"])
+        return {"slept": payload["seconds"]}
+
+
+@pytest.fixture
+def run_batch_worker():
+    from queues.batchworker import SlimyBatchWorker
+    from queues.redis import get_connection
+
+    def run(queues=None, *, with_scheduler=True, max_jobs=None):
+        worker = SlimyBatchWorker(queues or list(QueueName.values), connection=get_connection())
+        worker.work(burst=True, with_scheduler=with_scheduler, max_jobs=max_jobs, logging_level="WARNING")
+        return worker
+
+    return run
+
+
+def _record(job):
+    return JobRecord.objects.get(pk=job.pk)
+
+
+def test_batch_completes_every_job_with_result_and_attempt_rows(run_batch_worker, redis_conn, user):
+    jobs = [job_enqueue(job_type="test_echo", payload={"value": f"v{i}"}, owner=user) for i in range(30)]
+    worker = run_batch_worker()
+    for i, job in enumerate(jobs):
+        record = _record(job)
+        assert record.status == JobStatus.COMPLETED and record.result == {"echo": f"v{i}"}
+        assert record.attempts == 1 and record.worker_name == worker.name
+        assert record.started_at <= record.finished_at
+        assert [(a.number, a.outcome) for a in record.attempt_history.all()] == [(1, "completed")]
+    assert redis_conn.llen("test:ran") == 30
+    # The ledger holds the outcome; RQ's copies of the jobs are gone, and the batches grew past one job.
+    assert not any(redis_conn.exists(Job.key_for(str(job.pk))) for job in jobs)
+    assert int(redis_conn.hget(worker.key, "successful_job_count")) == 30
+    assert worker._batch_size() > 1
+
+
+def test_none_result_is_stored_as_null(run_batch_worker):
+    job = job_enqueue(job_type="test_sleep", payload={"seconds": 0})
+    run_batch_worker()
+    assert _record(job).result == {"slept": 0.0}
+
+
+def test_transient_failure_is_retried_through_the_scheduler_then_completes(run_batch_worker, redis_conn):
+    job = job_enqueue(job_type="test_flaky", payload={"succeed_on": 2, "tag": "bw"})
+    run_batch_worker()
+    record = _record(job)
+    assert record.status == JobStatus.RETRYING and record.error_message == "attempt 1 failed"
+    assert str(job.pk) in Queue("database", connection=redis_conn).scheduled_job_registry.get_job_ids()
+    deadline = time.monotonic() + 15
+    while _record(job).status != JobStatus.COMPLETED and time.monotonic() < deadline:
+        time.sleep(0.3)
+        run_batch_worker()
+    record = _record(job)
+    assert record.status == JobStatus.COMPLETED and record.result == {"succeededOn": 2}
+    assert [a.outcome for a in record.attempt_history.all()] == ["retried", "completed"]
+
+
+def test_permanent_failure_fails_at_once_and_the_batch_goes_on(run_batch_worker, redis_conn):
+    bad = job_enqueue(job_type="test_permanent", payload={"tag": "p"})
+    good = job_enqueue(job_type="test_echo", payload={"value": "after"})
+    run_batch_worker()
+    record = _record(bad)
+    assert record.status == JobStatus.FAILED and record.error_code == "never_works" and record.attempts == 1
+    assert record.attempt_history.get().outcome == JobAttempt.Outcome.FAILED
+    assert _record(good).status == JobStatus.COMPLETED
+
+
+def test_hard_timeout_stops_a_job_that_does_not_cooperate(run_batch_worker):
+    job = job_enqueue(job_type="test_batch_slow", payload={"seconds": 5})
+    started = time.monotonic()
+    run_batch_worker()
+    assert time.monotonic() - started < 4
+    record = _record(job)
+    assert record.status == JobStatus.FAILED
+    assert "timeout" in record.error_message.lower()
+
+
+def test_high_priority_lists_are_drained_first(run_batch_worker, redis_conn):
+    for priority in ("low", "normal", "high"):
+        for i in range(3):
+            job_enqueue(job_type="test_record", payload={"tag": f"{priority}{i}"}, priority=priority)
+    run_batch_worker([QueueName.AUDIT])
+    order = [t.decode() for t in redis_conn.lrange("test:order", 0, -1)]
+    assert order == ["high0", "high1", "high2", "normal0", "normal1", "normal2", "low0", "low1", "low2"]
+
+
+def test_a_cancelled_job_delivered_again_is_skipped(run_batch_worker, redis_conn):
+    job = job_enqueue(job_type="test_echo", payload={"value": "never"})
+    job_cancel(job=_record(job))
+    job_push(job=_record(job))  # a duplicate delivery (e.g. the reconciler raced the cancel)
+    run_batch_worker()
+    assert _record(job).status == JobStatus.CANCELLED
+    assert redis_conn.llen("test:ran") == 0
+
+
+def test_a_job_cancelled_while_its_batch_runs_keeps_cancelled(run_batch_worker, redis_conn):
+    from queues.fastpath import job_complete_batch, job_start_batch
+
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    [started] = job_start_batch(job_ids=[str(job.pk)], worker_name="w")
+    job_cancel(job=_record(job))
+    assert job_complete_batch(outcomes=[(started, {"echo": "x"})]) == set()
+    record = _record(job)
+    assert record.status == JobStatus.CANCELLED and record.result is None
+    assert record.attempt_history.get().outcome == JobAttempt.Outcome.CANCELLED
+
+
+def test_start_batch_takes_only_waiting_records_once(run_batch_worker):
+    from queues.fastpath import job_start_batch
+
+    jobs = [job_enqueue(job_type="test_echo", payload={"value": str(i)}) for i in range(3)]
+    ids = [str(j.pk) for j in jobs]
+    first = job_start_batch(job_ids=ids, worker_name="a")
+    assert [str(j.pk) for j in first] == ids and all(j.status == "started" and j.attempts == 1 for j in first)
+    assert job_start_batch(job_ids=ids, worker_name="b") == []  # a second delivery starts nothing
+    assert JobAttempt.objects.filter(job_id__in=ids).count() == 3
