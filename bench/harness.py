@@ -184,8 +184,10 @@ def slimy_worker(env: BenchEnv, queues, worker_class: str, *, name: str, burst: 
     return start(env, argv, name, **extra_env)
 
 
-def rq_worker(env: BenchEnv, queues, *, name: str, burst: bool, fork: bool = False) -> Proc:
+def rq_worker(env: BenchEnv, queues, *, name: str, burst: bool, fork: bool = False, django: bool = False) -> Proc:
     argv = [sys.executable, "-m", "bench.rq_worker", "--url", env.redis_url]
+    if django:
+        argv.append("--django")
     for queue in queues:
         argv += ["--queue", queue]
     if burst:

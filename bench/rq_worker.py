@@ -15,7 +15,15 @@ def main():
     parser.add_argument("--queue", action="append", required=True)
     parser.add_argument("--fork", action="store_true", help="forking Worker instead of SimpleWorker")
     parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--django", action="store_true", help="set Django up first (for ORM baseline jobs)")
     args = parser.parse_args()
+    if args.django:
+        import os
+
+        import django
+
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slimy_site.settings")
+        django.setup()
     conn = Redis.from_url(args.url)
     worker_class = Worker if args.fork else SimpleWorker
     worker = worker_class([Queue(name, connection=conn) for name in args.queue], connection=conn)

@@ -5,6 +5,12 @@ The same transitions as `job_start` / `job_complete` (queues.services), with the
 but on PostgreSQL each is ONE statement — a data-modifying CTE that updates the records and writes
 their attempt rows — so a batch of jobs costs two round trips and two commits instead of nine per
 job. Elsewhere (SQLite) they fall back to the ORM calls, one job at a time.
+
+The start is committed without waiting for the WAL flush (`synchronous_commit = off` for that one
+statement): the job then starts one disk flush sooner. Nothing is lost by it: if PostgreSQL crashed
+before flushing, the record is simply back to waiting and the reconciler pushes it again
+(at-least-once), and every later synchronous commit — the completion first — flushes it anyway.
+Completions stay fully synchronous: a finished job is never reported and then forgotten.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ START_SQL = f"""
 WITH started AS (
     UPDATE {_RECORD}
        SET status = %s, attempts = attempts + 1, started_at = %s, worker_name = %s, progress = NULL
+      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
      WHERE id = ANY(%s::uuid[]) AND status = ANY(%s::text[])
  RETURNING *
 ), attempt AS (

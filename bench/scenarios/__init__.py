@@ -4,6 +4,7 @@ import importlib
 
 SCENARIOS = {
     "throughput": "bench.scenarios.throughput",
+    "audit-ingest": "bench.scenarios.audit_ingest",
     "pickup": "bench.scenarios.pickup",
 }
 

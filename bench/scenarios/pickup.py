@@ -1,0 +1,98 @@
+"""pickup: on an idle system, time from submit to the handler's first line, p50/p99.
+
+Submit = `job_enqueue` in autocommit (record written, pushed to Redis on commit); the handler writes
+`time.time()` to Redis as its first action. Samples are spaced by a short gap ("warm"), and some follow
+`idle` seconds of idleness ("after idle": the worker has been blocked in its pop all that time).
+Baseline: plain RQ SimpleWorker, `queue.enqueue` of a function doing the same.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rq import Queue
+
+from bench import harness
+from bench.harness import BenchEnv, Result
+from bench.stats import percentile
+
+NAME = "pickup"
+DEFAULTS = dict(jobs=300, processes=1, repeat=1, idle=5.0, idle_samples=5)
+SMOKE = dict(jobs=8, processes=1, repeat=1, idle=0.3, idle_samples=1)
+GAP = 0.02
+WARMUP = 3
+BASELINE = "plain RQ SimpleWorker"
+WORKERS = [
+    ("SlimyBatchWorker", "queues.batchworker.SlimyBatchWorker"),
+    ("SlimySimpleWorker (stock)", "queues.worker.SlimySimpleWorker"),
+]
+
+
+def run(env: BenchEnv, *, jobs: int, idle: float, idle_samples: int, **_) -> Result:
+    result = Result(NAME, env, params=dict(samples=jobs, gap_s=GAP, idle_s=idle, idle_samples=idle_samples))
+    base_warm, base_idle = _measure(env, None, jobs, idle, idle_samples)
+    result.details[BASELINE] = _summary(base_warm, base_idle)
+    for label, worker_class in WORKERS:
+        warm, after_idle = _measure(env, worker_class, jobs, idle, idle_samples)
+        result.details[label] = _summary(warm, after_idle)
+        result.add(f"{label} p50", percentile(warm, 50), "ms", BASELINE, percentile(base_warm, 50),
+                   higher_is_better=False)
+        result.add(f"{label} p99", percentile(warm, 99), "ms", BASELINE, percentile(base_warm, 99),
+                   higher_is_better=False)
+        result.add(f"{label} p99 after {idle:g} s idle", percentile(after_idle, 99), "ms", BASELINE,
+                   percentile(base_idle, 99), higher_is_better=False)
+    return result
+
+
+def _summary(warm, after_idle) -> dict:
+    return {"p50_ms": round(percentile(warm, 50), 3), "p99_ms": round(percentile(warm, 99), 3),
+            "max_ms": round(max(warm), 3), "after_idle_ms": [round(v, 3) for v in after_idle]}
+
+
+def _measure(env: BenchEnv, worker_class: str | None, samples: int, idle: float, idle_samples: int):
+    from bench.ledger import ledger_clear
+    from queues.services import job_enqueue
+
+    conn = env.redis()
+    conn.flushdb()
+    ledger_clear()
+    key = "bench:pickup"
+    if worker_class is None:
+        queue = Queue("bench-pickup-rq", connection=conn)
+        proc = harness.rq_worker(env, [queue.name], name="pickup-rq", burst=False)
+        harness.wait_until(lambda: conn.scard("rq:workers"), 60, "plain RQ worker start")
+
+        def submit(seq):
+            queue.enqueue("bench.baseline.stamp", key, seq)
+    else:
+        proc = harness.slimy_worker(env, ["database"], worker_class, name="pickup-slimy", burst=False)
+        harness.wait_until(lambda: conn.exists("slimy:worker:alive:pickup-slimy"), 60, "Slimy worker start")
+
+        def submit(seq):
+            job_enqueue(job_type="bench_stamp", payload={"key": key, "seq": seq})
+
+    def sample(seq) -> float:
+        started = time.time()
+        submit(seq)
+        popped = conn.blpop([key], timeout=30)
+        if popped is None:
+            raise RuntimeError(f"no pickup within 30 s; see {proc.log_path}")
+        got_seq, stamp = popped[1].decode().split(":")
+        assert int(got_seq) == seq
+        return (float(stamp) - started) * 1000
+
+    try:
+        time.sleep(0.5)  # let the worker settle into its blocking pop
+        warm = []
+        for seq in range(samples + WARMUP):
+            value = sample(seq)
+            if seq >= WARMUP:
+                warm.append(value)
+            time.sleep(GAP)
+        after_idle = []
+        for i in range(idle_samples):
+            time.sleep(idle)
+            after_idle.append(sample(samples + WARMUP + i))
+    finally:
+        proc.stop()
+    return warm, after_idle
