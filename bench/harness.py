@@ -216,3 +216,11 @@ def check_results_structure(data: dict) -> None:
     for figure in data["figures"]:
         assert figure["value"] > 0 and figure["baseline"]["value"] > 0, figure
         assert figure["ratio"] is not None and figure["ratio"] > 0, figure
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
