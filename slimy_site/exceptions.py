@@ -12,8 +12,6 @@ from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
-from rest_framework.views import set_rollback
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +101,10 @@ def error_body(code: str, message: str, details=None) -> dict:
 
 
 def api_exception_handler(exc, context):
+    # Imported here: rest_framework.views loads the throttle classes, which import this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
+
     if isinstance(exc, ApplicationError):
         set_rollback()
         response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
