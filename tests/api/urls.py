@@ -32,6 +32,10 @@ class BoomApi(APIView):
         raise RuntimeError("secret internal detail: postgres://db.internal:5432")
 
 
+def plain_boom(request):
+    raise RuntimeError("secret internal detail outside DRF")
+
+
 def _probe(permission):
     class ProbeApi(APIView):
         permission_classes = [permission]
@@ -45,6 +49,7 @@ def _probe(permission):
 urlpatterns = [
     path("api/test/echo", EchoSubmitApi.as_view(), name="test-echo"),
     path("api/test/boom", BoomApi.as_view()),
+    path("api/test/plain-boom", plain_boom),
     path("api/test/members-only", _probe(IsMember)),
     path("api/test/service-only", _probe(IsService)),
     path("api/test/staff-only", _probe(IsStaff)),
