@@ -27,7 +27,7 @@ UNSET = object()
 def _clean_title(title) -> str:
     title = (title or "").strip()
     if len(title) > MAX_TITLE_LENGTH:
-        raise ValidationFailed(details={"title": [f"Ensure this field has no more than {MAX_TITLE_LENGTH} characters."]})
+        raise ValidationFailed(details={"title": [f"At most {MAX_TITLE_LENGTH} characters."]})
     return title
 
 
@@ -134,7 +134,7 @@ def message_save(
     if not isinstance(content, str) or not content.strip():
         raise ValidationFailed(details={"content": ["This field may not be blank."]})
     if len(content) > MAX_CONTENT_LENGTH:
-        raise ValidationFailed(details={"content": [f"Ensure this field has no more than {MAX_CONTENT_LENGTH} characters."]})
+        raise ValidationFailed(details={"content": [f"At most {MAX_CONTENT_LENGTH} characters."]})
     if personality_mode is not None:
         _clean_mode(personality_mode)
 
