@@ -51,7 +51,8 @@ def _clamp(limit: int, offset: int) -> tuple[int, int]:
     return max(1, min(int(limit), MAX_PAGE_SIZE)), max(0, int(offset))
 
 
-def _message_count():
+def conversation_message_count():
+    """An annotation: the number of messages of each conversation."""
     # A correlated count per row (an index-only scan on msg_conversation_created), evaluated only
     # for the rows the LIMIT keeps, unlike JOIN + GROUP BY, which aggregates all of an owner's messages.
     counts = (
@@ -68,7 +69,7 @@ def conversation_list_for_owner(*, owner_id) -> QuerySet[Conversation]:
     """The owner's conversations, most recently active first, each with `message_count`."""
     return (
         Conversation.objects.filter(owner_id=owner_id)
-        .annotate(message_count=_message_count())
+        .annotate(message_count=conversation_message_count())
         .order_by("-updated_at", "-id")
     )
 
