@@ -201,3 +201,11 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Audit.
+# Events older than this many days are deleted by the daily audit_cleanup job...
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# ...except these actions, kept for ever (comma-separated in the environment).
+AUDIT_RETENTION_KEEP_ACTIONS = env.list("AUDIT_RETENTION_KEEP_ACTIONS", default=[])
+# Hour of the day (UTC) at which the scheduled clean-up runs.
+AUDIT_CLEANUP_HOUR = env.int("AUDIT_CLEANUP_HOUR", default=3)
