@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from django.core import checks
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 
 logger = logging.getLogger(__name__)
@@ -177,3 +178,17 @@ def connect_receivers() -> None:
     signals.job_enqueued.connect(on_job_enqueued, dispatch_uid="slimy-metrics-enqueued")
     signals.job_started.connect(on_job_started, dispatch_uid="slimy-metrics-started")
     signals.job_finished.connect(on_job_finished, dispatch_uid="slimy-metrics-finished")
+
+
+@checks.register(checks.Tags.compatibility)
+def check_multiprocess_dir(app_configs=None, **kwargs):
+    from django.conf import settings
+
+    path = settings.PROMETHEUS_MULTIPROC_DIR
+    if path and not (os.path.isdir(path) and os.access(path, os.W_OK)):
+        return [checks.Error(
+            f"PROMETHEUS_MULTIPROC_DIR {path!r} is not a writable directory.",
+            hint="Create it empty before starting the processes (queues.metrics.prepare_multiprocess_dir).",
+            id="queues.E101",
+        )]
+    return []

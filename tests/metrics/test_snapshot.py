@@ -119,3 +119,22 @@ def test_redis_down_still_answers(staff_client, settings, single_process):
         assert snapshot["redis"] is False and snapshot["jobs"]["queues"]["chat"]["queued"] is None
     finally:
         reset_connections()
+
+
+def test_system_check_rejects_a_missing_multiprocess_dir(settings, tmp_path):
+    from queues.metrics import check_multiprocess_dir
+
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path / "missing")
+    assert [e.id for e in check_multiprocess_dir()] == ["queues.E101"]
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    assert check_multiprocess_dir() == []
+
+
+def test_prepare_multiprocess_dir_empties_it(tmp_path):
+    from queues.metrics import metrics_started_at, prepare_multiprocess_dir
+
+    (tmp_path / "prom").mkdir()
+    (tmp_path / "prom" / "counter_123.db").write_bytes(b"old")
+    path = prepare_multiprocess_dir(tmp_path / "prom")
+    assert [p.name for p in path.iterdir()] == ["started_at"]
+    assert metrics_started_at(path) > 0
