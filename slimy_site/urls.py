@@ -16,3 +16,6 @@ urlpatterns = [
     path("api/", include("queues.urls")),
     path("metrics", metrics_views.MetricsExportApi.as_view(), name="prometheus-metrics"),
 ]
+
+handler404 = "slimy_site.exceptions.api_not_found"
+handler500 = "slimy_site.exceptions.api_server_error"
