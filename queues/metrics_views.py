@@ -67,6 +67,8 @@ class _MetricsAccess:
     # `WWW-Authenticate: Bearer`, which is what Prometheus and curl users need to see.
     authentication_classes = [MetricsTokenAuthentication, TokenAuthentication, SessionAuthentication]
     permission_classes = [IsStaffOrMetricsToken]
+    # Only staff and the scraper get in; a rate limit would only blind monitoring.
+    throttle_classes = []
 
 
 class _AnyAccept(BaseContentNegotiation):
