@@ -6,6 +6,7 @@ SCENARIOS = {
     "throughput": "bench.scenarios.throughput",
     "audit-ingest": "bench.scenarios.audit_ingest",
     "pickup": "bench.scenarios.pickup",
+    "submit": "bench.scenarios.submit",
 }
 
 

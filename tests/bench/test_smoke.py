@@ -21,6 +21,7 @@ EXPECTED_FIGURES = {
     "pickup": {"SlimyBatchWorker p50", "SlimyBatchWorker p99", "SlimyBatchWorker p99 after 0.3 s idle",
                "SlimySimpleWorker (stock) p50", "SlimySimpleWorker (stock) p99",
                "SlimySimpleWorker (stock) p99 after 0.3 s idle"},
+    "submit": {"POST submissions", "POST p50", "POST p99"},
 }
 
 
