@@ -128,19 +128,21 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
                 # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
                 logger.info("job %s is not waiting; skipped", skipped)
         completions, retried, failed = [], set(), 0
+        batch_started = time.monotonic()
         for job in jobs:
-            started = time.monotonic()
             outcome = runner.execute_started(
                 job, defer_complete=lambda j, result, duration: completions.append((j, result, duration)),
                 time_limit=self._time_limit,
             )
-            self._observe(time.monotonic() - started)
             if isinstance(outcome, Retry):
                 self._push_retry(job)
                 retried.add(str(job.pk))
             if outcome is None or isinstance(outcome, Retry):
                 failed += 1
                 self._pending.discard(str(job.pk))  # the runner recorded this attempt's outcome
+        # Per delivered id, so that deliveries which cost nothing (skipped duplicates, jobs another job
+        # already did, e.g. grouped audit events) let the batch grow.
+        self._observe((time.monotonic() - batch_started) / len(ids))
         completed = job_complete_batch(outcomes=[(job, result) for job, result, _ in completions])
         self._pending = set()
         for job, _, duration in completions:

@@ -133,7 +133,8 @@ def job_enqueue(
             raise
         return existing
     record.replayed = False
-    transaction.on_commit(lambda: _push_safely(record.pk))
+    # The record just written is what gets pushed: no need to read it back.
+    transaction.on_commit(lambda: _push_safely(record.pk, record=record))
     # Counted on commit: a rolled-back write enqueued nothing.
     transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
     return record
@@ -155,10 +156,10 @@ def _idempotent_match(owner, key: str, fingerprint: str) -> JobRecord | None:
     return existing
 
 
-def _push_safely(job_id) -> None:
+def _push_safely(job_id, record: JobRecord | None = None) -> None:
     """Push after commit. If Redis is unreachable the record stays waiting and the reconciler pushes it."""
     try:
-        job_push(job=JobRecord.objects.get(pk=job_id))
+        job_push(job=record if record is not None else JobRecord.objects.get(pk=job_id))
     except (RedisError, OSError):
         logger.warning("push to Redis failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 
@@ -177,13 +178,17 @@ def job_push(*, job: JobRecord) -> None:
         description=job.job_type,
         meta={"job_type": job.job_type},
     )
-    queue.failed_job_registry.remove(str(job.id))
-    if job.scheduled_for and job.scheduled_for > timezone.now():
-        # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
-        due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(seconds=1 if job.scheduled_for.microsecond else 0)
-        queue.enqueue_at(due, RUNNER, str(job.id), **options)
-    else:
-        queue.enqueue(RUNNER, str(job.id), **options)
+    with queue.connection.pipeline() as pipe:
+        # One round trip (one MULTI/EXEC) for enqueuing and forgetting a failed copy. The enqueue goes
+        # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
+        if job.scheduled_for and job.scheduled_for > timezone.now():
+            # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
+            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(seconds=1 if job.scheduled_for.microsecond else 0)
+            queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
+        else:
+            queue.enqueue(RUNNER, str(job.id), pipeline=pipe, **options)
+        queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
+        pipe.execute()
 
 
 def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
