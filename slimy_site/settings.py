@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "queues.middleware.RequestIdMiddleware",
     "slimy_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -109,6 +110,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and the queues.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Where `make run` looks for a Redis when REDIS_URL is unset (else it starts its own).
+LOCAL_REDIS_URL = env.str("LOCAL_REDIS_URL", default="redis://127.0.0.1:6379/0")
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=5.0)
 
 CHAT_CONCURRENCY = env.int("CHAT_CONCURRENCY", default=5)
@@ -211,3 +214,11 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Audit.
+# Events older than this many days are deleted by the daily audit_cleanup job...
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# ...except these actions, kept for ever (comma-separated in the environment).
+AUDIT_RETENTION_KEEP_ACTIONS = env.list("AUDIT_RETENTION_KEEP_ACTIONS", default=[])
+# Hour of the day (UTC) at which the scheduled clean-up runs.
+AUDIT_CLEANUP_HOUR = env.int("AUDIT_CLEANUP_HOUR", default=3)
