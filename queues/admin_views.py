@@ -152,7 +152,7 @@ def job_action_view(modeladmin):
         if job is None:
             raise Http404("No such job.")
         change_url = reverse("admin:queues_jobrecord_change", args=[job.pk])
-        form = admin_actions.ReasonForm(request.POST or None)
+        form = admin_actions.ReasonForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             outcome = admin_actions.job_action_perform(modeladmin, request, spec, [job], form.cleaned_data["reason"])
             admin_actions.report(request, spec, outcome)
