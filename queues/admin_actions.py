@@ -44,6 +44,10 @@ class JobAction:
     explanation: str
     admin_name: str  # the changelist action (JobRecordAdmin method) that runs it in bulk
 
+    @property
+    def label(self) -> str:
+        return {"requeue_copy": "Re-enqueue a copy", "delete_from_redis": "Delete from Redis"}.get(self.name, self.verb)
+
 
 ACTIONS: dict[str, JobAction] = {
     a.name: a
