@@ -88,7 +88,7 @@ def test_requeue_copy_creates_a_new_job_and_leaves_the_original(superuser, admin
     run_worker()
     client = admin_client_for(superuser)
     response = client.post(reverse("admin:queues_jobrecord_act", args=[original.pk, "requeue_copy"]), {})
-    copy = JobRecord.objects.exclude(pk=original.pk).get()
+    copy = JobRecord.objects.filter(job_type="test_echo").exclude(pk=original.pk).get()
     assert response["Location"] == reverse("admin:queues_jobrecord_change", args=[copy.pk])
     assert copy.payload == _record(original).payload and copy.payload["value"] == "copy-me"
     assert (copy.job_type, copy.owner_id, copy.priority) == ("test_echo", user.pk, "high")
@@ -98,6 +98,7 @@ def test_requeue_copy_creates_a_new_job_and_leaves_the_original(superuser, admin
     assert any(str(copy.pk) in m for m in _log_messages(original))
     run_worker()
     assert _record(copy).status == JobStatus.COMPLETED
+    assert _audit_events("admin.job_requeue_copy")[0].details["copies"] == {str(original.pk): str(copy.pk)}
 
 
 def test_delete_from_redis_marks_waiting_job_cancelled_and_clears_finished_ones(

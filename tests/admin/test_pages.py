@@ -146,3 +146,17 @@ def test_read_only_staff_sees_no_actions_or_operations(make_staff, admin_client_
     assert 'name="_save"' not in detail
     dashboard = client.get(reverse("admin:queues_jobrecord_dashboard")).content.decode()
     assert "slimy-pause-chat" not in dashboard and "slimy-retry-failed" not in dashboard
+
+
+def test_detail_links_to_the_conversation_message_and_audit_events_it_touched(superuser, admin_client_for, user):
+    from chat.models import Conversation, Message
+
+    job = FinishedJobFactory(job_type="save_message", owner=user, request_id="req-links")
+    conversation = Conversation.objects.create(owner=user, title="t", created_by_job_id=job.pk)
+    message = Message.objects.create(conversation=conversation, author=user, role="user", content="hi", job_id=job.pk)
+    JobRecord.objects.filter(pk=job.pk).update(payload={"conversation_id": str(conversation.pk), "content": "hi"})
+    page = admin_client_for(superuser).get(reverse("admin:queues_jobrecord_change", args=[job.pk])).content.decode()
+    assert reverse("admin:chat_conversation_change", args=[conversation.pk]) in page
+    assert reverse("admin:chat_message_change", args=[message.pk]) in page
+    assert f"{reverse('admin:audit_auditlog_changelist')}?resource_id={job.pk}" in page
+    assert f"{reverse('admin:audit_auditlog_changelist')}?request_id=req-links" in page
