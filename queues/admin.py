@@ -244,6 +244,13 @@ class JobRecordAdmin(admin.ModelAdmin):
     def delete_from_redis(self, request, queryset):
         return admin_actions.bulk_action(self, request, queryset, "delete_from_redis")
 
+    def get_actions(self, request):
+        # Django's bulk delete collects every selected row in memory (a million with "select all");
+        # finished records are removed with the dashboard's clean operation instead.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         wrap = self.admin_site.admin_view
