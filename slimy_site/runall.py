@@ -7,7 +7,6 @@ the private Redis, in that order.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
