@@ -4,4 +4,4 @@ from django.apps import AppConfig
 class ChatConfig(AppConfig):
     name = "chat"
     default_auto_field = "django.db.models.BigAutoField"
-    job_modules = ()
+    job_modules = ("chat.jobs",)
