@@ -45,7 +45,7 @@ class Behaviour:
 @dataclass
 class ReceivedRequest:
     path: str
-    headers: dict
+    headers: dict  # lower-case names
     body: dict
     at: float = field(default_factory=time.monotonic)
 
@@ -67,7 +67,8 @@ class FakeLLM:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-llm", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-llm", daemon=True)
         self._thread.start()
         return self
 
@@ -124,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"_raw": raw.decode(errors="replace")}
         fake = self.fake
-        fake.requests.append(ReceivedRequest(self.path, dict(self.headers.items()), body))
+        fake.requests.append(ReceivedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
