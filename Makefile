@@ -1,5 +1,5 @@
 # Slimy: `make run` starts everything on embedded defaults, `make test` runs the suite.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

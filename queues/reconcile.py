@@ -3,6 +3,8 @@
 - A waiting record (queued / scheduled / retrying) that Redis no longer holds in a runnable place
   (lost in a restart, a FLUSHALL, or a crash inside RQ's non-atomic multi-queue BLPOP) is pushed again.
 - A started record whose worker stopped beating (see queues.worker) is handed to its retry policy.
+- Delayed jobs overdue by SCHEDULER_LAG are moved to their queue: RQ's scheduler lock outlives a dead
+  scheduler by up to a minute (and is re-tried every 2), which would hold retries back that long.
 Pushing twice is harmless: the runner starts a record only from a waiting status.
 """
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
+from rq.job import Job
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.models import JobRecord
@@ -24,25 +28,44 @@ from queues.worker import alive_key
 logger = logging.getLogger("queues.reconcile")
 
 BATCH = 5000
+SCHEDULER_LAG = 3  # seconds a due job may wait for RQ's own scheduler before we move it
 
 
 @dataclass
 class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
 
     def __str__(self):
-        return f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s)"
+        return (f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s), "
+                f"released {len(self.released)} overdue scheduled job(s)")
 
 
 def queues_reconcile(*, grace_seconds: int | None = None) -> ReconcileReport:
     report = ReconcileReport()
+    _release_overdue(report)
     grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
     _recover_abandoned(report)
     _requeue_lost(report, timezone.now() - grace)
-    if report.requeued or report.recovered:
+    if report.requeued or report.recovered or report.released:
         logger.warning("reconcile: %s", report)
     return report
+
+
+def _release_overdue(report: ReconcileReport) -> None:
+    cutoff = int(time.time()) - SCHEDULER_LAG
+    for queue in QueueName.values:
+        for priority in PRIORITY_ORDER:
+            rq_queue = get_rq_queue(queue, priority)
+            registry = rq_queue.scheduled_job_registry
+            for job in Job.fetch_many(registry.get_jobs_to_schedule(cutoff), connection=rq_queue.connection):
+                if job is None:
+                    continue
+                # Remove first: if RQ's scheduler moved it meanwhile, zrem returns 0 and we leave it.
+                if rq_queue.connection.zrem(registry.key, job.id):
+                    rq_queue.enqueue_job(job)
+                    report.released.append(job.id)
 
 
 def _recover_abandoned(report: ReconcileReport) -> None:

@@ -216,7 +216,11 @@ def job_cancel(*, job: JobRecord, actor=None) -> JobRecord:
         previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
         if previous in FINAL_STATUSES:
             raise Conflict(f"The job is already {previous}.", code="job_not_cancellable")
-        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+        now = timezone.now()
+        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=now)
+        JobAttempt.objects.filter(job_id=job.pk, outcome=JobAttempt.Outcome.RUNNING).update(
+            outcome=JobAttempt.Outcome.CANCELLED, finished_at=now
+        )
     _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED)
     job.refresh_from_db()
     signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)

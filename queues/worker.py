@@ -46,8 +46,9 @@ def expand_priorities(queues: list[Queue]) -> list[Queue]:
     for priority in PRIORITY_ORDER:
         for item in base:
             if isinstance(item, str):
-                expanded.append(Queue(rq_queue_name(item, priority), connection=queues[0].connection,
-                                      serializer=queues[0].serializer))
+                # Same class as the caller's queues (django-rq passes its DjangoRQ subclass).
+                expanded.append(type(queues[0])(rq_queue_name(item, priority), connection=queues[0].connection,
+                                                serializer=queues[0].serializer))
             elif priority == PRIORITY_ORDER[0]:
                 expanded.append(item)
     return expanded

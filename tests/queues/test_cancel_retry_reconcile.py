@@ -136,3 +136,16 @@ def test_abandoned_job_without_attempts_left_fails(redis_conn):
     record = _record(job)
     assert record.status == JobStatus.FAILED
     assert "stopped beating" in record.error_message
+
+
+def test_reconciler_moves_overdue_scheduled_jobs_when_no_scheduler_runs(redis_conn):
+    from queues.redis import get_rq_queue
+
+    job = job_enqueue(job_type="test_echo", payload={"value": "late"}, delay=1)
+    time.sleep(1.2)
+    assert queues_reconcile(grace_seconds=3600).released == []  # within the lag RQ's scheduler may still act
+    time.sleep(4.2)  # due time is rounded up to a whole second, plus the 3 s lag
+    report = queues_reconcile(grace_seconds=3600)
+    assert report.released == [str(job.pk)]
+    assert get_rq_queue("database").job_ids == [str(job.pk)]
+    assert queues_reconcile(grace_seconds=3600).released == []

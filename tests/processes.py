@@ -1,0 +1,93 @@
+"""Real Slimy processes for end-to-end and fault tests: workers, the reconciler, the web server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    """The URL of the database the test session uses (pytest-django's test database)."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return (f"postgres://{db.get('USER') or 'root'}@{db.get('HOST') or '127.0.0.1'}:"
+            f"{db.get('PORT') or 5432}/{db['NAME']}")
+
+
+def process_env(redis_url: str, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=redis_url,
+        EXTRA_JOB_MODULES="tests.jobs",
+        LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Proc:
+    """A child process whose combined output goes to a file the test can read."""
+
+    def __init__(self, argv, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig):
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout):
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout=20):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self._log.close()
+
+
+def start_worker(tmp_path, env, queues=("chat", "database", "audit"), *, name=None, simple=False,
+                 scheduler=True, burst=False) -> Proc:
+    argv = [sys.executable, "manage.py", "rqworker", *queues]
+    if scheduler:
+        argv.append("--with-scheduler")
+    if burst:
+        argv.append("--burst")
+    if simple:
+        argv += ["--worker-class", "queues.worker.SlimySimpleWorker"]
+    if name:
+        argv += ["--name", name]
+    log = tmp_path / f"worker-{name or len(list(tmp_path.glob('worker-*')))}.log"
+    return Proc(argv, env, log)
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1, message="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)
