@@ -152,6 +152,13 @@ def job_event_stream(*, job_id, cursor: str = "0") -> Iterator[str]:
             yield _event("state", state, cursor)
             sent_state, last_sent = state, time.monotonic()
         entries = output_read(job_id=job_id, after=cursor, limit=MAX_READ, block_ms=BLOCK_MS)
+        if any(entry["type"] == SEGMENT for entry in entries):
+            # A new attempt began: announce its state before its first chunk.
+            job, last_poll = _read_job(job_id), time.monotonic()
+            state = _state(job)
+            if state != sent_state and job is not None and job.status not in FINAL_STATUSES:
+                yield _event("state", state, cursor)
+                sent_state = state
         for entry in entries:
             yield _entry_event(entry)
         if entries:
