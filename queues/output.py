@@ -109,14 +109,8 @@ def output_read(*, job_id, after: str = "0", limit: int = MAX_READ, block_ms: in
     answer = get_connection().xread({output_key(job_id): after}, count=limit, block=block_ms)
     if not answer:
         return []
-    # redis-py answers a list of [key, entries] (RESP2) or a dict (RESP3).
-    streams = answer.items() if isinstance(answer, dict) else answer
-    entries = []
-    for _key, items in streams:
-        if items and isinstance(items[0], list) and items and not isinstance(items[0][0], (bytes, str)):
-            items = items[0]
-        entries.extend(_entry(entry_id, fields) for entry_id, fields in items)
-    return entries
+    [(_key, items)] = answer  # one stream asked, one [key, entries] pair answered
+    return [_entry(entry_id, fields) for entry_id, fields in items]
 
 
 def output_text(*, job_id) -> str:

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "slimy_site",
     "queues",
@@ -54,6 +55,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "queues.middleware.RequestIdMiddleware",
+    "slimy_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -145,6 +147,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# Per user and endpoint class (queues.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
+API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
+    "submit": "120/min", "read": "1200/min", "write": "300/min",
+    "submit@service": "6000/min", "write@service": "6000/min",
+})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -153,9 +160,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["queues.throttling.ScopedRedisThrottle"],
     "EXCEPTION_HANDLER": "slimy_site.exceptions.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "slimy_site.schema.SlimyAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -163,6 +171,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Background jobs: chat replies, conversations and the audit trail.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package: /api/docs/ works offline, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LANGUAGE_CODE = "en-us"
@@ -201,6 +214,14 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Audit.
+# Events older than this many days are deleted by the daily audit_cleanup job...
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# ...except these actions, kept for ever (comma-separated in the environment).
+AUDIT_RETENTION_KEEP_ACTIONS = env.list("AUDIT_RETENTION_KEEP_ACTIONS", default=[])
+# Hour of the day (UTC) at which the scheduled clean-up runs.
+AUDIT_CLEANUP_HOUR = env.int("AUDIT_CLEANUP_HOUR", default=3)
 
 # --- LLM.
 # No key means no provider calls: every chat reply is the fallback (a laptop run needs no account).

@@ -15,3 +15,6 @@ urlpatterns = [
     path("api/", include("queues.urls")),
     path("", include("django_prometheus.urls")),
 ]
+
+handler404 = "slimy_site.exceptions.api_not_found"
+handler500 = "slimy_site.exceptions.api_server_error"
