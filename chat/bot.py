@@ -19,7 +19,9 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
+from audit.services import audit_event_record
 from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from queues.definitions import JobCancelled, JobContext, PermanentJobError, TransientJobError
@@ -41,8 +43,10 @@ FALLBACK_REPLIES = {
     "provider_error": "Sorry, I couldn't reach my language model after several tries. Please try again later.",
     "provider_rejected": "Sorry, my language model could not process this request. Try rephrasing it.",
 }
-# Seconds between two cancellation checks while tokens stream in (one indexed query each).
+# While tokens stream in, cancellation is checked (one primary-key query) every quarter second or
+# every 16 chunks, whichever comes first: a fast stream stops within 16 chunks, a slow one within 0.25 s.
 CANCEL_CHECK_INTERVAL = 0.25
+CANCEL_CHECK_CHUNKS = 16
 # Message ids of the assistant's replies are derived from the job id in this namespace.
 REPLY_NAMESPACE = uuid.UUID("6c1f6f1e-5d8e-4f0b-9d55-1b7a6c0a2b3e")
 
@@ -138,13 +142,14 @@ def _complete(request, messages, writer: OutputWriter, context: JobContext) -> t
     if not breaker_allow():
         return _fallback(writer, "breaker_open")
     context.check_cancelled()
-    last_check = time.monotonic()
+    last_check, unchecked = time.monotonic(), 0
 
     def on_delta(text: str) -> None:
-        nonlocal last_check
+        nonlocal last_check, unchecked
         writer.write(text)
-        if time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
-            last_check = time.monotonic()
+        unchecked += 1
+        if unchecked >= CANCEL_CHECK_CHUNKS or time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
+            last_check, unchecked = time.monotonic(), 0
             context.check_cancelled()
 
     try:
@@ -198,15 +203,10 @@ def _prompt_facts(request: ChatRequest) -> dict:
 
 def _audit(request: ChatRequest, context: JobContext, *, action: str, details: dict, success: bool = True,
            error_message: str = "") -> None:
-    # Imported here: the audit app depends on nothing in chat, and chat must not need it at import.
-    try:
-        from audit.services import audit_event_record
-    except ImportError:  # TEMPORARY: until the audit app (issue 6) is merged; remove then.
-        logger.warning("audit.services is not available; %s not recorded", action)
-        return
-
+    # audit_event_record never raises: an event that cannot be recorded never fails the reply.
+    actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
     audit_event_record(
-        action=action, resource_type="chat_job", resource_id=str(context.job_id), actor=request.owner_id,
+        action=action, resource_type="chat_job", resource_id=str(context.job_id), actor=actor,
         details={**details, "attempt": context.attempt, "jobId": str(context.job_id)},
         success=success, error_message=error_message, request_id=context.request_id or None,
     )
