@@ -24,18 +24,21 @@ from django.contrib.auth import get_user_model
 from audit.services import audit_event_record
 from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
+from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
+from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
+from chat.services import message_save
 from queues.definitions import JobCancelled, JobContext, PermanentJobError, TransientJobError
 from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import OutputWriter, output_writer_open
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PERSONALITY = "helpful"
+DEFAULT_PERSONALITY = PersonalityMode.HELPFUL
 SYSTEM_PROMPTS = {
-    "helpful": "You are Slimy, a friendly and helpful assistant. Answer clearly and concisely.",
-    "creative": "You are Slimy, an imaginative assistant. Be playful and original while staying useful.",
-    "professional": "You are Slimy, a precise, professional assistant. Be accurate, structured and formal.",
-    "casual": "You are Slimy, a laid-back assistant. Keep it short, relaxed and conversational.",
+    PersonalityMode.HELPFUL: "You are Slimy, a friendly and helpful assistant. Answer clearly and concisely.",
+    PersonalityMode.CREATIVE: "You are Slimy, an imaginative assistant. Be playful and original, yet useful.",
+    PersonalityMode.PROFESSIONAL: "You are Slimy, a precise, professional assistant. Be accurate and formal.",
+    PersonalityMode.CASUAL: "You are Slimy, a laid-back assistant. Keep it short, relaxed and conversational.",
 }
 FALLBACK_REPLIES = {
     "not_configured": "Sorry, I can't answer right now: no language model is configured for this service.",
@@ -101,8 +104,6 @@ def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
 def _conversation(request: ChatRequest):
     if not request.conversation_id:
         return None
-    from chat.selectors import ConversationNotFound, conversation_get_for_owner
-
     try:
         return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id)
     except ConversationNotFound as exc:
@@ -117,8 +118,6 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
         system += f" You are chatting in the Discord server {request.guild_id}."
     history: list[dict] = []
     if request.conversation_id:
-        from chat.selectors import message_list_recent
-
         own = {str(context_job_id), str(reply_job_id(context_job_id))} if context_job_id else set()
         budget = settings.CHAT_CONTEXT_TOKEN_BUDGET
         recent = message_list_recent(conversation_id=request.conversation_id,
@@ -183,13 +182,12 @@ def _fallback(writer: OutputWriter, reason: str) -> tuple[None, str]:
 
 
 def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> None:
-    from chat.services import message_save
-
-    message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role="user",
+    message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
                  content=request.prompt, personality_mode=mode, job_id=context.job_id)
     if reply:
-        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role="assistant",
-                     content=reply[:10_000], personality_mode=mode, job_id=reply_job_id(context.job_id))
+        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
+                     role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
+                     job_id=reply_job_id(context.job_id))
 
 
 def _prompt_facts(request: ChatRequest) -> dict:

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.jobs import ChatBotInteractionJob
+from chat.selectors import conversation_get_for_owner
 from queues.api_support import accept_job
 from queues.constants import JobStatus
 from queues.selectors import JobNotFound, job_get_for_user
@@ -24,8 +25,6 @@ class ChatBotApi(APIView):
             raise ValidationFailed(details=exc.detail) from exc
         if payload.get("conversationId"):
             # Refuse at once rather than after a trip through the queue.
-            from chat.selectors import conversation_get_for_owner
-
             conversation_get_for_owner(conversation_id=payload["conversationId"], owner_id=request.user.pk)
 
         def links(job):

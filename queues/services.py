@@ -134,7 +134,8 @@ def job_enqueue(
         return existing
     record.replayed = False
     transaction.on_commit(lambda: _push_safely(record.pk))
-    signals.job_enqueued.send(sender=JobRecord, job=record)
+    # Counted on commit: a rolled-back write enqueued nothing.
+    transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
     return record
 
 

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "queues.middleware.RequestIdMiddleware",
+    "queues.logging.AccessLogMiddleware",
     "slimy_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -140,6 +141,11 @@ JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
+
+# --- Metrics: multi-process directory (set by `make run` for every process; read by prometheus_client
+# itself at import) and the bearer token that lets Prometheus scrape /metrics (empty: staff only).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Auth, API.
 AUTH_PASSWORD_VALIDATORS = [
