@@ -45,6 +45,7 @@ FALLBACK_REPLIES = {
     "breaker_open": "Sorry, my language model is having trouble right now. Please try again in a minute.",
     "provider_error": "Sorry, I couldn't reach my language model after several tries. Please try again later.",
     "provider_rejected": "Sorry, my language model could not process this request. Try rephrasing it.",
+    "empty_reply": "Sorry, I couldn't come up with an answer to that. Try rephrasing your question.",
 }
 # While tokens stream in, cancellation is checked (one primary-key query) every quarter second or
 # every 16 chunks, whichever comes first: a fast stream stops within 16 chunks, a slow one within 0.25 s.
@@ -78,22 +79,24 @@ def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     finally:
         writer.close()
 
-    if fallback_reason:
-        CHAT_FALLBACKS.labels(fallback_reason).inc()
-        reply, model, usage = FALLBACK_REPLIES[fallback_reason], "", {"promptTokens": 0, "completionTokens": 0}
-    else:
+    usage = {"promptTokens": 0, "completionTokens": 0}
+    if completion is not None:  # the provider answered (possibly with nothing usable)
         LLM_TOKENS.labels("prompt").inc(completion.prompt_tokens)
         LLM_TOKENS.labels("completion").inc(completion.completion_tokens)
-        reply, model = completion.text, completion.model
         usage = {"promptTokens": completion.prompt_tokens, "completionTokens": completion.completion_tokens}
+    if fallback_reason:
+        CHAT_FALLBACKS.labels(fallback_reason).inc()
+        reply, model = FALLBACK_REPLIES[fallback_reason], completion.model if completion else ""
+    else:
+        reply, model = completion.text, completion.model
 
-    if conversation is not None:
-        _save(request, context, mode, None if fallback_reason else reply)
     result = {"reply": reply, "usedFallback": bool(fallback_reason), "model": model, "usage": usage}
     if fallback_reason:
         result["fallbackReason"] = fallback_reason
     if conversation is not None:
         result["conversationId"] = str(conversation.pk)
+        if not _save(request, context, mode, None if fallback_reason else reply):
+            result["conversationSaved"] = False
     _audit(request, context, action="chat_bot_interaction", details={
         **_prompt_facts(request), "replyLength": len(reply), "usedFallback": bool(fallback_reason),
         "fallbackReason": fallback_reason or None, "model": model, "usage": usage, "personalityMode": mode,
@@ -135,7 +138,7 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
 
 
 def _complete(request, messages, writer: OutputWriter, context: JobContext) -> tuple[Completion | None, str]:
-    """The completion, or (None, fallback reason). Raises TransientJobError to retry, JobCancelled."""
+    """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return _fallback(writer, "not_configured")
     if not breaker_allow():
@@ -171,6 +174,8 @@ def _complete(request, messages, writer: OutputWriter, context: JobContext) -> t
             raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
         return _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
     breaker_record_success()
+    if not completion.text.strip():
+        return completion, _fallback(writer, "empty_reply")[1]
     return completion, ""
 
 
@@ -181,13 +186,20 @@ def _fallback(writer: OutputWriter, reason: str) -> tuple[None, str]:
     return None, reason
 
 
-def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> None:
-    message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
-                 content=request.prompt, personality_mode=mode, job_id=context.job_id)
-    if reply:
-        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
-                     role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
-                     job_id=reply_job_id(context.job_id))
+def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
+    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    try:
+        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
+                     content=request.prompt, personality_mode=mode, job_id=context.job_id)
+        if reply:
+            message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
+                         role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
+                         job_id=reply_job_id(context.job_id))
+    except ConversationNotFound:
+        # The user still gets the answer; there is just nowhere left to keep it.
+        logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
+        return False
+    return True
 
 
 def _prompt_facts(request: ChatRequest) -> dict:

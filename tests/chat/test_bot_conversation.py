@@ -117,3 +117,32 @@ def test_api_accepts_own_conversation_and_hides_others(fake_llm, user, other_use
     assert ok.status_code == 202
     refused = client.post("/api/chat/bot", {"prompt": "hi", "conversationId": str(theirs.pk)}, format="json")
     assert refused.status_code == 404 and refused.json()["error"] == "conversation_not_found"
+
+
+def test_conversation_deleted_while_answering_still_answers(fake_llm, user, run_worker):
+    import threading
+
+    from django.db import connection
+
+    from queues.models import JobRecord
+
+    conversation = ConversationFactory(owner=user)
+    fake_llm.then(Behaviour(chunks=["still", " here"], hold_after=1))
+    job = _ask(user, conversation)
+
+    def delete_while_streaming():
+        try:
+            assert fake_llm.holding.wait(20)
+            conversation.delete()
+        finally:
+            fake_llm.release()
+            connection.close()
+
+    deleter = threading.Thread(target=delete_while_streaming)
+    deleter.start()
+    run_worker()
+    deleter.join(20)
+    record = JobRecord.objects.get(pk=job.pk)
+    assert record.status == JobStatus.COMPLETED
+    assert record.result["reply"] == "still here" and record.result["conversationSaved"] is False
+    assert not Message.objects.filter(job_id=job.pk).exists()

@@ -156,3 +156,12 @@ def test_job_without_owner_fails_permanently(fake_llm, drain):
     record = drain(job_enqueue(job_type="chat_bot_interaction", payload={"prompt": "hi"}))
     assert record.status == JobStatus.FAILED and record.error_code == "owner_required"
     assert fake_llm.requests == []
+
+
+def test_an_empty_completion_answers_the_fallback(fake_llm, user, drain):
+    fake_llm.then(Behaviour(chunks=["", "  "]))
+    record = drain(_ask(user))
+    assert record.result["usedFallback"] is True and record.result["fallbackReason"] == "empty_reply"
+    assert record.result["reply"] == FALLBACK_REPLIES["empty_reply"]
+    assert record.result["usage"] == {"promptTokens": 11, "completionTokens": 2}  # the provider did answer
+    assert len(fake_llm.completion_requests) == 1
