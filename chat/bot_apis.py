@@ -5,19 +5,41 @@ Watching the reply as it streams is the job system's business: `eventsUrl` point
 """
 
 from django.urls import reverse
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.jobs import ChatBotInteractionJob
+from chat.jobs import ChatBotInteractionJob, ChatBotPayload
 from chat.selectors import conversation_get_for_owner
 from queues.api_support import accept_job
+from queues.apis import JOB_ID_PARAMETER, JobErrorSerializer, JobItemSerializer
 from queues.constants import JobStatus
 from queues.selectors import JobNotFound, job_get_for_user
 from slimy_site.exceptions import ValidationFailed
+from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
+from slimy_site.serializers import ErrorSerializer
+
+CONVERSATION_NOT_FOUND = OpenApiResponse(
+    response=ErrorSerializer, description="Error codes: `conversation_not_found`",
+    examples=[OpenApiExample("conversation_not_found", response_only=True, status_codes=["404"], value={
+        "ok": False, "error": "conversation_not_found", "message": "Conversation not found."})],
+)
+
+
+class ChatBotAcceptedSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    jobId = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.URLField(help_text="GET /api/chat/jobs/<jobId>.")
+    eventsUrl = serializers.URLField(help_text="Server-Sent Events of the reply as it streams.")
+    outputUrl = serializers.URLField(help_text="The reply's output log, by cursor.")
 
 
 class ChatBotApi(APIView):
+    @extend_schema(operation_id="chat_bot_create", tags=["chat"], request=ChatBotPayload, responses={
+        202: ChatBotAcceptedSerializer, 200: ChatBotAcceptedSerializer, 404: CONVERSATION_NOT_FOUND,
+        **error_responses(*SUBMIT_ERROR_CODES)})
     def post(self, request):
         try:
             payload = ChatBotInteractionJob.validate(request.data)
@@ -39,19 +61,29 @@ class ChatBotApi(APIView):
 
 class ChatBotJobApi(APIView):
     class OutputSerializer(serializers.Serializer):
-        ok = serializers.BooleanField(default=True)
-        status = serializers.CharField()
-        jobId = serializers.CharField(source="id")
-        createdAt = serializers.DateTimeField(source="created_at")
+        """The fields after `maxAttempts` are present only when they apply to the status."""
+
+        ok = serializers.BooleanField()
+        status = serializers.ChoiceField(choices=JobStatus.choices)
+        jobId = serializers.UUIDField()
+        createdAt = serializers.DateTimeField()
         attempts = serializers.IntegerField()
-        maxAttempts = serializers.IntegerField(source="max_attempts")
+        maxAttempts = serializers.IntegerField()
+        progress = serializers.JSONField(required=False)
+        result = serializers.JSONField(
+            required=False, help_text="{reply, usedFallback, fallbackReason?, model, usage, conversationId?}")
+        completedAt = serializers.DateTimeField(required=False)
+        failedAt = serializers.DateTimeField(required=False)
+        cancelledAt = serializers.DateTimeField(required=False)
+        error = JobErrorSerializer(required=False)
 
         def to_representation(self, job):
-            data = super().to_representation(job)
-            data["ok"] = True
-            finished = serializers.DateTimeField().to_representation(job.finished_at) if job.finished_at else None
+            iso = serializers.DateTimeField().to_representation
+            data = {"ok": True, "status": job.status, "jobId": str(job.pk), "createdAt": iso(job.created_at),
+                    "attempts": job.attempts, "maxAttempts": job.max_attempts}
             if job.progress is not None:
                 data["progress"] = job.progress
+            finished = iso(job.finished_at) if job.finished_at else None
             if job.status == JobStatus.COMPLETED:
                 data["result"] = job.result
                 data["completedAt"] = finished
@@ -60,11 +92,14 @@ class ChatBotJobApi(APIView):
             elif job.status == JobStatus.CANCELLED:
                 data["cancelledAt"] = finished
             if job.status != JobStatus.COMPLETED and job.error_message:
-                data["error"] = {"code": job.error_code, "message": job.error_message}
+                # Same rule as the generic job endpoints: untyped errors are hidden from owners.
+                data["error"] = JobItemSerializer(context=self.context).get_error(job)
             return data
 
+    @extend_schema(operation_id="chat_bot_job_retrieve", tags=["chat"], parameters=[JOB_ID_PARAMETER],
+                   responses={200: OutputSerializer, **error_responses("job_not_found")})
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         if job.job_type != ChatBotInteractionJob.name:
             raise JobNotFound()
-        return Response(self.OutputSerializer(job).data)
+        return Response(self.OutputSerializer(job, context={"user": request.user}).data)

@@ -19,16 +19,21 @@ from collections.abc import Iterator
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from queues.apis import JOB_ID_PARAMETER, JobItemSerializer
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
 from queues.selectors import job_get_for_user
 from slimy_site.exceptions import ValidationFailed
+from slimy_site.schema import error_responses
+from slimy_site.serializers import ErrorSerializer
 
 BLOCK_MS = 500  # one XREAD waits at most this long, so state changes and disconnects are seen quickly
 STATE_POLL_SECONDS = 0.5  # the ledger is read at most this often per stream
@@ -58,6 +63,22 @@ def _limit(raw) -> int:
     return value
 
 
+AFTER = OpenApiParameter("after", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+                         description="A cursor (an entry id) from an earlier answer; omitted: from the start.")
+LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+                         description=f"Entries per answer, 1-{MAX_READ} (default {DEFAULT_LIMIT}).")
+LAST_EVENT_ID = OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                                 description="Resume after this event (sent by EventSource on reconnect).")
+
+
+def _bad_parameter(*codes) -> OpenApiResponse:
+    return OpenApiResponse(
+        response=ErrorSerializer, description="Error codes: " + ", ".join(f"`{c}`" for c in codes),
+        examples=[OpenApiExample(c, response_only=True, status_codes=["400"],
+                                 value={"ok": False, "error": c, "message": "The input is not valid."}) for c in codes],
+    )
+
+
 class JobOutputApi(APIView):
     class OutputSerializer(serializers.Serializer):
         ok = serializers.BooleanField()
@@ -69,6 +90,9 @@ class JobOutputApi(APIView):
         more = serializers.BooleanField()
         done = serializers.BooleanField()
 
+    @extend_schema(operation_id="jobs_output", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LIMIT],
+                   responses={200: OutputSerializer, 400: _bad_parameter("invalid_cursor", "invalid_limit"),
+                              **error_responses("job_not_found")})
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         after = parse_cursor(request.query_params.get("after"))
@@ -86,10 +110,18 @@ class JobOutputApi(APIView):
 class JobEventsApi(APIView):
     renderer_classes = [JSONRenderer, EventStreamRenderer]
 
+    @extend_schema(
+        operation_id="jobs_events", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LAST_EVENT_ID],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR, description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it."),
+            400: _bad_parameter("invalid_cursor"), **error_responses("job_not_found"),
+        },
+    )
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
-        response = StreamingHttpResponse(job_event_stream(job_id=job.pk, cursor=cursor),
+        response = StreamingHttpResponse(job_event_stream(job_id=job.pk, cursor=cursor, viewer=request.user),
                                          content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # proxies must not buffer the stream
@@ -102,7 +134,7 @@ def _event(kind: str, data: dict, event_id: str | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _state(job: JobRecord | None) -> dict:
+def _state(job: JobRecord | None, viewer=None) -> dict:
     if job is None:
         return {"status": "gone"}  # the record was purged by retention
     state = {"status": job.status, "attempt": job.attempts, "maxAttempts": job.max_attempts}
@@ -111,7 +143,8 @@ def _state(job: JobRecord | None) -> dict:
     if job.status in FINAL_STATUSES:
         state["result"] = job.result
         if job.error_message:
-            state["error"] = {"code": job.error_code, "message": job.error_message}
+            # Same rule as the job endpoints: untyped errors are hidden from owners.
+            state["error"] = JobItemSerializer(context={"user": viewer}).get_error(job)
     return state
 
 
@@ -127,7 +160,7 @@ def _entry_event(entry: dict) -> str:
     return _event("chunk", {"attempt": entry["attempt"], "text": entry["text"]}, entry["id"])
 
 
-def job_event_stream(*, job_id, cursor: str = "0") -> Iterator[str]:
+def job_event_stream(*, job_id, cursor: str = "0", viewer=None) -> Iterator[str]:
     started = last_sent = time.monotonic()
     heartbeat = max(settings.JOB_EVENTS_HEARTBEAT, 0.5)
     yield "retry: 2000\n\n"  # EventSource waits this long (ms) before reconnecting
@@ -145,9 +178,9 @@ def job_event_stream(*, job_id, cursor: str = "0") -> Iterator[str]:
                 for entry in entries:
                     yield _entry_event(entry)
                 cursor = entries[-1]["id"]
-            yield _event("state", _state(job), cursor)
+            yield _event("state", _state(job, viewer), cursor)
             return
-        state = _state(job)
+        state = _state(job, viewer)
         if state != sent_state:
             yield _event("state", state, cursor)
             sent_state, last_sent = state, time.monotonic()
@@ -155,7 +188,7 @@ def job_event_stream(*, job_id, cursor: str = "0") -> Iterator[str]:
         if any(entry["type"] == SEGMENT for entry in entries):
             # A new attempt began: announce its state before its first chunk.
             job, last_poll = _read_job(job_id), time.monotonic()
-            state = _state(job)
+            state = _state(job, viewer)
             if state != sent_state and job is not None and job.status not in FINAL_STATUSES:
                 yield _event("state", state, cursor)
                 sent_state = state
