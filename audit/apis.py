@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import permissions, renderers, serializers
+from rest_framework import renderers, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -20,26 +20,9 @@ from queues.api_support import accept_job, job_accepted_body
 from queues.constants import FINAL_STATUSES, JobStatus
 from queues.models import JobRecord
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
+from slimy_site.roles import IsService, IsStaff
 
 DEFAULT_LIMIT = 50
-SERVICE_GROUP = "service"
-
-
-class IsStaff(permissions.BasePermission):
-    message = "Staff only."
-
-    def has_permission(self, request, view):
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
-
-
-class IsStaffOrService(permissions.BasePermission):
-    message = "Staff or service accounts only."
-
-    def has_permission(self, request, view):
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        return user.is_staff or user.groups.filter(name=SERVICE_GROUP).exists()
 
 
 class ReportNotFound(NotFound):
@@ -126,7 +109,7 @@ class AuditLogListApi(APIView):
             return fields
 
     def get_permissions(self):
-        return [IsStaffOrService()] if self.request.method == "POST" else [IsStaff()]
+        return [IsService()] if self.request.method == "POST" else [IsStaff()]
 
     @extend_schema(
         summary="List audit events (staff)", operation_id="audit_log_list", responses={200: _EVENT_LIST},
