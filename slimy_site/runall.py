@@ -152,7 +152,8 @@ class Supervisor:
         self.log("all processes stopped")
 
 
-def build_children(*, host: str, port: int, concurrency: dict[str, int], python: str = sys.executable) -> list[Child]:
+def build_children(*, host: str, port: int, concurrency: dict[str, int], python: str = sys.executable,
+                   worker_classes: dict[str, str] | None = None) -> list[Child]:
     manage = [python, "manage.py"]
     children = [Child("web", [python, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
                               "--workers", "2", "--threads", "8", "--bind", f"{host}:{port}",
@@ -163,6 +164,9 @@ def build_children(*, host: str, port: int, concurrency: dict[str, int], python:
         for i in range(count):
             # Every worker may run the scheduler: RQ's per-queue lock lets one do it at a time,
             # and another takes over if it dies.
-            children.append(Child(f"worker-{queue}-{i + 1}", manage + ["rqworker", queue, "--with-scheduler"]))
+            argv = manage + ["rqworker", queue, "--with-scheduler"]
+            if worker_classes and queue in worker_classes:
+                argv += ["--worker-class", worker_classes[queue]]  # settings.QUEUE_WORKER_CLASSES
+            children.append(Child(f"worker-{queue}-{i + 1}", argv))
     children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
     return children

@@ -5,6 +5,7 @@ import importlib
 SCENARIOS = {
     "throughput": "bench.scenarios.throughput",
     "audit-ingest": "bench.scenarios.audit_ingest",
+    "chat-concurrency": "bench.scenarios.chat_concurrency",
     "pickup": "bench.scenarios.pickup",
     "submit": "bench.scenarios.submit",
 }

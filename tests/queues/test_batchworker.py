@@ -146,3 +146,28 @@ def test_start_batch_takes_only_waiting_records_once(run_batch_worker):
     assert [str(j.pk) for j in first] == ids and all(j.status == "started" and j.attempts == 1 for j in first)
     assert job_start_batch(job_ids=ids, worker_name="b") == []  # a second delivery starts nothing
     assert JobAttempt.objects.filter(job_id__in=ids).count() == 3
+
+
+def test_a_paused_queue_is_left_alone_until_resumed(run_batch_worker, redis_conn):
+    from queues.worker import paused_key
+
+    held = job_enqueue(job_type="test_record", payload={"tag": "held"})  # audit queue
+    other = job_enqueue(job_type="test_echo", payload={"value": "runs"})  # database queue
+    redis_conn.set(paused_key(QueueName.AUDIT), "1")
+    run_batch_worker()
+    assert _record(held).status == JobStatus.QUEUED and _record(other).status == JobStatus.COMPLETED
+    redis_conn.delete(paused_key(QueueName.AUDIT))
+    run_batch_worker()
+    assert _record(held).status == JobStatus.COMPLETED
+
+
+def test_without_lmpop_an_older_redis_is_served_too(run_batch_worker, redis_conn, monkeypatch):
+    from queues.batchworker import SlimyBatchWorker
+
+    monkeypatch.setattr(SlimyBatchWorker, "get_redis_server_version", lambda self: (6, 2, 0))
+    for priority in ("low", "high"):
+        job_enqueue(job_type="test_record", payload={"tag": priority}, priority=priority)
+    jobs = [job_enqueue(job_type="test_echo", payload={"value": str(i)}) for i in range(5)]
+    run_batch_worker()
+    assert all(_record(job).status == JobStatus.COMPLETED for job in jobs)
+    assert [t.decode() for t in redis_conn.lrange("test:order", 0, -1)] == ["high", "low"]

@@ -45,7 +45,8 @@ class Command(BaseCommand):
             "database": settings.DATABASE_CONCURRENCY,
             "audit": settings.AUDIT_CONCURRENCY,
         }
-        children = build_children(host=options["host"], port=options["port"], concurrency=concurrency)
+        children = build_children(host=options["host"], port=options["port"], concurrency=concurrency,
+                                  worker_classes=settings.QUEUE_WORKER_CLASSES)
         if options["no_web"]:
             children = [c for c in children if c.name != "web"]
         supervisor = Supervisor(children, env, log=lambda m: self.stdout.write(f"[runall] {m}"))
