@@ -7,6 +7,7 @@ SCENARIOS = {
     "audit-ingest": "bench.scenarios.audit_ingest",
     "chat-concurrency": "bench.scenarios.chat_concurrency",
     "pickup": "bench.scenarios.pickup",
+    "stream": "bench.scenarios.stream",
     "submit": "bench.scenarios.submit",
 }
 

@@ -33,6 +33,7 @@ def run(env: BenchEnv, *, levels, threads: int, reply_seconds: float, baseline_p
     # 200 simultaneous connections: the default listen backlog (5) would make clients wait for SYN retries.
     http.server.ThreadingHTTPServer.request_queue_size = 1024
     fake = FakeLLM().start()
+    fake._server.handle_error = lambda request, address: None  # workers hang up on keep-alive: not news
     fake.always(Behaviour(text="A short bench reply.", delay_before=reply_seconds))
     baseline_name = BASELINE.replace("5", str(baseline_processes), 1)
     result = Result(NAME, env, params=dict(levels=list(levels), threads=threads, reply_seconds=reply_seconds,
