@@ -4,8 +4,8 @@ A chat reply spends about all its time waiting for the provider; a forking worke
 (~60 MB, a fork) per reply in flight. This worker keeps up to THREADS jobs running on daemon threads
 of one process. It shares the batch worker's machinery (queues.batchworker): ids popped with one
 `LMPOP` (priority order, paused queues skipped), started with one statement; each job then runs on a
-thread and records its own outcome (one statement for a completion), with a database session only
-while it runs (closed after each job, so sessions stay bounded by jobs in flight).
+thread and records its own outcome (one statement for a completion). Each thread keeps its own
+database session (Django's are per thread; CONN_MAX_AGE applies), so sessions <= THREADS.
 
 Guarantees: as the batch worker — at-least-once through the ledger and the reconciler, retries,
 priorities, cancellation (`check_cancelled`, results of cancelled jobs discarded), warm shutdown waits
@@ -147,7 +147,9 @@ class SlimyThreadWorker(SlimyBatchWorker):
         while True:
             job = self._inbox.get()
             if job is None:
+                connections.close_all()
                 return
+            close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
             job_id = str(job.pk)
             with self._lock:
                 _, started, timeout = self._inflight[job_id]
@@ -171,7 +173,6 @@ class SlimyThreadWorker(SlimyBatchWorker):
                     if not self._inflight:
                         self._state = WorkerStatus.IDLE
                     self._lock.notify_all()
-                connections.close_all()  # this thread's session; sessions stay bounded by jobs in flight
                 return
             except JobTimeoutException:
                 continue

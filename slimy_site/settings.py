@@ -155,7 +155,7 @@ QUEUE_WORKER_CLASSES = {
     "database": env.str("DATABASE_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
     "audit": env.str("AUDIT_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
 }
-# Jobs in flight per SlimyThreadWorker process (each holds a database session while it runs, so
+# Jobs in flight per SlimyThreadWorker process (each thread keeps a database session, so
 # CHAT_CONCURRENCY x WORKER_THREADS must fit PostgreSQL's max_connections with everything else).
 WORKER_THREADS = env.int("WORKER_THREADS", default=16)
 
