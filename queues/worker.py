@@ -25,11 +25,16 @@ from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queu
 logger = logging.getLogger("queues.worker")
 
 ALIVE_KEY = "slimy:worker:alive:{}"
+SUSPECT_KEY = "slimy:worker:suspect:{}"  # when the reconciler first missed the alive key (queues.reconcile)
 _PR_SET_PDEATHSIG = 1
 
 
 def alive_key(worker_name: str) -> str:
     return ALIVE_KEY.format(worker_name)
+
+
+def suspect_key(worker_name: str) -> str:
+    return SUSPECT_KEY.format(worker_name)
 
 
 def expand_priorities(queues: list[Queue]) -> list[Queue]:
