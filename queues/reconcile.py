@@ -24,7 +24,7 @@ from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueN
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
-from queues.worker import alive_key, suspect_key
+from queues.worker import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
 
@@ -49,6 +49,7 @@ def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float
     grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
     # A live worker beats every WORKER_TTL/3 s: two missed beats in a row mean it is gone.
     confirm = max(settings.WORKER_TTL, 3) * 2 / 3 if confirm_seconds is None else confirm_seconds
+    _recover_reported(report)
     _recover_abandoned(report, confirm)
     _requeue_lost(report, timezone.now() - grace)
     if report.requeued or report.recovered or report.released:
@@ -69,6 +70,19 @@ def _release_overdue(report: ReconcileReport) -> None:
                 if rq_queue.connection.zrem(registry.key, job.id):
                     rq_queue.enqueue_job(job)
                     report.released.append(job.id)
+
+
+def _recover_reported(report: ReconcileReport) -> None:
+    """Jobs whose worker saw them fail while the database was down (see LedgerWorkerMixin._recover)."""
+    conn = get_connection()
+    for entry in conn.smembers(RECOVER_KEY):
+        job_id, _, worker_name = entry.decode().partition(" ")
+        # Only the attempt that worker was running: a record it no longer holds is someone else's now.
+        if JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, worker_name=worker_name).exists():
+            if job_recover_abandoned(job_id=job_id, reason=f"failed on worker {worker_name} while the database "
+                                                           "was unreachable"):
+                report.recovered.append(job_id)
+        conn.srem(RECOVER_KEY, entry)
 
 
 def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
