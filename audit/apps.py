@@ -3,5 +3,6 @@ from django.apps import AppConfig
 
 class AuditConfig(AppConfig):
     name = "audit"
+    verbose_name = "Audit trail"
     default_auto_field = "django.db.models.BigAutoField"
-    job_modules = ()
+    job_modules = ("audit.jobs",)

@@ -9,3 +9,6 @@ class QueuesConfig(AppConfig):
 
     def ready(self):
         from queues import checks  # noqa: F401  (registers system checks)
+        from queues.metrics import connect_receivers
+
+        connect_receivers()

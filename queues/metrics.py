@@ -1,13 +1,87 @@
-"""Every Prometheus metric of Slimy (names: slimy_<subsystem>_<name>_<unit>).
+"""Every Prometheus metric of Slimy (names: slimy_<subsystem>_<name>_<unit>) and how processes share them.
 
-Job metrics are recorded by the runner's hooks (queues.signals); chat and audit increment theirs
-directly. Queue depth and worker gauges are computed at scrape time by a collector.
+Job metrics are recorded by receivers of the runner's hooks (queues.signals); chat and audit increment
+theirs directly. Queue depth and worker gauges are computed at scrape time (queues.metrics_collector).
+
+Across processes: with PROMETHEUS_MULTIPROC_DIR set (the `make run` supervisor sets it for the web
+process and every worker, after `prepare_multiprocess_dir`), every process writes its values to
+mmap'ed files there and /metrics sums them. RQ forks one work-horse per job; left alone each horse
+would leave its own files behind (thousands per hour). Horses of one worker run one after another,
+so they share one file set named after their parent (`*_horse<worker pid>.db`); values accumulate.
+
+Coordination: `slimy_audit_chain_ok` is set by the audit chain verification (1 = intact, 0 = broken):
+`from queues.metrics import AUDIT_CHAIN_OK; AUDIT_CHAIN_OK.set(1 if ok else 0)`.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+from __future__ import annotations
 
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from django.core import checks
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
+
+logger = logging.getLogger(__name__)
+
+# --- Multi-process values (must be installed before the metrics below are constructed).
+_horse = {"pid": None, "parent": None}
+
+
+def _process_identifier():
+    pid = os.getpid()
+    if pid == _horse["pid"]:
+        return f"horse{_horse['parent']}"
+    return pid
+
+
+def _install_multiprocess_values() -> None:
+    # prometheus_client decides multi-process mode from the environment when it is imported; we only
+    # swap its value class for one that knows work-horses. Nothing here touches the network.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not getattr(values.ValueClass, "slimy_horse_aware", False):
+        value_class = values.MultiProcessValue(process_identifier=_process_identifier)
+        value_class.slimy_horse_aware = True
+        values.ValueClass = value_class
+
+
+_install_multiprocess_values()
+
+
+def enter_work_horse() -> None:
+    """Called in a freshly forked work-horse: write to the worker's horse file set, not a new one."""
+    _horse["pid"], _horse["parent"] = os.getpid(), os.getppid()
+
+
+def prepare_multiprocess_dir(path) -> Path:
+    """Empty (or create) the multi-process directory. Call once, before any process that writes to it starts."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / "started_at").write_text(f"{time.time():.3f}")
+    return path
+
+
+def process_exited(pid: int, path=None) -> None:
+    """The supervisor calls this when a child process exits: drops its `live*` gauges (counters stay)."""
+    path = path or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        multiprocess.mark_process_dead(pid, path)
+
+
+def metrics_started_at(path) -> float | None:
+    try:
+        return float((Path(path) / "started_at").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- Definitions.
 JOB_LABELS = ("queue", "job_type")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OUTCOMES = ("completed", "failed", "retried", "cancelled")
 
 JOBS_ENQUEUED = Counter("slimy_jobs_enqueued_total", "Jobs accepted into a queue.", JOB_LABELS)
 JOBS_FINISHED = Counter(
@@ -28,3 +102,93 @@ AUDIT_EVENTS_WRITTEN = Counter("slimy_audit_events_written_total", "Audit events
 AUDIT_EVENTS_FAILED = Counter(
     "slimy_audit_events_failed_total", "Audit events that could not be enqueued or written.", ("stage",)
 )
+AUDIT_CHAIN_OK = Gauge("slimy_audit_chain_ok", "1 when the last audit chain verification passed, 0 when broken.",
+                       multiprocess_mode="mostrecent")
+
+# Gauges computed at scrape time by queues.metrics_collector (listed here so every name lives in one place).
+SCRAPE_GAUGES = {
+    "slimy_queue_jobs": "Jobs in Redis by queue and state (queued, scheduled, started, failed).",
+    "slimy_queue_oldest_job_age_seconds": "Age of the oldest job due to run but not started, by queue.",
+    "slimy_queue_workers": "Workers listening on the queue.",
+    "slimy_workers": "RQ workers by state.",
+    "slimy_redis_up": "1 when Redis answered the scrape.",
+}
+
+# Finished-job counts per 10 s bucket in Redis: the snapshot's "jobs per minute over 5 minutes",
+# shared by every process without waiting for Prometheus.
+THROUGHPUT_BUCKET_SECONDS = 10
+THROUGHPUT_WINDOW_SECONDS = 300
+THROUGHPUT_KEY = "slimy:metrics:finished:{}"
+
+
+# --- Hook receivers (connected in QueuesConfig.ready()).
+def on_job_enqueued(sender, job, **kwargs) -> None:
+    JOBS_ENQUEUED.labels(job.queue, job.job_type).inc()
+
+
+def on_job_started(sender, job, wait=None, **kwargs) -> None:
+    if wait is not None:
+        JOB_WAIT.labels(job.queue, job.job_type).observe(wait)
+
+
+def on_job_finished(sender, job, outcome, duration=None, **kwargs) -> None:
+    JOBS_FINISHED.labels(job.queue, job.job_type, outcome).inc()
+    if duration is not None:
+        JOB_DURATION.labels(job.queue, job.job_type).observe(duration)
+    if outcome in ("completed", "failed"):
+        _count_finished(job.queue)
+
+
+def _count_finished(queue: str) -> None:
+    from redis.exceptions import RedisError
+
+    from queues.redis import get_connection
+
+    key = THROUGHPUT_KEY.format(int(time.time()) // THROUGHPUT_BUCKET_SECONDS)
+    try:
+        pipe = get_connection().pipeline(transaction=False)
+        pipe.hincrby(key, queue, 1)
+        pipe.expire(key, THROUGHPUT_WINDOW_SECONDS * 2)
+        pipe.execute()
+    except (RedisError, OSError):
+        # Only the snapshot's throughput figure is affected; the job's outcome is already recorded.
+        logger.warning("could not count the finished job for throughput", exc_info=True)
+
+
+def throughput_per_minute(conn, now: float | None = None) -> dict[str, float]:
+    """Jobs finished (completed or failed) per minute over the last 5 minutes, by queue."""
+    now = time.time() if now is None else now
+    last = int(now) // THROUGHPUT_BUCKET_SECONDS
+    buckets = range(last - THROUGHPUT_WINDOW_SECONDS // THROUGHPUT_BUCKET_SECONDS + 1, last + 1)
+    pipe = conn.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(THROUGHPUT_KEY.format(bucket))
+    totals: dict[str, int] = {}
+    for counts in pipe.execute():
+        for queue, n in counts.items():
+            queue = queue.decode() if isinstance(queue, bytes) else queue
+            totals[queue] = totals.get(queue, 0) + int(n)
+    minutes = THROUGHPUT_WINDOW_SECONDS / 60
+    return {queue: n / minutes for queue, n in totals.items()}
+
+
+def connect_receivers() -> None:
+    from queues import signals
+
+    signals.job_enqueued.connect(on_job_enqueued, dispatch_uid="slimy-metrics-enqueued")
+    signals.job_started.connect(on_job_started, dispatch_uid="slimy-metrics-started")
+    signals.job_finished.connect(on_job_finished, dispatch_uid="slimy-metrics-finished")
+
+
+@checks.register(checks.Tags.compatibility)
+def check_multiprocess_dir(app_configs=None, **kwargs):
+    from django.conf import settings
+
+    path = settings.PROMETHEUS_MULTIPROC_DIR
+    if path and not (os.path.isdir(path) and os.access(path, os.W_OK)):
+        return [checks.Error(
+            f"PROMETHEUS_MULTIPROC_DIR {path!r} is not a writable directory.",
+            hint="Create it empty before starting the processes (queues.metrics.prepare_multiprocess_dir).",
+            id="queues.E101",
+        )]
+    return []

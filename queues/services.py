@@ -134,7 +134,8 @@ def job_enqueue(
         return existing
     record.replayed = False
     transaction.on_commit(lambda: _push_safely(record.pk))
-    signals.job_enqueued.send(sender=JobRecord, job=record)
+    # Counted on commit: a rolled-back write enqueued nothing.
+    transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
     return record
 
 
@@ -216,7 +217,11 @@ def job_cancel(*, job: JobRecord, actor=None) -> JobRecord:
         previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
         if previous in FINAL_STATUSES:
             raise Conflict(f"The job is already {previous}.", code="job_not_cancellable")
-        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+        now = timezone.now()
+        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=now)
+        JobAttempt.objects.filter(job_id=job.pk, outcome=JobAttempt.Outcome.RUNNING).update(
+            outcome=JobAttempt.Outcome.CANCELLED, finished_at=now
+        )
     _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED)
     job.refresh_from_db()
     signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
@@ -335,3 +340,36 @@ def job_recover_abandoned(*, job_id, reason: str) -> str | None:
         signals.job_finished.send(sender=JobRecord, job=job, outcome="failed", duration=None)
     logger.warning("job %s abandoned (%s): now %s, next attempt in %s s", job_id, reason, job.status, delay)
     return job.status
+
+
+def job_complete_many(*, job_ids, result, worker_name: str = "") -> list:
+    """Mark waiting records completed without running them: another job did their work (e.g. the
+    audit worker writing several queued events in one statement). Records no longer waiting are left
+    alone. Their RQ deliveries later find them finished and skip them. Returns the ids completed."""
+    now = timezone.now()
+    with transaction.atomic():
+        waiting = list(
+            JobRecord.objects.select_for_update()
+            .filter(pk__in=list(job_ids), status__in=WAITING_STATUSES)
+            .values_list("pk", "attempts")
+        )
+        if not waiting:
+            return []
+        ids = [pk for pk, _ in waiting]
+        JobRecord.objects.filter(pk__in=ids).update(
+            status=JobStatus.COMPLETED, attempts=F("attempts") + 1, started_at=now, finished_at=now,
+            result=result, worker_name=worker_name, scheduled_for=None, progress=None,
+            error_code="", error_message="", error_traceback="",
+        )
+        JobAttempt.objects.bulk_create([
+            JobAttempt(job_id=pk, number=attempts + 1, worker_name=worker_name, started_at=now, finished_at=now,
+                       outcome=JobAttempt.Outcome.COMPLETED)
+            for pk, attempts in waiting
+        ])
+
+        def finished():
+            for job in JobRecord.objects.filter(pk__in=ids):
+                signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=0.0)
+
+        transaction.on_commit(finished)
+    return ids

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.metrics import enter_work_horse
 
 logger = logging.getLogger("queues.worker")
 
@@ -147,6 +148,7 @@ class SlimyWorker(LedgerWorkerMixin, Worker):
     def setup_work_horse_signals(self):
         super().setup_work_horse_signals()
         self._alive_stop.set()  # the horse must not beat for its parent
+        enter_work_horse()  # metrics: share the worker's horse file set instead of one per fork
         try:
             # If the worker itself is killed, take the horse with it so no job runs unsupervised.
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

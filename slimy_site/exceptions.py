@@ -1,14 +1,21 @@
-"""One error type for the domain and one response shape for the API: {ok: false, error, message, details?}."""
+"""One error type for the domain and one response shape for the API: {ok: false, error, message, details?}.
+
+Everything under /api/ answers in this shape: DRF views through `api_exception_handler`, and what
+happens outside DRF (unknown URLs, crashes in middleware, oversized bodies) through `api_not_found`,
+`api_server_error` and `slimy_site.middleware`. 5xx bodies never carry internals.
+"""
 
 import logging
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
 logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/"
 
 
 class ApplicationError(Exception):
@@ -49,6 +56,18 @@ class ServiceUnavailable(ApplicationError):
     status = 503
 
 
+class RateLimited(ApplicationError):
+    code = "rate_limited"
+    status = 429
+    message = "Too many requests; slow down."
+
+
+class PayloadTooLarge(ApplicationError):
+    code = "payload_too_large"
+    status = 413
+    message = "The request body is too large."
+
+
 _DRF_CODES = {
     drf_exceptions.NotAuthenticated: "not_authenticated",
     drf_exceptions.AuthenticationFailed: "authentication_failed",
@@ -62,6 +81,17 @@ _DRF_CODES = {
     drf_exceptions.ValidationError: "validation_error",
 }
 
+# Codes every API endpoint may answer, by status; endpoints document their own on top
+# (slimy_site.schema.error_responses). Keep in step with the README's table.
+COMMON_ERROR_CODES = {
+    400: ("malformed_request",),
+    401: ("not_authenticated", "authentication_failed"),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    429: ("rate_limited",),
+    500: ("internal_error",),
+}
+
 
 def error_body(code: str, message: str, details=None) -> dict:
     body = {"ok": False, "error": code, "message": message}
@@ -71,7 +101,12 @@ def error_body(code: str, message: str, details=None) -> dict:
 
 
 def api_exception_handler(exc, context):
+    # Imported here: rest_framework.views loads the throttle classes, which import this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
+
     if isinstance(exc, ApplicationError):
+        set_rollback()
         response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
         for name, value in exc.headers.items():
             response[name] = value
@@ -84,6 +119,7 @@ def api_exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     if response is None:
         # Unexpected: log with the traceback, answer without internals.
+        set_rollback()
         logger.exception("unhandled error in API view")
         return Response(error_body("internal_error", "An internal error occurred."), status=500)
 
@@ -94,8 +130,32 @@ def api_exception_handler(exc, context):
         )
     detail = exc.detail if isinstance(exc, drf_exceptions.APIException) else str(exc)
     message = str(detail) if not isinstance(detail, (list, dict)) else "Request failed."
+    if isinstance(exc, drf_exceptions.PermissionDenied) and message.startswith("CSRF Failed"):
+        code = "csrf_failed"
     return Response(error_body(code, message), status=response.status_code, headers=_copy_headers(response))
 
 
 def _copy_headers(response):
     return {k: v for k, v in response.items() if k in ("Retry-After", "WWW-Authenticate", "Allow")}
+
+
+def is_api_request(request) -> bool:
+    return request.path.startswith(API_PREFIX) or request.path == API_PREFIX.rstrip("/")
+
+
+def api_error_response(code: str, message: str, status: int, details=None) -> JsonResponse:
+    return JsonResponse(error_body(code, message, details), status=status)
+
+
+def api_not_found(request, exception=None):
+    """handler404: the error shape under /api/, Django's page elsewhere."""
+    if is_api_request(request):
+        return api_error_response("not_found", "Not found.", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def api_server_error(request):
+    """handler500: no internals in the body, whatever went wrong."""
+    if is_api_request(request):
+        return api_error_response("internal_error", "An internal error occurred.", 500)
+    return defaults.server_error(request)

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_rq",
     "slimy_site",
     "queues",
@@ -54,6 +55,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "queues.middleware.RequestIdMiddleware",
+    "queues.logging.AccessLogMiddleware",
+    "slimy_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -135,9 +138,21 @@ RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", default=15)
 RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=30)
 JOB_RESULT_TTL = env.int("JOB_RESULT_TTL", default=3600)
 JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
+# Idempotent callables the reconciler loop (`queues_reconcile --loop`) runs every PERIODIC_HOOKS_INTERVAL
+# seconds: keep the daily audit clean-up scheduled, and verify the audit chain for the alerting gauge.
+PERIODIC_HOOKS = env.list(
+    "PERIODIC_HOOKS",
+    default=["audit.retention.audit_cleanup_schedule_next", "audit.selectors.audit_chain_state"],
+)
+PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
+
+# --- Metrics: multi-process directory (set by `make run` for every process; read by prometheus_client
+# itself at import) and the bearer token that lets Prometheus scrape /metrics (empty: staff only).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Auth, API.
 AUTH_PASSWORD_VALIDATORS = [
@@ -145,6 +160,11 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# Per user and endpoint class (queues.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
+API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
+    "submit": "120/min", "read": "1200/min", "write": "300/min",
+    "submit@service": "6000/min", "write@service": "6000/min",
+})
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -153,9 +173,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["queues.throttling.ScopedRedisThrottle"],
     "EXCEPTION_HANDLER": "slimy_site.exceptions.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "slimy_site.schema.SlimyAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -163,6 +184,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Background jobs: chat replies, conversations and the audit trail.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package: /api/docs/ works offline, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LANGUAGE_CODE = "en-us"
@@ -201,3 +227,11 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Audit.
+# Events older than this many days are deleted by the daily audit_cleanup job...
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
+# ...except these actions, kept for ever (comma-separated in the environment).
+AUDIT_RETENTION_KEEP_ACTIONS = env.list("AUDIT_RETENTION_KEEP_ACTIONS", default=[])
+# Hour of the day (UTC) at which the scheduled clean-up runs.
+AUDIT_CLEANUP_HOUR = env.int("AUDIT_CLEANUP_HOUR", default=3)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from queues import health
+from queues import health, metrics_views
 
 urlpatterns = [
     path("health/live", health.live, name="health-live"),
@@ -12,6 +12,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/chat/", include("chat.urls")),
     path("api/audit-log", include("audit.urls")),
+    path("api/metrics", metrics_views.MetricsSnapshotApi.as_view(), name="metrics-snapshot"),
     path("api/", include("queues.urls")),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_views.MetricsExportApi.as_view(), name="prometheus-metrics"),
 ]
+
+handler404 = "slimy_site.exceptions.api_not_found"
+handler500 = "slimy_site.exceptions.api_server_error"

@@ -77,6 +77,7 @@ class PermanentFailJob(JobDefinition):
 class SleepPayload(serializers.Serializer):
     seconds = serializers.FloatField(min_value=0, max_value=120)
     tag = serializers.CharField(required=False, default="sleep")
+    cooperative = serializers.BooleanField(required=False, default=True)  # check for cancellation while sleeping
 
 
 class SleepJob(JobDefinition):
@@ -93,7 +94,8 @@ class SleepJob(JobDefinition):
         conn.rpush(f"test:started:{payload['tag']}", f"{os.getpid()}:{context.attempt}")
         deadline = time.monotonic() + payload["seconds"]
         while time.monotonic() < deadline:
-            context.check_cancelled()
+            if payload["cooperative"]:
+                context.check_cancelled()
             time.sleep(0.05)
         conn.rpush(f"test:done:{payload['tag']}", context.attempt)
         return {"slept": payload["seconds"]}

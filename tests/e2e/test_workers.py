@@ -125,3 +125,26 @@ def test_poison_job_fails_after_its_attempts_and_others_keep_flowing(tmp_path, e
     record = JobRecord.objects.get(pk=poison.pk)
     assert record.attempts == 2  # its policy allows 2
     assert redis_conn.llen("test:crash:poison") == 2
+
+
+@pytest.mark.parametrize("cooperative", [True, False], ids=["job-checks-cancellation", "worker-kills-horse"])
+def test_cancelling_a_running_job_stops_it(tmp_path, env, redis_conn, cooperative):
+    from queues.services import job_cancel
+
+    tag = f"cancel-{cooperative}"
+    job = job_enqueue(job_type="test_sleep", payload={"seconds": 30, "tag": tag, "cooperative": cooperative})
+    follower = job_enqueue(job_type="test_sleep", payload={"seconds": 0, "tag": f"after-{tag}"})
+    worker = start_worker(tmp_path, env, ["chat"])
+    try:
+        horse = wait_for(lambda: _started_pid(redis_conn, tag), message="job start")
+        job_cancel(job=JobRecord.objects.get(pk=job.pk))
+        # The worker is free again: the next job runs long before the cancelled one would have ended.
+        wait_for(lambda: _status(follower) == JobStatus.COMPLETED, timeout=15, message="next job")
+        with pytest.raises(ProcessLookupError):
+            os.kill(horse, 0)
+    finally:
+        worker.stop()
+    record = JobRecord.objects.get(pk=job.pk)
+    assert record.status == JobStatus.CANCELLED
+    assert record.attempt_history.get(number=1).outcome == "cancelled"
+    assert redis_conn.llen(f"test:done:{tag}") == 0

@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import shutil
 import signal
 
 from django.conf import settings
@@ -10,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from queues.metrics import prepare_multiprocess_dir
 from slimy_site.runall import EmbeddedRedis, Supervisor, SupervisorError, build_children, redis_answers
 
 
@@ -32,10 +32,8 @@ class Command(BaseCommand):
         except SupervisorError as exc:
             raise CommandError(str(exc)) from exc
 
-        prom_dir = settings.DATA_DIR / "prometheus"
-        shutil.rmtree(prom_dir, ignore_errors=True)
-        prom_dir.mkdir(parents=True, exist_ok=True)
-        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom_dir))
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.DATA_DIR / "prometheus"))
+        prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
         env["DATA_DIR"] = str(settings.DATA_DIR)
 
         call_command("migrate", interactive=False, verbosity=0)

@@ -1,0 +1,185 @@
+"""The hash chain: canonical row content, serialized appends, and the verifier.
+
+row_hash = sha256(canonical JSON of the row's content + prev_hash); prev_hash is the row_hash of the
+row before it in id order (GENESIS_HASH for the first). Appends lock the one AuditChainHead row, so
+ids and hashes are assigned in one order however many audit workers write at once (PostgreSQL:
+SELECT ... FOR UPDATE; SQLite: its single writer). The chain content excludes the live actor FK (it
+becomes NULL when a user is deleted) and the row id (assigned by the database after hashing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from audit.models import GENESIS_HASH, AuditChainGap, AuditChainHead, AuditLog
+from slimy_site.exceptions import ApplicationError
+
+
+class ChainWriteError(ApplicationError):
+    code = "audit_chain_write_failed"
+    status = 503
+    message = "The audit chain could not be extended consistently."
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def canonical(row: AuditLog) -> str:
+    content = {
+        "eventId": str(row.event_id),
+        "occurredAt": _iso(row.occurred_at),
+        "recordedAt": _iso(row.recorded_at),
+        "actorRef": row.actor_ref,
+        "actorLabel": row.actor_label,
+        "action": row.action,
+        "resourceType": row.resource_type,
+        "resourceId": row.resource_id,
+        "details": row.details,
+        "ip": row.ip,
+        "userAgent": row.user_agent,
+        "sessionId": row.session_id,
+        "requestId": row.request_id,
+        "success": bool(row.success),
+        "errorMessage": row.error_message,
+    }
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def compute_hash(row: AuditLog, prev_hash: str) -> str:
+    data = (canonical(row) + "\n" + prev_hash).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
+
+
+def lock_head() -> AuditChainHead:
+    """The chain head, locked until the surrounding transaction ends (created on first use)."""
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        AuditChainHead.objects.bulk_create([AuditChainHead(pk=1)], ignore_conflicts=True)
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+    return head
+
+
+def chain_append(rows: list[AuditLog]) -> list[AuditLog]:
+    """Append the rows whose event id is not stored yet, in list order; returns the rows written.
+
+    One INSERT ... ON CONFLICT DO NOTHING statement (the unique event id is the backstop against
+    doubles); the pre-filter under the chain lock keeps the chain exact, so a conflict there means
+    someone wrote without the lock and the whole append is rolled back.
+    """
+    if not rows:
+        return []
+    with transaction.atomic():
+        head = lock_head()
+        seen, fresh = set(), []
+        for row in rows:
+            if row.event_id not in seen:
+                seen.add(row.event_id)
+                fresh.append(row)
+        stored = set(AuditLog.objects.filter(event_id__in=list(seen)).values_list("event_id", flat=True))
+        fresh = [row for row in fresh if row.event_id not in stored]
+        if not fresh:
+            return []
+        prev = head.last_hash
+        for row in fresh:
+            row.prev_hash = prev
+            row.row_hash = prev = compute_hash(row, row.prev_hash)
+        AuditLog.objects.bulk_create(fresh, batch_size=1000, ignore_conflicts=True)
+        ids = dict(AuditLog.objects.filter(event_id__in=[r.event_id for r in fresh]).values_list("event_id", "id"))
+        order = [ids.get(row.event_id) for row in fresh]
+        if None in order or order != sorted(order) or order[0] <= head.last_id:
+            raise ChainWriteError(details={"written": len([i for i in order if i]), "expected": len(fresh)})
+        for row, pk in zip(fresh, order):
+            row.pk = pk
+        head.last_id, head.last_hash, head.length = order[-1], prev, head.length + len(fresh)
+        head.save(update_fields=["last_id", "last_hash", "length", "updated_at"])
+    return fresh
+
+
+# --- Verification
+
+
+@dataclass
+class ChainReport:
+    ok: bool
+    checked: int
+    gaps: int
+    head_id: int
+    kind: str = ""  # altered | inserted | removed
+    row_id: int | None = None
+    after_id: int | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        body = {"ok": self.ok, "checked": self.checked, "checkpoints": self.gaps, "headId": self.head_id}
+        if not self.ok:
+            body["problem"] = {"kind": self.kind, "rowId": self.row_id, "afterId": self.after_id,
+                               "message": self.message}
+        return body
+
+
+_FIELDS = ["id", "event_id", "occurred_at", "recorded_at", "actor_ref", "actor_label", "action", "resource_type",
+           "resource_id", "details", "ip", "user_agent", "session_id", "request_id", "success", "error_message",
+           "prev_hash", "row_hash"]
+
+
+def _rows(chunk: int):
+    last = 0
+    while True:
+        batch = list(AuditLog.objects.filter(id__gt=last).order_by("id").only(*_FIELDS)[:chunk])
+        yield from batch
+        if len(batch) < chunk:
+            return
+        last = batch[-1].id
+
+
+def chain_verify(*, chunk: int = 2000) -> ChainReport:
+    """Walk the chain in id order; report the first row that was altered, inserted or removed."""
+    head = AuditChainHead.objects.filter(pk=1).first() or AuditChainHead(pk=1)
+    gaps = {gap.after_id: gap for gap in AuditChainGap.objects.all()}
+    checked = 0
+    prev_id, prev_hash, prev_prev_hash = 0, GENESIS_HASH, None
+
+    def bridged(after_id, row):
+        gap = gaps.get(after_id)
+        return gap is not None and gap.last_hash == row.prev_hash and gap.last_deleted_id < row.id
+
+    def fail(kind, row_id, after_id, message):
+        return ChainReport(False, checked, len(gaps), head.last_id, kind, row_id, after_id, message)
+
+    rows = _rows(chunk)
+    row = next(rows, None)
+    while row is not None:
+        following = next(rows, None)
+        intact = compute_hash(row, row.prev_hash) == row.row_hash
+        linked = row.prev_hash == prev_hash or bridged(prev_id, row)
+        if not (intact and linked):
+            if following is not None and not linked and (
+                following.prev_hash == prev_hash or bridged(prev_id, following)
+            ):
+                return fail("inserted", row.id, prev_id, f"Row {row.id} is not part of the chain: it was inserted.")
+            if not intact:
+                return fail("altered", row.id, prev_id, f"Row {row.id} does not match its hash: it was altered.")
+            if prev_prev_hash is not None and row.prev_hash == prev_prev_hash:
+                return fail("inserted", prev_id, None, f"Row {prev_id} is not part of the chain: it was inserted.")
+            return fail("removed", row.id, prev_id,
+                        f"The chain breaks between rows {prev_id} and {row.id}: rows were removed "
+                        f"(or row {prev_id} was altered and re-hashed).")
+        checked += 1
+        prev_id, prev_prev_hash, prev_hash = row.id, prev_hash, row.row_hash
+        row = following
+
+    if prev_id > head.last_id:
+        return fail("inserted", prev_id, head.last_id, f"Row {prev_id} lies beyond the chain's recorded end.")
+    if prev_id == head.last_id and prev_hash != head.last_hash:
+        return fail("altered", prev_id, None, f"Row {prev_id} differs from the chain's recorded end.")
+    if prev_id < head.last_id:
+        gap = gaps.get(prev_id)
+        if not (gap and gap.last_deleted_id == head.last_id and gap.last_hash == head.last_hash):
+            return fail("removed", None, prev_id, f"Rows after {prev_id} up to {head.last_id} were removed.")
+    return ChainReport(True, checked, len(gaps), head.last_id)

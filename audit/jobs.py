@@ -1,0 +1,88 @@
+"""Audit job types (queue `audit`): one JobDefinition per type; each run() calls one service."""
+
+import datetime as dt
+
+from rest_framework import serializers
+
+from audit.events import EventPayload, EventsPayload
+from queues.constants import QueueName
+from queues.definitions import JobDefinition, RetryPolicy
+
+MAX_REPORT_RANGE = dt.timedelta(days=5 * 366)
+
+
+class LogEventJob(JobDefinition):
+    """One event; the run also writes other waiting log_event jobs with it (see audit_log_event_run)."""
+
+    name = "log_event"
+    queue = QueueName.AUDIT
+    payload_serializer = EventPayload
+    timeout = 60
+    retry = RetryPolicy(max_attempts=5, backoff_base=2)
+
+    def run(self, payload, context):
+        from audit.services import audit_log_event_run
+        from queues.runner import _worker_name
+
+        return audit_log_event_run(event=payload, job_id=context.job_id, worker_name=_worker_name())
+
+
+class LogEventsBulkJob(JobDefinition):
+    name = "log_events_bulk"
+    queue = QueueName.AUDIT
+    payload_serializer = EventsPayload
+    timeout = 120
+    retry = RetryPolicy(max_attempts=5, backoff_base=2)
+
+    def run(self, payload, context):
+        from audit.services import audit_events_bulk_run
+
+        return audit_events_bulk_run(events=payload["events"])
+
+
+class CleanupPayload(serializers.Serializer):
+    retentionDays = serializers.IntegerField(min_value=1, required=False, help_text="Overrides AUDIT_RETENTION_DAYS.")
+    scheduled = serializers.BooleanField(required=False, default=False,
+                                         help_text="A daily run: schedules the next one when it finishes.")
+
+
+class AuditCleanupJob(JobDefinition):
+    name = "audit_cleanup"
+    queue = QueueName.AUDIT
+    payload_serializer = CleanupPayload
+    timeout = 3600
+    retry = RetryPolicy(max_attempts=3, backoff_base=60)
+
+    def run(self, payload, context):
+        from audit.retention import audit_cleanup_run
+
+        return audit_cleanup_run(retention_days=payload.get("retentionDays"), scheduled=payload["scheduled"])
+
+
+class ReportPayload(serializers.Serializer):
+    occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")
+    occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive).")
+
+    def validate(self, attrs):
+        if attrs["occurredFrom"] >= attrs["occurredTo"]:
+            raise serializers.ValidationError({"occurredTo": ["Must be after occurredFrom."]})
+        if attrs["occurredTo"] - attrs["occurredFrom"] > MAX_REPORT_RANGE:
+            raise serializers.ValidationError({"occurredTo": [f"The range may span at most {MAX_REPORT_RANGE.days} days."]})
+        return attrs
+
+
+class AuditReportJob(JobDefinition):
+    name = "audit_report"
+    queue = QueueName.AUDIT
+    payload_serializer = ReportPayload
+    timeout = 600
+    retry = RetryPolicy(max_attempts=2, backoff_base=5)
+    result_ttl = 24 * 3600
+
+    def run(self, payload, context):
+        from django.utils.dateparse import parse_datetime
+
+        from audit.reports import audit_report_build
+
+        return audit_report_build(occurred_from=parse_datetime(payload["occurredFrom"]),
+                                  occurred_to=parse_datetime(payload["occurredTo"]))

@@ -1,0 +1,262 @@
+"""Chat API (/api/chat/). Conversation writes are `database` jobs (202 + a job to poll); reads are direct.
+
+Someone else's conversation or job is a 404 (`conversation_not_found` / `job_not_found`), never a 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat import selectors
+from chat.models import MAX_CONTENT_LENGTH, MAX_TITLE_LENGTH, MessageRole, PersonalityMode
+from chat.serializers import (
+    ConversationOutputSerializer,
+    MessageOutputSerializer,
+    PaginationSerializer,
+    conversation_data,
+    iso,
+    message_data,
+    pagination_data,
+)
+from queues.api_support import accept_job
+from queues.constants import JobStatus
+
+# --- Shared pieces.
+
+
+class StrictSerializer(serializers.Serializer):
+    """Rejects fields it does not declare (400 `Unknown field.`) instead of silently dropping them.
+
+    Local stand-in until the project-wide `slimy_site.serializers.StrictSerializer` is on main.
+    """
+
+    def to_internal_value(self, data):
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, Mapping) else []
+        errors = {}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not unknown:
+                raise
+            errors = dict(exc.detail)
+        errors.update({name: ["Unknown field."] for name in unknown})
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+def _valid(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class PageQuerySerializer(StrictSerializer):
+    limit = serializers.IntegerField(min_value=1, max_value=selectors.MAX_PAGE_SIZE,
+                                     default=selectors.DEFAULT_PAGE_SIZE)
+    offset = serializers.IntegerField(min_value=0, default=0)
+
+    class Meta:
+        ref_name = "ChatPageQuery"
+
+
+class JobAcceptedSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    jobId = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.URLField()
+    conversationId = serializers.UUIDField(required=False, help_text="For jobs acting on one conversation.")
+
+    class Meta:
+        ref_name = "ChatJobAccepted"
+
+
+class ErrorSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    error = serializers.CharField(help_text="Machine-readable code, e.g. conversation_not_found.")
+    message = serializers.CharField()
+    details = serializers.JSONField(required=False, help_text="Per-field messages for validation errors.")
+
+    class Meta:
+        ref_name = "ChatError"
+
+
+ACCEPTED = {202: JobAcceptedSerializer, 200: JobAcceptedSerializer, 400: ErrorSerializer, 404: ErrorSerializer}
+CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+
+class TitleField(serializers.CharField):
+    def __init__(self, **kwargs):
+        super().__init__(max_length=MAX_TITLE_LENGTH, allow_blank=True, allow_null=True, **kwargs)
+
+
+# --- Conversations and messages.
+
+
+class ConversationListCreateApi(APIView):
+    class InputSerializer(StrictSerializer):
+        title = TitleField(required=False)
+        personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False)
+
+        class Meta:
+            ref_name = "ConversationCreateInput"
+
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        conversations = ConversationOutputSerializer(many=True)
+        pagination = PaginationSerializer()
+
+        class Meta:
+            ref_name = "ConversationList"
+
+    @extend_schema(operation_id="chat_conversations_list", tags=["chat"], parameters=[PageQuerySerializer],
+                   responses={200: OutputSerializer, 400: ErrorSerializer})
+    def get(self, request):
+        query = _valid(PageQuerySerializer, request.query_params.dict())
+        page = selectors.conversation_page_for_owner(owner_id=request.user.pk, **query)
+        return Response({
+            "ok": True,
+            "conversations": [conversation_data(c) for c in page.items],
+            "pagination": pagination_data(page),
+        })
+
+    @extend_schema(operation_id="chat_conversations_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
+    def post(self, request):
+        data = _valid(self.InputSerializer, request.data)
+        payload = {}
+        if data.get("title") is not None:
+            payload["title"] = data["title"]
+        if "personalityMode" in data:
+            payload["personality_mode"] = data["personalityMode"]
+        return accept_job(request, job_type="create_conversation", payload=payload)
+
+
+class ConversationDetailApi(APIView):
+    class UpdateInputSerializer(StrictSerializer):
+        title = TitleField(required=False)
+        personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False)
+
+        class Meta:
+            ref_name = "ConversationUpdateInput"
+
+        def validate(self, attrs):
+            if not attrs:
+                raise serializers.ValidationError("Give title and/or personalityMode.")
+            return attrs
+
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        conversation = ConversationOutputSerializer()
+        messages = MessageOutputSerializer(many=True)
+        pagination = PaginationSerializer(help_text="Of the messages, oldest first.")
+
+        class Meta:
+            ref_name = "ConversationDetail"
+
+    @extend_schema(operation_id="chat_conversation_retrieve", tags=["chat"],
+                   parameters=[CONVERSATION_ID, PageQuerySerializer],
+                   responses={200: OutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer})
+    def get(self, request, conversation_id):
+        conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
+        query = _valid(PageQuerySerializer, request.query_params.dict())
+        page = selectors.message_page(conversation_id=conversation.pk, **query)
+        return Response({
+            "ok": True,
+            "conversation": conversation_data(conversation),
+            "messages": [message_data(m) for m in page.items],
+            "pagination": pagination_data(page),
+        })
+
+    @extend_schema(operation_id="chat_conversation_update", tags=["chat"], parameters=[CONVERSATION_ID],
+                   request=UpdateInputSerializer, responses=ACCEPTED)
+    def patch(self, request, conversation_id):
+        conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
+        data = _valid(self.UpdateInputSerializer, request.data)
+        payload = {"conversation_id": str(conversation.pk)}
+        if "title" in data:
+            payload["title"] = data["title"] or ""
+        if "personalityMode" in data:
+            payload["personality_mode"] = data["personalityMode"]
+        return accept_job(request, job_type="update_conversation", payload=payload,
+                          extra_body={"conversationId": str(conversation.pk)})
+
+    @extend_schema(operation_id="chat_conversation_delete", tags=["chat"], parameters=[CONVERSATION_ID],
+                   request=None, responses=ACCEPTED)
+    def delete(self, request, conversation_id):
+        # An already deleted conversation of this user is accepted too: the job answers with its
+        # tombstone, so a client retrying its DELETE (with or without Idempotency-Key) gets a success.
+        tombstone = selectors.conversation_tombstone_get(conversation_id=conversation_id, owner_id=request.user.pk)
+        pk = tombstone.conversation_id if tombstone else selectors.conversation_get_for_owner(
+            conversation_id=conversation_id, owner_id=request.user.pk).pk
+        return accept_job(request, job_type="delete_conversation", payload={"conversation_id": str(pk)},
+                          extra_body={"conversationId": str(pk)})
+
+
+class MessageCreateApi(APIView):
+    class InputSerializer(StrictSerializer):
+        conversationId = serializers.UUIDField()
+        role = serializers.ChoiceField(choices=MessageRole.choices, required=False, default=MessageRole.USER)
+        content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
+        personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False,
+                                                  help_text="Defaults to the conversation's mode.")
+
+        class Meta:
+            ref_name = "MessageCreateInput"
+
+        def validate_content(self, value):
+            if not value.strip():
+                raise serializers.ValidationError("This field may not be blank.")
+            return value
+
+    @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
+    def post(self, request):
+        data = _valid(self.InputSerializer, request.data)
+        conversation = selectors.conversation_get_for_owner(
+            conversation_id=data["conversationId"], owner_id=request.user.pk
+        )
+        payload = {"conversation_id": str(conversation.pk), "role": data["role"], "content": data["content"]}
+        if "personalityMode" in data:
+            payload["personality_mode"] = data["personalityMode"]
+        return accept_job(request, job_type="save_message", payload=payload,
+                          extra_body={"conversationId": str(conversation.pk)})
+
+
+# --- Status of database jobs.
+
+
+class DbJobDetailApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        status = serializers.ChoiceField(choices=JobStatus.choices)
+        jobId = serializers.UUIDField()
+        jobType = serializers.CharField()
+        createdAt = serializers.DateTimeField()
+        result = serializers.JSONField(required=False, help_text="When completed.")
+        completedAt = serializers.DateTimeField(required=False)
+        error = serializers.DictField(required=False, help_text="{code, message} when failed.")
+        failedAt = serializers.DateTimeField(required=False)
+        cancelledAt = serializers.DateTimeField(required=False)
+
+        class Meta:
+            ref_name = "DbJobStatus"
+
+    @extend_schema(operation_id="chat_db_job_retrieve", tags=["chat"],
+                   parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+                   responses={200: OutputSerializer, 404: ErrorSerializer})
+    def get(self, request, job_id):
+        job = selectors.db_job_get_for_owner(job_id=job_id, owner_id=request.user.pk)
+        body = {"ok": True, "status": job.status, "jobId": str(job.pk), "jobType": job.job_type,
+                "createdAt": iso(job.created_at)}
+        if job.status == JobStatus.COMPLETED:
+            body.update(result=job.result, completedAt=iso(job.finished_at))
+        elif job.status == JobStatus.FAILED:
+            body.update(error={"code": job.error_code, "message": job.error_message}, failedAt=iso(job.finished_at))
+        elif job.status == JobStatus.CANCELLED:
+            body.update(cancelledAt=iso(job.finished_at))
+        return Response(body)

@@ -1,0 +1,171 @@
+"""Writes to conversations and messages. Each is safe to repeat for the same job id (retries).
+
+Ownership is checked here, not only in the API: a job naming someone else's conversation gets
+ConversationNotFound, exactly like a conversation that does not exist.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chat.models import (
+    MAX_CONTENT_LENGTH,
+    MAX_TITLE_LENGTH,
+    Conversation,
+    ConversationTombstone,
+    Message,
+    MessageRole,
+    PersonalityMode,
+)
+from chat.selectors import ConversationNotFound, uuid_or_none, conversation_get_for_owner, conversation_tombstone_get
+from slimy_site.exceptions import ValidationFailed
+
+UNSET = object()
+
+
+def _clean_title(title) -> str:
+    title = (title or "").strip()
+    if len(title) > MAX_TITLE_LENGTH:
+        raise ValidationFailed(details={"title": [f"At most {MAX_TITLE_LENGTH} characters."]})
+    return title
+
+
+def _clean_mode(mode, field="personality_mode") -> str:
+    if mode not in PersonalityMode.values:
+        raise ValidationFailed(details={field: [f"Must be one of {', '.join(PersonalityMode.values)}."]})
+    return mode
+
+
+def _job_uuid(job_id):
+    if job_id is None:
+        return None
+    pk = uuid_or_none(job_id)
+    if pk is None:
+        raise ValidationFailed(details={"job_id": ["Must be a UUID."]})
+    return pk
+
+
+def conversation_create(
+    *, owner_id, title: str | None = None, personality_mode: str = PersonalityMode.HELPFUL, job_id
+) -> Conversation:
+    """Create a conversation; for a job id that already created one, return that one instead."""
+    job_id = _job_uuid(job_id)
+    title = _clean_title(title)
+    personality_mode = _clean_mode(personality_mode)
+    if job_id is not None:
+        existing = Conversation.objects.filter(created_by_job_id=job_id).first()
+        if existing is not None:
+            return _owned_or_not_found(existing, owner_id)
+    conversation = Conversation(
+        owner_id=owner_id, title=title, personality_mode=personality_mode, created_by_job_id=job_id
+    )
+    try:
+        with transaction.atomic():
+            conversation.save(force_insert=True)
+    except IntegrityError:
+        # Two deliveries of the same job raced: the other one's row is the answer.
+        existing = Conversation.objects.filter(created_by_job_id=job_id).first() if job_id else None
+        if existing is None:
+            raise
+        return _owned_or_not_found(existing, owner_id)
+    return conversation
+
+
+def _owned_or_not_found(conversation: Conversation, owner_id) -> Conversation:
+    if conversation.owner_id != owner_id:
+        raise ConversationNotFound()
+    return conversation
+
+
+def conversation_update(*, conversation_id, owner_id, title=UNSET, personality_mode=UNSET) -> Conversation:
+    """Change the title and/or the personality mode. Setting the same values again is harmless."""
+    fields = {}
+    if title is not UNSET:
+        fields["title"] = _clean_title(title)
+    if personality_mode is not UNSET:
+        fields["personality_mode"] = _clean_mode(personality_mode)
+    if not fields:
+        raise ValidationFailed("Nothing to change.", details={"non_field_errors": ["Give title or personality_mode."]})
+    with transaction.atomic():
+        conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id)
+        fields["updated_at"] = timezone.now()
+        Conversation.objects.filter(pk=conversation.pk).update(**fields)
+    return conversation_get_for_owner(conversation_id=conversation.pk, owner_id=owner_id)
+
+
+def conversation_delete(*, conversation_id, owner_id, job_id=None) -> ConversationTombstone:
+    """Delete a conversation and its messages, leaving a tombstone.
+
+    Deleting an already deleted conversation of the same owner returns its tombstone, so a delete
+    job retried after its first attempt committed still succeeds. Someone else's conversation (or
+    one that never existed) is ConversationNotFound.
+    """
+    job_id = _job_uuid(job_id)
+    with transaction.atomic():
+        pk = uuid_or_none(conversation_id)
+        conversation = (
+            Conversation.objects.select_for_update().filter(pk=pk, owner_id=owner_id).first() if pk else None
+        )
+        if conversation is None:
+            tombstone = conversation_tombstone_get(conversation_id=conversation_id, owner_id=owner_id)
+            if tombstone is None:
+                raise ConversationNotFound()
+            return tombstone
+        count = Message.objects.filter(conversation_id=conversation.pk).count()
+        tombstone = ConversationTombstone.objects.create(
+            conversation_id=conversation.pk, owner_id=owner_id, deleted_by_job_id=job_id, message_count=count
+        )
+        conversation.delete()
+    return tombstone
+
+
+def message_save(
+    *, conversation_id, owner_id, role: str, content: str, personality_mode: str | None = None, job_id
+) -> Message:
+    """Append a message to the owner's conversation and bump the conversation's `updated_at`.
+
+    For a job id that already wrote a message, returns that message and writes nothing. The
+    personality mode defaults to the conversation's; user messages are authored by the owner.
+    """
+    job_id = _job_uuid(job_id)
+    if role not in MessageRole.values:
+        raise ValidationFailed(details={"role": [f"Must be one of {', '.join(MessageRole.values)}."]})
+    if not isinstance(content, str) or not content.strip():
+        raise ValidationFailed(details={"content": ["This field may not be blank."]})
+    if len(content) > MAX_CONTENT_LENGTH:
+        raise ValidationFailed(details={"content": [f"At most {MAX_CONTENT_LENGTH} characters."]})
+    if personality_mode is not None:
+        _clean_mode(personality_mode)
+
+    if job_id is not None:
+        existing = _message_of_job(job_id, owner_id)
+        if existing is not None:
+            return existing
+    conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id)
+    message = Message(
+        conversation_id=conversation.pk,
+        author_id=owner_id if role == MessageRole.USER else None,
+        role=role,
+        content=content,
+        personality_mode=personality_mode or conversation.personality_mode,
+        job_id=job_id,
+    )
+    try:
+        with transaction.atomic():
+            message.save(force_insert=True)
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    except IntegrityError:
+        # Two deliveries of the same job raced: the other one's row is the answer.
+        existing = _message_of_job(job_id, owner_id) if job_id else None
+        if existing is None:
+            raise
+        return existing
+    return message
+
+
+def _message_of_job(job_id, owner_id) -> Message | None:
+    message = Message.objects.select_related("conversation").filter(job_id=job_id).first()
+    if message is not None and message.conversation.owner_id != owner_id:
+        raise ConversationNotFound()
+    return message

@@ -1,0 +1,157 @@
+"""Rate limits per user and endpoint class, kept in Redis so every web process shares them.
+
+`settings.API_RATE_LIMITS` maps a scope to a rate (`"120/min"`); `"<scope>@<role>"` overrides it for a
+role (e.g. `submit@service`). Scopes: a view's `throttle_scope`, else `read` for safe methods and
+`write` for the rest; `accept_job` also charges `submit` for every job a request creates.
+
+Each (scope, user) pair is a GCRA bucket in one Redis key, updated by a Lua script (atomic, using
+Redis' clock, so web processes on several machines agree). Over the limit: 429 `rate_limited` with
+Retry-After. If Redis is unreachable the limit is not enforced (fail open): reads must keep working
+while Redis is down, and submissions are refused by `accept_job` anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from redis import Redis
+from redis.exceptions import RedisError
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.throttling import BaseThrottle
+
+from slimy_site.exceptions import RateLimited
+from slimy_site.roles import Role, user_roles
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "slimy:ratelimit"
+# A rate-limit check must never make a request wait on a sick Redis.
+REDIS_TIMEOUT = 0.5
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+            "d": 86400, "day": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
+_ROLE_ORDER = (Role.STAFF, Role.SERVICE, Role.CLUB, Role.MEMBER)
+
+# GCRA: KEYS[1] holds the theoretical arrival time (ms). ARGV: limit, period (ms).
+# Returns {allowed (1/0), ms to wait, remaining}.
+_GCRA = """
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, math.ceil(allow_at - now), 0}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+return {1, 0, math.floor((now - allow_at) / interval)}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int
+    period: int  # seconds
+
+    def __str__(self):
+        return f"{self.limit}/{self.period}s"
+
+
+def parse_rate(text: str | None) -> Rate | None:
+    """`"30/min"`, `"5/10s"`, `"1000/hour"`; `None`, `""` or `"none"` means unlimited."""
+    if text is None or str(text).strip().lower() in ("", "none", "off"):
+        return None
+    match = _RATE.match(str(text).lower())
+    if not match or match.group(3) not in _PERIODS or int(match.group(1)) < 1:
+        raise ValueError(f"Invalid rate {text!r}; expected e.g. '30/min', '5/10s', '1000/hour'.")
+    count, multiplier, unit = match.groups()
+    return Rate(limit=int(count), period=int(multiplier or 1) * _PERIODS[unit])
+
+
+def rate_for(*, scope: str, user) -> Rate | None:
+    rates = settings.API_RATE_LIMITS
+    held = user_roles(user)
+    for role in _ROLE_ORDER:
+        if role in held and f"{scope}@{role}" in rates:
+            return parse_rate(rates[f"{scope}@{role}"])
+    return parse_rate(rates.get(scope))
+
+
+_connections: dict[str, Redis] = {}
+
+
+def _connection() -> Redis:
+    url = settings.REDIS_URL
+    conn = _connections.get(url)
+    if conn is None:
+        conn = _connections[url] = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
+                                                  socket_connect_timeout=REDIS_TIMEOUT)
+    return conn
+
+
+def rate_limit_hit(*, scope: str, ident: str, rate: Rate) -> float:
+    """Count one request; 0 when allowed, else the seconds to wait. Raises RedisError when Redis fails."""
+    conn = _connection()
+    allowed, wait_ms, _remaining = conn.register_script(_GCRA)(
+        keys=[f"{KEY_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000]
+    )
+    return 0.0 if allowed else max(int(wait_ms) / 1000.0, 0.001)
+
+
+def request_ident(request) -> str:
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"ip:{request.META.get('REMOTE_ADDR', '')}"
+
+
+def rate_limit_check(request, *, scope: str) -> float:
+    """Charge `scope` for this request; the seconds to wait when over the limit, else 0.
+
+    A request is charged once per scope (a view throttled as `submit` that calls accept_job pays once).
+    """
+    charged = getattr(request, "_slimy_rate_scopes", None)
+    if charged is None:
+        charged = set()
+        setattr(request, "_slimy_rate_scopes", charged)
+    if scope in charged:
+        return 0.0
+    charged.add(scope)
+    rate = rate_for(scope=scope, user=getattr(request, "user", None))
+    if rate is None:
+        return 0.0
+    try:
+        return rate_limit_hit(scope=scope, ident=request_ident(request), rate=rate)
+    except (RedisError, OSError):
+        logger.warning("rate limit %s not enforced: Redis unavailable", scope)
+        return 0.0
+
+
+def rate_limit_enforce(request, *, scope: str) -> None:
+    """Raise 429 `rate_limited` (with Retry-After) when `scope` is exhausted for this caller."""
+    wait = rate_limit_check(request, scope=scope)
+    if wait:
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(f"Too many requests; retry in {seconds} seconds.",
+                          details={"scope": scope, "retryAfter": seconds}, headers={"Retry-After": str(seconds)})
+
+
+class ScopedRedisThrottle(BaseThrottle):
+    """The DRF throttle for every API view (REST_FRAMEWORK DEFAULT_THROTTLE_CLASSES)."""
+
+    def allow_request(self, request, view):
+        scope = getattr(view, "throttle_scope", None) or ("read" if request.method in SAFE_METHODS else "write")
+        # Raise our own error (details.scope) rather than DRF's Throttled; same 429 and Retry-After.
+        rate_limit_enforce(request, scope=scope)
+        return True
+
+    def wait(self):
+        return None

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class SlimySiteConfig(AppConfig):
+    name = "slimy_site"
+    verbose_name = "Slimy site"
+
+    def ready(self):
+        from slimy_site import checks  # noqa: F401  (registers the system checks)

@@ -1,0 +1,38 @@
+"""Refuse oversized API bodies before anything reads them (413 `payload_too_large`).
+
+The declared Content-Length decides: Django reads no more than it, so a body without one is empty.
+Bodies outside /api/ (admin forms) keep Django's own DATA_UPLOAD_MAX_MEMORY_SIZE guard.
+"""
+
+from django.conf import settings
+
+from slimy_site.exceptions import api_error_response, is_api_request
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if is_api_request(request):
+            refused = self._check(request)
+            if refused is not None:
+                return refused
+        return self.get_response(request)
+
+    @staticmethod
+    def _check(request):
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return api_error_response("malformed_request", "Content-Length is not a valid length.", 400)
+        limit = settings.API_MAX_BODY_BYTES
+        if length > limit:
+            return api_error_response(
+                "payload_too_large", f"The request body exceeds {limit} bytes.", 413,
+                details={"maxBytes": limit, "receivedBytes": length},
+            )
+        return None

@@ -1,0 +1,58 @@
+"""OpenAPI: the schema validates without warnings, lists error codes per endpoint, docs work offline."""
+
+import io
+
+import pytest
+import yaml
+from django.contrib.staticfiles import finders
+from django.core.management import call_command
+
+pytestmark = pytest.mark.django_db
+
+
+def test_schema_generation_has_no_warnings_and_validates(tmp_path):
+    # Fails on any warning or on a schema that is not valid OpenAPI 3.
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"),
+                 stdout=io.StringIO(), stderr=io.StringIO())
+    assert yaml.safe_load((tmp_path / "schema.yaml").read_text())["openapi"].startswith("3.")
+
+
+@pytest.fixture
+def schema(client):
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi")
+    assert response.status_code == 200
+    return yaml.safe_load(response.content)
+
+
+def _codes(operation, status):
+    response = operation["responses"][str(status)]
+    return {example["value"]["error"] for example in response["content"]["application/json"]["examples"].values()}
+
+
+def test_every_operation_lists_the_shared_error_codes(schema):
+    operations = [op for path in schema["paths"].values() for op in path.values()]
+    assert operations
+    for operation in operations:
+        assert {"not_authenticated", "authentication_failed"} <= _codes(operation, 401), operation["operationId"]
+        assert _codes(operation, 429) == {"rate_limited"}
+        assert _codes(operation, 500) == {"internal_error"}
+
+
+def test_job_endpoints_list_their_own_error_codes(schema):
+    paths = schema["paths"]
+    assert _codes(paths["/api/jobs/{job_id}"]["get"], 404) == {"job_not_found"}
+    retry = paths["/api/jobs/{job_id}/retry"]["post"]
+    assert _codes(retry, 409) == {"job_not_retryable"}
+    assert _codes(retry, 503) == {"queue_full", "queues_unavailable"}
+    assert {"validation_error", "malformed_request"} <= _codes(retry, 400)
+    assert _codes(paths["/api/jobs/{job_id}/cancel"]["post"], 409) == {"job_not_cancellable"}
+    assert schema["components"]["securitySchemes"]["tokenAuth"]["name"] == "Authorization"
+
+
+def test_swagger_ui_is_served_without_a_cdn(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+    assert "cdn." not in html and "https://" not in html
+    assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")  # shipped, offline

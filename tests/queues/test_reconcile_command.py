@@ -1,0 +1,49 @@
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from queues.constants import JobStatus
+from queues.models import JobRecord
+from queues.services import job_enqueue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CALLS = []
+
+
+def count_call():
+    CALLS.append(1)
+
+
+def test_one_pass_reports_what_it_did(redis_conn):
+    job_enqueue(job_type="test_echo", payload={"value": "x"})
+    redis_conn.flushdb()
+    out = io.StringIO()
+    call_command("queues_reconcile", grace=0, stdout=out)
+    assert "requeued 1 lost job(s)" in out.getvalue()
+
+
+def test_loop_runs_the_periodic_hooks(settings):
+    CALLS.clear()
+    settings.PERIODIC_HOOKS = ["tests.queues.test_reconcile_command.count_call"]
+    settings.PERIODIC_HOOKS_INTERVAL = 0
+    call_command("queues_reconcile", loop=True, interval=1, passes=2, stdout=io.StringIO())
+    assert len(CALLS) == 2
+
+
+def test_default_hooks_schedule_the_daily_audit_cleanup_and_verify_the_chain():
+    from prometheus_client import REGISTRY
+
+    call_command("queues_reconcile", loop=True, interval=1, passes=1, stdout=io.StringIO())
+    waiting = JobRecord.objects.filter(job_type="audit_cleanup", status=JobStatus.SCHEDULED)
+    assert waiting.count() == 1
+    call_command("queues_reconcile", loop=True, interval=1, passes=1, stdout=io.StringIO())
+    assert waiting.count() == 1  # idempotent
+    assert REGISTRY.get_sample_value("slimy_audit_chain_ok") == 1.0
+
+
+@pytest.mark.parametrize("options", [{"interval": 0, "loop": True}, {"grace": -1}])
+def test_bad_options_are_command_errors(options):
+    with pytest.raises(CommandError):
+        call_command("queues_reconcile", **options)
