@@ -217,19 +217,27 @@ class Ledger:
         raise AssertionError(f"{len(stuck)} of {len(ids)} job(s) not final after {timeout:.0f} s: "
                              f"{list(stuck.items())[:5]}; missing {len(set(ids) - set(statuses))}")
 
-    def report(self, ids: list[str], *, effect: bool = True) -> LedgerReport:
+    EFFECTS = {
+        # kind: (rows written per job, body runs per job)
+        "test": ("SELECT job_id::text, count(*) FROM test_fault_effect WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
+                 "SELECT job_id::text, count(DISTINCT attempt) FROM test_fault_run WHERE job_id = ANY(%s::uuid[]) "
+                 "GROUP BY 1"),
+        # conversations: one message row per save_message job, keyed by its job id
+        "message": ("SELECT job_id::text, count(*) FROM chat_message WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
+                    "SELECT job_id::text, count(*) FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) "
+                    "GROUP BY 1"),
+    }
+
+    def report(self, ids: list[str], *, effect: bool | str = True) -> LedgerReport:
+        kind = "test" if effect is True else effect
         rep = LedgerReport(accepted=len(ids))
         records = self._rows(
             "SELECT id::text, status, attempts, max_attempts FROM queues_jobrecord WHERE id = ANY(%s::uuid[])", [ids])
         history = dict(((i, (n, r, m)) for i, n, r, m in self._rows(
             "SELECT job_id::text, count(*), count(*) FILTER (WHERE outcome = 'running'), max(number) "
             "FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id", [ids])))
-        effects = dict(self._rows(
-            "SELECT job_id::text, count(*) FROM test_fault_effect WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id",
-            [ids])) if effect else {}
-        runs = dict(self._rows(
-            "SELECT job_id::text, count(DISTINCT attempt) FROM test_fault_run WHERE job_id = ANY(%s::uuid[]) "
-            "GROUP BY job_id", [ids])) if effect else {}
+        effects = dict(self._rows(self.EFFECTS[kind][0], [ids])) if kind else {}
+        runs = dict(self._rows(self.EFFECTS[kind][1], [ids])) if kind else {}
         rep.missing = len(ids) - len(records)
         rep.lost = rep.missing
         for job_id, status, attempts, max_attempts in records:
@@ -256,6 +264,45 @@ class Ledger:
             if count != attempts or (highest or 0) != attempts or (status in FINAL and running):
                 rep.bad_history.append(f"{job_id}: {status}, attempts {attempts}, history {count}/{running} running")
         return rep
+
+
+# --- HTTP clients of the API.
+
+
+class Api:
+    def __init__(self, base_url: str, token: str):
+        self.base_url, self.token = base_url, token
+
+    def post(self, path: str, body: dict, timeout: float = 30.0) -> tuple[int | None, dict | None, float]:
+        """(status, body, seconds); status None when the connection failed."""
+        request = urllib.request.Request(
+            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Token {self.token}"})
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null"), time.monotonic() - began
+        except urllib.error.HTTPError as err:
+            try:
+                payload = json.loads(err.read() or b"null")
+            except ValueError:
+                payload = None
+            return err.code, payload, time.monotonic() - began
+        except (OSError, ValueError):
+            return None, None, time.monotonic() - began
+
+
+def api_user(*, role: str | None = None, username: str = "faults"):
+    """A user with an API token and one conversation: (token key, conversation id)."""
+    from rest_framework.authtoken.models import Token
+
+    from chat.services import conversation_create
+    from tests.factories.api import UserFactory
+
+    user = UserFactory(username=username, role=role)
+    token, _ = Token.objects.get_or_create(user=user)
+    conversation = conversation_create(owner_id=user.pk, title="faults", job_id=None)
+    return token.key, str(conversation.pk)
 
 
 # --- A private PostgreSQL cluster (scenario 8 stops it; the machine's shared server is never touched).
