@@ -11,6 +11,9 @@ import hmac
 
 from django.conf import settings
 from django.http import HttpResponse
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from prometheus_client.exposition import choose_encoder
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, TokenAuthentication
@@ -21,6 +24,7 @@ from rest_framework.views import APIView
 
 from queues.metrics_collector import scrape_registry
 from queues.metrics_snapshot import metrics_snapshot
+from slimy_site.schema import error_responses
 
 METRICS_SCRAPER = "metrics-token"
 
@@ -81,6 +85,15 @@ class _AnyAccept(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+class MetricsTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "queues.metrics_views.MetricsTokenAuthentication"
+    name = "metricsToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "The METRICS_TOKEN setting."}
+
+
+@extend_schema(exclude=True)  # Prometheus exposition format, not part of the JSON API
 class MetricsExportApi(_MetricsAccess, APIView):
     """Prometheus text format (OpenMetrics when the scraper asks for it)."""
 
@@ -92,5 +105,10 @@ class MetricsExportApi(_MetricsAccess, APIView):
 
 
 class MetricsSnapshotApi(_MetricsAccess, APIView):
+    @extend_schema(
+        operation_id="metrics_snapshot",
+        responses={200: OpenApiTypes.OBJECT, **error_responses("permission_denied")},
+        description="Per-queue job figures, process, HTTP and audit figures (staff or METRICS_TOKEN).",
+    )
     def get(self, request):
         return Response(metrics_snapshot())

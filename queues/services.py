@@ -373,3 +373,105 @@ def job_complete_many(*, job_ids, result, worker_name: str = "") -> list:
 
         transaction.on_commit(finished)
     return ids
+
+
+# --- Staff operations (the admin control room). Audit and admin-log entries are written by the caller.
+
+
+def job_requeue_copy(*, job: JobRecord, actor=None) -> JobRecord:
+    """A new job with the same type, payload, owner and priority; the original is left as it is."""
+    return job_enqueue(job_type=job.job_type, payload=job.payload, owner=job.owner, priority=job.priority)
+
+
+def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
+    """Remove every trace of the job from Redis (queue, registries, hash) and mark a live record cancelled.
+
+    Unlike `job_cancel` it also accepts finished jobs (clearing what RQ still holds), and it never
+    raises a conflict: the record ends cancelled unless it had already completed, failed or been cancelled.
+    """
+    with transaction.atomic():
+        previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
+        if previous not in FINAL_STATUSES:
+            JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+    if previous == JobStatus.STARTED:
+        _remove_from_redis(job_id=str(job.pk), running=True)
+    conn = get_connection()
+    try:
+        Job.fetch(str(job.pk), connection=conn).delete(remove_from_queue=True)
+    except NoSuchJobError:
+        pass
+    except (RedisError, OSError):
+        logger.warning("could not delete job %s from Redis", job.pk, exc_info=True)
+    job.refresh_from_db()
+    if previous not in FINAL_STATUSES:
+        signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
+    return job
+
+
+def queue_pause(*, queue: str, actor=None, reason: str = "") -> None:
+    """Workers stop taking this queue's jobs (within about two seconds); submissions are still accepted."""
+    from queues.constants import QueueName
+    from queues.worker import paused_key
+
+    if queue not in QueueName.values:
+        raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
+    info = {"at": timezone.now().isoformat(), "by": getattr(actor, "username", "") or "", "reason": reason[:500]}
+    get_connection().set(paused_key(queue), json.dumps(info))
+
+
+def queue_resume(*, queue: str, actor=None) -> bool:
+    """Returns whether the queue was paused."""
+    from queues.constants import QueueName
+    from queues.worker import paused_key
+
+    if queue not in QueueName.values:
+        raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
+    return bool(get_connection().delete(paused_key(queue)))
+
+
+def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) -> list[JobRecord]:
+    """Retry up to `limit` failed jobs of one type (oldest first) with a fresh attempt budget.
+
+    One UPDATE for the batch; the pushes to Redis happen on commit. Returns the retried records.
+    """
+    definition = _definition(job_type)
+    with transaction.atomic():
+        ids = list(
+            JobRecord.objects.filter(job_type=job_type, status=JobStatus.FAILED)
+            .order_by("created_at").values_list("pk", flat=True)[:limit]
+        )
+        JobRecord.objects.filter(pk__in=ids, status=JobStatus.FAILED).update(
+            status=JobStatus.QUEUED,
+            max_attempts=F("attempts") + definition.retry.max_attempts,
+            scheduled_for=None, finished_at=None, error_code="", error_message="", error_traceback="",
+            result=None,
+        )
+        jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
+        for job in jobs:
+            transaction.on_commit(lambda pk=job.pk: _push_safely(pk))
+    for job in jobs:
+        signals.job_enqueued.send(sender=JobRecord, job=job)
+    return jobs
+
+
+def job_records_clean(*, before: dt.datetime, batch_size: int = 5000) -> int:
+    """Delete finished records (completed, failed, cancelled) created and finished before `before`.
+
+    Their attempts go with them. Deletes in batches so no single transaction holds a huge lock set.
+    Returns the number of records deleted.
+    """
+    from django.db.models import Q
+
+    deleted = 0
+    old = Q(created_at__lt=before, status__in=FINAL_STATUSES) & (
+        Q(finished_at__lt=before) | Q(finished_at__isnull=True)
+    )
+    while True:
+        ids = list(JobRecord.objects.filter(old).order_by().values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            JobAttempt.objects.filter(job_id__in=ids).delete()
+            deleted += JobRecord.objects.filter(pk__in=ids, status__in=FINAL_STATUSES).delete()[1].get(
+                JobRecord._meta.label, 0
+            )

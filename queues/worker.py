@@ -5,7 +5,9 @@ What they add to RQ's workers:
 - a liveness key refreshed by a thread, so the reconciler can tell within WORKER_TTL that a worker
   died (RQ alone notices after its heartbeat TTL plus a maintenance pass of up to 10 minutes);
 - a job whose work-horse was killed, or that a cold shutdown interrupted, is handed to its retry policy;
-- Django database connections are never shared across fork() and are closed when a horse exits.
+- Django database connections are never shared across fork() and are closed when a horse exits;
+- a queue paused from the admin (a Redis key per queue) is skipped when dequeueing: its jobs wait,
+  submissions are still accepted. The pause keys are re-read at most every PAUSE_RECHECK_SECONDS.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import ctypes
 import logging
 import signal
 import threading
+import time
 
 from django.conf import settings
 from django.db import DatabaseError, connections
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
+from rq.worker import WorkerStatus
 
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.metrics import enter_work_horse
@@ -30,6 +34,9 @@ SUSPECT_KEY = "slimy:worker:suspect:{}"  # when the reconciler first missed the 
 # Jobs whose failure a worker could not write to the ledger (database down): "job_id worker_name" entries
 # the reconciler hands to the retry policy once PostgreSQL answers again.
 RECOVER_KEY = "slimy:recover"
+PAUSED_KEY = "slimy:queue:paused:{}"
+# How stale a worker's view of the paused queues may be; also the longest single blocking pop.
+PAUSE_RECHECK_SECONDS = 1
 _PR_SET_PDEATHSIG = 1
 
 
@@ -39,6 +46,17 @@ def alive_key(worker_name: str) -> str:
 
 def suspect_key(worker_name: str) -> str:
     return SUSPECT_KEY.format(worker_name)
+
+
+def paused_key(queue: str) -> str:
+    """The Redis key whose presence pauses a queue (all its priority lists)."""
+    return PAUSED_KEY.format(queue)
+
+
+def paused_queue_names(connection) -> set[str]:
+    names = list(QueueName.values)
+    values = connection.mget([paused_key(name) for name in names])
+    return {name for name, value in zip(names, values) if value is not None}
 
 
 def expand_priorities(queues: list[Queue]) -> list[Queue]:
@@ -72,6 +90,56 @@ class LedgerWorkerMixin:
         super().__init__(expand_priorities(queues), *args, **kwargs)
         self._alive_stop = threading.Event()
         self._alive_thread = None
+        self._paused: set[str] = set()
+        self._paused_checked = float("-inf")
+
+    # --- paused queues
+    def _paused_names(self) -> set[str]:
+        if time.monotonic() - self._paused_checked >= PAUSE_RECHECK_SECONDS:
+            try:
+                self._paused = paused_queue_names(self.connection)
+            except (RedisError, OSError):
+                logger.warning("worker %s: could not read paused queues; keeping the last known set", self.name)
+            self._paused_checked = time.monotonic()
+        return self._paused
+
+    def _active_queues(self) -> list[Queue]:
+        paused = self._paused_names()
+        return [q for q in self.queues if base_queue_name(q.name) not in paused]
+
+    def _use_queues(self, active: list[Queue]) -> None:
+        # Only replace the list when the set changed, so a rotating dequeue strategy keeps its place.
+        if {q.name for q in active} != {q.name for q in self._ordered_queues}:
+            self._ordered_queues = active
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's dequeue, restricted to the queues not paused.
+
+        A blocking pop lasts at most PAUSE_RECHECK_SECONDS, so a pause takes effect within about
+        two seconds; with every queue paused the worker idles (heartbeating) until one is resumed.
+        """
+        if timeout is None:  # burst mode: one non-blocking pass
+            active = self._active_queues()
+            if not active:
+                return None
+            self._use_queues(active)
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        idle_since = time.monotonic()
+        while True:
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+            active = self._active_queues()
+            if not active:
+                self.set_state(WorkerStatus.IDLE)
+                self.procline("All queues paused")
+                self.heartbeat()
+                time.sleep(PAUSE_RECHECK_SECONDS)
+                continue
+            self._use_queues(active)
+            step = max(1, min(timeout, PAUSE_RECHECK_SECONDS))
+            result = super().dequeue_job_and_maintain_ttl(step, max_idle_time=step)
+            if result is not None:
+                return result
 
     # --- liveness
     def _beat(self):
