@@ -146,7 +146,10 @@ def test_scenario_6_redis_flushall(tmp_path, fault_redis, fault_env, fault_mode,
 
 def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, ledger, record_figures):
     pause_for = fault_mode.pick(8, 60)
+    token, conversation = api_user(role="service")
+    api = Api("", token)
     fleet = Fleet(tmp_path, fault_env(), workers=2, web=True).start()
+    api.base_url = fleet.url
     try:
         wait_until(lambda: http_get(fleet.url + "/health/ready")[0] == 200, 60, "the web server")
         # one job per worker outlives the pause; liveness keys expire meanwhile (WORKER_TTL 3 s here)
@@ -160,6 +163,10 @@ def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, l
             status, body = http_get(fleet.url + "/health/ready", timeout=30)
             probe = time.monotonic() - began
             assert status == 503 and body["checks"]["redis"] == "unavailable"
+            # the API refuses submissions at once rather than hanging on Redis
+            http_status, http_body, http_took = api.post("/api/chat/messages", {
+                "conversationId": conversation, "content": "while Redis hangs"}, timeout=30)
+            assert http_status == 503 and http_body["error"] == "queues_unavailable", (http_status, http_body)
             # jobs accepted while Redis hangs: the record is written, the push times out, the reconciler pushes
             began = time.monotonic()
             ids += _submit(1, seconds=0.1)
@@ -176,6 +183,7 @@ def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, l
     rep = ledger.report(ids)
     assert not rep.problems(), (rep, fleet.logs())
     record_figures("7 Redis SIGSTOP", rep, recovery=recovery,
-                   notes=f"paused {pause_for} s; readiness answered 503 in {probe:.1f} s and a submission took "
-                         f"{submit_took:.1f} s during the pause; {fleet.restarts('worker')} worker restart(s); "
-                         "s from resume to every job final")
+                   notes=f"paused {pause_for} s; during the pause readiness answered 503 in {probe:.1f} s, "
+                         f"POST /api/chat/messages 503 queues_unavailable in {http_took:.1f} s, and job_enqueue "
+                         f"(no API guard) took {submit_took:.1f} s (socket timeout), its job pushed later; "
+                         f"{fleet.restarts('worker')} worker restart(s); s from resume to every job final")
