@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
@@ -135,15 +136,31 @@ def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
     conn = get_connection()
     in_lists: set[str] = set()
     scheduled: set[str] = set()
+    taken: set[str] = set()
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
             in_lists.update(i.decode() for i in conn.lrange(rq_queue.key, 0, -1))
             scheduled.update(i.decode() for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
-            in_lists.update(rq_queue.started_job_registry.get_job_ids())
+            taken.update(rq_queue.started_job_registry.get_job_ids())
     for job in waiting:
         job_id = str(job.id)
         if job_id in in_lists or job_id in scheduled:
             continue
+        if job_id in taken and _taken_by_live_worker(conn, job_id):
+            continue  # popped by a worker that has not marked it started yet
         job_push(job=job)
         report.requeued.append(job_id)
+
+
+def _taken_by_live_worker(conn, job_id: str) -> bool:
+    """Whether the worker RQ says holds this job still beats.
+
+    Fault suite finding (scenario 5): after a worker died with Redis, its stale started-registry entry
+    hid a waiting job from this pass until RQ expired the entry, ~90 s later.
+    """
+    try:
+        worker_name = Job.fetch(job_id, connection=conn).worker_name
+    except NoSuchJobError:
+        return False
+    return bool(worker_name) and bool(conn.exists(alive_key(worker_name)))
