@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 from django.conf import settings
 
@@ -25,14 +23,6 @@ _rows: list[dict] = []
 def pytest_addoption(parser):
     parser.addoption("--run-faults", action="store_true", default=False,
                      help="run the fault scenarios at full length and write bench/results/faults.md")
-
-
-def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.faults)
-            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass(frozen=True)

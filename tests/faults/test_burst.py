@@ -8,7 +8,7 @@ import redis
 
 from tests.faults.harness import Api, Fleet, api_user, http_get, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 class Burst(threading.Thread):

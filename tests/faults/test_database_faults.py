@@ -7,6 +7,8 @@ import pytest
 
 from tests.faults.harness import Api, Fleet, Ledger, PrivatePostgres, effect_tables, http_get, manage, wait_until
 
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
 ENQUEUE = """
 import json
 from queues.services import job_enqueue

@@ -11,7 +11,7 @@ from django.db import connection
 from queues.services import job_enqueue
 from tests.faults.harness import Api, Fleet, api_user, http_get, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def _submit(n, **payload):

@@ -10,7 +10,7 @@ import pytest
 from queues.services import job_enqueue
 from tests.faults.harness import Fleet, process_alive, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def _submit(n, **payload):
