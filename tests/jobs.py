@@ -115,7 +115,7 @@ class CrashJob(JobDefinition):
 
 
 class EffectPayload(serializers.Serializer):
-    seconds = serializers.FloatField(min_value=0, max_value=60, required=False, default=0)
+    seconds = serializers.FloatField(min_value=0, max_value=110, required=False, default=0)
     idempotent = serializers.BooleanField(required=False, default=False)
 
 

@@ -55,13 +55,28 @@ def record_figures(fault_mode):
     return record
 
 
-def _table() -> str:
-    lines = ["| scenario | mode | jobs accepted | completed | failed | duplicated | lost | recovery s | notes |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(_rows, key=lambda r: r["scenario"]):
-        lines.append("| {scenario} | {mode} | {accepted} | {completed} | {failed} | {duplicated} | {lost} | "
-                     "{recovery} | {notes} |".format(**row))
-    return "\n".join(lines)
+HEADER = ["| scenario | mode | jobs accepted | completed | failed | duplicated | lost | recovery s | notes |",
+          "|---|---|---|---|---|---|---|---|---|"]
+
+
+def _line(row: dict) -> str:
+    return ("| {scenario} | {mode} | {accepted} | {completed} | {failed} | {duplicated} | {lost} | "
+            "{recovery} | {notes} |").format(**row)
+
+
+def _order(scenario: str) -> int:
+    head = scenario.split(" ", 1)[0]
+    return int(head) if head.isdigit() else 99
+
+
+def _table(previous: str = "") -> str:
+    """This run's rows; scenarios not run this time keep their row from `previous` (a -k run updates one)."""
+    lines = {row["scenario"]: _line(row) for row in _rows}
+    for old in previous.splitlines():
+        cells = [c.strip() for c in old.strip().strip("|").split("|")]
+        if old.startswith("| ") and cells[0] not in ("scenario",) and not cells[0].startswith("---"):
+            lines.setdefault(cells[0], old)
+    return "\n".join(HEADER + [lines[k] for k in sorted(lines, key=lambda s: (_order(s), s))])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -71,6 +86,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(_table())
     if config.getoption("--run-faults", default=False):
         REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
+        previous = REPORT_PATH.read_text() if REPORT_PATH.is_file() else ""
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         REPORT_PATH.write_text(
             "# Fault scenarios\n\n"
@@ -80,7 +96,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "*duplicated*: jobs whose side-effect row was written more than once; *lost*: jobs that got "
             "accepted but never reached a final state, or completed without their side effect; "
             "*recovery*: seconds from the end of the fault (or the kill) to the figure named in the notes.\n\n"
-            + _table() + "\n")
+            + _table(previous) + "\n")
         terminalreporter.write_line(f"written to {REPORT_PATH}")
 
 
