@@ -6,3 +6,8 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit trail"
     default_auto_field = "django.db.models.BigAutoField"
     job_modules = ("audit.jobs",)
+
+    def ready(self):
+        from audit.receivers import connect_receivers
+
+        connect_receivers()

@@ -5,7 +5,6 @@ Someone else's conversation or job is a 404 (`conversation_not_found` / `job_not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -25,36 +24,10 @@ from chat.serializers import (
     pagination_data,
 )
 from queues.api_support import accept_job
+from slimy_site.serializers import StrictSerializer, validate_input
 from queues.constants import JobStatus
 
 # --- Shared pieces.
-
-
-class StrictSerializer(serializers.Serializer):
-    """Rejects fields it does not declare (400 `Unknown field.`) instead of silently dropping them.
-
-    Local stand-in until the project-wide `slimy_site.serializers.StrictSerializer` is on main.
-    """
-
-    def to_internal_value(self, data):
-        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, Mapping) else []
-        errors = {}
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            if not unknown:
-                raise
-            errors = dict(exc.detail)
-        errors.update({name: ["Unknown field."] for name in unknown})
-        if errors:
-            raise serializers.ValidationError(errors)
-        return value
-
-
-def _valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
 
 
 class PageQuerySerializer(StrictSerializer):
@@ -118,7 +91,7 @@ class ConversationListCreateApi(APIView):
     @extend_schema(operation_id="chat_conversations_list", tags=["chat"], parameters=[PageQuerySerializer],
                    responses={200: OutputSerializer, 400: ErrorSerializer})
     def get(self, request):
-        query = _valid(PageQuerySerializer, request.query_params.dict())
+        query = validate_input(PageQuerySerializer, request.query_params.dict())
         page = selectors.conversation_page_for_owner(owner_id=request.user.pk, **query)
         return Response({
             "ok": True,
@@ -128,7 +101,7 @@ class ConversationListCreateApi(APIView):
 
     @extend_schema(operation_id="chat_conversations_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
     def post(self, request):
-        data = _valid(self.InputSerializer, request.data)
+        data = validate_input(self.InputSerializer, request.data)
         payload = {}
         if data.get("title") is not None:
             payload["title"] = data["title"]
@@ -164,7 +137,7 @@ class ConversationDetailApi(APIView):
                    responses={200: OutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer})
     def get(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
-        query = _valid(PageQuerySerializer, request.query_params.dict())
+        query = validate_input(PageQuerySerializer, request.query_params.dict())
         page = selectors.message_page(conversation_id=conversation.pk, **query)
         return Response({
             "ok": True,
@@ -177,7 +150,7 @@ class ConversationDetailApi(APIView):
                    request=UpdateInputSerializer, responses=ACCEPTED)
     def patch(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
-        data = _valid(self.UpdateInputSerializer, request.data)
+        data = validate_input(self.UpdateInputSerializer, request.data)
         payload = {"conversation_id": str(conversation.pk)}
         if "title" in data:
             payload["title"] = data["title"] or ""
@@ -216,7 +189,7 @@ class MessageCreateApi(APIView):
 
     @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
     def post(self, request):
-        data = _valid(self.InputSerializer, request.data)
+        data = validate_input(self.InputSerializer, request.data)
         conversation = selectors.conversation_get_for_owner(
             conversation_id=data["conversationId"], owner_id=request.user.pk
         )

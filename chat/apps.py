@@ -6,3 +6,6 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
     default_auto_field = "django.db.models.BigAutoField"
     job_modules = ("chat.jobs",)
+
+    def ready(self):
+        from chat import checks  # noqa: F401  (registers system checks)

@@ -6,6 +6,7 @@ ConversationNotFound, exactly like a conversation that does not exist.
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -37,6 +38,14 @@ def _clean_mode(mode, field="personality_mode") -> str:
     return mode
 
 
+def _audit(action: str, *, owner_id, conversation_id, details: dict) -> None:
+    """Record the change in the audit trail, in the writer's transaction (never raises)."""
+    from audit.services import audit_event_record
+
+    audit_event_record(action=action, resource_type="conversation", resource_id=str(conversation_id),
+                       actor=get_user_model().objects.filter(pk=owner_id).first(), details=details)
+
+
 def _job_uuid(job_id):
     if job_id is None:
         return None
@@ -63,6 +72,8 @@ def conversation_create(
     try:
         with transaction.atomic():
             conversation.save(force_insert=True)
+            _audit("conversation.created", owner_id=owner_id, conversation_id=conversation.pk,
+                   details={"personalityMode": personality_mode, "titleLength": len(title or "")})
     except IntegrityError:
         # Two deliveries of the same job raced: the other one's row is the answer.
         existing = Conversation.objects.filter(created_by_job_id=job_id).first() if job_id else None
@@ -91,6 +102,8 @@ def conversation_update(*, conversation_id, owner_id, title=UNSET, personality_m
         conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id)
         fields["updated_at"] = timezone.now()
         Conversation.objects.filter(pk=conversation.pk).update(**fields)
+        _audit("conversation.updated", owner_id=owner_id, conversation_id=conversation.pk,
+               details={"fields": sorted(k for k in fields if k != "updated_at")})
     return conversation_get_for_owner(conversation_id=conversation.pk, owner_id=owner_id)
 
 
@@ -117,6 +130,8 @@ def conversation_delete(*, conversation_id, owner_id, job_id=None) -> Conversati
             conversation_id=conversation.pk, owner_id=owner_id, deleted_by_job_id=job_id, message_count=count
         )
         conversation.delete()
+        _audit("conversation.deleted", owner_id=owner_id, conversation_id=tombstone.conversation_id,
+               details={"messageCount": count})
     return tombstone
 
 
@@ -155,6 +170,8 @@ def message_save(
         with transaction.atomic():
             message.save(force_insert=True)
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+            _audit("message.saved", owner_id=owner_id, conversation_id=conversation.pk,
+                   details={"messageId": str(message.pk), "role": role, "contentLength": len(content)})
     except IntegrityError:
         # Two deliveries of the same job raced: the other one's row is the answer.
         existing = _message_of_job(job_id, owner_id) if job_id else None

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from chat import apis
+from chat import bot_apis
 
 urlpatterns = [
     # Conversations and messages (writes are `database` jobs).
@@ -8,4 +9,7 @@ urlpatterns = [
     path("conversations/<str:conversation_id>", apis.ConversationDetailApi.as_view(), name="chat-conversation"),
     path("messages", apis.MessageCreateApi.as_view(), name="chat-messages"),
     path("db-jobs/<str:job_id>", apis.DbJobDetailApi.as_view(), name="chat-db-job"),
+    # The chat bot (replies are `chat` jobs).
+    path("bot", bot_apis.ChatBotApi.as_view(), name="chat-bot"),
+    path("jobs/<str:job_id>", bot_apis.ChatBotJobApi.as_view(), name="chat-bot-job"),
 ]

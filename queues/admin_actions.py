@@ -16,7 +16,7 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from queues import services
+from queues import services, signals
 from queues.models import JobRecord
 from slimy_site.exceptions import ApplicationError
 
@@ -97,14 +97,8 @@ def job_action_perform(modeladmin, request, action: JobAction, jobs: list[JobRec
 
 
 def audit_record(request, **event) -> None:
-    """Write one audit event for a staff action (the audit service never raises)."""
-    try:
-        from audit.services import audit_event_record
-    except ImportError:
-        # The audit trail is another area of the project; until it is installed only the admin log is written.
-        logger.warning("audit.services.audit_event_record is not available; %s not audited", event.get("action"))
-        return
-    audit_event_record(actor=request.user, request=request, **event)
+    """Announce a staff action; the audit app (a receiver of operator_action) writes it to the trail."""
+    signals.operator_action.send(sender=None, request=request, **event)
 
 
 def _audit(request, action: JobAction, outcome: ActionOutcome, reason: str) -> None:

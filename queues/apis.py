@@ -16,6 +16,7 @@ from queues.api_support import submission_guard
 from queues.constants import JobStatus, QueueName
 from queues.models import JobRecord
 from queues.selectors import job_get_for_user, job_list_for_user
+from queues import signals
 from queues.services import job_cancel, job_retry
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.roles import user_roles
@@ -168,7 +169,10 @@ class JobRetryApi(APIView):
         job = job_get_for_user(job_id=job_id, user=request.user)
         validate_input(EmptyInputSerializer, request.data)
         submission_guard(request, queue=job.queue)
-        return Response(_job_body(job_retry(job=job, actor=request.user), request), status=202)
+        job = job_retry(job=job, actor=request.user)
+        signals.operator_action.send(sender=None, request=request, action="job.retry", resource_type="job",
+                                     resource_id=str(job.pk), details={"jobType": job.job_type})
+        return Response(_job_body(job, request), status=202)
 
 
 class JobCancelApi(APIView):
@@ -180,7 +184,10 @@ class JobCancelApi(APIView):
     def post(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         validate_input(EmptyInputSerializer, request.data)
-        return Response(_job_body(job_cancel(job=job, actor=request.user), request))
+        job = job_cancel(job=job, actor=request.user)
+        signals.operator_action.send(sender=None, request=request, action="job.cancel", resource_type="job",
+                                     resource_id=str(job.pk), details={"jobType": job.job_type})
+        return Response(_job_body(job, request))
 
 
 class MeApi(APIView):

@@ -8,3 +8,7 @@ job_enqueued = Signal()
 job_started = Signal()
 # job, outcome ("completed" | "failed" | "retried" | "cancelled"), duration (seconds or None)
 job_finished = Signal()
+
+# A person or client acted on jobs or queues (admin action, API retry/cancel). The audit app records it.
+# request, action ("admin.job_retry", "job.cancel", ...), resource_type, resource_id, details, success, error_message
+operator_action = Signal()

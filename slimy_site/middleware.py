@@ -9,6 +9,14 @@ from django.conf import settings
 from slimy_site.exceptions import api_error_response, is_api_request
 
 
+def body_limit_for(path: str) -> int:
+    """The byte limit for a path: the longest matching prefix in API_MAX_BODY_BYTES_BY_PATH, else the default."""
+    matches = [prefix for prefix in settings.API_MAX_BODY_BYTES_BY_PATH if path.startswith(prefix)]
+    if matches:
+        return settings.API_MAX_BODY_BYTES_BY_PATH[max(matches, key=len)]
+    return settings.API_MAX_BODY_BYTES
+
+
 class BodySizeLimitMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
@@ -29,7 +37,7 @@ class BodySizeLimitMiddleware:
             length = -1
         if length < 0:
             return api_error_response("malformed_request", "Content-Length is not a valid length.", 400)
-        limit = settings.API_MAX_BODY_BYTES
+        limit = body_limit_for(request.path)
         if length > limit:
             return api_error_response(
                 "payload_too_large", f"The request body exceeds {limit} bytes.", 413,

@@ -7,7 +7,6 @@ the private Redis, in that order.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -157,7 +156,9 @@ def build_children(*, host: str, port: int, concurrency: dict[str, int], python:
     manage = [python, "manage.py"]
     children = [Child("web", [python, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
                               "--workers", "2", "--threads", "8", "--bind", f"{host}:{port}",
-                              "--graceful-timeout", "30", "--timeout", "120"])]
+                              "--graceful-timeout", "30", "--timeout", "120",
+                              # gunicorn's control socket has one fixed path: two instances would clash.
+                              "--no-control-socket"])]
     for queue, count in concurrency.items():
         for i in range(count):
             # Every worker may run the scheduler: RQ's per-queue lock lets one do it at a time,

@@ -15,12 +15,22 @@ class StrictSerializer(serializers.Serializer):
     """
 
     def to_internal_value(self, data):
+        unknown = []
         if isinstance(data, Mapping):
             writable = {name for name, field in self.fields.items() if not field.read_only}
             unknown = sorted(str(key) for key in data if key not in writable)
-            if unknown:
-                raise serializers.ValidationError({key: [UNKNOWN_FIELD] for key in unknown})
-        return super().to_internal_value(data)
+        errors = {}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not unknown or not isinstance(exc.detail, dict):
+                raise
+            errors = dict(exc.detail)
+        # Report unknown keys together with the other field errors, so one round trip shows them all.
+        errors.update({key: [UNKNOWN_FIELD] for key in unknown})
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
 
 
 class EmptyInputSerializer(StrictSerializer):

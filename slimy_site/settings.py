@@ -139,10 +139,11 @@ RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=30)
 JOB_RESULT_TTL = env.int("JOB_RESULT_TTL", default=3600)
 JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
 # Idempotent callables the reconciler loop (`queues_reconcile --loop`) runs every PERIODIC_HOOKS_INTERVAL
-# seconds: keep the daily audit clean-up scheduled, and verify the audit chain for the alerting gauge.
+# seconds: expire old job records, keep the daily audit clean-up scheduled, verify the audit chain.
 PERIODIC_HOOKS = env.list(
     "PERIODIC_HOOKS",
-    default=["audit.retention.audit_cleanup_schedule_next", "audit.selectors.audit_chain_state"],
+    default=["queues.services.job_records_expire", "audit.retention.audit_cleanup_schedule_next",
+             "audit.selectors.audit_chain_state"],
 )
 PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
@@ -159,7 +160,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
+# Endpoints that take batches get more room: 1,000 audit events do not fit in 64 KiB.
+API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": env.int("AUDIT_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)}
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, *API_MAX_BODY_BYTES_BY_PATH.values(), 2_621_440)
 # Per user and endpoint class (queues.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
 API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
     "submit": "120/min", "read": "1200/min", "write": "300/min",
@@ -235,3 +238,26 @@ AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=365)
 AUDIT_RETENTION_KEEP_ACTIONS = env.list("AUDIT_RETENTION_KEEP_ACTIONS", default=[])
 # Hour of the day (UTC) at which the scheduled clean-up runs.
 AUDIT_CLEANUP_HOUR = env.int("AUDIT_CLEANUP_HOUR", default=3)
+
+# --- LLM.
+# No key means no provider calls: every chat reply is the fallback (a laptop run needs no account).
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")  # any OpenAI-compatible server
+OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)  # s to connect, and between two streamed chunks
+OPENAI_STREAM_MAX_SECONDS = env.float("OPENAI_STREAM_MAX_SECONDS", default=90.0)  # whole reply, < the job timeout
+OPENAI_MAX_TOKENS = env.int("OPENAI_MAX_TOKENS", default=500)
+# Circuit breaker (state in Redis, shared by every worker): open after this many consecutive
+# provider failures, stay open for the cool-down, then let one probe call through.
+LLM_BREAKER_FAILURES = env.int("LLM_BREAKER_FAILURES", default=5)
+LLM_BREAKER_COOLDOWN = env.float("LLM_BREAKER_COOLDOWN", default=30.0)
+# Estimated tokens of conversation history sent as context (newest messages first).
+CHAT_CONTEXT_TOKEN_BUDGET = env.int("CHAT_CONTEXT_TOKEN_BUDGET", default=2000)
+CHAT_CONTEXT_MAX_MESSAGES = env.int("CHAT_CONTEXT_MAX_MESSAGES", default=50)
+# Server-Sent Events of a job's output: heartbeat comment interval and the longest a stream stays
+# open before the client reconnects with Last-Event-ID.
+JOB_EVENTS_HEARTBEAT = env.float("JOB_EVENTS_HEARTBEAT", default=15.0)
+JOB_EVENTS_MAX_SECONDS = env.float("JOB_EVENTS_MAX_SECONDS", default=300.0)
+# Attempts of one chat reply, and the backoff before the 2nd (doubling); the last failure answers the fallback.
+CHAT_RETRY_ATTEMPTS = env.int("CHAT_RETRY_ATTEMPTS", default=3)
+CHAT_RETRY_BACKOFF = env.float("CHAT_RETRY_BACKOFF", default=2.0)

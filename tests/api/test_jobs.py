@@ -157,3 +157,22 @@ def test_me_names_the_caller_and_roles(member, staff, make_api_client):
     assert make_api_client(member).get("/api/me").json() == {
         "ok": True, "username": "mia", "roles": ["member"], "isStaff": False}
     assert make_api_client(staff).get("/api/me").json()["roles"] == ["staff"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_and_cancel_over_the_api_are_audited(make_api_client, user, run_worker):
+    from audit.models import AuditLog
+    from queues.services import job_enqueue
+
+    client = make_api_client(user)
+    failed = job_enqueue(job_type="test_permanent", payload={"tag": "audited"}, owner=user)
+    run_worker(["database"])
+    assert client.post(f"/api/jobs/{failed.pk}/retry", {}, format="json",
+                       HTTP_X_REQUEST_ID="req-audit-retry").status_code == 202
+    waiting = job_enqueue(job_type="test_echo", payload={"value": "x"}, owner=user, delay=60)
+    assert client.post(f"/api/jobs/{waiting.pk}/cancel", {}, format="json").status_code == 200
+    run_worker(["audit"])
+    retry = AuditLog.objects.get(action="job.retry")
+    assert (retry.resource_type, retry.resource_id, retry.actor_id) == ("job", str(failed.pk), user.pk)
+    assert retry.request_id == "req-audit-retry"
+    assert AuditLog.objects.get(action="job.cancel").resource_id == str(waiting.pk)

@@ -124,3 +124,17 @@ def test_detail_not_found_and_stats(make_api_client, staff):
     stats = client.get("/api/audit-log/stats").json()
     assert (stats["total"], stats["failed"], stats["successRate"]) == (3, 1, 0.6667)
     assert stats["byAction"] == [{"action": "login", "count": 2, "failed": 1}, {"action": "x", "count": 1, "failed": 0}]
+
+
+def test_a_full_batch_of_1000_realistic_events_fits_the_body_limit(make_api_client, service_user, settings):
+    event = {"action": "invoice.paid", "resourceType": "invoice", "resourceId": "inv-000000000001",
+             "details": {"amount": 1999, "currency": "EUR", "note": "x" * 120}, "ip": "203.0.113.7",
+             "userAgent": "billing-service/2.3 (+https://example.invalid)"}
+    client = make_api_client(service_user)
+    body = [event] * 1000
+    response = client.post("/api/audit-log", body, format="json")
+    assert response.status_code == 202, response.json()
+    assert response.json()["events"] == 1000
+    settings.API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": 1024}
+    refused = client.post("/api/audit-log", body, format="json")
+    assert refused.status_code == 413 and refused.json()["details"]["maxBytes"] == 1024

@@ -1,0 +1,222 @@
+"""The chat bot: one reply to one prompt, streamed into the job's output log, never without an answer.
+
+`chat_bot_reply` is the service the `chat_bot_interaction` job calls. A transient provider failure
+with attempts left raises TransientJobError (the job's backoff, or the provider's Retry-After when
+longer); with no key, an open breaker, a permanent (4xx) failure or the last attempt failing, the
+reply is a fallback message and the job completes with `usedFallback: true`.
+
+With a conversation, its recent messages (within CHAT_CONTEXT_TOKEN_BUDGET) are the context, and the
+prompt and the model's reply are saved under ids derived from the job, so a retried job never saves
+twice. A fallback reply is not saved: it is not the model's answer and would pollute later context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from audit.services import audit_event_record
+from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
+from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
+from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
+from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
+from chat.services import message_save
+from queues.definitions import JobCancelled, JobContext, PermanentJobError, TransientJobError
+from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
+from queues.output import OutputWriter, output_writer_open
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PERSONALITY = PersonalityMode.HELPFUL
+SYSTEM_PROMPTS = {
+    PersonalityMode.HELPFUL: "You are Slimy, a friendly and helpful assistant. Answer clearly and concisely.",
+    PersonalityMode.CREATIVE: "You are Slimy, an imaginative assistant. Be playful and original, yet useful.",
+    PersonalityMode.PROFESSIONAL: "You are Slimy, a precise, professional assistant. Be accurate and formal.",
+    PersonalityMode.CASUAL: "You are Slimy, a laid-back assistant. Keep it short, relaxed and conversational.",
+}
+FALLBACK_REPLIES = {
+    "not_configured": "Sorry, I can't answer right now: no language model is configured for this service.",
+    "breaker_open": "Sorry, my language model is having trouble right now. Please try again in a minute.",
+    "provider_error": "Sorry, I couldn't reach my language model after several tries. Please try again later.",
+    "provider_rejected": "Sorry, my language model could not process this request. Try rephrasing it.",
+    "empty_reply": "Sorry, I couldn't come up with an answer to that. Try rephrasing your question.",
+}
+# While tokens stream in, cancellation is checked (one primary-key query) every quarter second or
+# every 16 chunks, whichever comes first: a fast stream stops within 16 chunks, a slow one within 0.25 s.
+CANCEL_CHECK_INTERVAL = 0.25
+CANCEL_CHECK_CHUNKS = 16
+# Message ids of the assistant's replies are derived from the job id in this namespace.
+REPLY_NAMESPACE = uuid.UUID("6c1f6f1e-5d8e-4f0b-9d55-1b7a6c0a2b3e")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    prompt: str
+    owner_id: int | None
+    guild_id: str = ""
+    conversation_id: str | None = None
+    personality_mode: str | None = None
+
+
+def reply_job_id(job_id) -> uuid.UUID:
+    """The job id under which the assistant's reply of this job is saved (the prompt uses the job's own)."""
+    return uuid.uuid5(REPLY_NAMESPACE, str(job_id))
+
+
+def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
+    conversation = _conversation(request)
+    mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
+    messages = chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
+    writer = output_writer_open(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
+    try:
+        completion, fallback_reason = _complete(request, messages, writer, context)
+    finally:
+        writer.close()
+
+    usage = {"promptTokens": 0, "completionTokens": 0}
+    if completion is not None:  # the provider answered (possibly with nothing usable)
+        LLM_TOKENS.labels("prompt").inc(completion.prompt_tokens)
+        LLM_TOKENS.labels("completion").inc(completion.completion_tokens)
+        usage = {"promptTokens": completion.prompt_tokens, "completionTokens": completion.completion_tokens}
+    if fallback_reason:
+        CHAT_FALLBACKS.labels(fallback_reason).inc()
+        reply, model = FALLBACK_REPLIES[fallback_reason], completion.model if completion else ""
+    else:
+        reply, model = completion.text, completion.model
+
+    result = {"reply": reply, "usedFallback": bool(fallback_reason), "model": model, "usage": usage}
+    if fallback_reason:
+        result["fallbackReason"] = fallback_reason
+    if conversation is not None:
+        result["conversationId"] = str(conversation.pk)
+        if not _save(request, context, mode, None if fallback_reason else reply):
+            result["conversationSaved"] = False
+    _audit(request, context, action="chat_bot_interaction", details={
+        **_prompt_facts(request), "replyLength": len(reply), "usedFallback": bool(fallback_reason),
+        "fallbackReason": fallback_reason or None, "model": model, "usage": usage, "personalityMode": mode,
+    })
+    return result
+
+
+def _conversation(request: ChatRequest):
+    if not request.conversation_id:
+        return None
+    try:
+        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id)
+    except ConversationNotFound as exc:
+        raise PermanentJobError("The conversation does not exist or is not yours.",
+                                code="conversation_not_found") from exc
+
+
+def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None) -> list[dict]:
+    """System prompt, the conversation's recent messages within the token budget, then the prompt."""
+    system = SYSTEM_PROMPTS.get(mode, SYSTEM_PROMPTS[DEFAULT_PERSONALITY])
+    if request.guild_id:
+        system += f" You are chatting in the Discord server {request.guild_id}."
+    history: list[dict] = []
+    if request.conversation_id:
+        own = {str(context_job_id), str(reply_job_id(context_job_id))} if context_job_id else set()
+        budget = settings.CHAT_CONTEXT_TOKEN_BUDGET
+        recent = message_list_recent(conversation_id=request.conversation_id,
+                                     limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+        for message in reversed(recent):  # newest first until the budget is spent
+            if message.job_id is not None and str(message.job_id) in own:
+                continue  # written by an earlier attempt of this very job
+            cost = estimate_tokens(message.content) + 4  # + the per-message overhead of the chat format
+            if cost > budget:
+                break
+            budget -= cost
+            history.append({"role": message.role, "content": message.content})
+        history.reverse()
+    return [{"role": "system", "content": system}, *history, {"role": "user", "content": request.prompt}]
+
+
+def _complete(request, messages, writer: OutputWriter, context: JobContext) -> tuple[Completion | None, str]:
+    """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
+    if not llm_configured():
+        return _fallback(writer, "not_configured")
+    if not breaker_allow():
+        return _fallback(writer, "breaker_open")
+    context.check_cancelled()
+    last_check, unchecked = time.monotonic(), 0
+
+    def on_delta(text: str) -> None:
+        nonlocal last_check, unchecked
+        writer.write(text)
+        unchecked += 1
+        if unchecked >= CANCEL_CHECK_CHUNKS or time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
+            last_check, unchecked = time.monotonic(), 0
+            context.check_cancelled()
+
+    try:
+        completion = llm_stream_completion(messages=messages, on_delta=on_delta)
+    except JobCancelled:
+        breaker_release_probe()
+        raise
+    except LLMError as exc:
+        opened = breaker_record_failure() if exc.transient else False
+        if not exc.transient:
+            breaker_release_probe()
+        retrying = exc.transient and context.attempt < context.max_attempts
+        logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
+                       exc.code, "; breaker opened" if opened else "")
+        _audit(request, context, action="chat_bot_error", success=False, error_message=str(exc), details={
+            **_prompt_facts(request), "code": exc.code, "status": exc.status, "transient": exc.transient,
+            "retrying": retrying, "breakerOpened": opened,
+        })
+        if retrying:
+            raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
+        return _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
+    breaker_record_success()
+    if not completion.text.strip():
+        return completion, _fallback(writer, "empty_reply")[1]
+    return completion, ""
+
+
+def _fallback(writer: OutputWriter, reason: str) -> tuple[None, str]:
+    # Watchers of the output log see the fallback as a part of its own, after any partial reply.
+    writer.start_segment(label="fallback")
+    writer.write(FALLBACK_REPLIES[reason])
+    return None, reason
+
+
+def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
+    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    try:
+        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
+                     content=request.prompt, personality_mode=mode, job_id=context.job_id)
+        if reply:
+            message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
+                         role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
+                         job_id=reply_job_id(context.job_id))
+    except ConversationNotFound:
+        # The user still gets the answer; there is just nowhere left to keep it.
+        logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
+        return False
+    return True
+
+
+def _prompt_facts(request: ChatRequest) -> dict:
+    return {
+        "promptLength": len(request.prompt),
+        "promptSha256": hashlib.sha256(request.prompt.encode()).hexdigest(),
+        "conversationId": request.conversation_id,
+        "guildId": request.guild_id or None,
+    }
+
+
+def _audit(request: ChatRequest, context: JobContext, *, action: str, details: dict, success: bool = True,
+           error_message: str = "") -> None:
+    # audit_event_record never raises: an event that cannot be recorded never fails the reply.
+    actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
+    audit_event_record(
+        action=action, resource_type="chat_job", resource_id=str(context.job_id), actor=actor,
+        details={**details, "attempt": context.attempt, "jobId": str(context.job_id)},
+        success=success, error_message=error_message, request_id=context.request_id or None,
+    )

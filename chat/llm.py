@@ -1,0 +1,163 @@
+"""The LLM provider: the only module that imports `openai`.
+
+It streams one chat completion and translates every provider failure into `LLMError` with a
+`transient` flag: timeouts, connection errors (including a stream cut mid-way), 408, 429 and 5xx
+are transient; other 4xx are permanent. Retries, the circuit breaker and the fallback live in
+`chat.bot`; the client does no retrying of its own (`max_retries=0`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import openai
+from django.conf import settings
+
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class LLMError(Exception):
+    def __init__(self, message: str, *, code: str, transient: bool, status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+        self.status = status
+        self.retry_after = retry_after
+
+
+class LLMNotConfigured(Exception):
+    """No API key: the caller answers with its fallback instead of calling anyone."""
+
+
+_clients: dict[tuple, openai.OpenAI] = {}
+
+
+def llm_configured() -> bool:
+    return bool(settings.OPENAI_API_KEY)
+
+
+def _client() -> openai.OpenAI:
+    """One client per process and configuration, built on first use (never at import)."""
+    if not settings.OPENAI_API_KEY:
+        raise LLMNotConfigured("OPENAI_API_KEY is not set")
+    key = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
+    client = _clients.get(key)
+    if client is None:
+        _clients.clear()  # settings changed: drop the stale client and its connections
+        client = _clients[key] = openai.OpenAI(
+            api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None,
+            timeout=settings.OPENAI_TIMEOUT, max_retries=0,
+        )
+    return client
+
+
+def llm_stream_completion(
+    *, messages: list[dict], on_delta: Callable[[str], None], model: str | None = None,
+    max_tokens: int | None = None,
+) -> Completion:
+    """Stream a completion, calling `on_delta(text)` for every piece as it arrives.
+
+    Exceptions raised by `on_delta` (a cancellation, say) propagate unchanged and close the stream.
+    """
+    model = model or settings.OPENAI_MODEL
+    deadline = time.monotonic() + settings.OPENAI_STREAM_MAX_SECONDS
+    parts: list[str] = []
+    usage = None
+    finish_reason = ""
+    served_model = model
+    try:
+        stream = _client().chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
+            stream=True, stream_options={"include_usage": True},
+        )
+        with stream:
+            for chunk in stream:
+                served_model = chunk.model or served_model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta and choice.delta.content:
+                        parts.append(choice.delta.content)
+                        on_delta(choice.delta.content)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                if time.monotonic() > deadline:
+                    raise LLMError("The reply took longer than OPENAI_STREAM_MAX_SECONDS.",
+                                   code="llm_timeout", transient=True)
+    except openai.APITimeoutError as exc:
+        raise LLMError("The LLM provider timed out.", code="llm_timeout", transient=True) from exc
+    except openai.APIConnectionError as exc:
+        raise LLMError("The connection to the LLM provider failed.", code="llm_connection_error",
+                       transient=True) from exc
+    except openai.APIStatusError as exc:
+        raise _status_error(exc) from exc
+    except openai.APIError as exc:
+        # An error event inside the stream: the provider broke down while answering.
+        raise LLMError(f"The LLM provider reported an error: {exc.message}", code="llm_stream_error",
+                       transient=True) from exc
+    if not finish_reason:
+        raise LLMError("The LLM stream ended before the reply was complete.", code="llm_incomplete",
+                       transient=True)
+    text = "".join(parts)
+    return Completion(
+        text=text,
+        model=served_model,
+        prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
+        completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        finish_reason=finish_reason,
+    )
+
+
+def _status_error(exc: openai.APIStatusError) -> LLMError:
+    status = exc.status_code
+    transient = status in TRANSIENT_STATUSES or status >= 500
+    code = "llm_rate_limited" if status == 429 else "llm_unavailable" if transient else "llm_rejected"
+    return LLMError(
+        f"The LLM provider answered HTTP {status}.", code=code, transient=transient, status=status,
+        retry_after=parse_retry_after(exc.response.headers) if transient else None,
+    )
+
+
+def parse_retry_after(headers) -> float | None:
+    """Seconds from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent or bad."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if _looks_like_date(value) else None
+        if parsed is None:
+            return None
+        return max(parsed.timestamp() - time.time(), 0.0)
+
+
+def _looks_like_date(value: str) -> bool:
+    try:
+        return email.utils.parsedate_tz(value) is not None
+    except (TypeError, ValueError):
+        return False
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-independent estimate (~4 characters a token), used for budgets and missing usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0
