@@ -54,20 +54,20 @@ def test_scenario_9_llm_provider_failing(tmp_path, provider, fault_env, fault_mo
         calls_during_outage = len(provider.completion_requests)
         provider.always(Behaviour(text="healthy again"))  # the provider recovers
         healed_at = time.monotonic()
-        after = []
+        probes = []  # one at a time until a real reply comes back: fallbacks while the breaker is open
 
         def replied():
-            after.extend(_ask(user, conversation, 1, "after"))
-            ledger.wait_final(after[-1:], timeout=60)
-            return not _results(after[-1:])[after[-1]].get("usedFallback", True)
+            probes.extend(_ask(user, conversation, 1, "probe"))
+            ledger.wait_final(probes[-1:], timeout=60)
+            return not _results(probes[-1:])[probes[-1]].get("usedFallback", True)
 
         wait_until(replied, cooldown + 60, "the breaker to close and a real reply", interval=0.5)
         recovery = time.monotonic() - healed_at
-        after += _ask(user, conversation, fault_mode.pick(4, 12), "after recovery")
+        after = _ask(user, conversation, fault_mode.pick(4, 12), "after recovery")
         ledger.wait_final(after, timeout=120)
     finally:
         fleet.stop()
-    ids = outage + after
+    ids = outage + probes + after
     rep = ledger.report(ids, effect="message")  # the prompt row, keyed by the job id
     assert not rep.problems(), (rep, fleet.logs())
     assert rep.max_attempts_seen <= ATTEMPTS
@@ -79,10 +79,12 @@ def test_scenario_9_llm_provider_failing(tmp_path, provider, fault_env, fault_mo
     assert calls_during_outage < len(outage) * ATTEMPTS
     recovered = _results(after)
     assert not any(r.get("usedFallback") for r in recovered.values()), recovered  # the breaker closed
+    real = [i for i, r in _results(ids).items() if not r.get("usedFallback")]
     replies = Message.objects.filter(job_id__in=[reply_job_id(i) for i in ids])
-    assert replies.count() == len(after)  # one saved reply per real answer, none for a fallback
+    assert replies.count() == len(real) == len(after) + 1  # one saved reply per real answer, none for a fallback
     record_figures("9 LLM provider failing", rep, recovery=recovery,
                    notes=f"500s, {1}-s timeouts, cut streams: {len(outage)} replies were fallbacks "
                          f"({reasons.count('breaker_open')} by the open breaker) after {calls_during_outage} "
                          f"provider calls (at most {len(outage) * ATTEMPTS} without the breaker); breaker "
-                         f"cool-down {cooldown} s; s from provider healthy to the first real reply")
+                         f"cool-down {cooldown} s; {len(probes) - 1} fallback(s) while it stayed open; s from provider "
+                         "healthy to the first real reply")
