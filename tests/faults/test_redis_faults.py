@@ -148,11 +148,12 @@ def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, l
     pause_for = fault_mode.pick(8, 60)
     token, conversation = api_user(role="service")
     api = Api("", token)
-    fleet = Fleet(tmp_path, fault_env(), workers=2, web=True).start()
+    # three workers: two hold a job that outlives the pause, the third keeps short jobs flowing
+    fleet = Fleet(tmp_path, fault_env(), workers=3, web=True).start()
     api.base_url = fleet.url
     try:
         wait_until(lambda: http_get(fleet.url + "/health/ready")[0] == 200, 60, "the web server")
-        # one job per worker outlives the pause; liveness keys expire meanwhile (WORKER_TTL 3 s here)
+        # two jobs outlive the pause; liveness keys expire meanwhile (WORKER_TTL 3 s here)
         ids = _submit(2, seconds=pause_for + 4)
         ids += _submit(fault_mode.pick(30, 120), seconds=0.3)
         wait_until(lambda: sum(s == "completed" for s in ledger.statuses(ids).values()) >= 2, 60, "work to flow")
