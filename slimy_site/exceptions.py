@@ -91,6 +91,7 @@ COMMON_ERROR_CODES = {
     415: ("unsupported_media_type",),
     429: ("rate_limited",),
     500: ("internal_error",),
+    503: ("database_unavailable",),
 }
 
 
