@@ -44,6 +44,8 @@ class JobRecord(models.Model):
             models.Index(fields=["job_type", "-created_at"], name="job_type_created"),
             models.Index(fields=["request_id"], name="job_request_id"),
             models.Index(fields=["-created_at"], name="job_created"),
+            # Dashboard figures over the last hour and retention scan finished records by time.
+            models.Index(fields=["status", "-finished_at"], name="job_status_finished"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -2,7 +2,8 @@
 
 - A waiting record (queued / scheduled / retrying) that Redis no longer holds in a runnable place
   (lost in a restart, a FLUSHALL, or a crash inside RQ's non-atomic multi-queue BLPOP) is pushed again.
-- A started record whose worker stopped beating (see queues.worker) is handed to its retry policy.
+- A started record whose worker stopped beating (see queues.worker) is handed to its retry policy,
+  once the missing beat is confirmed by a later pass (a flushed or restarted Redis drops live keys too).
 - Delayed jobs overdue by SCHEDULER_LAG are moved to their queue: RQ's scheduler lock outlives a dead
   scheduler by up to a minute (and is re-tried every 2), which would hold retries back that long.
 Pushing twice is harmless: the runner starts a record only from a waiting status.
@@ -17,13 +18,14 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
-from queues.worker import alive_key
+from queues.worker import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
 
@@ -42,11 +44,14 @@ class ReconcileReport:
                 f"released {len(self.released)} overdue scheduled job(s)")
 
 
-def queues_reconcile(*, grace_seconds: int | None = None) -> ReconcileReport:
+def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None) -> ReconcileReport:
     report = ReconcileReport()
     _release_overdue(report)
     grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
-    _recover_abandoned(report)
+    # A live worker beats every WORKER_TTL/3 s: two missed beats in a row mean it is gone.
+    confirm = max(settings.WORKER_TTL, 3) * 2 / 3 if confirm_seconds is None else confirm_seconds
+    _recover_reported(report)
+    _recover_abandoned(report, confirm)
     _requeue_lost(report, timezone.now() - grace)
     if report.requeued or report.recovered or report.released:
         logger.warning("reconcile: %s", report)
@@ -68,21 +73,58 @@ def _release_overdue(report: ReconcileReport) -> None:
                     report.released.append(job.id)
 
 
-def _recover_abandoned(report: ReconcileReport) -> None:
+def _recover_reported(report: ReconcileReport) -> None:
+    """Jobs whose worker saw them fail while the database was down (see LedgerWorkerMixin._recover)."""
+    conn = get_connection()
+    for entry in conn.smembers(RECOVER_KEY):
+        job_id, _, worker_name = entry.decode().partition(" ")
+        # Only the attempt that worker was running: a record it no longer holds is someone else's now.
+        if JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, worker_name=worker_name).exists():
+            if job_recover_abandoned(job_id=job_id, reason=f"failed on worker {worker_name} while the database "
+                                                           "was unreachable"):
+                report.recovered.append(job_id)
+        conn.srem(RECOVER_KEY, entry)
+
+
+def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
     started = list(
         JobRecord.objects.filter(status=JobStatus.STARTED).exclude(worker_name="").values_list("id", "worker_name")[:BATCH]
     )
     if not started:
         return
+    dead = _dead_workers(sorted({name for _, name in started}), confirm)
+    for job_id, name in started:
+        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating"):
+            report.recovered.append(str(job_id))
+
+
+def _dead_workers(names: list[str], confirm: float) -> set[str]:
+    """Workers whose liveness key has been missing for at least `confirm` seconds.
+
+    Fault suite finding (scenario 6): a missing key alone is no proof of death. FLUSHALL, a Redis restart
+    that lost its last second, or a pause longer than the key's TTL drop the keys of live workers, and
+    taking their running jobs away made those jobs run twice. So the first pass that misses a key only
+    notes the time (in Redis, on Redis' clock, shared by every reconciler); a later pass that still misses
+    it after `confirm` seconds declares the worker dead. A beat in between clears the suspicion.
+    """
     conn = get_connection()
-    names = sorted({name for _, name in started})
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.exists(alive_key(name))
         alive = dict(zip(names, pipe.execute()))
-    for job_id, name in started:
-        if not alive[name] and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating"):
-            report.recovered.append(str(job_id))
+    seconds, micros = conn.time()
+    now = seconds + micros / 1e6
+    suspect_ttl = int(max(settings.WORKER_TTL, 3) * 3 + confirm)
+    dead = set()
+    for name in names:
+        if alive[name]:
+            conn.delete(suspect_key(name))
+            continue
+        conn.set(suspect_key(name), repr(now), nx=True, ex=suspect_ttl)
+        since = conn.get(suspect_key(name))
+        if since is not None and now - float(since) >= confirm:
+            dead.add(name)
+    return dead
 
 
 def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
@@ -94,15 +136,31 @@ def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
     conn = get_connection()
     in_lists: set[str] = set()
     scheduled: set[str] = set()
+    taken: set[str] = set()
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
             in_lists.update(i.decode() for i in conn.lrange(rq_queue.key, 0, -1))
             scheduled.update(i.decode() for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
-            in_lists.update(rq_queue.started_job_registry.get_job_ids())
+            taken.update(rq_queue.started_job_registry.get_job_ids())
     for job in waiting:
         job_id = str(job.id)
         if job_id in in_lists or job_id in scheduled:
             continue
+        if job_id in taken and _taken_by_live_worker(conn, job_id):
+            continue  # popped by a worker that has not marked it started yet
         job_push(job=job)
         report.requeued.append(job_id)
+
+
+def _taken_by_live_worker(conn, job_id: str) -> bool:
+    """Whether the worker RQ says holds this job still beats.
+
+    Fault suite finding (scenario 5): after a worker died with Redis, its stale started-registry entry
+    hid a waiting job from this pass until RQ expired the entry, ~90 s later.
+    """
+    try:
+        worker_name = Job.fetch(job_id, connection=conn).worker_name
+    except NoSuchJobError:
+        return False
+    return bool(worker_name) and bool(conn.exists(alive_key(worker_name)))

@@ -491,3 +491,8 @@ def job_records_clean(*, before: dt.datetime, batch_size: int = 5000) -> int:
             deleted += JobRecord.objects.filter(pk__in=ids, status__in=FINAL_STATUSES).delete()[1].get(
                 JobRecord._meta.label, 0
             )
+
+
+def job_records_expire() -> int:
+    """Retention: delete finished records older than JOB_RECORD_RETENTION_DAYS (a periodic hook)."""
+    return job_records_clean(before=timezone.now() - dt.timedelta(days=settings.JOB_RECORD_RETENTION_DAYS))

@@ -8,6 +8,7 @@ happens outside DRF (unknown URLs, crashes in middleware, oversized bodies) thro
 import logging
 
 from django.core.exceptions import PermissionDenied
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf_exceptions
@@ -90,6 +91,7 @@ COMMON_ERROR_CODES = {
     415: ("unsupported_media_type",),
     429: ("rate_limited",),
     500: ("internal_error",),
+    503: ("database_unavailable",),
 }
 
 
@@ -111,6 +113,11 @@ def api_exception_handler(exc, context):
         for name, value in exc.headers.items():
             response[name] = value
         return response
+    if isinstance(exc, OperationalError):
+        # PostgreSQL unreachable (fault suite, scenario 8): a clear, retryable 503 instead of a 500.
+        logger.warning("database unavailable: %s", exc)
+        return Response(error_body("database_unavailable", "The database is unavailable; retry later."),
+                        status=503, headers={"Retry-After": "5"})
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -35,6 +35,7 @@ ERROR_CODES = {
     "internal_error": (500, "An internal error occurred."),
     "queue_full": (503, "The queue is full; retry later."),
     "queues_unavailable": (503, "The job queues are unavailable; retry later."),
+    "database_unavailable": (503, "The database is unavailable; retry later."),
 }
 
 SUBMIT_ERROR_CODES = ("validation_error", "invalid_idempotency_key", "idempotency_key_reused", "queue_full",

@@ -139,10 +139,11 @@ RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=30)
 JOB_RESULT_TTL = env.int("JOB_RESULT_TTL", default=3600)
 JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
 # Idempotent callables the reconciler loop (`queues_reconcile --loop`) runs every PERIODIC_HOOKS_INTERVAL
-# seconds: keep the daily audit clean-up scheduled, and verify the audit chain for the alerting gauge.
+# seconds: expire old job records, keep the daily audit clean-up scheduled, verify the audit chain.
 PERIODIC_HOOKS = env.list(
     "PERIODIC_HOOKS",
-    default=["audit.retention.audit_cleanup_schedule_next", "audit.selectors.audit_chain_state"],
+    default=["queues.services.job_records_expire", "audit.retention.audit_cleanup_schedule_next",
+             "audit.selectors.audit_chain_state"],
 )
 PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).

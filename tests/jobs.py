@@ -112,3 +112,43 @@ class CrashJob(JobDefinition):
     def run(self, payload, context):
         _redis().rpush(f"test:crash:{payload['tag']}", context.attempt)
         os._exit(3)
+
+
+class EffectPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=110, required=False, default=0)
+    idempotent = serializers.BooleanField(required=False, default=False)
+
+
+class EffectJob(JobDefinition):
+    """Writes one row to `test_fault_effect` after `seconds` of work: the side effect fault tests count.
+
+    Every attempt that reaches its body first logs itself in `test_fault_run` (job, attempt, pid), so a
+    test can find the process running it and count re-executions. The effect is a plain INSERT unless
+    `idempotent`, which skips it when a row for this job exists (as real jobs keyed by job id do).
+    The generous retry policy (8 attempts, 1-8 s apart) rides out a ~40 s database outage.
+    """
+
+    name = "test_effect"
+    queue = QueueName.DATABASE
+    payload_serializer = EffectPayload
+    retry = RetryPolicy(max_attempts=8, backoff_base=1, backoff_max=8)
+    timeout = 120
+
+    def run(self, payload, context):
+        from django.db import connection, transaction
+
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO test_fault_run (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                           [context.job_id, context.attempt, os.getpid()])
+        deadline = time.monotonic() + payload["seconds"]
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        with transaction.atomic(), connection.cursor() as cursor:
+            if payload["idempotent"]:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [context.job_id])
+                cursor.execute("SELECT 1 FROM test_fault_effect WHERE job_id = %s", [context.job_id])
+                if cursor.fetchone():
+                    return {"written": False}
+            cursor.execute("INSERT INTO test_fault_effect (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                           [context.job_id, context.attempt, os.getpid()])
+        return {"written": True}

@@ -43,7 +43,7 @@ def test_job_endpoints_list_their_own_error_codes(schema):
     assert _codes(paths["/api/jobs/{job_id}"]["get"], 404) == {"job_not_found"}
     retry = paths["/api/jobs/{job_id}/retry"]["post"]
     assert _codes(retry, 409) == {"job_not_retryable"}
-    assert _codes(retry, 503) == {"queue_full", "queues_unavailable"}
+    assert _codes(retry, 503) == {"queue_full", "queues_unavailable", "database_unavailable"}
     assert {"validation_error", "malformed_request"} <= _codes(retry, 400)
     assert _codes(paths["/api/jobs/{job_id}/cancel"]["post"], 409) == {"job_not_cancellable"}
     assert schema["components"]["securitySchemes"]["tokenAuth"]["name"] == "Authorization"

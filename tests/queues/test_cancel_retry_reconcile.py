@@ -118,7 +118,7 @@ def test_reconciler_recovers_jobs_of_a_dead_worker(run_worker, redis_conn):
     redis_conn.set(alive_key("gone-worker"), "1")
     assert queues_reconcile(grace_seconds=0).recovered == []
     redis_conn.delete(alive_key("gone-worker"))
-    report = queues_reconcile(grace_seconds=0)
+    report = queues_reconcile(grace_seconds=0, confirm_seconds=0)
     assert report.recovered == [str(job.pk)]
     record = _record(job)
     assert record.status == JobStatus.RETRYING
@@ -127,12 +127,45 @@ def test_reconciler_recovers_jobs_of_a_dead_worker(run_worker, redis_conn):
     assert _record(job).attempts == 2
 
 
+def test_a_vanished_liveness_key_is_only_suspected_until_confirmed(redis_conn):
+    # What FLUSHALL does to a live worker: its key is gone until its next beat.
+    job = job_enqueue(job_type="test_echo", payload={"value": "busy"})
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=1, worker_name="busy-worker")
+    record = _record(job)
+    record.attempt_history.create(number=1, worker_name="busy-worker", started_at=record.created_at)
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=1).recovered == []
+    redis_conn.set(alive_key("busy-worker"), "1")  # the next beat
+    time.sleep(1.1)
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=1).recovered == []  # the beat cleared it
+    redis_conn.delete(alive_key("busy-worker"))  # now it really stops beating
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=1).recovered == []
+    time.sleep(1.1)
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=1).recovered == [str(job.pk)]
+    assert _record(job).status == JobStatus.RETRYING
+
+
+def test_reconciler_requeues_a_waiting_job_held_only_by_a_dead_workers_stale_entry(run_worker, redis_conn):
+    from queues.redis import get_rq_queue
+
+    job = job_enqueue(job_type="test_echo", payload={"value": "stale"})
+    queue = get_rq_queue("database")
+    # What a worker that died with Redis leaves: popped from the list, still in the started registry.
+    redis_conn.lrem(queue.key, 0, str(job.pk))
+    redis_conn.zadd(queue.started_job_registry.key, {f"{job.pk}:exec": time.time() + 600})
+    redis_conn.hset(f"rq:job:{job.pk}", "worker_name", "dead-worker")
+    redis_conn.set(alive_key("dead-worker"), "1")
+    assert queues_reconcile(grace_seconds=0).requeued == []  # its worker lives: it is about to start it
+    redis_conn.delete(alive_key("dead-worker"))
+    assert queues_reconcile(grace_seconds=0).requeued == [str(job.pk)]
+    _drain(run_worker, lambda: _record(job).status == JobStatus.COMPLETED)
+
+
 def test_abandoned_job_without_attempts_left_fails(redis_conn):
     job = job_enqueue(job_type="test_echo", payload={"value": "orphan"})
     JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=3, worker_name="gone")
     record = _record(job)
     record.attempt_history.create(number=3, worker_name="gone", started_at=record.created_at)
-    queues_reconcile(grace_seconds=0)
+    queues_reconcile(grace_seconds=0, confirm_seconds=0)
     record = _record(job)
     assert record.status == JobStatus.FAILED
     assert "stopped beating" in record.error_message

@@ -47,3 +47,21 @@ def test_default_hooks_schedule_the_daily_audit_cleanup_and_verify_the_chain():
 def test_bad_options_are_command_errors(options):
     with pytest.raises(CommandError):
         call_command("queues_reconcile", **options)
+
+
+def test_default_hooks_expire_old_finished_job_records(settings, run_worker):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    settings.JOB_RECORD_RETENTION_DAYS = 7
+    old = job_enqueue(job_type="test_echo", payload={"value": "old"})
+    fresh = job_enqueue(job_type="test_echo", payload={"value": "fresh"})
+    waiting_old = job_enqueue(job_type="test_echo", payload={"value": "waiting"}, delay=600)
+    run_worker(["database"])
+    long_ago = timezone.now() - dt.timedelta(days=8)
+    JobRecord.objects.filter(pk__in=[old.pk, waiting_old.pk]).update(created_at=long_ago, finished_at=None)
+    JobRecord.objects.filter(pk=old.pk).update(finished_at=long_ago)
+    call_command("queues_reconcile", loop=True, interval=1, passes=1, stdout=io.StringIO())
+    assert set(JobRecord.objects.values_list("pk", flat=True)) >= {fresh.pk, waiting_old.pk}
+    assert not JobRecord.objects.filter(pk=old.pk).exists()
