@@ -25,8 +25,9 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Retry
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
@@ -160,6 +161,12 @@ class SlimyThreadWorker(SlimyBatchWorker):
                 # The timeout landed outside the job's own code (while its outcome was being recorded):
                 # close the attempt if it is still open (a no-op for a record no longer started).
                 self._recover(job_id, "job exceeded its timeout")
+            except (DatabaseError, RedisError, OSError) as exc:
+                # The runner could not record the outcome (ledger or Redis down). The thread lives on;
+                # the job goes back to its retry policy, through the reconciler if the ledger is down.
+                logger.error("job %s: outcome not recorded (%s); handing it back", job_id, exc)
+                connections.close_all()
+                self._recover(job_id, f"worker could not record the outcome: {exc}")
             finally:
                 self._finish(job_id)
 
