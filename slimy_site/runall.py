@@ -97,6 +97,7 @@ class EmbeddedRedis:
 class Child:
     name: str
     argv: list[str]
+    env: dict = field(default_factory=dict)  # overrides of the supervisor's environment
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -111,7 +112,7 @@ class Supervisor:
         self.stopping = False
 
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv, env=self.env)
+        child.proc = subprocess.Popen(child.argv, env={**self.env, **child.env})
         self.log(f"started {child.name} (pid {child.proc.pid})")
 
     def request_stop(self, *_):
@@ -161,12 +162,25 @@ def build_children(*, host: str, port: int, concurrency: dict[str, int], python:
                               # gunicorn's control socket has one fixed path: two instances would clash.
                               "--no-control-socket"])]
     for queue, count in concurrency.items():
+        worker_class = (worker_classes or {}).get(queue)  # settings.QUEUE_WORKER_CLASSES
+        argv = manage + ["rqworker", queue, "--with-scheduler"]
+        if worker_class:
+            argv += ["--worker-class", worker_class]
+        if worker_class and _runs_jobs_on_threads(worker_class):
+            # One process whose threads are the queue's concurrency (an equivalent pool).
+            children.append(Child(f"worker-{queue}", argv, env={"WORKER_THREADS": str(count)}))
+            continue
         for i in range(count):
             # Every worker may run the scheduler: RQ's per-queue lock lets one do it at a time,
             # and another takes over if it dies.
-            argv = manage + ["rqworker", queue, "--with-scheduler"]
-            if worker_classes and queue in worker_classes:
-                argv += ["--worker-class", worker_classes[queue]]  # settings.QUEUE_WORKER_CLASSES
             children.append(Child(f"worker-{queue}-{i + 1}", argv))
     children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
     return children
+
+
+def _runs_jobs_on_threads(worker_class: str) -> bool:
+    from django.utils.module_loading import import_string
+
+    from queues.threadworker import SlimyThreadWorker
+
+    return issubclass(import_string(worker_class), SlimyThreadWorker)
