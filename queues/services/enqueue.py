@@ -1,0 +1,185 @@
+"""Enqueue and push: a record is written in the caller's transaction and pushed to RQ on commit,
+so a rolled-back write enqueues nothing. Idempotency keys return the existing job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from redis.exceptions import RedisError
+from rest_framework import serializers
+
+from queues import signals
+from queues.constants import JobStatus, Priority
+from queues.definitions import JobDefinition, registry
+from queues.logging import current_request_id
+from queues.models import JobRecord
+from queues.redis import get_rq_queue
+from slimy_site.exceptions import ApplicationError, ValidationFailed
+
+
+logger = logging.getLogger(__name__)
+
+
+RUNNER = "queues.runner.execute"
+IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
+MAX_DELAY = dt.timedelta(days=30)
+
+
+class IdempotencyKeyReused(ApplicationError):
+    code = "idempotency_key_reused"
+    status = 422
+    message = "This Idempotency-Key was already used with a different request."
+
+
+class UnknownJobType(ApplicationError):
+    code = "unknown_job_type"
+    status = 400
+    message = "Unknown job type."
+
+
+def _definition(job_type: str) -> type[JobDefinition]:
+    definition = registry.get(job_type)
+    if definition is None:
+        raise UnknownJobType(f"Unknown job type: {job_type!r}.")
+    return definition
+
+
+def payload_fingerprint(job_type: str, payload: dict, priority: str = Priority.NORMAL) -> str:
+    canonical = json.dumps([job_type, payload, priority], sort_keys=True, cls=DjangoJSONEncoder)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _scheduled_for(run_at: dt.datetime | None, delay: float | None) -> dt.datetime | None:
+    if run_at is not None and delay is not None:
+        raise ValidationFailed(details={"delay": ["Give run_at or delay, not both."]})
+    now = timezone.now()
+    if delay is not None:
+        if delay < 0:
+            raise ValidationFailed(details={"delay": ["Must not be negative."]})
+        run_at = now + dt.timedelta(seconds=delay)
+    if run_at is None:
+        return None
+    if timezone.is_naive(run_at):
+        raise ValidationFailed(details={"run_at": ["Must carry a time zone."]})
+    if run_at - now > MAX_DELAY:
+        raise ValidationFailed(details={"run_at": ["Must be within 30 days."]})
+    return run_at if run_at > now else None
+
+
+def job_enqueue(
+    *,
+    job_type: str,
+    payload: dict,
+    owner=None,
+    priority: str = Priority.NORMAL,
+    run_at: dt.datetime | None = None,
+    delay: float | None = None,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+) -> JobRecord:
+    """Validate, write the record, push to RQ on commit. Returns the record.
+
+    With an idempotency key already used by the same owner (within 24 h), returns that job
+    instead (its `replayed` attribute is True); a different payload under the same key is a 422.
+    """
+    definition = _definition(job_type)
+    if priority not in Priority.values:
+        raise ValidationFailed(details={"priority": [f"Must be one of {', '.join(Priority.values)}."]})
+    try:
+        clean = definition.validate(payload)
+    except serializers.ValidationError as exc:
+        raise ValidationFailed(details=exc.detail) from exc
+    scheduled_for = _scheduled_for(run_at, delay)
+    fingerprint = payload_fingerprint(job_type, clean, priority) if idempotency_key else ""
+
+    if idempotency_key:
+        existing = _idempotent_match(owner, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing
+
+    record = JobRecord(
+        job_type=job_type,
+        queue=definition.queue,
+        owner=owner if owner is not None and owner.is_authenticated else None,
+        payload=clean,
+        priority=priority,
+        max_attempts=definition.retry.max_attempts,
+        scheduled_for=scheduled_for,
+        status=JobStatus.SCHEDULED if scheduled_for else JobStatus.QUEUED,
+        request_id=request_id if request_id is not None else current_request_id(),
+        idempotency_key=idempotency_key or None,
+        idempotency_fingerprint=fingerprint,
+    )
+    try:
+        with transaction.atomic():
+            record.save(force_insert=True)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: answer with its job.
+        existing = _idempotent_match(owner, idempotency_key, fingerprint) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing
+    record.replayed = False
+    # The record just written is what gets pushed: no need to read it back.
+    transaction.on_commit(lambda: _push_safely(record.pk, record=record))
+    # Counted on commit: a rolled-back write enqueued nothing.
+    transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
+    return record
+
+
+def _idempotent_match(owner, key: str, fingerprint: str) -> JobRecord | None:
+    if owner is None or not owner.is_authenticated:
+        return None
+    existing = JobRecord.objects.filter(owner=owner, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.created_at < timezone.now() - IDEMPOTENCY_WINDOW:
+        # The key expired: free it so a new job may take it.
+        JobRecord.objects.filter(pk=existing.pk).update(idempotency_key=None)
+        return None
+    if existing.idempotency_fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    existing.replayed = True
+    return existing
+
+
+def _push_safely(job_id, record: JobRecord | None = None) -> None:
+    """Push after commit. If Redis is unreachable the record stays waiting and the reconciler pushes it."""
+    try:
+        job_push(job=record if record is not None else JobRecord.objects.get(pk=job_id))
+    except (RedisError, OSError):
+        logger.warning("push to Redis failed; the reconciler will enqueue job %s", job_id, exc_info=True)
+
+
+def job_push(*, job: JobRecord) -> None:
+    """Put the record's id on its RQ queue (or in the scheduled registry when it runs later)."""
+    definition = registry.get(job.job_type)
+    timeout = definition.timeout if definition else 60
+    ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
+    queue = get_rq_queue(job.queue, job.priority)
+    options = dict(
+        job_id=str(job.id),
+        job_timeout=timeout,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        description=job.job_type,
+        meta={"job_type": job.job_type},
+    )
+    with queue.connection.pipeline() as pipe:
+        # One round trip (one MULTI/EXEC) for enqueuing and forgetting a failed copy. The enqueue goes
+        # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
+        if job.scheduled_for and job.scheduled_for > timezone.now():
+            # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
+            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(seconds=1 if job.scheduled_for.microsecond else 0)
+            queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
+        else:
+            queue.enqueue(RUNNER, str(job.id), pipeline=pipe, **options)
+        queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
+        pipe.execute()

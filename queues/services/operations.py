@@ -1,0 +1,190 @@
+"""What users and staff do to jobs and queues: retry, cancel, copies, pause, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from redis.exceptions import RedisError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+
+from queues import signals
+from queues.constants import FINAL_STATUSES, JobStatus
+from queues.models import JobAttempt, JobRecord
+from queues.redis import get_connection
+from slimy_site.exceptions import Conflict, ValidationFailed
+
+from queues.services.enqueue import _definition, _push_safely, job_enqueue
+
+logger = logging.getLogger(__name__)
+
+
+def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
+    """Run a failed or cancelled job again with a fresh attempt budget."""
+    definition = _definition(job.job_type)
+    with transaction.atomic():
+        updated = JobRecord.objects.filter(
+            pk=job.pk, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]
+        ).update(
+            status=JobStatus.QUEUED,
+            max_attempts=F("attempts") + definition.retry.max_attempts,
+            scheduled_for=None,
+            finished_at=None,
+            error_code="",
+            error_message="",
+            error_traceback="",
+            result=None,
+        )
+        if not updated:
+            raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {job.status}.",
+                           code="job_not_retryable")
+        transaction.on_commit(lambda: _push_safely(job.pk))
+    job.refresh_from_db()
+    signals.job_enqueued.send(sender=JobRecord, job=job)
+    return job
+
+
+def job_cancel(*, job: JobRecord, actor=None) -> JobRecord:
+    """Cancel a waiting job (removed from Redis) or a running one (its worker is asked to stop it)."""
+    with transaction.atomic():
+        previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
+        if previous in FINAL_STATUSES:
+            raise Conflict(f"The job is already {previous}.", code="job_not_cancellable")
+        now = timezone.now()
+        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=now)
+        JobAttempt.objects.filter(job_id=job.pk, outcome=JobAttempt.Outcome.RUNNING).update(
+            outcome=JobAttempt.Outcome.CANCELLED, finished_at=now
+        )
+    _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED)
+    job.refresh_from_db()
+    signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
+    return job
+
+
+def _remove_from_redis(*, job_id: str, running: bool) -> None:
+    conn = get_connection()
+    try:
+        if running:
+            try:
+                send_stop_job_command(conn, job_id)
+            except (NoSuchJobError, InvalidJobOperation):
+                pass  # not executing in a forking worker: the runner sees the cancelled record
+        else:
+            try:
+                Job.fetch(job_id, connection=conn).delete(remove_from_queue=True)
+            except NoSuchJobError:
+                pass
+    except (RedisError, OSError):
+        # The ledger already says cancelled; the runner refuses to start a cancelled record.
+        logger.warning("could not remove job %s from Redis", job_id, exc_info=True)
+
+
+def job_requeue_copy(*, job: JobRecord, actor=None) -> JobRecord:
+    """A new job with the same type, payload, owner and priority; the original is left as it is."""
+    return job_enqueue(job_type=job.job_type, payload=job.payload, owner=job.owner, priority=job.priority)
+
+
+def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
+    """Remove every trace of the job from Redis (queue, registries, hash) and mark a live record cancelled.
+
+    Unlike `job_cancel` it also accepts finished jobs (clearing what RQ still holds), and it never
+    raises a conflict: the record ends cancelled unless it had already completed, failed or been cancelled.
+    """
+    with transaction.atomic():
+        previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
+        if previous not in FINAL_STATUSES:
+            JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+    if previous == JobStatus.STARTED:
+        _remove_from_redis(job_id=str(job.pk), running=True)
+    conn = get_connection()
+    try:
+        Job.fetch(str(job.pk), connection=conn).delete(remove_from_queue=True)
+    except NoSuchJobError:
+        pass
+    except (RedisError, OSError):
+        logger.warning("could not delete job %s from Redis", job.pk, exc_info=True)
+    job.refresh_from_db()
+    if previous not in FINAL_STATUSES:
+        signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
+    return job
+
+
+def queue_pause(*, queue: str, actor=None, reason: str = "") -> None:
+    """Workers stop taking this queue's jobs (within about two seconds); submissions are still accepted."""
+    from queues.constants import QueueName
+    from queues.worker import paused_key
+
+    if queue not in QueueName.values:
+        raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
+    info = {"at": timezone.now().isoformat(), "by": getattr(actor, "username", "") or "", "reason": reason[:500]}
+    get_connection().set(paused_key(queue), json.dumps(info))
+
+
+def queue_resume(*, queue: str, actor=None) -> bool:
+    """Returns whether the queue was paused."""
+    from queues.constants import QueueName
+    from queues.worker import paused_key
+
+    if queue not in QueueName.values:
+        raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
+    return bool(get_connection().delete(paused_key(queue)))
+
+
+def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) -> list[JobRecord]:
+    """Retry up to `limit` failed jobs of one type (oldest first) with a fresh attempt budget.
+
+    One UPDATE for the batch; the pushes to Redis happen on commit. Returns the retried records.
+    """
+    definition = _definition(job_type)
+    with transaction.atomic():
+        ids = list(
+            JobRecord.objects.filter(job_type=job_type, status=JobStatus.FAILED)
+            .order_by("created_at").values_list("pk", flat=True)[:limit]
+        )
+        JobRecord.objects.filter(pk__in=ids, status=JobStatus.FAILED).update(
+            status=JobStatus.QUEUED,
+            max_attempts=F("attempts") + definition.retry.max_attempts,
+            scheduled_for=None, finished_at=None, error_code="", error_message="", error_traceback="",
+            result=None,
+        )
+        jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
+        for job in jobs:
+            transaction.on_commit(lambda pk=job.pk: _push_safely(pk))
+    for job in jobs:
+        signals.job_enqueued.send(sender=JobRecord, job=job)
+    return jobs
+
+
+def job_records_clean(*, before: dt.datetime, batch_size: int = 5000) -> int:
+    """Delete finished records (completed, failed, cancelled) created and finished before `before`.
+
+    Their attempts go with them. Deletes in batches so no single transaction holds a huge lock set.
+    Returns the number of records deleted.
+    """
+    from django.db.models import Q
+
+    deleted = 0
+    old = Q(created_at__lt=before, status__in=FINAL_STATUSES) & (
+        Q(finished_at__lt=before) | Q(finished_at__isnull=True)
+    )
+    while True:
+        ids = list(JobRecord.objects.filter(old).order_by().values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            JobAttempt.objects.filter(job_id__in=ids).delete()
+            deleted += JobRecord.objects.filter(pk__in=ids, status__in=FINAL_STATUSES).delete()[1].get(
+                JobRecord._meta.label, 0
+            )
+
+
+def job_records_expire() -> int:
+    """Retention: delete finished records older than JOB_RECORD_RETENTION_DAYS (a periodic hook)."""
+    return job_records_clean(before=timezone.now() - dt.timedelta(days=settings.JOB_RECORD_RETENTION_DAYS))

@@ -1,0 +1,161 @@
+"""State transitions made by the runner (queues.runner), the workers and the reconciler.
+
+Every transition is a conditional UPDATE on the ledger, so a duplicate delivery or a late result
+of a cancelled or recovered job changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import traceback as tb
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from queues import signals
+from queues.constants import WAITING_STATUSES, JobStatus
+from queues.definitions import registry
+from queues.models import JobAttempt, JobRecord
+
+from queues.services.enqueue import job_push
+
+logger = logging.getLogger(__name__)
+
+
+def job_progress_set(*, job_id, progress) -> None:
+    JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).update(progress=progress)
+
+
+def job_start(*, job_id, worker_name: str) -> JobRecord | None:
+    """Mark a waiting record started; None when it is not waiting (cancelled, finished, or taken)."""
+    if connection.vendor == "postgresql":
+        # One statement (UPDATE ... RETURNING + INSERT in a CTE) instead of five round trips.
+        from queues.fastpath import job_start_batch
+
+        started = job_start_batch(job_ids=[job_id], worker_name=worker_name)
+        return started[0] if started else None
+    now = timezone.now()
+    with transaction.atomic():
+        started = JobRecord.objects.filter(pk=job_id, status__in=WAITING_STATUSES).update(
+            status=JobStatus.STARTED,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            worker_name=worker_name,
+            progress=None,
+        )
+        if not started:
+            return None
+        job = JobRecord.objects.get(pk=job_id)
+        JobAttempt.objects.create(job=job, number=job.attempts, worker_name=worker_name, started_at=now)
+    return job
+
+
+def job_complete(*, job: JobRecord, result) -> bool:
+    if connection.vendor == "postgresql":
+        # One statement for the record and its attempt instead of four round trips (queues.fastpath).
+        from queues.fastpath import job_complete_batch
+
+        return bool(job_complete_batch(outcomes=[(job, result)]))
+    now = timezone.now()
+    with transaction.atomic():
+        done = JobRecord.objects.filter(pk=job.pk, status=JobStatus.STARTED, attempts=job.attempts).update(
+            status=JobStatus.COMPLETED, result=result, finished_at=now, scheduled_for=None
+        )
+        outcome = JobAttempt.Outcome.COMPLETED if done else JobAttempt.Outcome.CANCELLED
+        JobAttempt.objects.filter(job=job, number=job.attempts).update(outcome=outcome, finished_at=now)
+    if done:
+        job.status, job.result, job.finished_at = JobStatus.COMPLETED, result, now
+    return bool(done)
+
+
+def job_attempt_failed(
+    *, job: JobRecord, exc: BaseException, permanent: bool, retry_after: float | None = None,
+    attempt_outcome: str | None = None, traceback_text: str | None = None,
+) -> float | None:
+    """Record a failed attempt. Returns the delay before the next attempt, or None when final."""
+    definition = registry.get(job.job_type)
+    policy = definition.retry if definition else None
+    now = timezone.now()
+    message = str(exc)[:2000] or exc.__class__.__name__
+    trace = traceback_text if traceback_text is not None else "".join(tb.format_exception(exc))
+    code = getattr(exc, "code", "") or exc.__class__.__name__
+    retry = not permanent and policy is not None and job.attempts < job.max_attempts
+    delay = None
+    if retry:
+        delay = max(retry_after or 0.0, policy.delay_after(job.attempts))
+    with transaction.atomic():
+        fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace)
+        if retry:
+            fields.update(status=JobStatus.RETRYING, scheduled_for=now + dt.timedelta(seconds=delay))
+        else:
+            fields.update(status=JobStatus.FAILED, finished_at=now, scheduled_for=None)
+        changed = JobRecord.objects.filter(pk=job.pk, status=JobStatus.STARTED, attempts=job.attempts).update(**fields)
+        if not changed:
+            outcome, delay = JobAttempt.Outcome.CANCELLED, None
+        else:
+            outcome = attempt_outcome or (JobAttempt.Outcome.RETRIED if retry else JobAttempt.Outcome.FAILED)
+        JobAttempt.objects.filter(job=job, number=job.attempts).update(
+            outcome=outcome, finished_at=now, error_message=message, error_traceback=trace
+        )
+    if changed:
+        job.refresh_from_db()
+    return delay
+
+
+def job_recover_abandoned(*, job_id, reason: str) -> str | None:
+    """A started job whose process died: apply its retry policy and push it again.
+
+    Returns the new status, or None when the record was not started (nothing to recover).
+    """
+    job = JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).first()
+    if job is None:
+        return None
+    delay = job_attempt_failed(
+        job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
+        traceback_text="",
+    )
+    if job.status == JobStatus.RETRYING:
+        try:
+            job_push(job=job)
+        except (RedisError, OSError):
+            logger.warning("push of recovered job %s failed; the reconciler retries it", job_id, exc_info=True)
+        signals.job_finished.send(sender=JobRecord, job=job, outcome="retried", duration=None)
+    elif job.status == JobStatus.FAILED:
+        signals.job_finished.send(sender=JobRecord, job=job, outcome="failed", duration=None)
+    logger.warning("job %s abandoned (%s): now %s, next attempt in %s s", job_id, reason, job.status, delay)
+    return job.status
+
+
+def job_complete_many(*, job_ids, result, worker_name: str = "") -> list:
+    """Mark waiting records completed without running them: another job did their work (e.g. the
+    audit worker writing several queued events in one statement). Records no longer waiting are left
+    alone. Their RQ deliveries later find them finished and skip them. Returns the ids completed."""
+    now = timezone.now()
+    with transaction.atomic():
+        waiting = list(
+            JobRecord.objects.select_for_update()
+            .filter(pk__in=list(job_ids), status__in=WAITING_STATUSES)
+            .values_list("pk", "attempts")
+        )
+        if not waiting:
+            return []
+        ids = [pk for pk, _ in waiting]
+        JobRecord.objects.filter(pk__in=ids).update(
+            status=JobStatus.COMPLETED, attempts=F("attempts") + 1, started_at=now, finished_at=now,
+            result=result, worker_name=worker_name, scheduled_for=None, progress=None,
+            error_code="", error_message="", error_traceback="",
+        )
+        JobAttempt.objects.bulk_create([
+            JobAttempt(job_id=pk, number=attempts + 1, worker_name=worker_name, started_at=now, finished_at=now,
+                       outcome=JobAttempt.Outcome.COMPLETED)
+            for pk, attempts in waiting
+        ])
+
+        def finished():
+            for job in JobRecord.objects.filter(pk__in=ids):
+                signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=0.0)
+
+        transaction.on_commit(finished)
+    return ids
