@@ -85,3 +85,30 @@ def test_staff_retries_a_failed_job_from_the_dashboard_and_sees_it_complete(
     assert "#2 completed" in browser.find_element(By.ID, "slimy-attempts").text
     _shot(browser, "4-completed")
     assert JobRecord.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+
+def test_job_page_shows_a_running_jobs_output_live(browser, live_server, django_user_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from queues.output import output_writer_open
+    from queues.services import job_start
+
+    django_user_model.objects.create_superuser(username="operator", password="pw-operator-123", email="o@x.test")
+    job = job_enqueue(job_type="test_sleep", payload={"seconds": 1, "tag": "live"})
+    job_start(job_id=job.pk, worker_name="browser-test")  # running: the panel keeps polling
+    writer = output_writer_open(job_id=str(job.pk), job_type=job.job_type, attempt=1)
+    writer.write("Hello ")
+    writer.write("world")
+
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("pw-operator-123")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    browser.get(f"{live_server.url}/admin/queues/jobrecord/{job.pk}/change/")
+    box = browser.find_element(By.ID, "slimy-output")
+    WebDriverWait(browser, 10).until(lambda d: "Hello world" in box.text)
+    assert "attempt 1" in box.text
+    writer.write(", again")  # appended while the page is open
+    WebDriverWait(browser, 10).until(lambda d: "Hello world, again" in box.text)
+    _shot(browser, "5-live-output")
