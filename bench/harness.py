@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stats import ratio
+from tests.processes import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -134,40 +134,6 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         info["commit"] = "?"
     return info
-
-
-class Proc:
-    """A child process (own session) whose output goes to a log file."""
-
-    def __init__(self, argv, env, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise RuntimeError(f"{self.popen.args} did not finish in {timeout} s:\n{self.output()[-3000:]}") from None
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self._log.close()
 
 
 def start(env: BenchEnv, argv: list[str], name: str, **extra_env) -> Proc:

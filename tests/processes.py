@@ -35,7 +35,7 @@ def process_env(redis_url: str, **extra) -> dict:
 
 
 class Proc:
-    """A child process whose combined output goes to a file the test can read."""
+    """A child process (own session) whose combined output goes to a log file (tests and benchmarks)."""
 
     def __init__(self, argv, env, log_path: Path):
         self.log_path = log_path
@@ -44,19 +44,23 @@ class Proc:
                                       start_new_session=True)
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self.popen.pid
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def signal(self, sig):
+    def signal(self, sig) -> None:
         self.popen.send_signal(sig)
 
-    def wait(self, timeout):
-        return self.popen.wait(timeout)
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"{self.popen.args} did not finish in {timeout} s:\n{self.output()[-3000:]}") from None
 
-    def stop(self, timeout=20):
+    def stop(self, timeout: float = 20) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -82,7 +86,7 @@ def start_worker(tmp_path, env, queues=("chat", "database", "audit"), *, name=No
     return Proc(argv, env, log)
 
 
-def wait_for(predicate, timeout=30.0, interval=0.1, message="condition"):
+def wait_for(predicate, timeout=30.0, message="condition", interval=0.1):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

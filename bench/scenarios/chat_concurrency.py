@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.server
 import threading
-import time
 
 from bench import harness
 from bench.harness import BenchEnv, Result

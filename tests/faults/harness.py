@@ -26,6 +26,7 @@ import psycopg
 
 from slimy_site.runall import Child, Supervisor
 from tests.processes import ROOT
+from tests.processes import wait_for as wait_until  # noqa: F401  (the scenarios import it from here)
 from tests.redis_server import free_port
 
 FINAL = ("completed", "failed", "cancelled")
@@ -132,17 +133,6 @@ class Fleet:
         for path in sorted(self.log_dir.glob(f"{name_prefix}*.log")):
             parts.append(f"=== {path.name}\n{path.read_text(errors='replace')[-6000:]}")
         return "\n".join(parts)
-
-
-def wait_until(predicate, timeout: float, message: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
-        time.sleep(interval)
 
 
 def process_alive(pid: int) -> bool:
