@@ -31,6 +31,14 @@ def _private_redis(redis_server):
     reset_connections()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _static_root():
+    # WhiteNoise warns on every request when STATIC_ROOT is missing (nothing is collected in tests).
+    from pathlib import Path
+
+    Path(settings.STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis(_private_redis):
     from queues.redis import get_connection
