@@ -27,7 +27,7 @@ from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import message_save
-from queues.definitions import JobCancelled, JobContext, PermanentJobError, TransientJobError
+from queues.definitions import JobContext, PermanentJobError, TransientJobError
 from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import OutputWriter, output_writer_open
 
@@ -143,37 +143,41 @@ def _complete(request, messages, writer: OutputWriter, context: JobContext) -> t
         return _fallback(writer, "not_configured")
     if not breaker_allow():
         return _fallback(writer, "breaker_open")
-    context.check_cancelled()
-    last_check, unchecked = time.monotonic(), 0
-
-    def on_delta(text: str) -> None:
-        nonlocal last_check, unchecked
-        writer.write(text)
-        unchecked += 1
-        if unchecked >= CANCEL_CHECK_CHUNKS or time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
-            last_check, unchecked = time.monotonic(), 0
-            context.check_cancelled()
-
+    verdict = False  # whether this call told the breaker how the provider is doing
     try:
-        completion = llm_stream_completion(messages=messages, on_delta=on_delta)
-    except JobCancelled:
-        breaker_release_probe()
-        raise
-    except LLMError as exc:
-        opened = breaker_record_failure() if exc.transient else False
-        if not exc.transient:
+        context.check_cancelled()
+        last_check, unchecked = time.monotonic(), 0
+
+        def on_delta(text: str) -> None:
+            nonlocal last_check, unchecked
+            writer.write(text)
+            unchecked += 1
+            if unchecked >= CANCEL_CHECK_CHUNKS or time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
+                last_check, unchecked = time.monotonic(), 0
+                context.check_cancelled()
+
+        try:
+            completion = llm_stream_completion(messages=messages, on_delta=on_delta)
+        except LLMError as exc:
+            opened = breaker_record_failure() if exc.transient else False
+            verdict = exc.transient
+            retrying = exc.transient and context.attempt < context.max_attempts
+            logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
+                           exc.code, "; breaker opened" if opened else "")
+            _audit(request, context, action="chat_bot_error", success=False, error_message=str(exc), details={
+                **_prompt_facts(request), "code": exc.code, "status": exc.status, "transient": exc.transient,
+                "retrying": retrying, "breakerOpened": opened,
+            })
+            if retrying:
+                raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
+            return _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
+        breaker_record_success()
+        verdict = True
+    finally:
+        if not verdict:
+            # Cancelled, a 4xx, a timeout or a Redis error: no verdict on the provider, so a half-open
+            # probe must not keep its lock (every reply would fall back until it expired).
             breaker_release_probe()
-        retrying = exc.transient and context.attempt < context.max_attempts
-        logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
-                       exc.code, "; breaker opened" if opened else "")
-        _audit(request, context, action="chat_bot_error", success=False, error_message=str(exc), details={
-            **_prompt_facts(request), "code": exc.code, "status": exc.status, "transient": exc.transient,
-            "retrying": retrying, "breakerOpened": opened,
-        })
-        if retrying:
-            raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
-        return _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
-    breaker_record_success()
     if not completion.text.strip():
         return completion, _fallback(writer, "empty_reply")[1]
     return completion, ""

@@ -9,6 +9,7 @@ are transient; other 4xx are permanent. Retries, the circuit breaker and the fal
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,19 +137,24 @@ def parse_retry_after(headers) -> float | None:
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return max(float(value) / 1000, 0.0)
+            return _seconds(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        return _seconds(float(value))
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if _looks_like_date(value) else None
         if parsed is None:
             return None
         return max(parsed.timestamp() - time.time(), 0.0)
+
+
+def _seconds(value: float) -> float | None:
+    """`nan` and `inf` parse as floats but are no delay at all."""
+    return max(value, 0.0) if math.isfinite(value) else None
 
 
 def _looks_like_date(value: str) -> bool:

@@ -1,5 +1,7 @@
 """Names shared by every part of the job system: queues, statuses, priorities."""
 
+import datetime
+
 from django.db import models
 
 
@@ -23,6 +25,11 @@ class JobStatus(models.TextChoices):
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 # Statuses in which the job waits in Redis for a worker (or the scheduler).
 WAITING_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING})
+
+
+# A delivery may start a delayed job or a retry at most this early (RQ's scheduler keeps whole
+# seconds); an earlier one (a duplicate push) is skipped and the scheduled copy runs on time.
+DUE_TOLERANCE = datetime.timedelta(seconds=1)
 
 
 class Priority(models.TextChoices):

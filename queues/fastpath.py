@@ -20,7 +20,7 @@ import json
 from django.db import connection
 from django.utils import timezone
 
-from queues.constants import WAITING_STATUSES, JobStatus
+from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
 from queues.models import JobAttempt, JobRecord
 
 _RECORD = JobRecord._meta.db_table
@@ -30,9 +30,11 @@ _WAITING = sorted(str(s) for s in WAITING_STATUSES)
 START_SQL = f"""
 WITH started AS (
     UPDATE {_RECORD}
-       SET status = %s, attempts = attempts + 1, started_at = %s, worker_name = %s, progress = NULL
+       SET status = %s, attempts = attempts + 1, started_at = %s, worker_name = %s, progress = NULL,
+           updated_at = %s
       FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
      WHERE id = ANY(%s::uuid[]) AND status = ANY(%s::text[])
+       AND (scheduled_for IS NULL OR scheduled_for <= %s)
  RETURNING *
 ), attempt AS (
     INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
@@ -66,6 +68,8 @@ def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
 
     Ids whose record is not waiting (cancelled, finished, taken by another worker) are left out.
     """
+    # The same id twice in one pop (pushed twice, e.g. by two reconcilers) must run once.
+    job_ids = list(dict.fromkeys(str(i) for i in job_ids))
     if not job_ids:
         return []
     if connection.vendor != "postgresql":
@@ -74,7 +78,7 @@ def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
         return [job for job in (job_start(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None]
     now = timezone.now()
     rows = JobRecord.objects.raw(START_SQL, [
-        JobStatus.STARTED, now, worker_name, [str(i) for i in job_ids], _WAITING,
+        JobStatus.STARTED, now, worker_name, now, job_ids, _WAITING, now + DUE_TOLERANCE,
         worker_name, now, JobAttempt.Outcome.RUNNING,
     ])
     by_id = {str(job.pk): job for job in rows}

@@ -43,7 +43,8 @@ def parse_cursor(value: str | None) -> str:
     value = (value or "").strip()
     if not value:
         return "0"
-    if not _CURSOR.match(value):
+    # Stream ids are two unsigned 64-bit numbers; Redis refuses anything larger.
+    if not _CURSOR.match(value) or any(int(part) >= 2**64 for part in value.split("-")):
         raise InvalidCursor(details={"after": ["Must be a cursor returned by this API, e.g. 1712345678901-0."]})
     return value
 

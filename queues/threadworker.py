@@ -167,6 +167,9 @@ class SlimyThreadWorker(SlimyBatchWorker):
                 logger.error("job %s: outcome not recorded (%s); handing it back", job_id, exc)
                 connections.close_all()
                 self._recover(job_id, f"worker could not record the outcome: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the runner re-raised; a job thread must never die
+                logger.exception("job %s: unexpected error; handing it back", job_id)
+                self._recover(job_id, f"unexpected error: {exc.__class__.__name__}")
             finally:
                 self._finish(job_id)
 

@@ -41,6 +41,7 @@ def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
             error_message="",
             error_traceback="",
             result=None,
+            updated_at=timezone.now(),
         )
         if not updated:
             raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {job.status}.",
@@ -152,7 +153,7 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
             status=JobStatus.QUEUED,
             max_attempts=F("attempts") + definition.retry.max_attempts,
             scheduled_for=None, finished_at=None, error_code="", error_message="", error_traceback="",
-            result=None,
+            result=None, updated_at=timezone.now(),
         )
         jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
         for job in jobs:

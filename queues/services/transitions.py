@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import traceback as tb
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from queues import signals
-from queues.constants import WAITING_STATUSES, JobStatus
+from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
 from queues.definitions import registry
 from queues.models import JobAttempt, JobRecord
-
 from queues.services.enqueue import job_push
 
 logger = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 3600  # seconds; a longer (or non-finite) Retry-After from a provider is not trusted
 
 
 def job_progress_set(*, job_id, progress) -> None:
@@ -37,13 +39,15 @@ def job_start(*, job_id, worker_name: str) -> JobRecord | None:
         started = job_start_batch(job_ids=[job_id], worker_name=worker_name)
         return started[0] if started else None
     now = timezone.now()
+    due = Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now + DUE_TOLERANCE)
     with transaction.atomic():
-        started = JobRecord.objects.filter(pk=job_id, status__in=WAITING_STATUSES).update(
+        started = JobRecord.objects.filter(due, pk=job_id, status__in=WAITING_STATUSES).update(
             status=JobStatus.STARTED,
             attempts=F("attempts") + 1,
             started_at=now,
             worker_name=worker_name,
             progress=None,
+            updated_at=now,
         )
         if not started:
             return None
@@ -84,9 +88,11 @@ def job_attempt_failed(
     retry = not permanent and policy is not None and job.attempts < job.max_attempts
     delay = None
     if retry:
-        delay = max(retry_after or 0.0, policy.delay_after(job.attempts))
+        # A provider's Retry-After is honoured, but never beyond what the policy itself could wait.
+        hint = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
+        delay = max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)), policy.delay_after(job.attempts))
     with transaction.atomic():
-        fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace)
+        fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace, updated_at=now)
         if retry:
             fields.update(status=JobStatus.RETRYING, scheduled_for=now + dt.timedelta(seconds=delay))
         else:

@@ -158,3 +158,11 @@ def test_output_log_expires_with_the_result(fake_llm, user, make_api_client, dra
     drain(JobRecord.objects.get(pk=job_id))
     ttl = redis_conn.ttl(f"slimy:job:{job_id}:output")
     assert 100 < ttl <= 120
+
+
+def test_an_out_of_range_output_cursor_is_a_400_not_a_500(make_api_client, user):
+    from queues.services import job_enqueue
+
+    job = job_enqueue(job_type="chat_bot_interaction", payload={"prompt": "hi"}, owner=user)
+    response = make_api_client(user).get(f"/api/jobs/{job.pk}/output?after=99999999999999999999")
+    assert response.status_code == 400 and response.json()["error"] == "invalid_cursor"

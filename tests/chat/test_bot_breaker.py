@@ -104,3 +104,25 @@ def test_retries_count_as_consecutive_failures(fake_llm, user, drain, settings):
     record = drain(_ask(user))
     assert record.attempts == 3 and record.result["fallbackReason"] == "provider_error"
     assert breaker_state() == OPEN
+
+
+def test_a_probe_cancelled_before_it_calls_the_provider_frees_the_probe_lock(fake_llm, user, settings, redis_conn):
+    from chat.bot import ChatRequest, chat_bot_reply
+    from queues.definitions import JobCancelled, JobContext
+    from queues.models import JobRecord
+    from queues.services import job_cancel, job_start
+
+    settings.LLM_BREAKER_FAILURES = 1
+    settings.LLM_BREAKER_COOLDOWN = 0.2
+    breaker_record_failure()
+    time.sleep(0.3)
+    assert breaker_state() == HALF_OPEN
+    job = _ask(user)
+    job_start(job_id=job.pk, worker_name="w")
+    job_cancel(job=JobRecord.objects.get(pk=job.pk))
+    context = JobContext(job_id=str(job.pk), job_type=job.job_type, queue=job.queue, attempt=1, max_attempts=3,
+                         owner_id=user.pk, request_id="")
+    with pytest.raises(JobCancelled):
+        chat_bot_reply(request=ChatRequest(prompt="hello", owner_id=user.pk), context=context)
+    assert not redis_conn.exists("slimy:llm:breaker:probe")
+    assert breaker_allow() is True  # the next reply may probe at once

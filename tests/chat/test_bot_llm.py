@@ -142,3 +142,10 @@ def test_retry_after_parsing():
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=120)
     seconds = parse_retry_after({"retry-after": email.utils.format_datetime(later, usegmt=True)})
     assert 100 < seconds <= 120
+
+
+@pytest.mark.parametrize("headers", [{"retry-after": "inf"}, {"retry-after": "nan"}, {"retry-after-ms": "nan"}])
+def test_non_finite_retry_after_is_ignored(headers):
+    from chat.llm import parse_retry_after
+
+    assert parse_retry_after(headers) is None

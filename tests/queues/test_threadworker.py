@@ -112,3 +112,29 @@ def test_failures_and_retries_are_recorded(run_thread_worker):
     run_thread_worker()
     assert _record(flaky).status == JobStatus.RETRYING
     assert _record(permanent).status == JobStatus.FAILED and _record(permanent).error_code == "never_works"
+
+
+class UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("cannot describe myself")
+
+
+class UnprintableFailureJob(JobDefinition):
+    """Fails with an exception whose message cannot even be rendered: recording the failure raises."""
+
+    name = "test_unprintable_failure"
+    queue = QueueName.CHAT
+    retry = RetryPolicy(max_attempts=1)
+
+    def run(self, payload, context):
+        raise UnprintableError()
+
+
+def test_an_error_escaping_the_runner_does_not_kill_the_thread(run_thread_worker):
+    bad = job_enqueue(job_type="test_unprintable_failure", payload={})
+    good = job_enqueue(job_type="test_echo", payload={"value": "after"})
+    run_thread_worker(["chat", "database"], threads=1)
+    # The job is handed back (here: its only attempt is used up) instead of staying `started`,
+    # and the single thread lives on to run the next job.
+    assert JobRecord.objects.get(pk=bad.pk).status == JobStatus.FAILED
+    assert JobRecord.objects.get(pk=good.pk).status == JobStatus.COMPLETED
