@@ -105,6 +105,7 @@ def test_job_page_shows_a_running_jobs_output_live(browser, live_server, django_
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("pw-operator-123")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    browser.find_element(By.ID, "user-tools")  # logged in (waits up to the implicit timeout)
     browser.get(f"{live_server.url}/admin/queues/jobrecord/{job.pk}/change/")
     box = browser.find_element(By.ID, "slimy-output")
     WebDriverWait(browser, 10).until(lambda d: "Hello world" in box.text)

@@ -119,8 +119,17 @@ def test_scenario_3_poison_job(tmp_path, fault_env, fault_mode, ledger, record_f
                    notes=f"{len(poison)} poison jobs failed after 2 attempts each; s for everything to finish")
 
 
+def _registered(env, pid) -> bool:
+    """The worker has booted (RQ registered it, so its signal handlers are installed)."""
+    import redis
+    from rq import Worker
+
+    return any(w.pid == pid for w in Worker.all(connection=redis.Redis.from_url(env["REDIS_URL"])))
+
+
 def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, record_figures):
-    fleet = Fleet(tmp_path, fault_env(), workers=3).start()
+    env = fault_env()
+    fleet = Fleet(tmp_path, env, workers=3).start()
     try:
         ids = _submit(fault_mode.pick(60, 240), seconds=0.3)
         wait_until(lambda: _running(ledger), 60, "work to start")
@@ -130,6 +139,8 @@ def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, rec
                 wait_until(lambda: worker.proc is not None and worker.proc is not proc or proc is not None, 30,
                            "the worker to be running")
                 proc = worker.proc
+                # A deploy stops booted workers; one still importing Django would die of the default action.
+                wait_until(lambda: _registered(env, proc.pid), 60, "the worker to register")
                 proc.send_signal(signal.SIGTERM)  # warm shutdown: the job in flight finishes
                 proc.wait(60)
                 assert proc.returncode == 0
