@@ -22,9 +22,8 @@ class LogEventJob(JobDefinition):
 
     def run(self, payload, context):
         from audit.services import audit_log_event_run
-        from queues.runner import _worker_name
 
-        return audit_log_event_run(event=payload, job_id=context.job_id, worker_name=_worker_name())
+        return audit_log_event_run(event=payload, job_id=context.job_id, worker_name=context.worker_name)
 
 
 class LogEventsBulkJob(JobDefinition):

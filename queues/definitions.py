@@ -145,6 +145,7 @@ class JobContext:
     max_attempts: int
     owner_id: int | None
     request_id: str
+    worker_name: str = ""
 
     def set_progress(self, progress: Any) -> None:
         from queues.services import job_progress_set

@@ -36,6 +36,10 @@ def _worker_name() -> str:
     return (rq_job.worker_name or "") if rq_job else "inline"
 
 
+def _job_log_context(job: JobRecord):
+    return log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None)
+
+
 def execute(job_id: str):
     close_old_connections()
     job = job_start(job_id=job_id, worker_name=_worker_name())
@@ -43,7 +47,7 @@ def execute(job_id: str):
         # Cancelled, already finished, or being run by someone else: a duplicate delivery is harmless.
         logger.info("job %s is not waiting; skipped", job_id)
         return None
-    with log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None):
+    with _job_log_context(job):
         return _run(job)
 
 
@@ -55,13 +59,13 @@ def execute_started(job: JobRecord, *, defer_complete, time_limit):
     wrapped in `time_limit(seconds)` (the hard timeout), and a failure is recorded but not re-raised.
     Returns RQ's `Retry` when the record now waits for another attempt (the caller pushes it again).
     """
-    with log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None):
+    with _job_log_context(job):
         return _run(job, defer_complete=defer_complete, time_limit=time_limit, reraise=False)
 
 
 def job_completed(job: JobRecord, duration: float, completed: bool) -> None:
     """Log and signal a completion the batch worker recorded (the tail of `_run` for deferred jobs)."""
-    with log_context(job_id=str(job.id), job_type=job.job_type, queue=job.queue, request_id=job.request_id or None):
+    with _job_log_context(job):
         if completed:
             logger.info("job completed in %.3f s", duration)
             signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=duration)
@@ -95,6 +99,7 @@ def _run(job: JobRecord, *, defer_complete=None, time_limit=None, reraise=True):
     context = JobContext(
         job_id=str(job.id), job_type=job.job_type, queue=job.queue, attempt=job.attempts,
         max_attempts=job.max_attempts, owner_id=job.owner_id, request_id=job.request_id,
+        worker_name=job.worker_name,
     )
     try:
         with time_limit(definition.timeout) if time_limit else contextlib.nullcontext():
