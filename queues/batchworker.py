@@ -62,11 +62,7 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
     def work(self, burst=False, logging_level=None, date_format=DEFAULT_LOGGING_DATE_FORMAT,
              log_format=DEFAULT_LOGGING_FORMAT, max_jobs=None, max_idle_time=None, with_scheduler=False,
              dequeue_strategy=None) -> bool:
-        self.bootstrap(logging_level, date_format, log_format)
-        if with_scheduler:
-            self._start_scheduler(burst, logging_level, date_format, log_format)
-        self._install_signal_handlers()
-        runner.batch_worker_name = self.name
+        self._begin(burst, logging_level, date_format, log_format, with_scheduler)
         done, idle_since, wait = 0, time.monotonic(), 1.0
         try:
             while True:
@@ -88,10 +84,7 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
                     ids = self._pop(keys, limit, block=not burst)
                     wait = 1.0
                 except (RedisConnectionError, RedisTimeoutError) as exc:
-                    # As RQ: an idle worker waits for Redis to come back.
-                    logger.error("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
-                    time.sleep(wait)
-                    wait = min(wait * 2, 60)
+                    wait = self._wait_for_redis(exc, wait)
                     continue
                 except (StopRequested, DequeueTimeout):
                     break
@@ -108,6 +101,19 @@ class SlimyBatchWorker(LedgerWorkerMixin, SimpleWorker):
             runner.batch_worker_name = None
             self.teardown()
         return bool(done)
+
+    def _begin(self, burst, logging_level, date_format, log_format, with_scheduler) -> None:
+        self.bootstrap(logging_level, date_format, log_format)
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, date_format, log_format)
+        self._install_signal_handlers()
+        runner.batch_worker_name = self.name
+
+    def _wait_for_redis(self, exc, wait: float) -> float:
+        """As RQ: an idle worker waits for Redis to come back. Returns the next wait (doubling, ≤ 60 s)."""
+        logger.error("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
+        time.sleep(wait)
+        return min(wait * 2, 60)
 
     def _pop(self, keys, limit: int, *, block: bool) -> list[str]:
         if self.get_redis_server_version() < (7, 0, 0):

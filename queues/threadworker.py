@@ -59,11 +59,7 @@ class SlimyThreadWorker(SlimyBatchWorker):
     def work(self, burst=False, logging_level=None, date_format=DEFAULT_LOGGING_DATE_FORMAT,
              log_format=DEFAULT_LOGGING_FORMAT, max_jobs=None, max_idle_time=None, with_scheduler=False,
              dequeue_strategy=None) -> bool:
-        self.bootstrap(logging_level, date_format, log_format)
-        if with_scheduler:
-            self._start_scheduler(burst, logging_level, date_format, log_format)
-        self._install_signal_handlers()
-        runner.batch_worker_name = self.name
+        self._begin(burst, logging_level, date_format, log_format, with_scheduler)
         self._threads = [threading.Thread(target=self._thread_main, name=f"slimy-job-{i}", daemon=True)
                          for i in range(self.threads)]
         for thread in self._threads:
@@ -98,9 +94,7 @@ class SlimyThreadWorker(SlimyBatchWorker):
                     ids = self._pop(keys, free, block=not burst and not self._inflight)
                     wait = 1.0
                 except (RedisConnectionError, RedisTimeoutError) as exc:
-                    logger.error("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
-                    time.sleep(wait)
-                    wait = min(wait * 2, 60)
+                    wait = self._wait_for_redis(exc, wait)
                     continue
                 except (StopRequested, DequeueTimeout):
                     break
