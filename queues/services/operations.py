@@ -58,15 +58,20 @@ def job_cancel(*, job: JobRecord, actor=None) -> JobRecord:
         previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
         if previous in FINAL_STATUSES:
             raise Conflict(f"The job is already {previous}.", code="job_not_cancellable")
-        now = timezone.now()
-        JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=now)
-        JobAttempt.objects.filter(job_id=job.pk, outcome=JobAttempt.Outcome.RUNNING).update(
-            outcome=JobAttempt.Outcome.CANCELLED, finished_at=now
-        )
+        _mark_cancelled(job_id=job.pk)
     _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED)
     job.refresh_from_db()
     signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
     return job
+
+
+def _mark_cancelled(*, job_id) -> None:
+    """Inside the caller's transaction: the record is cancelled and its running attempt closed."""
+    now = timezone.now()
+    JobRecord.objects.filter(pk=job_id).update(status=JobStatus.CANCELLED, finished_at=now, updated_at=now)
+    JobAttempt.objects.filter(job_id=job_id, outcome=JobAttempt.Outcome.RUNNING).update(
+        outcome=JobAttempt.Outcome.CANCELLED, finished_at=now
+    )
 
 
 def _remove_from_redis(*, job_id: str, running: bool) -> None:
@@ -101,16 +106,10 @@ def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
     with transaction.atomic():
         previous = JobRecord.objects.select_for_update().get(pk=job.pk).status
         if previous not in FINAL_STATUSES:
-            JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+            _mark_cancelled(job_id=job.pk)
     if previous == JobStatus.STARTED:
         _remove_from_redis(job_id=str(job.pk), running=True)
-    conn = get_connection()
-    try:
-        Job.fetch(str(job.pk), connection=conn).delete(remove_from_queue=True)
-    except NoSuchJobError:
-        pass
-    except (RedisError, OSError):
-        logger.warning("could not delete job %s from Redis", job.pk, exc_info=True)
+    _remove_from_redis(job_id=str(job.pk), running=False)
     job.refresh_from_db()
     if previous not in FINAL_STATUSES:
         signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)

@@ -182,3 +182,15 @@ def test_reconciler_moves_overdue_scheduled_jobs_when_no_scheduler_runs(redis_co
     assert report.released == [str(job.pk)]
     assert get_rq_queue("database").job_ids == [str(job.pk)]
     assert queues_reconcile(grace_seconds=3600).released == []
+
+
+def test_delete_from_redis_of_a_running_job_closes_its_attempt(redis_conn):
+    from queues.services import job_delete_from_redis, job_start
+
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    job_start(job_id=job.pk, worker_name="gone")
+    job_delete_from_redis(job=_record(job))
+    record = _record(job)
+    assert record.status == JobStatus.CANCELLED
+    assert record.attempt_history.get(number=1).outcome == "cancelled"
+    assert not Job.exists(str(job.pk), connection=redis_conn)
