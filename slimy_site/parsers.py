@@ -2,26 +2,39 @@
 
 Deeply nested documents exhaust Python's recursion limit, and PostgreSQL's jsonb/text refuse NUL
 characters, unpaired surrogates and non-finite numbers (1e999); all are refused here as `malformed_request` (400).
+
+The body is decoded as UTF-8 only (RFC 8259 §8.1). The `charset` parameter is never handed to `codecs`:
+Python's codec registry also holds bz2/zlib/hex/rot13 "codecs", through which a small body could expand
+to gigabytes after the size limit has passed. Any other charset is `unsupported_media_type` (415), and
+the decoded text can never be longer than the bytes read, which the body limit already bounds.
 """
 
-import codecs
 import json
 import math
 
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 from rest_framework.settings import api_settings
 from rest_framework.utils.json import strict_constant
 
 MAX_DEPTH = 32
 
+# Spellings of UTF-8 (and its subset ASCII) a client may send; compared case-insensitively.
+ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
 
 class SafeJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         parser_context = parser_context or {}
-        encoding = parser_context.get("encoding", "utf-8")
+        charset = _charset(media_type)
+        if charset is not None and charset not in ACCEPTED_CHARSETS:
+            raise UnsupportedMediaType(media_type, detail="JSON bodies must be UTF-8 (charset=utf-8).")
+        raw = stream.read() if stream is not None else b""
         try:
-            text = codecs.getreader(encoding)(stream).read()
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("JSON parse error - the body is not valid UTF-8.") from None
+        try:
             data = json.loads(text, parse_constant=strict_constant if api_settings.STRICT_JSON else None)
         except RecursionError:
             raise ParseError("JSON parse error - the document is nested too deeply.") from None
@@ -31,6 +44,15 @@ class SafeJSONParser(JSONParser):
         if problem:
             raise ParseError(f"JSON parse error - {problem}")
         return data
+
+
+def _charset(media_type) -> str | None:
+    """The lower-cased `charset` parameter of a Content-Type, or None when absent."""
+    for param in (media_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 def _problem(value, depth=0) -> str | None:

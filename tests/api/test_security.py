@@ -231,3 +231,29 @@ def test_request_id_reaches_every_log_line_of_the_request_and_its_job(member, ma
     assert any(m.startswith("job completed") for m in messages), messages
     assert {r.request_id for r in job_lines} == {"trace-req-42424242"}
     assert JobRecord.objects.get(pk=job_id).request_id == "trace-req-42424242"
+
+
+# --- The JSON parser decodes UTF-8 only: codec "charsets" (bz2, zlib, hex, rot13) never run.
+
+@pytest.mark.parametrize("charset", ["bz2_codec", "zlib_codec", "hex_codec", "rot13", "latin-1", "utf-16"])
+def test_non_utf8_charsets_are_refused_before_decoding(member, make_api_client, no_limits, charset):
+    import bz2
+
+    # 75 bytes of bz2 that would expand to a 10 MB document if the codec ran.
+    body = bz2.compress(json.dumps({"value": "x" * 10_000_000}).encode())
+    response = make_api_client(member).generic(
+        "POST", ECHO, body, content_type=f"application/json; charset={charset}")
+    _assert_error(response, 415, "unsupported_media_type")
+    assert not JobRecord.objects.exists()
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "UTF8", '"utf-8"'])
+def test_utf8_charset_spellings_are_accepted(member, make_api_client, no_limits, charset):
+    response = make_api_client(member).generic(
+        "POST", ECHO, json.dumps({"value": "ü"}).encode(), content_type=f"application/json; charset={charset}")
+    assert response.status_code == 202, response.content
+
+
+def test_invalid_utf8_bytes_are_a_400(member, make_api_client, no_limits):
+    response = make_api_client(member).generic("POST", ECHO, b'{"value": "\xff"}', content_type="application/json")
+    _assert_error(response, 400, "malformed_request")
