@@ -128,7 +128,9 @@ RQ_QUEUES = {
     for name in rq_queue_names()
 }
 RQ = {"WORKER_CLASS": env.str("RQ_WORKER_CLASS", default="queues.worker.SlimyWorker")}
-RQ_SHOW_ADMIN_LINK = True
+# django-rq's own admin registration would serve its views again under /admin/django_rq/ behind
+# is_staff alone; its pages are served, gated, at /admin/rq/ (queues.rq_admin_urls).
+RQ_SHOW_ADMIN_LINK = False
 
 # Seconds without a heartbeat after which a worker counts as dead and its started jobs are
 # handed back to their retry policy by the reconciler.
