@@ -13,7 +13,7 @@ if (BASE_DIR / ".env").is_file():
 
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / ".data"))).resolve()
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = env.bool("DJANGO_DEBUG", default=env.bool("DEBUG", default=False))
 
 
 def _secret_key() -> str:
@@ -32,6 +32,24 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS. Served behind TLS, DJANGO_HTTPS=1 turns on everything below together; each stays settable
+# on its own. Off by default so `make run` keeps working over plain http://127.0.0.1:8000.
+HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+# Load balancers probe health over plain HTTP; a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = env.list("SECURE_REDIRECT_EXEMPT", default=[r"^health/"])
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
+# "<META header>=<value>" naming the header a TLS-terminating proxy sets (and strips from clients);
+# "none" trusts no header (TLS served by Django's own server).
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PROTO=https" if HTTPS else "none")
+SECURE_PROXY_SSL_HEADER = (
+    None if _proxy_ssl_header.lower() in ("", "none") else tuple(_proxy_ssl_header.split("=", 1))
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
