@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.conf import settings
+from django.utils import timezone
 
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
+from slimy_site.models import ApiToken
 from slimy_site.roles import GROUP_ROLES, Role
+from slimy_site.tokens import token_digest, token_generate
+
+
+def api_token_issue(*, user) -> str:
+    """A new API token for `user`, expiring after API_TOKEN_TTL_DAYS (0: never). Returns the token: only its
+    digest is stored, so this is the one time it can be shown."""
+    key = token_generate()
+    days = settings.API_TOKEN_TTL_DAYS
+    ApiToken.objects.create(user=user, digest=token_digest(key),
+                            expires_at=timezone.now() + dt.timedelta(days=days) if days > 0 else None)
+    return key
 
 
 def user_create(*, username: str, role: str, email: str = "") -> tuple[object, str]:
@@ -36,8 +51,8 @@ def user_create(*, username: str, role: str, email: str = "") -> tuple[object, s
         if role in GROUP_ROLES:
             group, _ = Group.objects.get_or_create(name=role)
             user.groups.add(group)
-        token = Token.objects.create(user=user)
-    return user, token.key
+        key = api_token_issue(user=user)
+    return user, key
 
 
 def token_rotate(*, username: str) -> str:
@@ -47,12 +62,13 @@ def token_rotate(*, username: str) -> str:
         user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first()
         if user is None:
             raise NotFound(f"No user {username!r}.", code="user_not_found")
-        Token.objects.filter(user=user).delete()
-        return Token.objects.create(user=user).key
+        ApiToken.objects.filter(user=user).delete()
+        return api_token_issue(user=user)
 
 
 def token_revoke(*, username: str) -> bool:
-    """Delete the user's token; True when there was one."""
+    """Delete the user's tokens; True when there was one."""
     User = get_user_model()
-    deleted, _ = Token.objects.filter(user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
+    deleted, _ = ApiToken.objects.filter(
+        user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
     return bool(deleted)

@@ -60,7 +60,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_rq",
@@ -189,6 +188,8 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# API tokens (slimy_site.tokens) expire this many days after they are issued; 0: never.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=0)
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 # Endpoints that take batches get more room: 1,000 audit events do not fit in 64 KiB.
 API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": env.int("AUDIT_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)}
@@ -201,7 +202,7 @@ API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "slimy_site.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
