@@ -1,19 +1,21 @@
-"""Account writes: create an API user with a role, rotate (or revoke) its token."""
+"""Account writes: create an API user with a role, rotate (or revoke) its token, clear login lock-outs."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.conf import settings
 from django.utils import timezone
 
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
 from slimy_site.models import ApiToken
 from slimy_site.roles import GROUP_ROLES, Role
+from slimy_site.signals import account_action
 from slimy_site.tokens import token_digest, token_generate
 
 
@@ -72,3 +74,20 @@ def token_revoke(*, username: str) -> bool:
     deleted, _ = ApiToken.objects.filter(
         user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
     return bool(deleted)
+
+
+def login_lockouts_clear(*, attempt_ids, request) -> int:
+    """Delete these failed-login records (django-axes), which lifts their lock-outs, and announce it for the
+    audit trail (`admin.login_lockout_clear`). Returns how many were cleared."""
+    with transaction.atomic():
+        attempts = AccessAttempt.objects.select_for_update().filter(pk__in=list(attempt_ids))
+        cleared = [{"username": a.username or "", "ipAddress": a.ip_address or "", "failures": a.failures_since_start}
+                   for a in attempts]
+        attempts.delete()
+        if cleared:
+            usernames = sorted({c["username"] for c in cleared})
+            account_action.send(
+                sender=None, request=request, action="admin.login_lockout_clear", resource_type="user",
+                resource_id=usernames[0] if len(usernames) == 1 else "", details={"cleared": cleared},
+            )
+    return len(cleared)

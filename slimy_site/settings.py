@@ -1,5 +1,6 @@
 """Slimy settings: the only module that reads the environment (django-environ)."""
 
+import datetime as dt
 import secrets
 from pathlib import Path
 
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_rq",
+    "axes",  # before slimy_site, whose admin replaces axes' lock-out admin
     "slimy_site",
     "queues",
     "chat",
@@ -83,6 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into its 429 page
 ]
 
 ROOT_URLCONF = "slimy_site.urls"
@@ -185,6 +188,20 @@ PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Auth, API.
+# Admin password guessing (django-axes): AXES_FAILURE_LIMIT failed logins lock out for AXES_COOLOFF_MINUTES
+# (0: until staff clear it in the admin, which is audited); a success resets the count. What is locked:
+# the pair username+ip_address by default (a guesser elsewhere cannot lock the real admin out; behind a
+# proxy every client has the proxy's address, so it acts per username). Comma-separated, any one locks:
+# e.g. "username,ip_address".
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = (dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+                     if env.int("AXES_COOLOFF_MINUTES", default=15) > 0 else None)
+AXES_LOCKOUT_PARAMETERS = [
+    p.split("+") if "+" in p else p for p in env.list("AXES_LOCKOUT_PARAMETERS", default=["username+ip_address"])
+]
+AXES_RESET_ON_SUCCESS = True
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
@@ -259,6 +276,7 @@ LOGGING = {
     "loggers": {
         "rq.worker": {"level": env.str("RQ_LOG_LEVEL", default="WARNING")},
         "django.db.backends": {"level": "WARNING"},
+        "axes.apps": {"level": "WARNING"},  # its start-up banner, on every command
     },
 }
 
