@@ -195,8 +195,8 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # e.g. "username,ip_address".
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
-AXES_COOLOFF_TIME = (dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
-                     if env.int("AXES_COOLOFF_MINUTES", default=15) > 0 else None)
+_axes_cooloff_minutes = env.int("AXES_COOLOFF_MINUTES", default=15)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=_axes_cooloff_minutes) if _axes_cooloff_minutes > 0 else None
 AXES_LOCKOUT_PARAMETERS = [
     p.split("+") if "+" in p else p for p in env.list("AXES_LOCKOUT_PARAMETERS", default=["username+ip_address"])
 ]
