@@ -13,6 +13,8 @@ import hashlib
 import math
 import re
 
+from slimy_site.tokens import TOKEN_PATTERN
+
 REDACTED = "[redacted]"
 MAX_DEPTH = 20
 
@@ -50,7 +52,7 @@ def is_secret_key(key: str, value=None) -> bool:
 
 
 def looks_secret(value: str) -> bool:
-    return bool(_SECRET_VALUE.search(value))
+    return bool(_SECRET_VALUE.search(value) or TOKEN_PATTERN.search(value))  # + Slimy's own API tokens
 
 
 def text_digest(text: str) -> dict:

@@ -220,7 +220,7 @@ def _render_dashboard(modeladmin, request, **forms_):
         "can_clean": can_manage and modeladmin.has_delete_permission(request),
         "retry_form": forms_.get("retry_form") or RetryFailedForm(),
         "clean_form": forms_.get("clean_form") or CleanForm(),
-        "rq_url": _url("django_rq:home"),
+        "rq_url": _url("django_rq:home") if can_manage else None,  # gated by the same permission
         "changelist_url": reverse("admin:queues_jobrecord_changelist"),
     }
     return TemplateResponse(request, "admin/queues/dashboard.html", context)

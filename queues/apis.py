@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from queues.api_support import submission_guard
 from queues.constants import JobStatus, QueueName
 from queues.models import JobRecord
-from queues.selectors import job_get_for_user, job_list_for_user
+from queues.selectors import job_get_for_user, job_list_for_user, user_may_act_on_any_job
 from queues import signals
 from queues.services import job_cancel, job_retry
 from slimy_site.exceptions import ValidationFailed
@@ -100,7 +100,8 @@ class JobListApi(APIView):
         queue = serializers.ChoiceField(choices=QueueName.values, required=False)
         since = serializers.DateTimeField(required=False, help_text="Only jobs created at or after this time.")
         owner = serializers.CharField(required=False, max_length=150,
-                                      help_text="Staff only: a username, or `*` for everyone's jobs.")
+                                      help_text="Staff with `queues.view_jobrecord` only: a username, or `*` "
+                                                "for everyone's jobs.")
         cursor = serializers.CharField(required=False, help_text="From `next` or `previous`.")
         limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
 
@@ -133,8 +134,8 @@ class JobListApi(APIView):
 
 def _filtered_jobs(*, user, filters):
     owner = filters.get("owner")
-    if owner is not None and not user.is_staff:
-        raise PermissionDenied("Only staff may list other users' jobs.")
+    if owner is not None and not user_may_act_on_any_job(user=user, action="view"):
+        raise PermissionDenied("Only staff with the permission to view jobs may list other users' jobs.")
     jobs = job_list_for_user(user=user)
     if owner is None:
         jobs = jobs.filter(owner=user)
@@ -166,7 +167,7 @@ class JobRetryApi(APIView):
             "validation_error", "job_not_found", "job_not_retryable", "queue_full", "queues_unavailable")},
     )
     def post(self, request, job_id):
-        job = job_get_for_user(job_id=job_id, user=request.user)
+        job = job_get_for_user(job_id=job_id, user=request.user, action="retry")
         validate_input(EmptyInputSerializer, request.data)
         submission_guard(request, queue=job.queue)
         job = job_retry(job=job, actor=request.user)
@@ -182,7 +183,7 @@ class JobCancelApi(APIView):
                                                                  "job_not_cancellable")},
     )
     def post(self, request, job_id):
-        job = job_get_for_user(job_id=job_id, user=request.user)
+        job = job_get_for_user(job_id=job_id, user=request.user, action="cancel")
         validate_input(EmptyInputSerializer, request.data)
         job = job_cancel(job=job, actor=request.user)
         signals.operator_action.send(sender=None, request=request, action="job.cancel", resource_type="job",

@@ -16,7 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from prometheus_client.exposition import choose_encoder
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from queues.metrics_collector import scrape_registry
 from queues.metrics_snapshot import metrics_snapshot
+from slimy_site.authentication import HashedTokenAuthentication
 from slimy_site.schema import error_responses
 
 METRICS_SCRAPER = "metrics-token"
@@ -69,7 +70,7 @@ class IsStaffOrMetricsToken(BasePermission):
 class _MetricsAccess:
     # The bearer scheme comes first so an anonymous request is answered 401 with
     # `WWW-Authenticate: Bearer`, which is what Prometheus and curl users need to see.
-    authentication_classes = [MetricsTokenAuthentication, TokenAuthentication, SessionAuthentication]
+    authentication_classes = [MetricsTokenAuthentication, HashedTokenAuthentication, SessionAuthentication]
     permission_classes = [IsStaffOrMetricsToken]
     # Only staff and the scraper get in; a rate limit would only blind monitoring.
     throttle_classes = []

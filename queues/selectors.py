@@ -16,17 +16,32 @@ class JobNotFound(NotFound):
     message = "Job not found."
 
 
-def job_list_for_user(*, user) -> QuerySet[JobRecord]:
+# What a staff member may do to other users' jobs, by the admin's permission for it. Staff without
+# the permission are ordinary owners for that action (the admin asks the same: is_staff + permission).
+JOB_PERMISSIONS = {
+    "view": "queues.view_jobrecord",
+    "retry": "queues.retry_jobrecord",
+    "cancel": "queues.cancel_jobrecord",
+}
+
+
+def user_may_act_on_any_job(*, user, action: str = "view") -> bool:
+    """True when `user` is active staff holding the admin permission for `action` ("view", "retry", "cancel")."""
+    return bool(user.is_active and user.is_staff and user.has_perm(JOB_PERMISSIONS[action]))
+
+
+def job_list_for_user(*, user, action: str = "view") -> QuerySet[JobRecord]:
+    """The jobs `user` may `action`: their own, or everyone's with the admin permission for it."""
     qs = JobRecord.objects.all()
-    if not user.is_staff:
+    if not user_may_act_on_any_job(user=user, action=action):
         qs = qs.filter(owner=user)
     return qs
 
 
-def job_get_for_user(*, job_id, user) -> JobRecord:
-    """The job, if `user` owns it or is staff; otherwise JobNotFound (never a 403: ids leak nothing)."""
+def job_get_for_user(*, job_id, user, action: str = "view") -> JobRecord:
+    """The job, if `user` owns it or may `action` anyone's; otherwise JobNotFound (never a 403: ids leak nothing)."""
     try:
-        return job_list_for_user(user=user).get(pk=job_id)
+        return job_list_for_user(user=user, action=action).get(pk=job_id)
     except (JobRecord.DoesNotExist, DjangoValidationError, ValueError, TypeError):
         raise JobNotFound() from None
 

@@ -1,15 +1,32 @@
-"""Account writes: create an API user with a role, rotate (or revoke) its token."""
+"""Account writes: create an API user with a role, rotate (or revoke) its token, clear login lock-outs."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
 
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
+from slimy_site.models import ApiToken
 from slimy_site.roles import GROUP_ROLES, Role
+from slimy_site.signals import account_action
+from slimy_site.tokens import token_digest, token_generate
+
+
+def api_token_issue(*, user) -> str:
+    """A new API token for `user`, expiring after API_TOKEN_TTL_DAYS (0: never). Returns the token: only its
+    digest is stored, so this is the one time it can be shown."""
+    key = token_generate()
+    days = settings.API_TOKEN_TTL_DAYS
+    ApiToken.objects.create(user=user, digest=token_digest(key),
+                            expires_at=timezone.now() + dt.timedelta(days=days) if days > 0 else None)
+    return key
 
 
 def user_create(*, username: str, role: str, email: str = "") -> tuple[object, str]:
@@ -36,8 +53,8 @@ def user_create(*, username: str, role: str, email: str = "") -> tuple[object, s
         if role in GROUP_ROLES:
             group, _ = Group.objects.get_or_create(name=role)
             user.groups.add(group)
-        token = Token.objects.create(user=user)
-    return user, token.key
+        key = api_token_issue(user=user)
+    return user, key
 
 
 def token_rotate(*, username: str) -> str:
@@ -47,12 +64,30 @@ def token_rotate(*, username: str) -> str:
         user = User._default_manager.filter(**{User.USERNAME_FIELD: username}).first()
         if user is None:
             raise NotFound(f"No user {username!r}.", code="user_not_found")
-        Token.objects.filter(user=user).delete()
-        return Token.objects.create(user=user).key
+        ApiToken.objects.filter(user=user).delete()
+        return api_token_issue(user=user)
 
 
 def token_revoke(*, username: str) -> bool:
-    """Delete the user's token; True when there was one."""
+    """Delete the user's tokens; True when there was one."""
     User = get_user_model()
-    deleted, _ = Token.objects.filter(user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
+    deleted, _ = ApiToken.objects.filter(
+        user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
     return bool(deleted)
+
+
+def login_lockouts_clear(*, attempt_ids, request) -> int:
+    """Delete these failed-login records (django-axes), which lifts their lock-outs, and announce it for the
+    audit trail (`admin.login_lockout_clear`). Returns how many were cleared."""
+    with transaction.atomic():
+        attempts = AccessAttempt.objects.select_for_update().filter(pk__in=list(attempt_ids))
+        cleared = [{"username": a.username or "", "ipAddress": a.ip_address or "", "failures": a.failures_since_start}
+                   for a in attempts]
+        attempts.delete()
+        if cleared:
+            usernames = sorted({c["username"] for c in cleared})
+            account_action.send(
+                sender=None, request=request, action="admin.login_lockout_clear", resource_type="user",
+                resource_id=usernames[0] if len(usernames) == 1 else "", details={"cleared": cleared},
+            )
+    return len(cleared)

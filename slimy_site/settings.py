@@ -1,5 +1,6 @@
 """Slimy settings: the only module that reads the environment (django-environ)."""
 
+import datetime as dt
 import secrets
 from pathlib import Path
 
@@ -13,7 +14,7 @@ if (BASE_DIR / ".env").is_file():
 
 DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / ".data"))).resolve()
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = env.bool("DJANGO_DEBUG", default=env.bool("DEBUG", default=False))
 
 
 def _secret_key() -> str:
@@ -33,6 +34,24 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# --- HTTPS. Served behind TLS, DJANGO_HTTPS=1 turns on everything below together; each stays settable
+# on its own. Off by default so `make run` keeps working over plain http://127.0.0.1:8000.
+HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+# Load balancers probe health over plain HTTP; a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = env.list("SECURE_REDIRECT_EXEMPT", default=[r"^health/"])
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=HTTPS)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
+# "<META header>=<value>" naming the header a TLS-terminating proxy sets (and strips from clients);
+# "none" trusts no header (TLS served by Django's own server).
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PROTO=https" if HTTPS else "none")
+SECURE_PROXY_SSL_HEADER = (
+    None if _proxy_ssl_header.lower() in ("", "none") else tuple(_proxy_ssl_header.split("=", 1))
+)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -42,10 +61,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_rq",
+    "axes",  # before slimy_site, whose admin replaces axes' lock-out admin
     "slimy_site",
     "queues",
     "chat",
@@ -66,6 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into its 429 page
 ]
 
 ROOT_URLCONF = "slimy_site.urls"
@@ -128,7 +148,9 @@ RQ_QUEUES = {
     for name in rq_queue_names()
 }
 RQ = {"WORKER_CLASS": env.str("RQ_WORKER_CLASS", default="queues.worker.SlimyWorker")}
-RQ_SHOW_ADMIN_LINK = True
+# django-rq's own admin registration would serve its views again under /admin/django_rq/ behind
+# is_staff alone; its pages are served, gated, at /admin/rq/ (queues.rq_admin_urls).
+RQ_SHOW_ADMIN_LINK = False
 
 # Seconds without a heartbeat after which a worker counts as dead and its started jobs are
 # handed back to their retry policy by the reconciler.
@@ -166,9 +188,25 @@ PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Auth, API.
+# Admin password guessing (django-axes): AXES_FAILURE_LIMIT failed logins lock out for AXES_COOLOFF_MINUTES
+# (0: until staff clear it in the admin, which is audited); a success resets the count. What is locked:
+# the pair username+ip_address by default (a guesser elsewhere cannot lock the real admin out; behind a
+# proxy every client has the proxy's address, so it acts per username). Comma-separated, any one locks:
+# e.g. "username,ip_address".
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+_axes_cooloff_minutes = env.int("AXES_COOLOFF_MINUTES", default=15)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=_axes_cooloff_minutes) if _axes_cooloff_minutes > 0 else None
+AXES_LOCKOUT_PARAMETERS = [
+    p.split("+") if "+" in p else p for p in env.list("AXES_LOCKOUT_PARAMETERS", default=["username+ip_address"])
+]
+AXES_RESET_ON_SUCCESS = True
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# API tokens (slimy_site.tokens) expire this many days after they are issued; 0: never.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=0)
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 # Endpoints that take batches get more room: 1,000 audit events do not fit in 64 KiB.
 API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": env.int("AUDIT_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)}
@@ -181,7 +219,7 @@ API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "slimy_site.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -238,6 +276,7 @@ LOGGING = {
     "loggers": {
         "rq.worker": {"level": env.str("RQ_LOG_LEVEL", default="WARNING")},
         "django.db.backends": {"level": "WARNING"},
+        "axes.apps": {"level": "WARNING"},  # its start-up banner, on every command
     },
 }
 

@@ -8,7 +8,7 @@ urlpatterns = [
     path("health/live/", health.live),
     path("health/ready", health.ready, name="health-ready"),
     path("health/ready/", health.ready),
-    path("admin/rq/", include("django_rq.urls")),
+    path("admin/rq/", include("queues.rq_admin_urls")),  # gated, read-only (see the module)
     path("admin/", admin.site.urls),
     path("api/chat/", include("chat.urls")),
     path("api/audit-log", include("audit.urls")),

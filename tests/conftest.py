@@ -82,14 +82,14 @@ def other_user(django_user_model):
 @pytest.fixture
 def make_api_client():
     """An API client authenticated the way real clients are: `Authorization: Token <key>`."""
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
+
+    from slimy_site.services import api_token_issue
 
     def make(user=None):
         client = APIClient()
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_issue(user=user)}")
         return client
 
     return make

@@ -39,9 +39,10 @@ def run(env: BenchEnv, *, jobs: int, delay: float, **_) -> Result:
     env.redis().flushdb()
     ledger_clear()
     token = _token()
-    from rest_framework.authtoken.models import Token
+    from slimy_site.models import ApiToken
+    from slimy_site.tokens import token_digest
 
-    owner = Token.objects.get(key=token).user
+    owner = ApiToken.objects.get(digest=token_digest(token)).user
     port = harness.free_port()
     llm = dict(OPENAI_API_KEY=fake.api_key, OPENAI_BASE_URL=fake.base_url, LOG_LEVEL="WARNING")
     web = harness.start(env, [sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",

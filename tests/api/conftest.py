@@ -15,7 +15,19 @@ def other_member(db):
 
 @pytest.fixture
 def staff(db):
-    return UserFactory(username="stella", role="staff")
+    """Staff with the admin's job permissions (view, retry, cancel): staff powers over others' jobs."""
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(username="stella", role="staff")
+    user.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="queues", codename__in=["view_jobrecord", "retry_jobrecord", "cancel_jobrecord"]))
+    return user
+
+
+@pytest.fixture
+def bare_staff(db):
+    """Staff without any permission."""
+    return UserFactory(username="sam", role="staff")
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import threading
 import urllib.request
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from queues.models import JobRecord
 from queues.services import job_enqueue
+from slimy_site.services import api_token_issue
 from tests.chat.sse import Event, LiveStream, events_of, only
 from tests.fake_llm import Behaviour
 from tests.processes import Proc, process_env, wait_for
@@ -117,7 +117,7 @@ def _live(port) -> bool:
 @pytest.mark.e2e
 def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, user, run_worker, web):
     port = web(threads=4)
-    token = Token.objects.create(user=user).key
+    token = api_token_issue(user=user)
     fake_llm.then(Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3))
     job = _ask(user)
     path = f"/api/jobs/{job.pk}/events"
@@ -167,7 +167,7 @@ def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, use
 @pytest.mark.e2e
 def test_a_disconnected_client_frees_its_server_thread(user, web):
     port = web(threads=1, JOB_EVENTS_MAX_SECONDS="300")
-    token = Token.objects.create(user=user).key
+    token = api_token_issue(user=user)
     job = _ask(user)  # stays queued: the stream would run for 300 s
     stream = LiveStream(port, f"/api/jobs/{job.pk}/events", token)
     assert isinstance(stream.next(), Event)

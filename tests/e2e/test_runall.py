@@ -66,8 +66,10 @@ def test_make_run_on_embedded_defaults(tmp_path):
                                       "import redis,os;print(redis.Redis.from_url(os.environ['REDIS_URL'])"
                                       ".info('server')['executable'])")
         job_env = env | {"REDIS_URL": redis_url}
-        assert _manage(job_env, "from django.contrib.auth import authenticate;"
-                                f"u=authenticate(username='admin', password='{password}');print(u.is_staff)") == "True"
+        # A request, as the admin's login form passes one (the lock-out backend needs it).
+        assert _manage(job_env, "from django.contrib.auth import authenticate;from django.test import RequestFactory;"
+                                "u=authenticate(RequestFactory().post('/admin/login/'), username='admin', "
+                                f"password='{password}');print(u.is_staff)") == "True"
         job_id = _manage(job_env, "from queues.services import job_enqueue;"
                                   "print(job_enqueue(job_type='test_echo', payload={'value': 'laptop'}).pk)")
         check = f"from queues.models import JobRecord;print(JobRecord.objects.get(pk='{job_id}').status)"

@@ -284,15 +284,13 @@ class Api:
 
 def api_user(*, role: str | None = None, username: str = "faults"):
     """A user with an API token and one conversation: (token key, conversation id)."""
-    from rest_framework.authtoken.models import Token
-
     from chat.services import conversation_create
+    from slimy_site.services import api_token_issue
     from tests.factories.api import UserFactory
 
     user = UserFactory(username=username, role=role)
-    token, _ = Token.objects.get_or_create(user=user)
     conversation = conversation_create(owner_id=user.pk, title="faults", job_id=None)
-    return token.key, str(conversation.pk)
+    return api_token_issue(user=user), str(conversation.pk)
 
 
 # --- A private PostgreSQL cluster (scenario 8 stops it; the machine's shared server is never touched).
