@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from audit.redaction import DetailsError, clean_text, redact
+from slimy_site.serializers import TypedSerializer
 
 MAX_EVENTS = 1000
 MAX_DETAILS_CHARS = 32_000
@@ -29,7 +30,7 @@ def normalize_ip(value: str | None) -> str | None:
     return address.compressed
 
 
-class EventPayload(serializers.Serializer):
+class EventPayload(TypedSerializer):
     eventId = serializers.UUIDField(required=False, help_text="Producer-chosen id; a repeat is stored once.")
     occurredAt = serializers.DateTimeField(required=False, help_text="Defaults to the time it was accepted.")
     action = serializers.CharField(max_length=100)

@@ -63,8 +63,8 @@ class ReportPayload(serializers.Serializer):
     occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive).")
 
     def validate(self, attrs):
-        if attrs["occurredFrom"] >= attrs["occurredTo"]:
-            raise serializers.ValidationError({"occurredTo": ["Must be after occurredFrom."]})
+        if attrs["occurredFrom"] > attrs["occurredTo"]:  # equal: an empty range, an empty report
+            raise serializers.ValidationError({"occurredTo": ["Must not be before occurredFrom."]})
         if attrs["occurredTo"] - attrs["occurredFrom"] > MAX_REPORT_RANGE:
             raise serializers.ValidationError({"occurredTo": [f"The range may span at most {MAX_REPORT_RANGE.days} days."]})
         return attrs

@@ -26,11 +26,11 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues.apis import JOB_ID_PARAMETER, JobItemSerializer
+from queues.apis import JOB_ID_PARAMETER
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
-from queues.selectors import job_get_for_user
+from queues.selectors import job_error_for_viewer, job_get_for_user
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.schema import error_responses
 from slimy_site.serializers import ErrorSerializer
@@ -144,7 +144,7 @@ def _state(job: JobRecord | None, viewer=None) -> dict:
         state["result"] = job.result
         if job.error_message:
             # Same rule as the job endpoints: untyped errors are hidden from owners.
-            state["error"] = JobItemSerializer(context={"user": viewer}).get_error(job)
+            state["error"] = job_error_for_viewer(job=job, viewer=viewer)
     return state
 
 
