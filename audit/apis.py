@@ -28,6 +28,7 @@ from queues.constants import FINAL_STATUSES, JobStatus
 from queues.models import JobRecord
 from queues.selectors import job_error_for_viewer
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
+from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.roles import IsService, IsStaff
 from slimy_site.schema import error_responses
 from slimy_site.serializers import StrictSerializer, validate_input
@@ -67,6 +68,8 @@ class AuditLogOutputSerializer(serializers.ModelSerializer):
 
 
 class RangeSerializer(serializers.Serializer):
+    """`from` (inclusive) and `to` (exclusive); a `to` not after `from` is an empty range, not an error."""
+
     # `from` is a Python keyword: declared through the fields mapping below.
     def get_fields(self):
         return {
@@ -74,11 +77,6 @@ class RangeSerializer(serializers.Serializer):
             "to": serializers.DateTimeField(required=False, source="occurred_to"),
         }
 
-    def validate(self, attrs):
-        start, end = attrs.get("occurred_from"), attrs.get("occurred_to")
-        if start and end and start >= end:
-            raise serializers.ValidationError({"to": ["Must be after from."]})
-        return attrs
 
 
 def _parse_query(serializer_class, request):
@@ -110,11 +108,14 @@ class AuditLogListApi(APIView):
             fields = super().get_fields()
             fields.update(
                 actor=serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1),
-                action=serializers.CharField(required=False, max_length=100),
-                resourceType=serializers.CharField(required=False, max_length=100, source="resource_type"),
-                resourceId=serializers.CharField(required=False, max_length=255, source="resource_id"),
+                # An empty value filters nothing (as if the parameter were absent).
+                action=serializers.CharField(required=False, allow_blank=True, max_length=100),
+                resourceType=serializers.CharField(required=False, allow_blank=True, max_length=100,
+                                                   source="resource_type"),
+                resourceId=serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                                 source="resource_id"),
                 success=serializers.BooleanField(required=False, allow_null=True, default=None),
-                requestId=serializers.CharField(required=False, max_length=64, source="request_id"),
+                requestId=serializers.CharField(required=False, allow_blank=True, max_length=64, source="request_id"),
                 cursor=serializers.CharField(required=False),
                 limit=serializers.IntegerField(required=False, min_value=1, max_value=MAX_EVENTS, default=DEFAULT_LIMIT),
             )
@@ -127,10 +128,12 @@ class AuditLogListApi(APIView):
         summary="List audit events (staff)", operation_id="audit_log_list",
         responses={200: _EVENT_LIST, **error_responses("validation_error")},
         parameters=[
-            OpenApiParameter("actor", OpenApiTypes.INT), OpenApiParameter("action", OpenApiTypes.STR),
-            OpenApiParameter("resourceType", OpenApiTypes.STR), OpenApiParameter("resourceId", OpenApiTypes.STR),
+            OpenApiParameter("actor", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+            OpenApiParameter("action", {"type": "string", "maxLength": 100}),
+            OpenApiParameter("resourceType", {"type": "string", "maxLength": 100}),
+            OpenApiParameter("resourceId", {"type": "string", "maxLength": 255}),
             OpenApiParameter("success", OpenApiTypes.BOOL), OpenApiParameter("from", OpenApiTypes.DATETIME),
-            OpenApiParameter("to", OpenApiTypes.DATETIME), OpenApiParameter("requestId", OpenApiTypes.STR),
+            OpenApiParameter("to", OpenApiTypes.DATETIME), OpenApiParameter("requestId", {"type": "string", "maxLength": 64}),
             OpenApiParameter("cursor", {"type": "string", "pattern": CURSOR_PATTERN},
                              description="`nextCursor` of the previous page."),
             OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
@@ -198,15 +201,15 @@ class AuditReportCreateApi(APIView):
 
     class InputSerializer(StrictSerializer):
         occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")
-        occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive); before occurredFrom "
-                                                         "is a 400, equal is an empty report.")
+        occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive); not after "
+                                                         "occurredFrom: an empty report.")
 
     @extend_schema(summary="Start an audit report job (staff)", request=InputSerializer,
                    responses=submit_responses())
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ValidationFailed(details={"body": ["Send a JSON object."]})
-        validate_input(self.InputSerializer, request.data)  # types and unknown fields; the job checks the range
+        validate_input(self.InputSerializer, request.data)  # types and unknown fields, before a job exists
         return accept_job(request, job_type="audit_report", payload=dict(request.data))
 
 
@@ -224,6 +227,7 @@ class CsvRenderer(renderers.BaseRenderer):
 class AuditReportDetailApi(APIView):
     permission_classes = [IsStaff]
     renderer_classes = [renderers.JSONRenderer, CsvRenderer]
+    content_negotiation_class = StrictFormatNegotiation
 
     @extend_schema(
         summary="An audit report: JSON, or CSV with ?format=csv (only the staff member who asked for it)",

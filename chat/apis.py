@@ -30,7 +30,7 @@ from queues.constants import JobStatus
 from queues.selectors import job_error_for_viewer
 from slimy_site.roles import IsMember
 from slimy_site.schema import error_responses
-from slimy_site.serializers import StrictQuerySerializer, StrictSerializer, validate_input
+from slimy_site.serializers import NonBlankCharField, StrictQuerySerializer, StrictSerializer, validate_input
 
 # --- Shared pieces.
 
@@ -168,17 +168,13 @@ class MessageCreateApi(APIView):
     class InputSerializer(StrictSerializer):
         conversationId = serializers.UUIDField()
         role = serializers.ChoiceField(choices=MessageRole.choices, required=False, default=MessageRole.USER)
-        content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
+        content = NonBlankCharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
         personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False,
                                                   help_text="Defaults to the conversation's mode.")
 
         class Meta:
             ref_name = "MessageCreateInput"
 
-        def validate_content(self, value):
-            if not value.strip():
-                raise serializers.ValidationError("This field may not be blank.")
-            return value
 
     @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer,
                    responses=ACCEPTED_FOR_CONVERSATION)

@@ -22,7 +22,7 @@ from chat.serializers import conversation_data, iso, message_data, pagination_da
 from queues.constants import QueueName
 from queues.definitions import JobDefinition, PermanentJobError, RetryPolicy
 from slimy_site.exceptions import ValidationFailed
-from slimy_site.serializers import TypedSerializer
+from slimy_site.serializers import NonBlankCharField, TypedSerializer
 
 
 @contextmanager
@@ -211,7 +211,7 @@ class _SettingsRetry:
 
 
 class ChatBotPayload(TypedSerializer):
-    prompt = serializers.CharField(max_length=2000, trim_whitespace=True)
+    prompt = NonBlankCharField(max_length=2000)
     guildId = serializers.CharField(max_length=64, required=False, allow_blank=True, trim_whitespace=True)
     conversationId = serializers.UUIDField(required=False, allow_null=True)
     personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False, allow_null=True)

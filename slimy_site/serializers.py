@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 UNKNOWN_FIELD = "Unknown field."
@@ -43,6 +44,29 @@ def json_type_errors(fields, data) -> dict:
                     errors[name] = [f"Must be {label}."]
                 break
     return errors
+
+
+# A character that is not white space, listed explicitly so that Python and the schema's ECMA-262
+# regexes agree on it: the union of what `str.isspace()` and ECMA's `\s` call white space.
+NON_BLANK_PATTERN = (r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+                     r"\ufeff]")
+
+
+class NonBlankCharField(serializers.CharField):
+    """Text with at least one visible character; the schema states it as a `pattern`.
+
+    DRF's own blank check strips with Python's notion of white space, which the schema cannot state;
+    this field checks the documented pattern instead, then strips (unless `trim_whitespace=False`).
+    """
+
+    def __init__(self, **kwargs):
+        self.strip_value = kwargs.pop("trim_whitespace", True)
+        super().__init__(trim_whitespace=False, **kwargs)
+        self.validators.append(RegexValidator(NON_BLANK_PATTERN, message="This field may not be blank."))
+
+    def run_validation(self, data=serializers.empty):
+        value = super().run_validation(data)
+        return value.strip() if self.strip_value and isinstance(value, str) else value
 
 
 class TypedSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from queues.services import job_enqueue
+from tests.factories.api import UserFactory
 from tests.factories.audit import EventFactory, write_events
 from tests.factories.chat import ConversationFactory, MessageFactory
 
@@ -141,11 +142,46 @@ def test_audit_event_fields_take_their_declared_json_types(django_user_model, ma
     _assert_400(make_api_client(service).post("/api/audit-log", body, format="json"), field)
 
 
-def test_a_report_over_an_empty_range_is_accepted(audit_staff, make_api_client):
-    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc).isoformat()
-    response = make_api_client(audit_staff).post("/api/audit-log/reports", {"occurredFrom": at, "occurredTo": at},
-                                                 format="json")
+@pytest.mark.parametrize("later", [0, -1])
+def test_a_report_over_an_empty_range_is_accepted(audit_staff, make_api_client, later):
+    # The schema cannot state "to after from", so no request it allows may be refused: the range is empty.
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    body = {"occurredFrom": at.isoformat(), "occurredTo": (at + dt.timedelta(days=later)).isoformat()}
+    response = make_api_client(audit_staff).post("/api/audit-log/reports", body, format="json")
     assert response.status_code == 202, response.content
+    far = {"occurredFrom": "2000-01-01T00:00:00Z", "occurredTo": "2500-01-01T00:00:00Z"}
+    assert make_api_client(audit_staff).post("/api/audit-log/reports", far, format="json").status_code == 202
     bad = make_api_client(audit_staff).post("/api/audit-log/reports", {"occurredFrom": at, "occurredTo": 0},
                                             format="json")
     _assert_400(bad, "occurredTo")
+
+
+@pytest.mark.parametrize("query", ["from=2026-01-02T00:00:00Z&to=2026-01-02T00:00:00Z",
+                                   "from=2026-01-03T00:00:00Z&to=2026-01-02T00:00:00Z"])
+def test_an_empty_audit_range_is_an_empty_answer(audit_staff, make_api_client, query):
+    write_events(EventFactory(occurredAt="2026-01-02T00:00:00Z"))
+    client = make_api_client(audit_staff)
+    assert client.get(f"/api/audit-log?{query}").json()["results"] == []
+    assert client.get(f"/api/audit-log/stats?{query}").json()["total"] == 0
+
+
+def test_empty_audit_filters_filter_nothing(audit_staff, make_api_client):
+    write_events(EventFactory())
+    response = make_api_client(audit_staff).get("/api/audit-log?action=&resourceType=&resourceId=&requestId=")
+    assert response.status_code == 200 and len(response.json()["results"]) == 1
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/api/chat/bot", {"prompt": "\u001e \t"}, "prompt"),
+    ("/api/audit-log", {"action": "\u001f"}, "action"),
+    ("/api/audit-log", {"action": "x", "ip": " 10.0.0.1"}, "ip"),
+])
+def test_blank_text_is_refused_as_the_schema_pattern_says(django_user_model, make_api_client, path, body, field):
+    user = UserFactory(username="blank", role="staff")
+    _assert_400(make_api_client(user).post(path, body, format="json"), field)
+
+
+def test_an_empty_format_is_an_unknown_format(member, make_api_client):
+    job = job_enqueue(job_type="test_echo", payload={"value": "x"}, owner=member)
+    response = make_api_client(member).get(f"/api/jobs/{job.pk}/events?format=")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
