@@ -114,7 +114,8 @@ class AuditLogListApi(APIView):
                                                    source="resource_type"),
                 resourceId=serializers.CharField(required=False, allow_blank=True, max_length=255,
                                                  source="resource_id"),
-                success=serializers.BooleanField(required=False, allow_null=True, default=None),
+                # Only the JSON spellings the schema's boolean allows (DRF would also take "null", "yes", "1").
+                success=serializers.ChoiceField(choices=["true", "false"], required=False),
                 requestId=serializers.CharField(required=False, allow_blank=True, max_length=64, source="request_id"),
                 cursor=serializers.CharField(required=False),
                 limit=serializers.IntegerField(required=False, min_value=1, max_value=MAX_EVENTS, default=DEFAULT_LIMIT),
@@ -143,6 +144,8 @@ class AuditLogListApi(APIView):
     def get(self, request):
         params = dict(_parse_query(self.FilterSerializer, request))
         cursor, limit = params.pop("cursor", None), params.pop("limit")
+        if "success" in params:
+            params["success"] = params["success"] == "true"
         rows, next_cursor = audit_log_page(qs=audit_log_filter(**params), cursor=cursor, limit=limit)
         return Response({"ok": True, "results": AuditLogOutputSerializer(rows, many=True).data,
                          "nextCursor": next_cursor})
