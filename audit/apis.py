@@ -7,7 +7,7 @@ import json
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import renderers, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,12 +15,23 @@ from rest_framework.views import APIView
 from audit.events import MAX_EVENTS, EventPayload
 from audit.models import AuditLog
 from audit.reports import audit_report_csv
-from audit.selectors import audit_chain_state, audit_log_filter, audit_log_get, audit_log_page, audit_stats
-from queues.api_support import accept_job, job_accepted_body
+from audit.selectors import (
+    CURSOR_PATTERN,
+    audit_chain_state,
+    audit_log_filter,
+    audit_log_get,
+    audit_log_page,
+    audit_stats,
+)
+from queues.api_support import JobAcceptedSerializer, accept_job, job_accepted_body, submit_responses
 from queues.constants import FINAL_STATUSES, JobStatus
 from queues.models import JobRecord
+from queues.selectors import job_error_for_viewer
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
+from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.roles import IsService, IsStaff
+from slimy_site.schema import error_responses
+from slimy_site.serializers import StrictSerializer, validate_input
 
 DEFAULT_LIMIT = 50
 
@@ -57,6 +68,8 @@ class AuditLogOutputSerializer(serializers.ModelSerializer):
 
 
 class RangeSerializer(serializers.Serializer):
+    """`from` (inclusive) and `to` (exclusive); a `to` not after `from` is an empty range, not an error."""
+
     # `from` is a Python keyword: declared through the fields mapping below.
     def get_fields(self):
         return {
@@ -64,11 +77,6 @@ class RangeSerializer(serializers.Serializer):
             "to": serializers.DateTimeField(required=False, source="occurred_to"),
         }
 
-    def validate(self, attrs):
-        start, end = attrs.get("occurred_from"), attrs.get("occurred_to")
-        if start and end and start >= end:
-            raise serializers.ValidationError({"to": ["Must be after from."]})
-        return attrs
 
 
 def _parse_query(serializer_class, request):
@@ -85,11 +93,13 @@ def _parse_query(serializer_class, request):
 _EVENT_LIST = inline_serializer("AuditEventList", fields={"ok": serializers.BooleanField(),
                                                            "results": AuditLogOutputSerializer(many=True),
                                                            "nextCursor": serializers.CharField(allow_null=True)})
-_ACCEPTED = inline_serializer("AuditJobAccepted", fields={"ok": serializers.BooleanField(),
-                                                          "jobId": serializers.UUIDField(),
-                                                          "status": serializers.CharField(),
-                                                          "statusUrl": serializers.URLField(),
-                                                          "events": serializers.IntegerField()})
+
+
+class AuditEventsAcceptedSerializer(JobAcceptedSerializer):
+    events = serializers.IntegerField(help_text="How many events the job will write.")
+
+    class Meta:
+        ref_name = "AuditEventsAccepted"
 
 
 class AuditLogListApi(APIView):
@@ -97,12 +107,16 @@ class AuditLogListApi(APIView):
         def get_fields(self):
             fields = super().get_fields()
             fields.update(
-                actor=serializers.IntegerField(required=False, min_value=1),
-                action=serializers.CharField(required=False, max_length=100),
-                resourceType=serializers.CharField(required=False, max_length=100, source="resource_type"),
-                resourceId=serializers.CharField(required=False, max_length=255, source="resource_id"),
-                success=serializers.BooleanField(required=False, allow_null=True, default=None),
-                requestId=serializers.CharField(required=False, max_length=64, source="request_id"),
+                actor=serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1),
+                # An empty value filters nothing (as if the parameter were absent).
+                action=serializers.CharField(required=False, allow_blank=True, max_length=100),
+                resourceType=serializers.CharField(required=False, allow_blank=True, max_length=100,
+                                                   source="resource_type"),
+                resourceId=serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                                 source="resource_id"),
+                # Only the JSON spellings the schema's boolean allows (DRF would also take "null", "yes", "1").
+                success=serializers.ChoiceField(choices=["true", "false"], required=False),
+                requestId=serializers.CharField(required=False, allow_blank=True, max_length=64, source="request_id"),
                 cursor=serializers.CharField(required=False),
                 limit=serializers.IntegerField(required=False, min_value=1, max_value=MAX_EVENTS, default=DEFAULT_LIMIT),
             )
@@ -112,26 +126,33 @@ class AuditLogListApi(APIView):
         return [IsService()] if self.request.method == "POST" else [IsStaff()]
 
     @extend_schema(
-        summary="List audit events (staff)", operation_id="audit_log_list", responses={200: _EVENT_LIST},
+        summary="List audit events (staff)", operation_id="audit_log_list",
+        responses={200: _EVENT_LIST, **error_responses("validation_error")},
         parameters=[
-            OpenApiParameter("actor", OpenApiTypes.INT), OpenApiParameter("action", OpenApiTypes.STR),
-            OpenApiParameter("resourceType", OpenApiTypes.STR), OpenApiParameter("resourceId", OpenApiTypes.STR),
+            OpenApiParameter("actor", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+            OpenApiParameter("action", {"type": "string", "maxLength": 100}),
+            OpenApiParameter("resourceType", {"type": "string", "maxLength": 100}),
+            OpenApiParameter("resourceId", {"type": "string", "maxLength": 255}),
             OpenApiParameter("success", OpenApiTypes.BOOL), OpenApiParameter("from", OpenApiTypes.DATETIME),
-            OpenApiParameter("to", OpenApiTypes.DATETIME), OpenApiParameter("requestId", OpenApiTypes.STR),
-            OpenApiParameter("cursor", OpenApiTypes.STR),
-            OpenApiParameter("limit", OpenApiTypes.INT, description=f"1-{MAX_EVENTS}, default {DEFAULT_LIMIT}"),
+            OpenApiParameter("to", OpenApiTypes.DATETIME), OpenApiParameter("requestId", {"type": "string", "maxLength": 64}),
+            OpenApiParameter("cursor", {"type": "string", "pattern": CURSOR_PATTERN},
+                             description="`nextCursor` of the previous page."),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
+                             description=f"1-{MAX_EVENTS}, default {DEFAULT_LIMIT}"),
         ],
     )
     def get(self, request):
         params = dict(_parse_query(self.FilterSerializer, request))
         cursor, limit = params.pop("cursor", None), params.pop("limit")
+        if "success" in params:
+            params["success"] = params["success"] == "true"
         rows, next_cursor = audit_log_page(qs=audit_log_filter(**params), cursor=cursor, limit=limit)
         return Response({"ok": True, "results": AuditLogOutputSerializer(rows, many=True).data,
                          "nextCursor": next_cursor})
 
     @extend_schema(
         summary="Record one audit event or a list of up to 1,000 (staff or service accounts)",
-        request=EventPayload, responses={202: _ACCEPTED, 200: _ACCEPTED},
+        request=EventPayload, responses=submit_responses(AuditEventsAcceptedSerializer, "too_many_events"),
     )
     def post(self, request):
         data = request.data
@@ -160,7 +181,7 @@ class AuditLogDetailApi(APIView):
     permission_classes = [IsStaff]
 
     @extend_schema(summary="One audit event (staff)", operation_id="audit_log_detail",
-                   responses={200: AuditLogOutputSerializer})
+                   responses={200: AuditLogOutputSerializer, **error_responses("audit_event_not_found")})
     def get(self, request, event_id: int):
         return Response(AuditLogOutputSerializer(audit_log_get(event_id=event_id)).data)
 
@@ -171,7 +192,7 @@ class AuditLogStatsApi(APIView):
     @extend_schema(
         summary="Totals, success rate and counts by action (staff)",
         parameters=[OpenApiParameter("from", OpenApiTypes.DATETIME), OpenApiParameter("to", OpenApiTypes.DATETIME)],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: OpenApiTypes.OBJECT, **error_responses("validation_error")},
     )
     def get(self, request):
         params = _parse_query(RangeSerializer, request)
@@ -181,15 +202,17 @@ class AuditLogStatsApi(APIView):
 class AuditReportCreateApi(APIView):
     permission_classes = [IsStaff]
 
-    class InputSerializer(serializers.Serializer):
-        occurredFrom = serializers.DateTimeField()
-        occurredTo = serializers.DateTimeField()
+    class InputSerializer(StrictSerializer):
+        occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")
+        occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive); not after "
+                                                         "occurredFrom: an empty report.")
 
     @extend_schema(summary="Start an audit report job (staff)", request=InputSerializer,
-                   responses={202: _ACCEPTED, 200: _ACCEPTED})
+                   responses=submit_responses())
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ValidationFailed(details={"body": ["Send a JSON object."]})
+        validate_input(self.InputSerializer, request.data)  # types and unknown fields, before a job exists
         return accept_job(request, job_type="audit_report", payload=dict(request.data))
 
 
@@ -207,20 +230,22 @@ class CsvRenderer(renderers.BaseRenderer):
 class AuditReportDetailApi(APIView):
     permission_classes = [IsStaff]
     renderer_classes = [renderers.JSONRenderer, CsvRenderer]
+    content_negotiation_class = StrictFormatNegotiation
 
     @extend_schema(
         summary="An audit report: JSON, or CSV with ?format=csv (only the staff member who asked for it)",
         parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH),
                     OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
-        responses={200: OpenApiTypes.OBJECT, 202: _ACCEPTED,
-                   409: OpenApiResponse(description="The report job failed or was cancelled.")},
+        responses={200: OpenApiTypes.OBJECT, 202: JobAcceptedSerializer,
+                   **error_responses("report_not_found", "not_found", "report_not_available")},
     )
     def get(self, request, job_id: str):
         job = _report_job(job_id=job_id, user=request.user)
         if job.status not in FINAL_STATUSES:
             return Response(job_accepted_body(request, job), status=202)
         if job.status != JobStatus.COMPLETED or not isinstance(job.result, dict):
-            raise Conflict(f"The report job is {job.status}: {job.error_message or 'no result'}.",
+            error = job_error_for_viewer(job=job, viewer=request.user)
+            raise Conflict(f"The report job is {job.status}: {error['message'] if error else 'no result'}.",
                            code="report_not_available")
         if request.accepted_renderer.format == "csv":
             response = HttpResponse(audit_report_csv(job.result), content_type="text/csv; charset=utf-8")

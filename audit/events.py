@@ -9,9 +9,11 @@ import ipaddress
 import uuid
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audit.redaction import DetailsError, clean_text, redact
+from slimy_site.serializers import NonBlankCharField, TypedSerializer
 
 MAX_EVENTS = 1000
 MAX_DETAILS_CHARS = 32_000
@@ -29,16 +31,22 @@ def normalize_ip(value: str | None) -> str | None:
     return address.compressed
 
 
-class EventPayload(serializers.Serializer):
+@extend_schema_field({"type": "string", "nullable": True,
+                      "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"maxLength": 0}]})
+class IPField(serializers.CharField):
+    """An IPv4 or IPv6 address, or empty; checked by EventPayload.validate_ip."""
+
+
+class EventPayload(TypedSerializer):
     eventId = serializers.UUIDField(required=False, help_text="Producer-chosen id; a repeat is stored once.")
     occurredAt = serializers.DateTimeField(required=False, help_text="Defaults to the time it was accepted.")
-    action = serializers.CharField(max_length=100)
+    action = NonBlankCharField(max_length=100)
     resourceType = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     resourceId = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     actorId = serializers.IntegerField(min_value=1, required=False, allow_null=True, default=None)
     actorLabel = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
     details = serializers.DictField(required=False, default=dict)
-    ip = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None)
+    ip = IPField(required=False, allow_null=True, allow_blank=True, default=None, trim_whitespace=False)
     userAgent = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
     sessionId = serializers.CharField(required=False, allow_blank=True, default="")
     requestId = serializers.CharField(required=False, allow_blank=True, default="")
@@ -56,6 +64,8 @@ class EventPayload(serializers.Serializer):
         return clean_text(value.strip())
 
     def validate_ip(self, value):
+        if value and value != value.strip():
+            raise serializers.ValidationError("Not an IP address.")
         try:
             return normalize_ip(value)
         except ValueError:

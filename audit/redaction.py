@@ -2,7 +2,10 @@
 
 - Values under secret-looking keys (password, token, secret, authorization, api_key, cookie, ...) and
   values that look like bearer tokens, JWTs or provider API keys become "[redacted]", at any depth.
-- Chat prompts are kept as length + sha256, never as text (`text_digest`).
+- Chat prompts (`prompt`, `userPrompt`, `systemPrompt`, lists of them, and keys ending in `question`,
+  `reply`, `completion`, `utterance`) are kept as length + sha256, never as text (`text_digest`).
+- `Token <key>` (this API's scheme), bare 40-hex keys, `password=...` in text, credentials in URLs
+  and PEM private keys are secrets wherever they appear.
 - Everything is made storable exactly as hashed: NUL characters removed (PostgreSQL rejects them),
   integral floats turned into ints (jsonb does not keep `1e+16` as a float), non-finite floats refused.
 """
@@ -26,6 +29,13 @@ _SECRET_KEY = re.compile(
 _SECRET_VALUE = re.compile(
     r"(?:\bbearer\s+\S{8,})"  # Authorization header values
     r"|(?:\bbasic\s+[A-Za-z0-9+/=]{8,})"
+    r"|(?:\btoken\s+[A-Za-z0-9._~+/=-]{20,})"  # `Token <key>`: this API's own scheme
+    r"|(?:(?<![0-9a-f])[0-9a-f]{40}(?![0-9a-f]))"  # a bare API token (40 hex), even inside text
+    r"|(?:\b(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key)\s*[=:]\s*[^\s&;,]{4,})"  # `password=...` in text
+    r"|(?:\b[a-z][a-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@)"  # credentials in a URL (postgres://user:pw@host)
+    r"|(?:-----BEGIN [A-Z ]*PRIVATE KEY-----)"
+    r"|(?:\bglpat-[A-Za-z0-9_-]{20,})"  # GitLab
+    r"|(?:\bya29\.[A-Za-z0-9_-]{20,})"  # Google OAuth access token
     r"|(?:\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)"  # JWT
     r"|(?:\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,})"  # OpenAI-style keys (sk-..., sk-proj-...)
     r"|(?:\bsk_(?:live|test)_[A-Za-z0-9]{16,})"  # Stripe
@@ -37,8 +47,9 @@ _SECRET_VALUE = re.compile(
 )
 # Counters named like secrets ("prompt_tokens", "max_tokens") are kept when they are numbers.
 _COUNT_KEY = re.compile(r"(^|[-_])(prompt|completion|total|max|input|output|cached|reasoning)[-_]?tokens$", re.IGNORECASE)
-# Keys whose text is personal content: kept as length + hash.
-_DIGEST_KEYS = frozenset({"prompt"})
+# Keys whose text is personal content (what a user asked or was answered): kept as length + hash.
+# `prompt` anywhere in the name (userPrompt, system_prompt, prompts), or a name ending in one of these.
+_DIGEST_KEY = re.compile(r"prompt|(^|[-_]|[a-z](?=[A-Z]))(question|utterance|reply|completion)s?$", re.IGNORECASE)
 
 
 class DetailsError(ValueError):
@@ -49,6 +60,23 @@ def is_secret_key(key: str, value=None) -> bool:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and _COUNT_KEY.search(key):
         return False
     return bool(_SECRET_KEY.search(key))
+
+
+def is_digest_key(key: str) -> bool:
+    return bool(_DIGEST_KEY.search(key))
+
+
+def _digest_texts(value, *, _depth: int):
+    """Every string in `value` as its digest (a list of prompts too), the rest redacted as usual."""
+    if isinstance(value, str):
+        return text_digest(value)
+    if _depth > MAX_DEPTH:
+        raise DetailsError(f"Details are nested deeper than {MAX_DEPTH} levels.")
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _digest_texts(v, _depth=_depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_digest_texts(v, _depth=_depth + 1) for v in value]
+    return redact(value, _depth=_depth)
 
 
 def looks_secret(value: str) -> bool:
@@ -75,8 +103,8 @@ def redact(value, *, _depth: int = 0):
             key = clean_text(str(key))
             if is_secret_key(key, item) and item not in (None, ""):
                 out[key] = REDACTED
-            elif key.lower() in _DIGEST_KEYS and isinstance(item, str):
-                out[key] = text_digest(item)
+            elif is_digest_key(key) and isinstance(item, (str, list, tuple, dict)):
+                out[key] = _digest_texts(item, _depth=_depth + 1)
             else:
                 out[key] = redact(item, _depth=_depth + 1)
         return out

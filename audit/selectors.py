@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
+import re
 
 from django.db.models import Count, Q, QuerySet
-from django.utils.dateparse import parse_datetime
 
 from audit.models import AuditLog
+from slimy_site.cursors import INSTANT_PATTERN, instant_decode, instant_encode
 from slimy_site.exceptions import NotFound, ValidationFailed
 
 
@@ -43,22 +41,21 @@ def audit_log_filter(*, actor: int | None = None, action: str | None = None, res
     return qs.order_by("-occurred_at", "-id")
 
 
+# `<occurred_at as microseconds since 1970>.<id>`: every value of this form decodes (slimy_site.cursors).
+CURSOR_PATTERN = rf"^{INSTANT_PATTERN}\.[0-9]{{1,18}}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
 def encode_cursor(row: AuditLog) -> str:
-    raw = json.dumps([row.occurred_at.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{instant_encode(row.occurred_at)}.{row.id}"
 
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, pk = json.loads(raw)
-        when = parse_datetime(at)
-        if when is None or not isinstance(pk, int):
-            raise ValueError
-        return when, pk
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("The cursor is not valid.", code="invalid_cursor",
-                               details={"cursor": ["Not a cursor returned by this endpoint."]}) from None
+    if not _CURSOR.fullmatch(cursor):
+        raise ValidationFailed("The cursor is not valid.",
+                               details={"cursor": ["Not a cursor returned by this endpoint."]})
+    at, pk = cursor.split(".")
+    return instant_decode(at), int(pk)
 
 
 def audit_log_page(*, qs: QuerySet[AuditLog], cursor: str | None, limit: int) -> tuple[list[AuditLog], str | None]:

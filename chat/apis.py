@@ -13,7 +13,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors
-from chat.models import MAX_CONTENT_LENGTH, MAX_TITLE_LENGTH, MessageRole, PersonalityMode
+from chat.jobs import TitleField
+from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.serializers import (
     ConversationOutputSerializer,
     MessageOutputSerializer,
@@ -23,56 +24,44 @@ from chat.serializers import (
     message_data,
     pagination_data,
 )
-from queues.api_support import accept_job
-from slimy_site.serializers import StrictSerializer, validate_input
+from queues.api_support import JobAcceptedSerializer, accept_job, submit_responses
+from queues.apis import JobErrorSerializer
 from queues.constants import JobStatus
+from queues.selectors import job_error_for_viewer
+from slimy_site.roles import IsMember
+from slimy_site.schema import error_responses
+from slimy_site.serializers import NonBlankCharField, StrictQuerySerializer, StrictSerializer, validate_input
 
 # --- Shared pieces.
 
 
-class PageQuerySerializer(StrictSerializer):
+class PageQuerySerializer(StrictQuerySerializer):
     limit = serializers.IntegerField(min_value=1, max_value=selectors.MAX_PAGE_SIZE,
                                      default=selectors.DEFAULT_PAGE_SIZE)
-    offset = serializers.IntegerField(min_value=0, default=0)
+    offset = serializers.IntegerField(min_value=0, max_value=selectors.MAX_OFFSET, default=0)
 
     class Meta:
         ref_name = "ChatPageQuery"
 
 
-class JobAcceptedSerializer(serializers.Serializer):
-    ok = serializers.BooleanField()
-    jobId = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=JobStatus.choices)
-    statusUrl = serializers.URLField()
-    conversationId = serializers.UUIDField(required=False, help_text="For jobs acting on one conversation.")
+class ConversationJobAcceptedSerializer(JobAcceptedSerializer):
+    conversationId = serializers.UUIDField(help_text="The conversation the job acts on.")
 
     class Meta:
-        ref_name = "ChatJobAccepted"
+        ref_name = "ConversationJobAccepted"
 
 
-class ErrorSerializer(serializers.Serializer):
-    ok = serializers.BooleanField()
-    error = serializers.CharField(help_text="Machine-readable code, e.g. conversation_not_found.")
-    message = serializers.CharField()
-    details = serializers.JSONField(required=False, help_text="Per-field messages for validation errors.")
-
-    class Meta:
-        ref_name = "ChatError"
-
-
-ACCEPTED = {202: JobAcceptedSerializer, 200: JobAcceptedSerializer, 400: ErrorSerializer, 404: ErrorSerializer}
+ACCEPTED = submit_responses(JobAcceptedSerializer)
+ACCEPTED_FOR_CONVERSATION = submit_responses(ConversationJobAcceptedSerializer, "conversation_not_found")
 CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
-
-
-class TitleField(serializers.CharField):
-    def __init__(self, **kwargs):
-        super().__init__(max_length=MAX_TITLE_LENGTH, allow_blank=True, allow_null=True, **kwargs)
 
 
 # --- Conversations and messages.
 
 
 class ConversationListCreateApi(APIView):
+    permission_classes = [IsMember]
+
     class InputSerializer(StrictSerializer):
         title = TitleField(required=False)
         personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False)
@@ -89,7 +78,7 @@ class ConversationListCreateApi(APIView):
             ref_name = "ConversationList"
 
     @extend_schema(operation_id="chat_conversations_list", tags=["chat"], parameters=[PageQuerySerializer],
-                   responses={200: OutputSerializer, 400: ErrorSerializer})
+                   responses={200: OutputSerializer, **error_responses("validation_error")})
     def get(self, request):
         query = validate_input(PageQuerySerializer, request.query_params.dict())
         page = selectors.conversation_page_for_owner(owner_id=request.user.pk, **query)
@@ -111,6 +100,8 @@ class ConversationListCreateApi(APIView):
 
 
 class ConversationDetailApi(APIView):
+    permission_classes = [IsMember]
+
     class UpdateInputSerializer(StrictSerializer):
         title = TitleField(required=False)
         personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False)
@@ -134,7 +125,7 @@ class ConversationDetailApi(APIView):
 
     @extend_schema(operation_id="chat_conversation_retrieve", tags=["chat"],
                    parameters=[CONVERSATION_ID, PageQuerySerializer],
-                   responses={200: OutputSerializer, 400: ErrorSerializer, 404: ErrorSerializer})
+                   responses={200: OutputSerializer, **error_responses("validation_error", "conversation_not_found")})
     def get(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
         query = validate_input(PageQuerySerializer, request.query_params.dict())
@@ -147,7 +138,7 @@ class ConversationDetailApi(APIView):
         })
 
     @extend_schema(operation_id="chat_conversation_update", tags=["chat"], parameters=[CONVERSATION_ID],
-                   request=UpdateInputSerializer, responses=ACCEPTED)
+                   request=UpdateInputSerializer, responses=ACCEPTED_FOR_CONVERSATION)
     def patch(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
         data = validate_input(self.UpdateInputSerializer, request.data)
@@ -160,7 +151,7 @@ class ConversationDetailApi(APIView):
                           extra_body={"conversationId": str(conversation.pk)})
 
     @extend_schema(operation_id="chat_conversation_delete", tags=["chat"], parameters=[CONVERSATION_ID],
-                   request=None, responses=ACCEPTED)
+                   request=None, responses=ACCEPTED_FOR_CONVERSATION)
     def delete(self, request, conversation_id):
         # An already deleted conversation of this user is accepted too: the job answers with its
         # tombstone, so a client retrying its DELETE (with or without Idempotency-Key) gets a success.
@@ -172,22 +163,21 @@ class ConversationDetailApi(APIView):
 
 
 class MessageCreateApi(APIView):
+    permission_classes = [IsMember]
+
     class InputSerializer(StrictSerializer):
         conversationId = serializers.UUIDField()
         role = serializers.ChoiceField(choices=MessageRole.choices, required=False, default=MessageRole.USER)
-        content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
+        content = NonBlankCharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
         personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False,
                                                   help_text="Defaults to the conversation's mode.")
 
         class Meta:
             ref_name = "MessageCreateInput"
 
-        def validate_content(self, value):
-            if not value.strip():
-                raise serializers.ValidationError("This field may not be blank.")
-            return value
 
-    @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
+    @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer,
+                   responses=ACCEPTED_FOR_CONVERSATION)
     def post(self, request):
         data = validate_input(self.InputSerializer, request.data)
         conversation = selectors.conversation_get_for_owner(
@@ -204,6 +194,8 @@ class MessageCreateApi(APIView):
 
 
 class DbJobDetailApi(APIView):
+    permission_classes = [IsMember]
+
     class OutputSerializer(serializers.Serializer):
         ok = serializers.BooleanField()
         status = serializers.ChoiceField(choices=JobStatus.choices)
@@ -212,7 +204,7 @@ class DbJobDetailApi(APIView):
         createdAt = serializers.DateTimeField()
         result = serializers.JSONField(required=False, help_text="When completed.")
         completedAt = serializers.DateTimeField(required=False)
-        error = serializers.DictField(required=False, help_text="{code, message} when failed.")
+        error = JobErrorSerializer(required=False, help_text="When failed; untyped errors are hidden from owners.")
         failedAt = serializers.DateTimeField(required=False)
         cancelledAt = serializers.DateTimeField(required=False)
 
@@ -221,7 +213,7 @@ class DbJobDetailApi(APIView):
 
     @extend_schema(operation_id="chat_db_job_retrieve", tags=["chat"],
                    parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-                   responses={200: OutputSerializer, 404: ErrorSerializer})
+                   responses={200: OutputSerializer, **error_responses("job_not_found")})
     def get(self, request, job_id):
         job = selectors.db_job_get_for_owner(job_id=job_id, owner_id=request.user.pk)
         body = {"ok": True, "status": job.status, "jobId": str(job.pk), "jobType": job.job_type,
@@ -229,7 +221,7 @@ class DbJobDetailApi(APIView):
         if job.status == JobStatus.COMPLETED:
             body.update(result=job.result, completedAt=iso(job.finished_at))
         elif job.status == JobStatus.FAILED:
-            body.update(error={"code": job.error_code, "message": job.error_message}, failedAt=iso(job.finished_at))
+            body.update(error=job_error_for_viewer(job=job, viewer=request.user), failedAt=iso(job.finished_at))
         elif job.status == JobStatus.CANCELLED:
             body.update(cancelledAt=iso(job.finished_at))
         return Response(body)

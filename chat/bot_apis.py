@@ -5,41 +5,36 @@ Watching the reply as it streams is the job system's business: `eventsUrl` point
 """
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.jobs import ChatBotInteractionJob, ChatBotPayload
 from chat.selectors import conversation_get_for_owner
-from queues.api_support import accept_job
-from queues.apis import JOB_ID_PARAMETER, JobErrorSerializer, JobItemSerializer
+from queues.api_support import JobAcceptedSerializer, accept_job, submit_responses
+from queues.apis import JOB_ID_PARAMETER, JobErrorSerializer
 from queues.constants import JobStatus
-from queues.selectors import JobNotFound, job_get_for_user
+from queues.selectors import JobNotFound, job_error_for_viewer, job_get_for_user
 from slimy_site.exceptions import ValidationFailed
-from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
-from slimy_site.serializers import ErrorSerializer
-
-CONVERSATION_NOT_FOUND = OpenApiResponse(
-    response=ErrorSerializer, description="Error codes: `conversation_not_found`",
-    examples=[OpenApiExample("conversation_not_found", response_only=True, status_codes=["404"], value={
-        "ok": False, "error": "conversation_not_found", "message": "Conversation not found."})],
-)
+from slimy_site.roles import IsMember
+from slimy_site.schema import error_responses
 
 
-class ChatBotAcceptedSerializer(serializers.Serializer):
-    ok = serializers.BooleanField()
-    jobId = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=JobStatus.choices)
+class ChatBotAcceptedSerializer(JobAcceptedSerializer):
     statusUrl = serializers.URLField(help_text="GET /api/chat/jobs/<jobId>.")
     eventsUrl = serializers.URLField(help_text="Server-Sent Events of the reply as it streams.")
     outputUrl = serializers.URLField(help_text="The reply's output log, by cursor.")
 
+    class Meta:
+        ref_name = "ChatBotAccepted"
+
 
 class ChatBotApi(APIView):
-    @extend_schema(operation_id="chat_bot_create", tags=["chat"], request=ChatBotPayload, responses={
-        202: ChatBotAcceptedSerializer, 200: ChatBotAcceptedSerializer, 404: CONVERSATION_NOT_FOUND,
-        **error_responses(*SUBMIT_ERROR_CODES)})
+    permission_classes = [IsMember]
+
+    @extend_schema(operation_id="chat_bot_create", tags=["chat"], request=ChatBotPayload,
+                   responses=submit_responses(ChatBotAcceptedSerializer, "conversation_not_found"))
     def post(self, request):
         try:
             payload = ChatBotInteractionJob.validate(request.data)
@@ -60,6 +55,8 @@ class ChatBotApi(APIView):
 
 
 class ChatBotJobApi(APIView):
+    permission_classes = [IsMember]
+
     class OutputSerializer(serializers.Serializer):
         """The fields after `maxAttempts` are present only when they apply to the status."""
 
@@ -93,7 +90,7 @@ class ChatBotJobApi(APIView):
                 data["cancelledAt"] = finished
             if job.status != JobStatus.COMPLETED and job.error_message:
                 # Same rule as the generic job endpoints: untyped errors are hidden from owners.
-                data["error"] = JobItemSerializer(context=self.context).get_error(job)
+                data["error"] = job_error_for_viewer(job=job, viewer=self.context.get("user"))
             return data
 
     @extend_schema(operation_id="chat_bot_job_retrieve", tags=["chat"], parameters=[JOB_ID_PARAMETER],

@@ -22,6 +22,7 @@ from chat.serializers import conversation_data, iso, message_data, pagination_da
 from queues.constants import QueueName
 from queues.definitions import JobDefinition, PermanentJobError, RetryPolicy
 from slimy_site.exceptions import ValidationFailed
+from slimy_site.serializers import NonBlankCharField, TypedSerializer
 
 
 @contextmanager
@@ -209,8 +210,8 @@ class _SettingsRetry:
                            backoff_max=60.0)
 
 
-class ChatBotPayload(serializers.Serializer):
-    prompt = serializers.CharField(max_length=2000, trim_whitespace=True)
+class ChatBotPayload(TypedSerializer):
+    prompt = NonBlankCharField(max_length=2000)
     guildId = serializers.CharField(max_length=64, required=False, allow_blank=True, trim_whitespace=True)
     conversationId = serializers.UUIDField(required=False, allow_null=True)
     personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False, allow_null=True)

@@ -17,6 +17,9 @@ from slimy_site.exceptions import NotFound
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# Deep offsets make PostgreSQL walk every skipped row, and no account holds this many; the bound also
+# keeps a tampered offset (2**63) from reaching the database, where it overflows (a 500).
+MAX_OFFSET = 1_000_000
 
 T = TypeVar("T")
 
@@ -48,7 +51,7 @@ def uuid_or_none(value) -> uuid.UUID | None:
 
 
 def _clamp(limit: int, offset: int) -> tuple[int, int]:
-    return max(1, min(int(limit), MAX_PAGE_SIZE)), max(0, int(offset))
+    return max(1, min(int(limit), MAX_PAGE_SIZE)), max(0, min(int(offset), MAX_OFFSET))
 
 
 def conversation_message_count():

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from queues.constants import Priority
+from queues.constants import JobStatus, Priority
 from queues.definitions import registry
 from queues.models import JobRecord
 from queues.redis import get_connection, redis_ping
@@ -33,6 +33,7 @@ from queues.selectors import queue_backlog
 from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
 from queues.throttling import rate_limit_enforce
 from slimy_site.exceptions import ServiceUnavailable, ValidationFailed
+from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,27 @@ class QueuesUnavailable(ServiceUnavailable):
 class QueueFull(ServiceUnavailable):
     code = "queue_full"
     message = "The queue is full; retry later."
+
+
+class JobAcceptedSerializer(serializers.Serializer):
+    """The answer of every job-submitting endpoint (`202`, or `200` for an Idempotency-Key replay)."""
+
+    ok = serializers.BooleanField()
+    jobId = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.URLField(help_text="GET it to follow the job.")
+
+    class Meta:
+        ref_name = "JobAccepted"
+
+
+def submit_responses(accepted=JobAcceptedSerializer, *codes: str) -> dict:
+    """`responses=` for a job-submitting operation: the accepted body and every code `accept_job` answers.
+
+    `accepted` is JobAcceptedSerializer or a subclass adding the endpoint's extra fields; `codes` are
+    the endpoint's own (e.g. "conversation_not_found" is documented by the endpoint itself).
+    """
+    return {202: accepted, 200: accepted, **error_responses(*SUBMIT_ERROR_CODES, *codes)}
 
 
 class PriorityField(serializers.ChoiceField):

@@ -2,31 +2,27 @@
 
 import re
 
-from django.utils.translation import gettext_lazy as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound as DRFNotFound
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from queues.api_support import submission_guard
 from queues.constants import JobStatus, QueueName
 from queues.models import JobRecord
-from queues.selectors import job_get_for_user, job_list_for_user, user_may_act_on_any_job
+from queues.selectors import job_error_for_viewer, job_get_for_user, job_list_for_user, user_may_act_on_any_job
 from queues import signals
 from queues.services import job_cancel, job_retry
+from slimy_site.cursors import INSTANT_PATTERN, instant_decode, instant_encode
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.roles import user_roles
 from slimy_site.schema import error_responses
-from slimy_site.serializers import EmptyInputSerializer, StrictSerializer, validate_input
-
-# Codes written by our typed job errors are snake_case; anything else is an exception class name
-# whose message may describe internals (hosts, SQL): owners see a generic message, staff the real one.
-_TYPED_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
-GENERIC_JOB_ERROR = "The job failed because of an internal error."
+from slimy_site.serializers import EmptyInputSerializer, StrictQuerySerializer, validate_input
 
 JOB_ID_PARAMETER = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The job id.")
 
@@ -54,13 +50,7 @@ class JobItemSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, obj) -> dict | None:
-        if not obj.error_message:
-            return None
-        message = obj.error_message
-        viewer = self.context.get("user")
-        if not _TYPED_ERROR_CODE.match(obj.error_code or "") and not (viewer is not None and viewer.is_staff):
-            message = GENERIC_JOB_ERROR
-        return {"code": obj.error_code, "message": message}
+        return job_error_for_viewer(job=obj, viewer=self.context.get("user"))
 
 
 class JobOutputSerializer(JobItemSerializer):
@@ -78,22 +68,40 @@ def _job_body(job, request) -> dict:
 
 
 class JobCursorPagination(CursorPagination):
+    """DRF's cursor paging with a cursor of digits, `<offset>.<reverse 0|1>.<created_at in µs>`.
+
+    DRF's own cursor is base64 of a query string whose position reaches the database as text: a
+    tampered one (`p=garbage`) was a 500. Ours has a pattern the schema states (CURSOR_PATTERN), and
+    every value matching it is a valid position (slimy_site.cursors); anything else is a 400.
+    """
+
     ordering = ("-created_at", "-id")
     page_size = 20
     page_size_query_param = "limit"
     max_page_size = 100
-    invalid_cursor_message = _("Invalid cursor.")
+    CURSOR_PATTERN = rf"^[0-9]{{1,9}}\.[01]\.({INSTANT_PATTERN})?$"
 
     def decode_cursor(self, request):
-        try:
-            return super().decode_cursor(request)
-        except DRFNotFound:
-            # DRF answers a bad cursor with 404; it is bad input.
-            raise ValidationFailed("Invalid cursor.", details={"cursor": ["Invalid cursor."]}) from None
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
+        if not re.fullmatch(self.CURSOR_PATTERN, encoded):
+            raise ValidationFailed("Invalid cursor.", details={"cursor": ["Not a cursor returned by this endpoint."]})
+        offset, reverse, position = encoded.split(".")
+        return Cursor(offset=min(int(offset), self.offset_cutoff), reverse=reverse == "1",
+                      position=instant_decode(position) if position else None)
+
+    def encode_cursor(self, cursor):
+        position = "" if cursor.position is None else instant_encode(cursor.position)
+        encoded = f"{cursor.offset}.{int(bool(cursor.reverse))}.{position}"
+        return replace_query_param(self.base_url, self.cursor_query_param, encoded)
+
+    def _get_position_from_instance(self, instance, ordering):
+        return instance.created_at  # a datetime, encoded as digits by encode_cursor
 
 
 class JobListApi(APIView):
-    class FilterSerializer(StrictSerializer):
+    class FilterSerializer(StrictQuerySerializer):
         status = serializers.MultipleChoiceField(choices=JobStatus.values, required=False,
                                                  help_text="One or more statuses, comma-separated.")
         type = serializers.CharField(required=False, max_length=100, help_text="Job type.")
@@ -102,7 +110,8 @@ class JobListApi(APIView):
         owner = serializers.CharField(required=False, max_length=150,
                                       help_text="Staff with `queues.view_jobrecord` only: a username, or `*` "
                                                 "for everyone's jobs.")
-        cursor = serializers.CharField(required=False, help_text="From `next` or `previous`.")
+        cursor = serializers.RegexField(JobCursorPagination.CURSOR_PATTERN, required=False,
+                                        help_text="From `next` or `previous`.")
         limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
 
     class OutputSerializer(serializers.Serializer):
@@ -192,6 +201,9 @@ class JobCancelApi(APIView):
 
 
 class MeApi(APIView):
+    # Any account, even one without roles: it is how a suspended client learns why it gets 403s.
+    permission_classes = [IsAuthenticated]
+
     class OutputSerializer(serializers.Serializer):
         ok = serializers.BooleanField(default=True)
         username = serializers.CharField()

@@ -26,12 +26,13 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues.apis import JOB_ID_PARAMETER, JobItemSerializer
+from queues.apis import JOB_ID_PARAMETER
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
-from queues.selectors import job_get_for_user
+from queues.selectors import job_error_for_viewer, job_get_for_user
 from slimy_site.exceptions import ValidationFailed
+from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.schema import error_responses
 from slimy_site.serializers import ErrorSerializer
 
@@ -63,11 +64,16 @@ def _limit(raw) -> int:
     return value
 
 
-AFTER = OpenApiParameter("after", OpenApiTypes.STR, OpenApiParameter.QUERY, required=False,
+# What parse_cursor accepts (19 digits always fit the 64 bits of a stream id part).
+CURSOR_PATTERN = r"^(0|[0-9]{1,19}(-[0-9]{1,19})?)$"
+AFTER = OpenApiParameter("after", {"type": "string", "pattern": CURSOR_PATTERN}, OpenApiParameter.QUERY,
+                         required=False,
                          description="A cursor (an entry id) from an earlier answer; omitted: from the start.")
-LIMIT = OpenApiParameter("limit", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False,
+LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_READ}, OpenApiParameter.QUERY,
+                         required=False,
                          description=f"Entries per answer, 1-{MAX_READ} (default {DEFAULT_LIMIT}).")
-LAST_EVENT_ID = OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+LAST_EVENT_ID = OpenApiParameter("Last-Event-ID", {"type": "string", "pattern": CURSOR_PATTERN},
+                                 OpenApiParameter.HEADER, required=False,
                                  description="Resume after this event (sent by EventSource on reconnect).")
 
 
@@ -107,14 +113,24 @@ class JobOutputApi(APIView):
         }).data)
 
 
+class JobEventSerializer(serializers.Serializer):
+    """One Server-Sent Event of the stream (OpenAPI 3.0 describes a stream by its events)."""
+
+    id = serializers.CharField(required=False, help_text="An output-log cursor: resume after it.")
+    event = serializers.ChoiceField(choices=["state", "segment", "chunk"], required=False)
+    data = serializers.CharField(required=False, help_text="JSON text.")
+    retry = serializers.IntegerField(required=False, help_text="Reconnection delay in milliseconds.")
+
+
 class JobEventsApi(APIView):
     renderer_classes = [JSONRenderer, EventStreamRenderer]
+    content_negotiation_class = StrictFormatNegotiation
 
     @extend_schema(
         operation_id="jobs_events", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LAST_EVENT_ID],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR, description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it."),
+                JobEventSerializer, description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it."),
             400: _bad_parameter("invalid_cursor"), **error_responses("job_not_found"),
         },
     )
@@ -144,7 +160,7 @@ def _state(job: JobRecord | None, viewer=None) -> dict:
         state["result"] = job.result
         if job.error_message:
             # Same rule as the job endpoints: untyped errors are hidden from owners.
-            state["error"] = JobItemSerializer(context={"user": viewer}).get_error(job)
+            state["error"] = job_error_for_viewer(job=job, viewer=viewer)
     return state
 
 

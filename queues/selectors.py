@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 
@@ -14,6 +16,27 @@ from slimy_site.exceptions import NotFound
 class JobNotFound(NotFound):
     code = "job_not_found"
     message = "Job not found."
+
+
+# Codes written by our typed job errors are snake_case; anything else is an exception class name
+# whose message may describe internals (hosts, SQL): owners see a generic message, staff the real one.
+_TYPED_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
+GENERIC_JOB_ERROR = "The job failed because of an internal error."
+
+
+def job_error_for_viewer(*, job: JobRecord, viewer) -> dict | None:
+    """`{code, message}` of the job's error as `viewer` may see it, or None when there is none.
+
+    The one rule for every API answer that shows a job's error: untyped errors are hidden from
+    everyone but staff.
+    """
+    if not job.error_message:
+        return None
+    message = job.error_message
+    may_see_internals = viewer is not None and user_may_act_on_any_job(user=viewer, action="view")
+    if not _TYPED_ERROR_CODE.match(job.error_code or "") and not may_see_internals:
+        message = GENERIC_JOB_ERROR
+    return {"code": job.error_code, "message": message}
 
 
 # What a staff member may do to other users' jobs, by the admin's permission for it. Staff without

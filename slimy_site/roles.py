@@ -4,6 +4,14 @@ Roles are Django groups — `member`, `club` (members with a club account), `ser
 clients, e.g. another service posting audit events) — plus staff (`is_staff`) for admins. Staff pass
 every role check. A role that may not use an endpoint is a 403 `permission_denied`; missing or wrong
 credentials stay a 401 (DRF checks authentication first).
+
+Who may use what (the schema states it per operation as `x-roles`; README "Accounts"):
+- chat (conversations, messages, the bot, their job status): `IsMember` — people, not machines;
+- the generic job endpoints (`/api/jobs...`): `HasAnyRole` — the default for every API view, so an
+  account whose roles were all removed is suspended everywhere;
+- the audit API: `IsService` to post events, `IsStaff` for the rest; `GET /api/me`: any account.
+
+`user_roles()` is the one role look-up every permission class goes through: cache there.
 """
 
 from __future__ import annotations
@@ -24,7 +32,11 @@ GROUP_ROLES = (Role.MEMBER, Role.CLUB, Role.SERVICE)
 
 
 def user_roles(user) -> set[str]:
-    """The roles of `user` (empty for anonymous users). Cached on the user object per request."""
+    """The roles of `user` (empty for anonymous users). Cached on the user object per request.
+
+    Every role check (the permission classes below, `/api/me`) calls this function and nothing else
+    reads the groups, so a cache added here covers them all.
+    """
     if user is None or not user.is_authenticated:
         return set()
     cached = getattr(user, "_slimy_roles", None)
@@ -52,6 +64,11 @@ class HasRole(BasePermission):
 
     def has_permission(self, request, view):
         return user_has_role(request.user, *self.roles)
+
+    @property
+    def allowed_roles(self) -> tuple[str, ...]:
+        """The roles that pass, staff included (what the schema documents)."""
+        return (*self.roles, Role.STAFF)
 
 
 class IsMember(HasRole):

@@ -17,17 +17,24 @@ ERROR_CODES = {
     "malformed_request": (400, "JSON parse error."),
     "invalid_idempotency_key": (400, "Idempotency-Key must be 1-255 printable characters."),
     "unknown_job_type": (400, "Unknown job type."),
+    "invalid_cursor": (400, "The cursor is not valid."),
+    "invalid_limit": (400, "The input is not valid."),
+    "too_many_events": (400, "At most 1000 events per request."),
     "not_authenticated": (401, "Authentication credentials were not provided."),
     "authentication_failed": (401, "Invalid token."),
     "permission_denied": (403, "You do not have permission to perform this action."),
     "csrf_failed": (403, "CSRF Failed: CSRF token missing."),
     "not_found": (404, "Not found."),
     "job_not_found": (404, "Job not found."),
+    "conversation_not_found": (404, "Conversation not found."),
+    "audit_event_not_found": (404, "Audit event not found."),
+    "report_not_found": (404, "Report not found."),
     "method_not_allowed": (405, 'Method "PUT" not allowed.'),
     "not_acceptable": (406, "Could not satisfy the request Accept header."),
     "conflict": (409, "The request conflicts with the current state."),
     "job_not_retryable": (409, "Only failed or cancelled jobs can be retried."),
     "job_not_cancellable": (409, "The job is already completed."),
+    "report_not_available": (409, "The report job is failed: no result."),
     "payload_too_large": (413, "The request body exceeds 65536 bytes."),
     "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
     "idempotency_key_reused": (422, "This Idempotency-Key was already used with a different request."),
@@ -65,6 +72,38 @@ def _response(status: int, codes: list[str]) -> OpenApiResponse:
 
 
 class SlimyAutoSchema(AutoSchema):
+    def _map_serializer(self, serializer, direction, bypass_extensions=False):
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and schema.get("type") == "object":
+            # Every input of this API refuses unknown fields (StrictSerializer, JobDefinition.validate),
+            # so request bodies are closed; responses may grow new fields.
+            schema["additionalProperties"] = False
+        return schema
+
+    def _allowed_roles(self) -> list[str] | None:
+        """The roles that may call this operation, from the view's role permission classes."""
+        roles = None
+        for permission in self.view.get_permissions():
+            allowed = getattr(permission, "allowed_roles", None)
+            if allowed is not None:
+                roles = [r for r in (roles if roles is not None else allowed) if r in allowed]
+        return roles
+
+    def get_description(self):
+        description = super().get_description() or ""
+        roles = self._allowed_roles()
+        if roles:
+            text = "Roles: " + ", ".join(f"`{r}`" for r in roles) + ". Others: `403 permission_denied`."
+            description = f"{description}\n\n{text}" if description else text
+        return description
+
+    def get_extensions(self):
+        extensions = dict(super().get_extensions() or {})
+        roles = self._allowed_roles()
+        if roles:
+            extensions["x-roles"] = roles
+        return extensions
+
     def get_serializer_name(self, serializer, direction):
         """Nested serializers (`JobListApi.OutputSerializer`) are named after their view: `JobListOutput`."""
         cls = serializer if isinstance(serializer, type) else serializer.__class__
@@ -76,6 +115,8 @@ class SlimyAutoSchema(AutoSchema):
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         common = [code for codes in COMMON_ERROR_CODES.values() for code in codes]
+        if self._allowed_roles():
+            common.append("permission_denied")
         if self.method in ("GET", "HEAD", "DELETE"):
             common = [c for c in common if c not in ("malformed_request", "payload_too_large",
                                                       "unsupported_media_type")]

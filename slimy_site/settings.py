@@ -222,7 +222,8 @@ REST_FRAMEWORK = {
         "slimy_site.authentication.HashedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Any role (slimy_site.roles): an account without one is suspended; views narrow it further.
+    "DEFAULT_PERMISSION_CLASSES": ["slimy_site.roles.HasAnyRole"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["queues.throttling.ScopedRedisThrottle"],

@@ -69,14 +69,22 @@ def run_worker():
     return run
 
 
+def _member(django_user_model, username, password):
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(username=username, password=password)
+    user.groups.add(Group.objects.get_or_create(name="member")[0])  # the API needs a role
+    return user
+
+
 @pytest.fixture
 def user(django_user_model):
-    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+    return _member(django_user_model, "alice", "pw-alice-123")
 
 
 @pytest.fixture
 def other_user(django_user_model):
-    return django_user_model.objects.create_user(username="bob", password="pw-bob-123")
+    return _member(django_user_model, "bob", "pw-bob-123")
 
 
 @pytest.fixture

@@ -56,3 +56,47 @@ def test_swagger_ui_is_served_without_a_cdn(client):
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert "cdn." not in html and "https://" not in html
     assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")  # shipped, offline
+
+
+# Operations that create a job through queues.api_support.accept_job (issue 19, item 5).
+SUBMITTING = {
+    "chat_conversations_create", "chat_conversation_update", "chat_conversation_delete", "chat_messages_create",
+    "chat_bot_create", "api_audit_log_create", "api_audit_log_reports_create",
+}
+
+
+def test_every_job_submitting_operation_lists_the_same_submit_codes(schema):
+    from slimy_site.schema import ERROR_CODES, SUBMIT_ERROR_CODES
+
+    found = set()
+    for path in schema["paths"].values():
+        for method, operation in path.items():
+            accepted = operation["responses"].get("202", {}).get("content", {}).get("application/json", {})
+            ref = accepted.get("schema", {}).get("$ref", "")
+            if method == "get" or not ref:
+                continue
+            component = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            if not {"jobId", "statusUrl"} <= set(component["properties"]):
+                continue
+            found.add(operation["operationId"])
+            assert "200" in operation["responses"], operation["operationId"]  # Idempotency-Key replays
+            for code in SUBMIT_ERROR_CODES:
+                assert code in _codes(operation, ERROR_CODES[code][0]), (operation["operationId"], code)
+    assert found == SUBMITTING
+
+
+def test_request_bodies_are_closed(schema):
+    # The server refuses unknown fields, so the schema says so.
+    for name, component in schema["components"]["schemas"].items():
+        if name.endswith("Request") and component.get("type") == "object":
+            assert component.get("additionalProperties") is False, name
+
+
+def test_chat_reuses_the_shared_error_and_accepted_serializers():
+    import chat.apis
+
+    assert not hasattr(chat.apis, "ErrorSerializer") and not hasattr(chat.apis, "TitleField") or \
+        chat.apis.TitleField.__module__ == "chat.jobs"
+    from queues.api_support import JobAcceptedSerializer
+
+    assert issubclass(chat.apis.ConversationJobAcceptedSerializer, JobAcceptedSerializer)

@@ -108,7 +108,7 @@ def test_cursor_pagination_walks_every_row_once(make_api_client, staff):
 
 @pytest.mark.parametrize("query, field", [
     ("?limit=1001", "limit"), ("?limit=0", "limit"), ("?cursor=garbage", "cursor"), ("?actor=bob", "actor"),
-    ("?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "to"), ("?colour=red", "colour"),
+    ("?actor=0", "actor"), ("?colour=red", "colour"),
 ])
 def test_bad_list_queries_are_400(make_api_client, staff, query, field):
     response = make_api_client(staff).get(f"/api/audit-log{query}")

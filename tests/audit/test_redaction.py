@@ -53,3 +53,42 @@ def test_job_payload_is_redacted_and_rejects_unknown_fields():
     with pytest.raises(ValidationError) as err:
         LogEventJob.validate({"action": "x", "colour": "red"})
     assert "colour" in err.value.detail
+
+
+@pytest.mark.parametrize("value", [
+    "Token 0123456789abcdef0123456789abcdef01234567",  # this API's own Authorization scheme
+    "token 0123456789ABCDEF0123456789abcdef01234567",
+    "0123456789abcdef0123456789abcdef01234567",  # a bare API token
+    "client used key=0123456789abcdef0123456789abcdef01234567 today",
+    "could not connect to postgres://slimy:hunter22@db.internal:5432/slimy",
+    "retry with password=hunter22",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA",
+    "glpat-abcdefghijklmnopqrstuvwx",
+])
+def test_more_secret_looking_values_are_redacted(value):
+    assert redact({"note": value, "list": [value]}) == {"note": REDACTED, "list": [REDACTED]}
+
+
+@pytest.mark.parametrize("value", [
+    "f" * 64,  # a sha256 (e.g. a prompt digest) is not a token
+    "commit 0123456", "see https://example.com/a:b", "The password was wrong", "token: ab", "tokens used: 12",
+])
+def test_hashes_and_ordinary_text_are_kept(value):
+    assert redact({"note": value}) == {"note": value}
+
+
+@pytest.mark.parametrize("key", ["userPrompt", "systemPrompt", "user_prompt", "PROMPT", "promptText", "question",
+                                 "lastReply", "completion"])
+def test_prompt_like_keys_are_kept_as_length_and_hash(key):
+    assert redact({key: "tell me a secret"}) == {key: text_digest("tell me a secret")}
+
+
+def test_lists_of_prompts_are_hashed_and_token_counts_kept():
+    out = redact({"prompts": ["a", "bb"], "prompt_tokens": 4, "completion_tokens": 2, "message": "kept"})
+    assert out == {"prompts": [text_digest("a"), text_digest("bb")], "prompt_tokens": 4, "completion_tokens": 2,
+                   "message": "kept"}
+
+
+def test_error_messages_of_events_are_redacted_too():
+    clean = LogEventJob.validate({"action": "x", "errorMessage": "auth Token 0123456789abcdef0123456789abcdef01234567"})
+    assert clean["errorMessage"] == REDACTED

@@ -223,3 +223,19 @@ def test_openapi_schema_for_the_chat_endpoints_has_no_warnings():
     assert not GENERATOR_STATS, dict(GENERATOR_STATS._warn_cache) | dict(GENERATOR_STATS._error_cache)
     assert {"/conversations", "/conversations/{conversation_id}", "/messages", "/db-jobs/{job_id}"} <= set(
         schema["paths"])
+
+
+@pytest.mark.django_db
+def test_db_job_status_hides_untyped_errors_like_the_job_endpoint(client, user):
+    # One rule (queues.selectors.job_error_for_viewer): an exception's text may name hosts and users.
+    from queues.constants import JobStatus
+    from queues.services import job_enqueue
+
+    job = job_enqueue(job_type="create_conversation", payload={}, owner=user)
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error_code="OperationalError",
+                                               error_message='connection to "db.internal" as "slimy" failed')
+    body = client.get(f"{URL}/db-jobs/{job.pk}").json()
+    assert body["error"] == {"code": "OperationalError", "message": "The job failed because of an internal error."}
+    assert body == {**body, **{k: v for k, v in client.get(f"/api/jobs/{job.pk}").json().items() if k == "error"}}
+    JobRecord.objects.filter(pk=job.pk).update(error_code="conversation_not_found", error_message="Conversation not found.")
+    assert client.get(f"{URL}/db-jobs/{job.pk}").json()["error"]["message"] == "Conversation not found."
