@@ -275,6 +275,8 @@ CHAT_RETRY_BACKOFF = env.float("CHAT_RETRY_BACKOFF", default=2.0)
 # --- issue 17: fairness between tenants, provider budgets, quotas, tracing
 # In-flight jobs per tenant (guild, else user) on a fair-shared queue; more of theirs wait their turn.
 CHAT_TENANT_CONCURRENCY = env.int("CHAT_TENANT_CONCURRENCY", default=2)
+# Queues whose jobs are dequeued fairly across tenants (queues.fairness), and shown per tenant in /metrics.
+FAIR_QUEUES = env.list("FAIR_QUEUES", default=["chat"])
 # Tenants named in the per-tenant gauges; the rest are summed as tenant="other" (bounded cardinality).
 METRICS_TENANT_TOP_N = env.int("METRICS_TENANT_TOP_N", default=10)
 # Provider budgets shared by every worker through Redis; 0 = no budget of that kind.
