@@ -113,8 +113,8 @@ def _pretty(value) -> str:
 
 @admin.register(JobRecord)
 class JobRecordAdmin(admin.ModelAdmin):
-    list_display = ("short_id", "job_type", "queue", "coloured_status", "owner_link", "tenant",
-                    "priority", "attempts_display", "created_at", "duration")
+    list_display = ("short_id", "job_type", "queue", "coloured_status", "owner_link", "priority",
+                    "attempts_display", "created_at", "duration", "tenant")
     list_display_links = ("short_id",)
     list_filter = ("status", "queue", JobTypeFilter, OwnerFilter, TenantFilter, "priority", ("created_at", admin.DateFieldListFilter))
     search_fields = ("id",)  # replaced by get_search_results; declared so the box is shown
