@@ -3,7 +3,7 @@
 `tracing_setup(role=...)` is called by the process entry points (wsgi/asgi, the worker command), never at
 import time. Without OTEL_EXPORTER_OTLP_ENDPOINT (and without a test exporter) it does nothing: no
 provider, no instrumentation, and the API's no-op tracer makes every span call free. With it, spans of
-Django requests, psycopg queries, Redis commands and httpx calls (the OpenAI client) are exported by OTLP
+Django requests, psycopg queries, Redis commands and httpx2 calls (the OpenAI client) are exported by OTLP
 over HTTP, batched off the request path.
 """
 
@@ -62,7 +62,8 @@ def _traces_url(endpoint: str) -> str:
 
 def _instrument(provider) -> list:
     from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    # The openai package talks HTTP through httpx2 (httpx's successor): that is the client to trace.
+    from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
@@ -72,7 +73,7 @@ def _instrument(provider) -> list:
         # enable_commenter off: SQL text stays as written (query plans and pg_stat_statements group it)
         (PsycopgInstrumentor(), {"enable_commenter": False, "skip_dep_check": True}),
         (RedisInstrumentor(), {}),
-        (HTTPXClientInstrumentor(), {}),
+        (HTTPX2ClientInstrumentor(), {}),
     ):
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=provider, **options)
