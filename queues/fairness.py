@@ -285,6 +285,17 @@ def fair_push(*, conn, queue: str, priority: str, tenant: str, job_id: str, cap:
     return int(_script(conn, "push")(keys=keys, args=args))
 
 
+def fair_push_many(*, conn, queue: str, items, cap: int | None = None) -> None:
+    """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script)."""
+    queue = base_queue_name(queue)
+    with conn.pipeline(transaction=False) as pipe:
+        script = _script(pipe, "push")
+        for priority, tenant, job_id in items:
+            keys, args = _push_call(queue, priority, tenant, job_id, cap)
+            script(keys=keys, args=args, client=pipe)
+        pipe.execute()
+
+
 def fair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int | None = None) -> FairJob | None:
     """The next job: highest priority first; within it, the next tenant in turn whose in-flight count is
     below `cap` (default CHAT_TENANT_CONCURRENCY). Takes one of that tenant's slots until fair_release."""

@@ -200,3 +200,11 @@ def test_asyncio_twins_share_the_structure(redis_server, redis_conn):
 
 def test_setting_default_is_two():
     assert settings.CHAT_TENANT_CONCURRENCY == 2
+
+
+def test_push_many_in_one_round_trip_keeps_the_turns(redis_conn):
+    from queues.fairness import fair_push_many
+
+    fair_push_many(conn=redis_conn, queue=Q, items=[("normal", "A", "a0"), ("normal", "A", "a1"),
+                                                    ("normal", "B", "b0"), ("high", "C", "c0")], cap=5)
+    assert [pop(redis_conn, cap=5) for _ in range(5)] == ["c0", "a0", "b0", "a1", None]
