@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 
-from opentelemetry import propagate, trace
+from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from slimy_site.tracing import get_tracer
@@ -65,7 +65,3 @@ def job_span(record, attempt: int, *, waited_since: dt.datetime | None = None):
     with tracer.start_as_current_span(f"job.run {record.job_type}", context=parent, kind=SpanKind.CONSUMER,
                                       attributes=attributes) as span:
         yield span
-
-
-def current_span():
-    return trace.get_current_span()

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 
