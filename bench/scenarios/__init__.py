@@ -10,6 +10,7 @@ SCENARIOS = {
     "stream": "bench.scenarios.stream",
     "submit": "bench.scenarios.submit",
     "fairness": "bench.scenarios.fairness",
+    "budget": "bench.scenarios.budget",
 }
 
 
