@@ -5,7 +5,7 @@ Each budget is a GCRA limiter (one "theoretical arrival time" per budget, moved 
 Redis' clock): a request is admitted when both budgets have room, and then charged one request and its
 *estimated* tokens. After the call, budget_settle() corrects the token charge with the real usage, and
 budget_observe() lets the provider's `x-ratelimit-*` headers tighten the budget (a lower limit than
-configured, or nothing left until the reset). Admission never bursts: requests are spaced evenly, a
+configured; nothing remaining holds callers for a call's share of the limit). Admission never bursts: requests are spaced evenly, a
 little wider than the limit (SAFETY), so a provider counting over any sliding minute never sees more.
 
 budget_acquire() does not sleep: it returns 0.0 when the call may go now (and charged it) or the
@@ -74,26 +74,34 @@ redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil((next_tat - now +
 return tostring(next_tat - now)
 """
 
-# KEYS: request TAT, token TAT, observed.  ARGV: limit, remaining, reset (s) for requests then tokens,
-# "" where the header was absent; observed TTL.  Only ever delays (never frees budget).
+# KEYS: request TAT, token TAT, observed.  ARGV: limit, remaining, reset (s) for requests then tokens
+# ("" where the header was absent), observed TTL, configured rpm, configured tpm, tokens of a typical call,
+# safety.  Only ever delays (never frees budget).
 _OBSERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local function tighten(tat_key, field, limit, remaining, reset)
+local k = 1 + tonumber(ARGV[11])
+local function tighten(tat_key, field, limit, remaining, reset, configured, cost)
   if limit ~= '' then
     redis.call('HSET', KEYS[3], field, limit)
     redis.call('EXPIRE', KEYS[3], tonumber(ARGV[7]))
   end
-  if remaining ~= '' and reset ~= '' and tonumber(remaining) <= 0 then
-    local until_ = now + tonumber(reset)
-    local tat = tonumber(redis.call('GET', tat_key) or '0')
-    if until_ > tat then
-      redis.call('SET', tat_key, tostring(until_), 'PX', math.ceil((until_ - now + 60) * 1000))
-    end
+  if remaining == '' or reset == '' or tonumber(remaining) > 0 then return end
+  -- Nothing left: hold for one call's share of the limit (the provider refills continuously), or for
+  -- the whole reset when no limit is known.
+  local effective = tonumber(configured)
+  local seen = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+  if seen > 0 and (effective == 0 or seen < effective) then effective = seen end
+  local hold = tonumber(reset)
+  if effective > 0 then hold = math.min(hold, 60 * k * cost / effective) end
+  local until_ = now + hold
+  local tat = tonumber(redis.call('GET', tat_key) or '0')
+  if until_ > tat then
+    redis.call('SET', tat_key, tostring(until_), 'PX', math.ceil((until_ - now + 60) * 1000))
   end
 end
-tighten(KEYS[1], 'requests', ARGV[1], ARGV[2], ARGV[3])
-tighten(KEYS[2], 'tokens', ARGV[4], ARGV[5], ARGV[6])
+tighten(KEYS[1], 'requests', ARGV[1], ARGV[2], ARGV[3], ARGV[8], 1)
+tighten(KEYS[2], 'tokens', ARGV[4], ARGV[5], ARGV[6], ARGV[9], tonumber(ARGV[10]))
 return 1
 """
 
@@ -196,13 +204,23 @@ def budget_settle_sync(*, estimated: int, actual: int, name: str = "openai", tpm
     _script(_sync_conn(conn), "settle")(keys=_keys(name)[1:2], args=[int(actual) - int(estimated), tpm, SAFETY])
 
 
-def budget_observe_sync(*, headers, name: str = "openai", conn=None) -> bool:
-    """Tighten the budget from a response's `x-ratelimit-*` headers; False when there were none."""
+def budget_observe_sync(*, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
+                        conn=None) -> bool:
+    """Tighten the budget from a response's `x-ratelimit-*` headers; False when there were none.
+
+    A limit lower than ours is used for OBSERVED_TTL seconds. Nothing remaining holds every caller for
+    one call's share of the limit (a typical call = OPENAI_MAX_TOKENS tokens), or until the reset when
+    no limit is known."""
     args = ratelimit_header_args(headers)
     if args is None:
         return False
-    _script(_sync_conn(conn), "observe")(keys=_keys(name), args=[*args, OBSERVED_TTL])
+    _script(_sync_conn(conn), "observe")(keys=_keys(name), args=_observe_args(args, rpm, tpm))
     return True
+
+
+def _observe_args(header_args, rpm, tpm) -> list:
+    rpm, tpm = _limits(rpm, tpm)
+    return [*header_args, OBSERVED_TTL, rpm, tpm, settings.OPENAI_MAX_TOKENS, SAFETY]
 
 
 def budget_backoff_sync(*, seconds: float, name: str = "openai", conn=None) -> None:
@@ -247,11 +265,12 @@ async def budget_settle(*, estimated: int, actual: int, name: str = "openai", tp
                                                 args=[int(actual) - int(estimated), tpm, SAFETY])
 
 
-async def budget_observe(*, headers, name: str = "openai", conn=None) -> bool:
+async def budget_observe(*, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
+                         conn=None) -> bool:
     args = ratelimit_header_args(headers)
     if args is None:
         return False
-    await _script(_async_conn(conn), "observe")(keys=_keys(name), args=[*args, OBSERVED_TTL])
+    await _script(_async_conn(conn), "observe")(keys=_keys(name), args=_observe_args(args, rpm, tpm))
     return True
 
 

@@ -71,7 +71,7 @@ def _measure(env: BenchEnv, fake, jobs, period, seconds, clients, *, rpm):
                                      headers={"Authorization": f"Bearer {fake.api_key}"},
                                      json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
                 if rpm:
-                    budget_observe_sync(headers=response.headers, conn=own)
+                    budget_observe_sync(headers=response.headers, rpm=rpm, tpm=0, conn=own)
                 with lock:
                     counts["ok" if response.status_code == 200 else "429"] += 1
 

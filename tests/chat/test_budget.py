@@ -60,10 +60,25 @@ def test_every_process_shares_one_budget(redis_server, redis_conn):
     assert budget_acquire_sync(tokens=1, rpm=60, tpm=0, conn=other) > 0.9
 
 
-def test_headers_with_nothing_left_hold_calls_until_the_reset(redis_conn):
+def test_nothing_left_and_no_known_limit_holds_calls_until_the_reset(redis_conn, settings):
+    settings.OPENAI_RPM = 0
     headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3s"}
     assert budget_observe_sync(headers=headers)
     assert 2.5 < budget_acquire_sync(tokens=1, rpm=1000, tpm=0) <= 3.0
+
+
+def test_nothing_left_with_a_known_limit_holds_for_one_calls_share(redis_conn):
+    headers = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
+               "x-ratelimit-reset-requests": "50s"}
+    budget_observe_sync(headers=headers, rpm=600)
+    assert 0.9 < budget_acquire_sync(tokens=1, rpm=600, tpm=0) <= SPACING  # 60/min: one call a second
+
+
+def test_tokens_nothing_left_holds_for_a_typical_calls_share(redis_conn, settings):
+    settings.OPENAI_MAX_TOKENS = 100
+    budget_observe_sync(headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "30s"},
+                        tpm=6000)
+    assert 0.9 < budget_acquire_sync(tokens=1, rpm=0, tpm=6000) <= SPACING  # 100 of 6000 tokens/min
 
 
 def test_a_lower_limit_in_the_headers_tightens_the_configured_one(redis_conn):
@@ -205,6 +220,6 @@ def test_budget_keeps_every_call_under_the_providers_limit(limited_llm, redis_co
         for _ in range(25):
             budget_wait_sync(tokens=1, rpm=600, tpm=0)
             response = _complete(client, limited_llm)
-            budget_observe_sync(headers=response.headers)
+            budget_observe_sync(headers=response.headers, rpm=600, tpm=0)
             assert response.status_code == 200
     assert limited_llm.rejected == 0
