@@ -57,15 +57,18 @@ def _measure(env: BenchEnv, fake, jobs, period, seconds, clients, *, rpm):
     fake.rate_limit(requests=jobs, period=period)
     counts = {"ok": 0, "429": 0}
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds
+    ready = threading.Barrier(clients + 1)
+    deadline = [0.0]
 
     def client():
         own = env.redis()
+        # An HTTP client takes a while to build (TLS context): built before the clock starts.
         with httpx2.Client() as http:
-            while time.monotonic() < deadline:
+            ready.wait()
+            while time.monotonic() < deadline[0]:
                 if rpm:
                     budget_wait_sync(tokens=1, rpm=rpm, tpm=0, conn=own)
-                    if time.monotonic() >= deadline:
+                    if time.monotonic() >= deadline[0]:
                         return
                 response = http.post(f"{fake.base_url}/chat/completions",
                                      headers={"Authorization": f"Bearer {fake.api_key}"},
@@ -78,6 +81,9 @@ def _measure(env: BenchEnv, fake, jobs, period, seconds, clients, *, rpm):
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    deadline[0] = time.monotonic() + 3600  # set for real once every client is ready
+    ready.wait(timeout=120)
+    deadline[0] = time.monotonic() + seconds
     for thread in threads:
         thread.join(seconds + 60)
     return counts
