@@ -5,7 +5,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from chat.models import Conversation, ConversationTombstone, Message
+from chat.models import Conversation, ConversationTombstone, Message, TenantQuota
 from chat.selectors import conversation_message_count
 
 
@@ -113,3 +113,17 @@ class ConversationTombstoneAdmin(admin.ModelAdmin):
     @admin.display(description="deleted by job")
     def deleted_by_job(self, obj):
         return _job_link(obj.deleted_by_job_id)
+
+
+@admin.register(TenantQuota)
+class TenantQuotaAdmin(admin.ModelAdmin):
+    list_display = ("tenant", "daily_tokens", "used_today", "note", "updated_at")
+    search_fields = ("tenant",)
+    fields = ("tenant", "daily_tokens", "note", "used_today")
+    readonly_fields = ("used_today",)
+
+    @admin.display(description="used today")
+    def used_today(self, obj):
+        from chat.quotas import quota_usage
+
+        return quota_usage(tenant=obj.tenant) if obj and obj.tenant else "—"

@@ -36,3 +36,14 @@ def check_llm_settings(app_configs=None, **kwargs):
         errors.append(Error(f"OPENAI_BASE_URL must be an http(s) URL (got {settings.OPENAI_BASE_URL!r}).",
                             id="chat.E003"))
     return errors
+
+
+@register()
+def check_budget_settings(app_configs=None, **kwargs):
+    """Provider budgets and quotas (issue 17): 0 turns one off, a negative value is a mistake."""
+    errors = []
+    for name in ("OPENAI_RPM", "OPENAI_TPM", "CHAT_TENANT_DAILY_TOKENS"):
+        value = getattr(settings, name, None)
+        if not isinstance(value, int) or value < 0:
+            errors.append(Error(f"{name} must be an integer >= 0, 0 = no limit (got {value!r}).", id="chat.E101"))
+    return errors

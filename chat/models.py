@@ -100,3 +100,24 @@ class ConversationTombstone(models.Model):
 
     def __str__(self):
         return f"deleted conversation {self.conversation_id}"
+
+
+class TenantQuota(models.Model):
+    """A tenant's daily LLM token allowance (UTC days), overriding CHAT_TENANT_DAILY_TOKENS.
+
+    The tenant is a JobRecord tenant: a guild id, or `user:<id>`. Usage is counted in Redis per day
+    (chat.quotas); this row is only the limit, so staff edit it in the admin and it takes effect at once.
+    """
+
+    tenant = models.CharField(max_length=100, unique=True, help_text="Guild id, or user:<id> for direct chats.")
+    daily_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per UTC day; empty = unlimited, 0 = no LLM replies.")
+    note = models.CharField(max_length=200, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant"]
+
+    def __str__(self):
+        limit = "unlimited" if self.daily_tokens is None else f"{self.daily_tokens} tokens/day"
+        return f"{self.tenant}: {limit}"

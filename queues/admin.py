@@ -94,6 +94,17 @@ class OwnerFilter(admin.SimpleListFilter):
         }
 
 
+class TenantFilter(OwnerFilter):
+    """Exact tenant (guild id or `user:<id>`), typed: listing every tenant would scan the whole table."""
+
+    title = "tenant"
+    parameter_name = "tenant"
+
+    def queryset(self, request, queryset):
+        value = (self.value() or "").strip()
+        return queryset.filter(tenant=value) if value else queryset
+
+
 def _pretty(value) -> str:
     if value in (None, "", {}, []):
         return "—"
@@ -103,9 +114,9 @@ def _pretty(value) -> str:
 @admin.register(JobRecord)
 class JobRecordAdmin(admin.ModelAdmin):
     list_display = ("short_id", "job_type", "queue", "coloured_status", "owner_link", "priority",
-                    "attempts_display", "created_at", "duration")
+                    "attempts_display", "created_at", "duration", "tenant")
     list_display_links = ("short_id",)
-    list_filter = ("status", "queue", JobTypeFilter, OwnerFilter, "priority", ("created_at", admin.DateFieldListFilter))
+    list_filter = ("status", "queue", JobTypeFilter, OwnerFilter, TenantFilter, "priority", ("created_at", admin.DateFieldListFilter))
     search_fields = ("id",)  # replaced by get_search_results; declared so the box is shown
     search_help_text = "Exact job id, request id, owner username or idempotency key."
     date_hierarchy = "created_at"
@@ -120,13 +131,14 @@ class JobRecordAdmin(admin.ModelAdmin):
     change_form_template = "admin/queues/jobrecord/change_form.html"
     fieldsets = (
         (None, {"fields": ("id", "job_type", "queue", "coloured_status", "priority", "owner_link",
-                           "attempts_display", "worker_name", "request_id", "idempotency_key")}),
+                           "tenant", "attempts_display", "worker_name", "request_id", "idempotency_key")}),
         ("Timing", {"fields": ("created_at", "scheduled_for", "started_at", "finished_at", "updated_at",
                                "duration", "progress_pretty")}),
         ("Payload and result", {"fields": ("payload_pretty", "result_pretty")}),
         ("Error", {"fields": ("error_code", "error_message", "traceback")}),
     )
-    readonly_fields = ("id", "job_type", "queue", "coloured_status", "priority", "owner_link", "attempts_display",
+    readonly_fields = ("id", "job_type", "queue", "coloured_status", "priority", "owner_link", "tenant",
+                       "attempts_display",
                        "worker_name", "request_id", "idempotency_key", "created_at", "scheduled_for", "started_at",
                        "finished_at", "updated_at", "duration", "progress_pretty", "payload_pretty",
                        "result_pretty", "error_code", "error_message", "traceback")

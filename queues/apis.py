@@ -45,8 +45,8 @@ class JobItemSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = JobRecord
-        fields = ["jobId", "jobType", "queue", "status", "priority", "attempts", "maxAttempts", "progress",
-                  "createdAt", "startedAt", "finishedAt", "result", "error"]
+        fields = ["jobId", "jobType", "queue", "status", "priority", "tenant", "attempts", "maxAttempts",
+                  "progress", "createdAt", "startedAt", "finishedAt", "result", "error"]
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, obj) -> dict | None:

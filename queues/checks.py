@@ -31,3 +31,23 @@ def check_rq_queues(app_configs=None, **kwargs):
     if missing:
         return [Warning(f"RQ_QUEUES lacks {', '.join(missing)}.", id="queues.W001")]
     return []
+
+
+@register()
+def check_tenant_settings(app_configs=None, **kwargs):
+    """Fair dequeue and tracing settings (issue 17): a cap below 1 would never let a job run."""
+    errors = []
+    cap = settings.CHAT_TENANT_CONCURRENCY
+    if not isinstance(cap, int) or cap < 1:
+        errors.append(Error(f"CHAT_TENANT_CONCURRENCY must be an integer >= 1 (got {cap!r}).", id="queues.E201"))
+    unknown = sorted(set(settings.FAIR_QUEUES) - set(QueueName.values))
+    if unknown:
+        errors.append(Error(f"FAIR_QUEUES names unknown queue(s): {', '.join(unknown)}.", id="queues.E202"))
+    top = settings.METRICS_TENANT_TOP_N
+    if not isinstance(top, int) or top < 0:
+        errors.append(Error(f"METRICS_TENANT_TOP_N must be an integer >= 0 (got {top!r}).", id="queues.E203"))
+    endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        errors.append(Error(f"OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL (got {endpoint!r}).",
+                            id="queues.E204"))
+    return errors

@@ -59,6 +59,8 @@ class JobDefinition:
     timeout: ClassVar[int] = 60  # seconds a single attempt may run
     retry: ClassVar[RetryPolicy] = RetryPolicy()
     result_ttl: ClassVar[int | None] = None  # seconds RQ keeps its copy; None = settings.JOB_RESULT_TTL
+    # Payload field naming the tenant the job is fair-shared for (e.g. a guild id); see tenant_of().
+    tenant_field: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -76,6 +78,16 @@ class JobDefinition:
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return _plain(serializer.validated_data)
+
+    @classmethod
+    def tenant_of(cls, payload: dict, owner_id: int | None) -> str:
+        """The tenant a job belongs to: `payload[tenant_field]` when set and non-empty, else
+        `user:<owner id>`, else "" (no owner). Override for another rule; keep it pure (no I/O)."""
+        if cls.tenant_field:
+            value = payload.get(cls.tenant_field)
+            if value not in (None, ""):
+                return str(value)[:100]
+        return f"user:{owner_id}" if owner_id is not None else ""
 
     @classmethod
     def is_permanent(cls, exc: BaseException) -> bool:

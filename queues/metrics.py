@@ -112,6 +112,8 @@ SCRAPE_GAUGES = {
     "slimy_queue_workers": "Workers listening on the queue.",
     "slimy_workers": "RQ workers by state.",
     "slimy_redis_up": "1 when Redis answered the scrape.",
+    "slimy_tenant_inflight_jobs": "Jobs of a tenant running on a fair-shared queue (top tenants, the rest as \"other\").",
+    "slimy_tenant_waiting_jobs": "Jobs of a tenant waiting their turn on a fair-shared queue (top tenants, rest \"other\").",
 }
 
 # Finished-job counts per 10 s bucket in Redis: the snapshot's "jobs per minute over 5 minutes",

@@ -136,6 +136,28 @@ class QueueCollector:
         for state, n in depths["workers"].items():
             workers.add_metric([state], n)
         yield from (jobs, age, served, workers)
+        yield from tenant_gauges(get_connection())
+
+
+def tenant_gauges(conn) -> list:
+    """Per-tenant in-flight and waiting jobs of the fair-shared queues. Label values are bounded: the
+    METRICS_TENANT_TOP_N busiest tenants per queue by name, every other one summed as tenant="other"."""
+    from queues.fairness import fair_tenant_loads, tenant_loads_top
+
+    inflight = GaugeMetricFamily("slimy_tenant_inflight_jobs", SCRAPE_GAUGES["slimy_tenant_inflight_jobs"],
+                                 labels=["queue", "tenant"])
+    waiting = GaugeMetricFamily("slimy_tenant_waiting_jobs", SCRAPE_GAUGES["slimy_tenant_waiting_jobs"],
+                                labels=["queue", "tenant"])
+    try:
+        for queue in settings.FAIR_QUEUES:
+            loads = fair_tenant_loads(conn=conn, queue=queue)
+            for load in tenant_loads_top(loads, top=settings.METRICS_TENANT_TOP_N):
+                inflight.add_metric([queue, load.tenant], load.inflight)
+                waiting.add_metric([queue, load.tenant], load.waiting)
+    except (RedisError, OSError):
+        logger.warning("tenant gauges unavailable: Redis failed during the scrape", exc_info=True)
+        return []
+    return [inflight, waiting]
 
 
 class _ThisProcess:

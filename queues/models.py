@@ -34,6 +34,10 @@ class JobRecord(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     worker_name = models.CharField(max_length=255, blank=True, default="")
+    # Who the job is fair-shared for (a guild, else `user:<id>`); set at enqueue by the definition.
+    tenant = models.CharField(max_length=100, blank=True, default="")
+    # W3C trace context (traceparent/tracestate) of the submission, so the job's spans join its trace.
+    trace_context = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -46,6 +50,7 @@ class JobRecord(models.Model):
             models.Index(fields=["-created_at"], name="job_created"),
             # Dashboard figures over the last hour and retention scan finished records by time.
             models.Index(fields=["status", "-finished_at"], name="job_status_finished"),
+            models.Index(fields=["tenant", "-created_at"], name="job_tenant_created"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -4,6 +4,8 @@
   (lost in a restart, a FLUSHALL, or a crash inside RQ's non-atomic multi-queue BLPOP) is pushed again.
 - A started record whose worker stopped beating (see queues.worker) is handed to its retry policy,
   once the missing beat is confirmed by a later pass (a flushed or restarted Redis drops live keys too).
+- A fair-dequeue slot (queues.fairness) held by a dead worker, or by a job that is no longer running,
+  is released, so a crash never keeps a tenant below its CHAT_TENANT_CONCURRENCY for good.
 - Delayed jobs overdue by SCHEDULER_LAG are moved to their queue: RQ's scheduler lock outlives a dead
   scheduler by up to a minute (and is re-tried every 2), which would hold retries back that long.
 Pushing twice is harmless: the runner starts a record only from a waiting status.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -22,6 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
+from queues.fairness import fair_held, fair_release, fair_release_worker
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
@@ -38,6 +42,7 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    slots_released: list[str] = field(default_factory=list)  # fair-dequeue slots, by job id or worker
 
     def __str__(self):
         return (f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s), "
@@ -53,8 +58,11 @@ def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float
     _recover_reported(report)
     _recover_abandoned(report, confirm)
     _requeue_lost(report, timezone.now() - grace)
+    fair_slots_reconcile(report=report, confirm_seconds=confirm, grace_seconds=grace.total_seconds())
     if report.requeued or report.recovered or report.released:
         logger.warning("reconcile: %s", report)
+    if report.slots_released:
+        logger.warning("reconcile: released fair-dequeue slots %s", report.slots_released)
     return report
 
 
@@ -125,6 +133,42 @@ def _dead_workers(names: list[str], confirm: float) -> set[str]:
         if since is not None and now - float(since) >= confirm:
             dead.add(name)
     return dead
+
+
+def fair_slots_reconcile(*, report: ReconcileReport | None = None, confirm_seconds: float,
+                         grace_seconds: float) -> ReconcileReport:
+    """Release fair-dequeue slots nobody will release: those of workers confirmed dead, and those held
+    longer than `grace_seconds` by a job whose record is not running (it ended without its release)."""
+    report = report if report is not None else ReconcileReport()
+    conn = get_connection()
+    now = _redis_now(conn)
+    for queue in settings.FAIR_QUEUES:
+        held = fair_held(conn=conn, queue=queue)
+        if not held:
+            continue
+        for worker in sorted(_dead_workers(sorted({slot.worker for slot in held}), confirm_seconds)):
+            if fair_release_worker(conn=conn, queue=queue, worker=worker):
+                report.slots_released.append(f"worker:{worker}")
+        old = [slot.job_id for slot in held if now - slot.since >= grace_seconds]
+        running = {str(pk) for pk in JobRecord.objects.filter(
+            pk__in=[i for i in old if _is_uuid(i)], status=JobStatus.STARTED).values_list("pk", flat=True)}
+        stale = [job_id for job_id in old if job_id not in running]
+        if stale and fair_release(conn=conn, queue=queue, job_ids=stale):
+            report.slots_released.extend(stale)
+    return report
+
+
+def _redis_now(conn) -> float:
+    seconds, micros = conn.time()
+    return seconds + micros / 1e6
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:

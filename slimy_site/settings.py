@@ -311,3 +311,19 @@ JOB_EVENTS_MAX_SECONDS = env.float("JOB_EVENTS_MAX_SECONDS", default=300.0)
 # Attempts of one chat reply, and the backoff before the 2nd (doubling); the last failure answers the fallback.
 CHAT_RETRY_ATTEMPTS = env.int("CHAT_RETRY_ATTEMPTS", default=3)
 CHAT_RETRY_BACKOFF = env.float("CHAT_RETRY_BACKOFF", default=2.0)
+
+# --- issue 17: fairness between tenants, provider budgets, quotas, tracing
+# In-flight jobs per tenant (guild, else user) on a fair-shared queue; more of theirs wait their turn.
+CHAT_TENANT_CONCURRENCY = env.int("CHAT_TENANT_CONCURRENCY", default=2)
+# Queues whose jobs are dequeued fairly across tenants (queues.fairness), and shown per tenant in /metrics.
+FAIR_QUEUES = env.list("FAIR_QUEUES", default=["chat"])
+# Tenants named in the per-tenant gauges; the rest are summed as tenant="other" (bounded cardinality).
+METRICS_TENANT_TOP_N = env.int("METRICS_TENANT_TOP_N", default=10)
+# Provider budgets shared by every worker through Redis; 0 = no budget of that kind.
+OPENAI_RPM = env.int("OPENAI_RPM", default=0)
+OPENAI_TPM = env.int("OPENAI_TPM", default=0)
+# Tokens a tenant may use per UTC day when no TenantQuota row says otherwise; 0 = unlimited.
+CHAT_TENANT_DAILY_TOKENS = env.int("CHAT_TENANT_DAILY_TOKENS", default=0)
+# OpenTelemetry: off unless an OTLP endpoint is set (the collector's base URL, HTTP/protobuf).
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="slimy")

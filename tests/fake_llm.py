@@ -4,6 +4,11 @@ Tests script how it answers the next requests: a reply split into chunks, slow c
 error (500, 429 with Retry-After, 400, ...), a stream cut mid-way (the connection drops inside a
 chunked body), a stall long enough to trip the client's timeout, or a hold on an event the test
 releases. Every request it received is recorded (path, headers, JSON body).
+
+`rate_limit(requests=N, tokens=M, period=60)` makes it enforce N requests / M tokens per sliding period
+like a real provider: over the limit it answers 429 (with Retry-After), and every completion response
+carries OpenAI's `x-ratelimit-*` headers (limits stated per minute, as OpenAI does, whatever the
+period; remaining and reset for the period). `rejected` counts the 429s it sent that way.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class FakeLLM:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.api_key = "sk-test-" + uuid.uuid4().hex
+        self.limits: dict | None = None
+        self._window: deque[tuple[float, int]] = deque()  # (admitted at, tokens) within the period
+        self.rejected = 0
 
     # --- control
     def start(self) -> "FakeLLM":
@@ -101,6 +109,49 @@ class FakeLLM:
     def release(self) -> None:
         self._released.set()
 
+    def rate_limit(self, *, requests: int | None = None, tokens: int | None = None, period: float = 60.0,
+                   send_headers: bool = True) -> "FakeLLM":
+        with self._lock:
+            self.limits = {"requests": requests, "tokens": tokens, "period": period, "headers": send_headers}
+            self._window.clear()
+            self.rejected = 0
+        return self
+
+    def _admit(self, tokens: int) -> tuple[bool, dict]:
+        """(admitted, headers) for one completion request costing `tokens`, over a sliding window."""
+        with self._lock:
+            if self.limits is None:
+                return True, {}
+            period, now = self.limits["period"], time.monotonic()
+            while self._window and self._window[0][0] <= now - period:
+                self._window.popleft()
+            used_requests, used_tokens = len(self._window), sum(t for _, t in self._window)
+            max_requests, max_tokens = self.limits["requests"], self.limits["tokens"]
+            admitted = (max_requests is None or used_requests + 1 <= max_requests) and \
+                       (max_tokens is None or used_tokens + tokens <= max_tokens)
+            if admitted:
+                self._window.append((now, tokens))
+                used_requests, used_tokens = used_requests + 1, used_tokens + tokens
+            else:
+                self.rejected += 1
+            # Back to the initial state when the newest entry leaves the window; a slot frees when the oldest does.
+            full_reset = (self._window[-1][0] + period - now) if self._window else 0.0
+            first_free = (self._window[0][0] + period - now) if self._window else 0.0
+            headers = {}
+            per_minute = 60.0 / period  # OpenAI states limits per minute; a shorter test period scales them
+            if self.limits["headers"]:
+                if max_requests is not None:
+                    headers.update({"x-ratelimit-limit-requests": str(round(max_requests * per_minute)),
+                                    "x-ratelimit-remaining-requests": str(max(max_requests - used_requests, 0)),
+                                    "x-ratelimit-reset-requests": f"{full_reset:.3f}s"})
+                if max_tokens is not None:
+                    headers.update({"x-ratelimit-limit-tokens": str(round(max_tokens * per_minute)),
+                                    "x-ratelimit-remaining-tokens": str(max(max_tokens - used_tokens, 0)),
+                                    "x-ratelimit-reset-tokens": f"{full_reset:.3f}s"})
+            if not admitted:
+                headers["Retry-After"] = f"{max(first_free, 0.001):.3f}"
+            return admitted, headers
+
     def _next(self) -> Behaviour:
         with self._lock:
             return self._script.popleft() if self._script else self.default
@@ -132,21 +183,28 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(401, {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}})
 
         behaviour = fake._next()
+        admitted, limit_headers = fake._admit(behaviour.prompt_tokens + len(behaviour.deltas()))
+        if not admitted:
+            with fake._lock:
+                fake._script.appendleft(behaviour)  # the scripted answer is for the next admitted request
+            return self._json(429, {"error": {"message": "Rate limit reached (fake)", "type": "requests",
+                                              "code": "rate_limit_exceeded"}}, limit_headers)
         if behaviour.delay_before:
             time.sleep(behaviour.delay_before)
         if behaviour.status != 200:
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
+            headers.update(limit_headers)
             return self._json(behaviour.status, {"error": {"message": f"fake {behaviour.status}",
                                                            "type": behaviour.error_type}}, headers)
         if body.get("stream"):
-            return self._stream(body, behaviour)
+            return self._stream(body, behaviour, limit_headers)
         text = "".join(behaviour.deltas())
         return self._json(200, {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
             "model": behaviour.model or body.get("model", "fake"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": _usage(behaviour, len(behaviour.deltas())),
-        })
+        }, limit_headers)
 
     def _json(self, status, payload, headers=None):
         data = json.dumps(payload).encode()
@@ -158,10 +216,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _stream(self, body, behaviour: Behaviour):
+    def _stream(self, body, behaviour: Behaviour, headers=None):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         model = behaviour.model or body.get("model", "fake")
         deltas = behaviour.deltas()

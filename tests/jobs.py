@@ -152,3 +152,20 @@ class EffectJob(JobDefinition):
             cursor.execute("INSERT INTO test_fault_effect (job_id, attempt, pid) VALUES (%s, %s, %s)",
                            [context.job_id, context.attempt, os.getpid()])
         return {"written": True}
+
+
+class GuildPayload(serializers.Serializer):
+    value = serializers.CharField(max_length=100)
+    guildId = serializers.CharField(max_length=64, required=False, allow_blank=True)
+
+
+class GuildEchoJob(JobDefinition):
+    """A job fair-shared per guild (tenant_field), else per owner."""
+
+    name = "test_guild_echo"
+    queue = QueueName.DATABASE
+    payload_serializer = GuildPayload
+    tenant_field = "guildId"
+
+    def run(self, payload, context):
+        return {"echo": payload["value"]}

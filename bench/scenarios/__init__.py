@@ -9,6 +9,8 @@ SCENARIOS = {
     "pickup": "bench.scenarios.pickup",
     "stream": "bench.scenarios.stream",
     "submit": "bench.scenarios.submit",
+    "fairness": "bench.scenarios.fairness",
+    "budget": "bench.scenarios.budget",
 }
 
 

@@ -21,6 +21,7 @@ from queues.definitions import JobDefinition, registry
 from queues.logging import current_request_id
 from queues.models import JobRecord
 from queues.redis import get_rq_queue
+from queues.tracing import job_trace_context_capture
 from slimy_site.exceptions import ApplicationError, ValidationFailed
 
 
@@ -104,10 +105,11 @@ def job_enqueue(
         if existing is not None:
             return existing
 
+    owner = owner if owner is not None and owner.is_authenticated else None
     record = JobRecord(
         job_type=job_type,
         queue=definition.queue,
-        owner=owner if owner is not None and owner.is_authenticated else None,
+        owner=owner,
         payload=clean,
         priority=priority,
         max_attempts=definition.retry.max_attempts,
@@ -116,6 +118,8 @@ def job_enqueue(
         request_id=request_id if request_id is not None else current_request_id(),
         idempotency_key=idempotency_key or None,
         idempotency_fingerprint=fingerprint,
+        tenant=definition.tenant_of(clean, owner.pk if owner is not None else None),
+        trace_context=job_trace_context_capture(),
     )
     try:
         with transaction.atomic():

@@ -160,3 +160,17 @@ def test_detail_links_to_the_conversation_message_and_audit_events_it_touched(su
     assert reverse("admin:chat_message_change", args=[message.pk]) in page
     assert f"{reverse('admin:audit_auditlog_changelist')}?resource_id={job.pk}" in page
     assert f"{reverse('admin:audit_auditlog_changelist')}?request_id=req-links" in page
+
+
+def test_tenant_column_filter_and_detail(superuser, admin_client_for, user):
+    guild = JobRecordFactory(queue=QueueName.CHAT, job_type="test_sleep", tenant="guild-77", owner=user)
+    other = JobRecordFactory(queue=QueueName.CHAT, job_type="test_sleep", tenant=f"user:{user.pk}", owner=user)
+    client = admin_client_for(superuser)
+    url = reverse(CHANGELIST)
+    page = client.get(url)
+    assert "guild-77" in page.content.decode() and "column-tenant" in page.content.decode()
+    assert _ids_on_page(client.get(url, {"tenant": "guild-77"})) == {str(guild.pk)}
+    assert _ids_on_page(client.get(url, {"tenant": f"user:{user.pk}"})) == {str(other.pk)}
+    assert _ids_on_page(client.get(url, {"tenant": "nobody"})) == set()
+    detail = client.get(reverse("admin:queues_jobrecord_change", args=[guild.pk])).content.decode()
+    assert "guild-77" in detail

@@ -23,7 +23,7 @@ def test_job_detail_has_the_documented_shape(member, make_api_client, run_worker
     body = make_api_client(member).get(f"/api/jobs/{job.id}").json()
     assert body == {
         "ok": True, "jobId": str(job.id), "jobType": "test_echo", "queue": "database", "status": "completed",
-        "priority": "normal", "attempts": 1, "maxAttempts": 3, "progress": None,
+        "priority": "normal", "tenant": f"user:{member.pk}", "attempts": 1, "maxAttempts": 3, "progress": None,
         "createdAt": body["createdAt"], "startedAt": body["startedAt"], "finishedAt": body["finishedAt"],
         "result": {"echo": "hello"}, "error": None,
     }

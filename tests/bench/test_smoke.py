@@ -23,6 +23,9 @@ EXPECTED_FIGURES = {
                "SlimySimpleWorker (stock) p99 after 0.3 s idle"},
     "submit": {"POST submissions", "POST p50", "POST p99"},
     "stream": {"first token -> first SSE event p50", "first token -> first SSE event p99"},
+    "budget": {"answered requests/s", "answered requests/s as share of the limit", "429s sent by the provider (+1)"},
+    "fairness": {"small guilds p95 completion", "small guilds p95 completion in reply-times",
+                 "guild A last completion"},
     "chat-concurrency": {"jobs/s at 2 simultaneous", "worker memory at 2 simultaneous", "jobs/s at 6 simultaneous",
                          "worker memory at 6 simultaneous"},
 }
