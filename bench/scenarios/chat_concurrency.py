@@ -59,6 +59,7 @@ def run(env: BenchEnv, *, levels, reply_seconds: float, chunks: int, timeout: fl
             for label, key, unit, higher in (("jobs/s", "jobs_per_s", "jobs/s", True),
                                              ("wall time", "wall_s", "s", False),
                                              ("peak PostgreSQL sessions", "peak_sessions", "sessions", False),
+                                             ("PostgreSQL sessions opened", "sessions_opened", "sessions", False),
                                              ("peak PSS", "peak_pss_mb", "MB", False),
                                              ("CPU per reply", "cpu_ms_per_reply", "ms", False)):
                 result.add(f"{label} at {level}", ours[key], unit, BASELINE, base[key], higher_is_better=higher,
