@@ -71,9 +71,22 @@ def run(env: BenchEnv, *, levels, reply_seconds: float, chunks: int, timeout: fl
 
 def _verdict(round_: dict) -> str:
     if round_["finished"]:
-        return f"{round_['correct']}/{round_['jobs']} correct"
-    return (f"did not finish: {round_['correct']}/{round_['jobs']} correct after {round_['wall_s']:g} s"
-            f" (bound {round_['timeout_s']:g} s)")
+        verdict = f"{round_['correct']}/{round_['jobs']} correct"
+    else:
+        verdict = (f"did not finish: {round_['correct']}/{round_['jobs']} correct after {round_['wall_s']:g} s"
+                   f" (bound {round_['timeout_s']:g} s)")
+    if round_["jobs"] >= round_["free_connections_before"]:
+        verdict += f", PostgreSQL had {round_['free_connections_before']} free connections"
+    return verdict
+
+
+def _free_connections() -> int:
+    """max_connections less the sessions open now (the thread baseline needs one per job in flight)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity")
+        return cursor.fetchone()[0]
 
 
 def _owner():
@@ -100,6 +113,7 @@ def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int,
         proc = harness.slimy_worker(env, ["chat"], worker_class, name=name, burst=False, DATABASE_URL=database_url,
                                     **worker_env)
     sampler = None
+    free_connections = _free_connections()
     try:
         harness.worker_warm(env, proc, job_type="bench_noop_chat")
         sampler = TreeSampler(proc.pid, sessions=SessionCounter(env.database_url, app_name, proc.pid)).start()
@@ -121,7 +135,7 @@ def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int,
         "wall_s": round(outcome["wall_s"] if outcome["finished"] else elapsed, 3),
         "peak_sessions": sampler.peak_sessions, "sessions_opened": sampler.sessions_opened,
         "peak_pss_mb": round(sampler.peak_pss_mb, 1), "cpu_s": round(cpu, 3), "samples": sampler.samples,
-        "log": str(proc.log_path),
+        "free_connections_before": free_connections, "log": str(proc.log_path),
     }
     data["jobs_per_s"] = round(correct / data["wall_s"], 3) if data["wall_s"] else 0.0
     data["cpu_ms_per_reply"] = round(cpu * 1000 / correct, 3) if correct else 0.0

@@ -25,4 +25,5 @@ def test_a_round_past_its_bound_is_stopped_and_reported(tmp_path, redis_server):
     assert data["finished"] is False
     assert data["correct"] == 0 and data["problem_count"] == 2
     assert _verdict(data).startswith("did not finish: 0/2 correct")
+    assert data["free_connections_before"] > 2
     assert data["jobs_per_s"] == 0.0 and data["cpu_ms_per_reply"] == 0.0
