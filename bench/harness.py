@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 
 
+class BenchSetupError(Exception):
+    """The bench cannot run as asked (a missing optional dependency, ...): the command says so and stops."""
+
+
 @dataclass
 class BenchEnv:
     database_url: str
@@ -148,6 +152,30 @@ def slimy_worker(env: BenchEnv, queues, worker_class: str, *, name: str, burst: 
     if scheduler:
         argv.append("--with-scheduler")
     return start(env, argv, name, **extra_env)
+
+
+def default_worker(env: BenchEnv, queues, *, name: str, **extra_env) -> Proc:
+    """`manage.py rqworker <queues>` exactly as a user types it (no --worker-class, no --burst): it
+    measures whatever runtime the command runs by default. Callers wait for their jobs, then stop it."""
+    argv = [sys.executable, "manage.py", "rqworker", *queues, "--name", name]
+    return start(env, argv, name, **extra_env)
+
+
+def worker_warm(env: BenchEnv, proc: Proc, *, job_type: str, timeout: float = 120) -> None:
+    """Wait until the worker has run one `job_type` job (submitted with `job_enqueue`): it is up,
+    connected and consuming that job's queue, whatever runtime it is. Works for every worker kind."""
+    from queues.constants import JobStatus
+    from queues.models import JobRecord
+    from queues.services import job_enqueue
+
+    record = job_enqueue(job_type=job_type, payload={})
+
+    def done():
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.popen.returncode}; see {proc.log_path}")
+        return JobRecord.objects.filter(pk=record.pk, status=JobStatus.COMPLETED).exists()
+
+    wait_until(done, timeout, f"the worker to run a {job_type} job (see {proc.log_path})", interval=0.05)
 
 
 def rq_worker(env: BenchEnv, queues, *, name: str, burst: bool, fork: bool = False, django: bool = False) -> Proc:

@@ -1,20 +1,17 @@
 """Bench set-up helpers for the job ledger: clean tables, many waiting jobs at once, timings.
 
 Preparing thousands of jobs one `job_enqueue` at a time would take longer than the measurement, so
-`ledger_jobs_prepare` writes the same records and RQ jobs `job_enqueue` + `job_push` would, in bulk.
+`ledger_jobs_prepare` writes the same records in bulk and pushes them with `job_push`.
 """
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import connection
-from rq import Queue
 
 from queues.constants import JobStatus
 from queues.definitions import registry
 from queues.models import JobRecord
-from queues.redis import get_connection
-from queues.services import RUNNER
+from queues.services import job_push
 
 
 def ledger_clear() -> None:
@@ -25,27 +22,28 @@ def ledger_clear() -> None:
         JobRecord.objects.all().delete()
 
 
-def ledger_jobs_prepare(*, job_type: str, count: int, payload: dict | None = None) -> list[str]:
+def ledger_jobs_prepare(*, job_type: str, count: int, payload: dict | None = None, payloads: list[dict] | None = None,
+                        owner=None, push: bool = True) -> list[str]:
+    """Write `count` queued records in bulk, then push each with `job_push` (the service `job_enqueue`
+    calls on commit), so the jobs reach Redis exactly as the runtime expects them, whichever it is."""
     definition = registry.get(job_type)
+    if payloads is not None and len(payloads) != count:
+        raise ValueError("payloads must have `count` items")
     records = [
-        JobRecord(job_type=job_type, queue=definition.queue, payload=payload or {},
+        JobRecord(job_type=job_type, queue=definition.queue, owner=owner,
+                  payload=payloads[i] if payloads is not None else (payload or {}),
                   max_attempts=definition.retry.max_attempts, status=JobStatus.QUEUED)
-        for _ in range(count)
+        for i in range(count)
     ]
     JobRecord.objects.bulk_create(records, batch_size=1000)
-    conn = get_connection()
-    queue = Queue(definition.queue, connection=conn)
-    ttl = definition.result_ttl or settings.JOB_RESULT_TTL
-    for start in range(0, count, 500):
-        with conn.pipeline() as pipe:
-            queue.enqueue_many([
-                Queue.prepare_data(RUNNER, args=(str(r.id),), job_id=str(r.id), timeout=definition.timeout,
-                                   result_ttl=ttl, failure_ttl=ttl, description=job_type,
-                                   meta={"job_type": job_type})
-                for r in records[start:start + 500]
-            ], pipeline=pipe)
-            pipe.execute()
+    if push:
+        ledger_jobs_push(records=records)
     return [str(r.id) for r in records]
+
+
+def ledger_jobs_push(*, records) -> None:
+    for record in records:
+        job_push(job=record)
 
 
 def ledger_window(*, job_ids=None) -> tuple[int, float]:

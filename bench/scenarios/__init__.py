@@ -11,6 +11,7 @@ SCENARIOS = {
     "submit": "bench.scenarios.submit",
     "fairness": "bench.scenarios.fairness",
     "budget": "bench.scenarios.budget",
+    "footprint": "bench.scenarios.footprint",
 }
 
 

@@ -1,55 +1,92 @@
-"""chat-concurrency: chat jobs/s and worker memory, the local fake provider answering in 1 s.
+"""chat-concurrency: N simultaneous chat replies in ONE worker process, each streamed over 5 s.
 
-At each level N, N `chat_bot_interaction` jobs are submitted at once (`job_enqueue`, one owner, no
-conversation) to idle workers; the rate is N over the window from the first submission to the last
-completion (ledger clocks), memory the peak PSS (proportional set size: shared pages counted once)
-of all worker processes, horses included. Every reply must come from the provider (no fallback).
-Figure: ONE SlimyThreadWorker process (`threads` jobs in flight). Baseline: the same jobs on forking
-workers (`SlimyWorker`, RQ's fork-per-job `Worker` plus the ledger) at the default chat concurrency
-of 5 processes.
+The provider stand-in (tests/fake_llm.py, in a process of its own: bench.llm_server) streams every
+reply as `chunks` deltas spread over `reply_seconds`. At each level N, N `chat_bot_interaction` jobs,
+each in a conversation of its own (so the reply is saved as a message), are written in bulk and
+pushed with `job_push` to ONE idle worker process that already ran a job (warm).
+
+Figure: the DEFAULT worker command, `manage.py rqworker chat` with no `--worker-class`, with
+CHAT_CONCURRENCY=N: whatever runtime that command runs. Baseline, same level, same run:
+`--worker-class queues.threadworker.SlimyThreadWorker` with WORKER_THREADS=N (a thread and a database
+session per reply). A round that has not finished `timeout` s after submission is stopped and reported
+as such (figures from what completed, `note` says "did not finish"): it never hangs the bench.
+
+Per round: wall time (first record created → last job finished, ledger clocks), jobs/s (correct
+replies / wall time), peak PostgreSQL sessions of the worker (pg_stat_activity rows with the worker's
+application_name, set through `?application_name=` in its DATABASE_URL, or from one of its TCP client
+ports: bench.probes), peak PSS of the worker and its children (/proc/<pid>/smaps_rollup), worker CPU
+per reply (user+system of the tree, children included, from submission to the end / completed jobs),
+and correctness: a job counts only if it completed, did not fall back, and both its result and the
+assistant message saved in its conversation hold the full reply.
+
+Note: the thread-worker baseline holds up to N sessions at once; at N=1,000 run it against a
+PostgreSQL whose max_connections leaves room (or expect it to report refused connections).
 """
 
 from __future__ import annotations
 
-import http.server
-import threading
+import time
 
 from bench import harness
-from bench.harness import BenchEnv, Result
-from bench.ledger import ledger_clear
+from bench.harness import ROOT, BenchEnv, Result
+from bench.ledger import ledger_clear, ledger_jobs_prepare
+from bench.probes import SessionCounter, TreeSampler, tree_cpu_seconds, with_application_name
 
 NAME = "chat-concurrency"
-DEFAULTS = dict(levels=(5, 50, 200), threads=64, reply_seconds=1.0, baseline_processes=5)
-SMOKE = dict(levels=(2, 6), threads=8, reply_seconds=0.2, baseline_processes=2)
-BASELINE = "5 forking SlimyWorker processes"
+DEFAULTS = dict(levels=(50, 200, 1000), reply_seconds=5.0, chunks=20, timeout=120.0)
+SMOKE = dict(levels=(2, 6), reply_seconds=0.5, chunks=5, timeout=60.0)
+DEFAULT_WORKER = "rqworker chat (default command)"
 THREADED = "queues.threadworker.SlimyThreadWorker"
-FORKING = "queues.worker.SlimyWorker"
+BASELINE = "SlimyThreadWorker, WORKER_THREADS = level"
 
 
-def run(env: BenchEnv, *, levels, threads: int, reply_seconds: float, baseline_processes: int, **_) -> Result:
-    from tests.fake_llm import Behaviour, FakeLLM
+def run(env: BenchEnv, *, levels, reply_seconds: float, chunks: int, timeout: float, **_) -> Result:
+    from bench.llm_server import ProviderProcess
 
-    # 200 simultaneous connections: the default listen backlog (5) would make clients wait for SYN retries.
-    http.server.ThreadingHTTPServer.request_queue_size = 1024
-    fake = FakeLLM().start()
-    fake._server.handle_error = lambda request, address: None  # workers hang up on keep-alive: not news
-    fake.always(Behaviour(text="A short bench reply.", delay_before=reply_seconds))
-    baseline_name = BASELINE.replace("5", str(baseline_processes), 1)
-    result = Result(NAME, env, params=dict(levels=list(levels), threads=threads, reply_seconds=reply_seconds,
-                                           baseline_processes=baseline_processes, worker=THREADED))
-    llm_env = dict(OPENAI_API_KEY=fake.api_key, OPENAI_BASE_URL=fake.base_url, WORKER_THREADS=threads,
-                   LOG_LEVEL="WARNING")
+    provider = ProviderProcess(chunks=chunks, reply_seconds=reply_seconds, cwd=ROOT,
+                               log_path=env.log_dir / "provider.log")
+    result = Result(NAME, env, params=dict(levels=list(levels), reply_seconds=reply_seconds, chunks=chunks,
+                                           timeout_s=timeout, processes=1, baseline=THREADED))
+    llm_env = dict(OPENAI_API_KEY=provider.api_key, OPENAI_BASE_URL=provider.base_url, LOG_LEVEL="WARNING")
     try:
         for level in levels:
-            ours = _round(env, THREADED, 1, level, llm_env)
-            base = _round(env, FORKING, baseline_processes, level, llm_env)
-            result.details[str(level)] = {"threaded": ours, "forking": base}
-            result.add(f"jobs/s at {level} simultaneous", ours["rate"], "jobs/s", baseline_name, base["rate"])
-            result.add(f"worker memory at {level} simultaneous", ours["peak_mb"], "MB", baseline_name,
-                       base["peak_mb"], higher_is_better=False)
+            ours = chat_round(env, provider, worker_class=None, level=level, timeout=timeout,
+                              CHAT_CONCURRENCY=level, **llm_env)
+            base = chat_round(env, provider, worker_class=THREADED, level=level, timeout=timeout,
+                              CHAT_CONCURRENCY=level, WORKER_THREADS=level, **llm_env)
+            result.details[str(level)] = {"default": ours, "baseline": base}
+            note = f"{_verdict(ours)}; baseline {_verdict(base)}"
+            for label, key, unit, higher in (("jobs/s", "jobs_per_s", "jobs/s", True),
+                                             ("wall time", "wall_s", "s", False),
+                                             ("peak PostgreSQL sessions", "peak_sessions", "sessions", False),
+                                             ("PostgreSQL sessions opened", "sessions_opened", "sessions", False),
+                                             ("peak PSS", "peak_pss_mb", "MB", False),
+                                             ("CPU per reply", "cpu_ms_per_reply", "ms", False)):
+                result.add(f"{label} at {level}", ours[key], unit, BASELINE, base[key], higher_is_better=higher,
+                           note=note)
     finally:
-        fake.stop()
+        provider.stop()
     return result
+
+
+def _verdict(round_: dict) -> str:
+    if round_["finished"]:
+        verdict = f"{round_['correct']}/{round_['jobs']} correct"
+    else:
+        verdict = (f"did not finish: {round_['correct']}/{round_['jobs']} correct after {round_['wall_s']:g} s"
+                   f" (bound {round_['timeout_s']:g} s)")
+    if round_["jobs"] >= round_["free_connections_before"]:
+        verdict += f", PostgreSQL had {round_['free_connections_before']} free connections"
+    return verdict
+
+
+def _free_connections() -> int:
+    """max_connections less the sessions open now (the thread baseline needs one per job in flight)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity")
+        return cursor.fetchone()[0]
 
 
 def _owner():
@@ -58,76 +95,98 @@ def _owner():
     return get_user_model().objects.get_or_create(username="bench-chat")[0]
 
 
-def _round(env: BenchEnv, worker_class: str, processes: int, level: int, llm_env: dict) -> dict:
-    from django.db.models import Max, Min
-
-    from queues.constants import JobStatus
-    from queues.models import JobRecord
-    from queues.services import job_enqueue
+def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int, timeout: float, **worker_env) -> dict:
+    from chat.models import Conversation
 
     conn = env.redis()
     conn.flushdb()
     ledger_clear()
     owner = _owner()
-    names = [f"chat-{worker_class.rsplit('.', 1)[1]}-{i}" for i in range(processes)]
-    procs = [harness.slimy_worker(env, ["chat"], worker_class, name=name, burst=False, **llm_env) for name in names]
-    sampler = _MemorySampler([p.pid for p in procs])
+    Conversation.objects.filter(owner=owner).delete()
+    tag = "default" if worker_class is None else worker_class.rsplit(".", 1)[1]
+    name = f"chat-{tag}-{level}"
+    app_name = f"slimy-bench-{name}"[:63]
+    database_url = with_application_name(env.database_url, app_name)
+    if worker_class is None:
+        proc = harness.default_worker(env, ["chat"], name=name, DATABASE_URL=database_url, **worker_env)
+    else:
+        proc = harness.slimy_worker(env, ["chat"], worker_class, name=name, burst=False, DATABASE_URL=database_url,
+                                    **worker_env)
+    sampler = None
+    free_connections = _free_connections()
     try:
-        for name in names:
-            harness.wait_until(lambda n=name: conn.exists(f"slimy:worker:alive:{n}"), 60, f"worker {name}")
-        sampler.start()
-        jobs = [job_enqueue(job_type="chat_bot_interaction", payload={"prompt": f"hello {i}"}, owner=owner)
-                for i in range(level)]
-        ids = [job.pk for job in jobs]
-        harness.wait_until(
-            lambda: JobRecord.objects.filter(pk__in=ids, status__in=[JobStatus.COMPLETED, JobStatus.FAILED]).count()
-            == level, 300, f"{level} chat jobs", interval=0.05)
+        harness.worker_warm(env, proc, job_type="bench_noop_chat")
+        sampler = TreeSampler(proc.pid, sessions=SessionCounter(env.database_url, app_name, proc.pid)).start()
+        cpu_before = tree_cpu_seconds(proc.pid)
+        submitted = time.monotonic()
+        ids = _submit(owner, level)
+        outcome = _wait(ids, submitted + timeout, proc)
+        cpu = tree_cpu_seconds(proc.pid) - cpu_before
+        elapsed = time.monotonic() - submitted
     finally:
-        sampler.stop()
-        for proc in procs:
-            proc.stop()
-    records = JobRecord.objects.filter(pk__in=ids)
-    bad = [r for r in records if r.status != JobStatus.COMPLETED or (r.result or {}).get("usedFallback")]
-    if bad:
-        raise RuntimeError(f"{len(bad)} chat jobs failed or fell back, e.g. {bad[0].error_message or bad[0].result};"
-                           f" see {procs[0].log_path}")
-    window = records.aggregate(first=Min("created_at"), last=Max("finished_at"))
-    seconds = (window["last"] - window["first"]).total_seconds()
-    return {"rate": level / seconds, "seconds": round(seconds, 3), "peak_mb": sampler.peak_mb,
-            "processes": processes}
+        if sampler is not None:
+            sampler.stop()
+            sampler.sessions.close()
+        proc.stop()
+    correct, problems = _check(ids, provider.text)
+    data = {
+        "worker": worker_class or "default", "jobs": level, "timeout_s": timeout, "finished": outcome["finished"],
+        "correct": correct, "problems": problems[:5], "problem_count": len(problems),
+        "wall_s": round(outcome["wall_s"] if outcome["finished"] else elapsed, 3),
+        "peak_sessions": sampler.peak_sessions, "sessions_opened": sampler.sessions_opened,
+        "peak_pss_mb": round(sampler.peak_pss_mb, 1), "cpu_s": round(cpu, 3), "samples": sampler.samples,
+        "free_connections_before": free_connections, "log": str(proc.log_path),
+    }
+    data["jobs_per_s"] = round(correct / data["wall_s"], 3) if data["wall_s"] else 0.0
+    data["cpu_ms_per_reply"] = round(cpu * 1000 / correct, 3) if correct else 0.0
+    return data
 
 
-class _MemorySampler:
-    """Peak PSS of some processes and their children, sampled every 0.1 s."""
+def _submit(owner, level: int) -> list[str]:
+    from chat.models import Conversation
 
-    def __init__(self, pids):
-        self.pids = pids
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    conversations = Conversation.objects.bulk_create([Conversation(owner=owner, title=f"bench {i}")
+                                                      for i in range(level)])
+    payloads = [{"prompt": f"hello {i}", "conversationId": str(c.pk)} for i, c in enumerate(conversations)]
+    return ledger_jobs_prepare(job_type="chat_bot_interaction", count=level, payloads=payloads, owner=owner)
 
-    def start(self):
-        self._sample()
-        self._thread.start()
 
-    def stop(self):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+def _wait(ids, deadline: float, proc) -> dict:
+    """Poll the ledger until every job is completed or failed, or until `deadline` (monotonic)."""
+    from django.db.models import Max, Min
 
-    def _run(self):
-        while not self._stop.wait(0.1):
-            self._sample()
+    from queues.constants import JobStatus
+    from queues.models import JobRecord
 
-    def _sample(self):
-        import psutil
+    final = [JobStatus.COMPLETED, JobStatus.FAILED]
+    while time.monotonic() < deadline:
+        if JobRecord.objects.filter(pk__in=ids, status__in=final).count() == len(ids):
+            window = JobRecord.objects.filter(pk__in=ids).aggregate(first=Min("created_at"), last=Max("finished_at"))
+            return {"finished": True, "wall_s": (window["last"] - window["first"]).total_seconds()}
+        if proc.popen.poll() is not None:
+            break  # the worker died: what completed is all there is
+        time.sleep(0.1)
+    return {"finished": False, "wall_s": None}
 
-        total = 0
-        for pid in self.pids:
-            try:
-                parent = psutil.Process(pid)
-                for proc in [parent, *parent.children(recursive=True)]:
-                    total += proc.memory_full_info().pss
-            except psutil.Error:
-                continue
-        self.peak_mb = max(self.peak_mb, total / 2**20)
+
+def _check(ids, text: str) -> tuple[int, list[str]]:
+    """(jobs whose full reply was returned and saved, descriptions of the others)."""
+    from chat.bot import reply_job_id
+    from chat.models import Message, MessageRole
+    from queues.constants import JobStatus
+    from queues.models import JobRecord
+
+    saved = dict(Message.objects.filter(job_id__in=[reply_job_id(i) for i in ids], role=MessageRole.ASSISTANT)
+                 .values_list("job_id", "content"))
+    correct, problems = 0, []
+    for record in JobRecord.objects.filter(pk__in=ids):
+        result = record.result or {}
+        if record.status != JobStatus.COMPLETED:
+            problems.append(f"{record.pk}: {record.status} {record.error_code} {record.error_message[:200]}")
+        elif result.get("usedFallback") or result.get("reply") != text:
+            problems.append(f"{record.pk}: reply {result.get('reply')!r:.80} (fallback: {result.get('fallbackReason')})")
+        elif saved.get(reply_job_id(record.pk)) != text:
+            problems.append(f"{record.pk}: saved reply {saved.get(reply_job_id(record.pk))!r:.80}")
+        else:
+            correct += 1
+    return correct, problems

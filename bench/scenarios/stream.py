@@ -52,9 +52,8 @@ def run(env: BenchEnv, *, jobs: int, delay: float, **_) -> Result:
                                   burst=False, **llm)
     result = Result(NAME, env, params=dict(samples=jobs, provider_delay_s=delay, web="gunicorn gthread 1x8",
                                            worker="SlimyThreadWorker"))
-    conn = env.redis()
     try:
-        harness.wait_until(lambda: conn.exists("slimy:worker:alive:stream-chat"), 60, "chat worker")
+        harness.worker_warm(env, worker, job_type="bench_noop_chat")  # any runtime: it ran a chat job
         harness.wait_until(lambda: _status(port, "/health/live") == 200, 60, "web server", interval=0.2)
         ours = [_sse_sample(port, token, owner, fake, delay, i, LiveStream) for i in range(jobs)]
         direct = [_direct_sample(fake, delay, i) for i in range(jobs)]

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from bench.harness import RESULTS_DIR, BenchEnv
+from bench.harness import RESULTS_DIR, BenchEnv, BenchSetupError
 from bench.scenarios import SCENARIOS, load
 
 
@@ -25,6 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=int, help="jobs / events / requests per round (scenario default)")
         parser.add_argument("--processes", type=int, help="worker or web processes")
         parser.add_argument("--repeat", type=int, help="rounds; figures are medians")
+        parser.add_argument("--levels", help="chat-concurrency: comma-separated levels, e.g. 50,200,1000")
+        parser.add_argument("--timeout", type=float, help="seconds a round may take before it is stopped")
         parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for <scenario>.json and README.md")
         parser.add_argument("--database", default="slimy_bench",
                             help="database to create (if missing), migrate and use (default slimy_bench)")
@@ -34,6 +36,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         import bench.jobs  # noqa: F401  (registers the bench job types in this process)
+
+        overrides = {k: options[k] for k in ("jobs", "processes", "repeat", "timeout") if options[k] is not None}
+        if any(v <= 0 for v in overrides.values()):
+            raise CommandError("--jobs, --processes, --repeat and --timeout must be positive.")
+        if options["levels"] is not None:
+            try:
+                overrides["levels"] = tuple(int(v) for v in options["levels"].split(","))
+            except ValueError:
+                raise CommandError("--levels takes comma-separated whole numbers, e.g. 50,200,1000.") from None
+            if not overrides["levels"] or min(overrides["levels"]) <= 0:
+                raise CommandError("--levels must be positive.")
 
         db = settings.DATABASES["default"]
         if not db["ENGINE"].endswith("postgresql"):
@@ -56,9 +69,13 @@ class Command(BaseCommand):
             for name in names:
                 module = load(name)
                 sizes = dict(module.SMOKE if options["smoke"] else module.DEFAULTS)
-                sizes.update({k: options[k] for k in ("jobs", "processes", "repeat") if options[k] is not None})
+                sizes.update(overrides)
                 self.stdout.write(f"running {name} {sizes} (logs in {env.log_dir})")
-                module.run(env, **sizes).write(self.stdout)
+                try:
+                    result = module.run(env, **sizes)
+                except BenchSetupError as exc:
+                    raise CommandError(str(exc)) from exc
+                result.write(self.stdout)
         finally:
             if server is not None:
                 server.stop()
