@@ -59,6 +59,8 @@ class JobDefinition:
     timeout: ClassVar[int] = 60  # seconds a single attempt may run
     retry: ClassVar[RetryPolicy] = RetryPolicy()
     result_ttl: ClassVar[int | None] = None  # seconds RQ keeps its copy; None = settings.JOB_RESULT_TTL
+    # Plumbing nobody looks for (audit writes, reconciler passes): the admin's job list hides it by default.
+    internal: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,6 +127,11 @@ class Registry:
     def all(self) -> dict[str, type[JobDefinition]]:
         self.load()
         return dict(self._definitions)
+
+    def internal_names(self) -> list[str]:
+        """Names of the job types marked `internal = True`, sorted."""
+        self.load()
+        return sorted(name for name, definition in self._definitions.items() if definition.internal)
 
 
 def _path(cls) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connections
 from django.db.models import QuerySet
 
 from queues.constants import PRIORITY_ORDER, JobStatus, QueueName
@@ -49,3 +50,23 @@ def queue_stats() -> dict[str, dict[str, int]]:
         if row["queue"] in stats:
             stats[row["queue"]][row["status"]] = row["n"]
     return stats
+
+
+def queryset_periods_with_rows(*, queryset: QuerySet, field: str, periods: list[tuple]) -> list[bool]:
+    """For each [start, end) period, whether `queryset` has a row with `field` in it.
+
+    One statement of `EXISTS (… LIMIT 1)` probes: each is a short range scan of `field`'s index that
+    stops at the first matching row, so the cost is the number of periods (at most 31), not the rows.
+    """
+    if not periods:
+        return []
+    parts, params = [], []
+    base = queryset.order_by()
+    for start, end in periods:
+        probe = base.filter(**{f"{field}__gte": start, f"{field}__lt": end}).values("pk")[:1]
+        sql, probe_params = probe.query.get_compiler(using=queryset.db).as_sql()
+        parts.append(f"EXISTS ({sql})")
+        params.extend(probe_params)
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return [bool(value) for value in cursor.fetchone()]

@@ -1,0 +1,110 @@
+"""The job list shows the jobs people look for: internal types hidden by default, a date drill-down
+that offers only the days (months, years) that have jobs."""
+
+import datetime as dt
+import re
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from queues.definitions import JobDefinition, registry
+from queues.models import JobRecord
+from queues.selectors import queryset_periods_with_rows
+from tests.factories.admin import FinishedJobFactory, JobRecordFactory
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:queues_jobrecord_changelist"
+
+
+def _ids_on_page(response) -> set[str]:
+    return set(re.findall(r'name="_selected_action" value="([0-9a-f-]{36})"', response.content.decode()))
+
+
+def _drill_down(response) -> list[str]:
+    """The choices offered by the date drill-down (the links above the results, without "‹ back")."""
+    block = re.search(r'<nav class="toplinks">(.*?)</nav>', response.content.decode(), re.S)
+    if block is None:
+        return []
+    return [text.strip() for text in re.findall(r'<a href="[^"]*">([^<]+)</a>', block.group(1))]
+
+
+def _created(job, when):
+    JobRecord.objects.filter(pk=job.pk).update(created_at=when)
+
+
+def test_internal_types_are_declared_on_their_definitions():
+    assert {"log_event", "log_events_bulk", "queues_reconcile"} <= set(registry.internal_names())
+    assert "create_conversation" not in registry.internal_names()
+    assert "test_echo" not in registry.internal_names()
+    assert JobDefinition.internal is False
+
+
+def test_internal_jobs_are_hidden_until_asked_for(superuser, admin_client_for):
+    audit_write = FinishedJobFactory(job_type="log_event", queue="audit", request_id="req-internal-1")
+    reconcile = FinishedJobFactory(job_type="queues_reconcile")
+    echo = FinishedJobFactory(job_type="test_echo")
+    client = admin_client_for(superuser)
+    url = reverse(CHANGELIST)
+
+    default = client.get(url)
+    assert _ids_on_page(default) == {str(echo.pk)}
+    page = default.content.decode()
+    assert "Show internal jobs" in page and "log_event" in page
+    assert _ids_on_page(client.get(url, {"internal": "show"})) == {str(audit_write.pk), str(reconcile.pk), str(echo.pk)}
+    assert _ids_on_page(client.get(url, {"internal": "only"})) == {str(audit_write.pk), str(reconcile.pk)}
+    # Narrowed to an internal type, or searched by an exact id: the job is found without the filter.
+    assert _ids_on_page(client.get(url, {"type": "log_event"})) == {str(audit_write.pk)}
+    assert _ids_on_page(client.get(url, {"q": str(reconcile.pk)})) == {str(reconcile.pk)}
+    assert _ids_on_page(client.get(url, {"q": "req-internal-1"})) == {str(audit_write.pk)}
+    # Other filters still combine with the default.
+    assert _ids_on_page(client.get(url, {"queue": "database"})) == {str(echo.pk)}
+
+
+def test_drill_down_lists_only_the_days_that_have_jobs(superuser, admin_client_for):
+    client = admin_client_for(superuser)
+    url = reverse(CHANGELIST)
+    base = dt.datetime(2025, 3, 1, 12, tzinfo=dt.timezone.utc)
+    for day in (3, 17, 30):
+        _created(JobRecordFactory(), base.replace(day=day))
+    _created(JobRecordFactory(job_type="log_event", queue="audit"), base.replace(day=9))  # internal: hidden
+
+    month = client.get(url, {"created_at__year": 2025, "created_at__month": 3})
+    assert _drill_down(month) == ["March 3", "March 17", "March 30"]
+    shown = client.get(url, {"created_at__year": 2025, "created_at__month": 3, "internal": "show"})
+    assert _drill_down(shown) == ["March 3", "March 9", "March 17", "March 30"]
+
+    # All jobs in one month: the top level goes straight to that month's days.
+    assert _drill_down(client.get(url)) == ["March 3", "March 17", "March 30"]
+
+    _created(JobRecordFactory(), dt.datetime(2025, 7, 4, tzinfo=dt.timezone.utc))
+    assert _drill_down(client.get(url)) == ["March 2025", "July 2025"]
+    assert _drill_down(client.get(url, {"created_at__year": 2025})) == ["March 2025", "July 2025"]
+
+    _created(JobRecordFactory(), dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc))
+    assert _drill_down(client.get(url)) == ["2021", "2025"]  # not 2022-2024
+
+
+def test_jobs_from_today_only_offer_today(superuser, admin_client_for):
+    JobRecordFactory.create_batch(3)
+    today = timezone.localdate()
+    response = admin_client_for(superuser).get(reverse(CHANGELIST))
+    assert _drill_down(response) == [f"{today:%B} {today.day}"]
+
+
+def test_drill_down_survives_nonsense_dates(superuser, admin_client_for):
+    JobRecordFactory()
+    client = admin_client_for(superuser)
+    for params in ({"created_at__year": "abc"}, {"created_at__year": 2025, "created_at__month": 13}):
+        assert client.get(reverse(CHANGELIST), params).status_code in (200, 302)
+
+
+def test_periods_probe_answers_per_period():
+    job = JobRecordFactory()
+    _created(job, dt.datetime(2024, 2, 10, 8, tzinfo=dt.timezone.utc))
+    day = dt.timedelta(days=1)
+    starts = [dt.datetime(2024, 2, d, tzinfo=dt.timezone.utc) for d in (9, 10, 11)]
+    assert queryset_periods_with_rows(queryset=JobRecord.objects.all(), field="created_at",
+                                      periods=[(s, s + day) for s in starts]) == [False, True, False]
+    assert queryset_periods_with_rows(queryset=JobRecord.objects.all(), field="created_at", periods=[]) == []
