@@ -36,7 +36,7 @@ PYTHON_PERCENTILE_ROWS = 5000
 CHART_MINUTES = 60
 # The SVG's own coordinates (it scales to its box): the plot area leaves room for the axes' labels.
 CHART_WIDTH, CHART_HEIGHT = 360, 150
-PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 34, 352, 10, 128
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 40, 350, 10, 126
 # Written by the worker runtime with its heartbeat (and expiring with it): one hash per worker process,
 # fields host, pid, "<queue>:busy", "<queue>:slots".
 WORKER_SLOTS_KEY = "slimy:worker:slots:{}"
