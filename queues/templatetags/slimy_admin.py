@@ -34,9 +34,9 @@ def get(mapping, key):
 def cheap_date_hierarchy(cl):
     """Django's date drill-down without its SELECT DISTINCT date_trunc(...) over every matching row.
 
-    Offers only the years, months or days that have rows, found by one EXISTS probe per candidate
-    period (queues.selectors.queryset_periods_with_rows): at most 31 short index range scans.
-    The candidates at the top level are the years between MIN and MAX (served by the same index).
+    Offers only the years, months or days that have rows (queues.selectors.queryset_dates_with_rows:
+    a DISTINCT over few matching rows, one EXISTS probe per candidate period over many). The
+    candidates at the top level are the years between MIN and MAX (served by the created_at index).
     """
     import calendar
     import datetime as dt
@@ -45,7 +45,7 @@ def cheap_date_hierarchy(cl):
     from django.utils import formats, timezone
     from django.utils.text import capfirst
 
-    from queues.selectors import queryset_periods_with_rows
+    from queues.selectors import queryset_dates_with_rows
 
     field = cl.date_hierarchy
     year_f, month_f, day_f = f"{field}__year", f"{field}__month", f"{field}__day"
@@ -54,15 +54,8 @@ def cheap_date_hierarchy(cl):
     def link(filters):
         return cl.get_query_string(filters, [f"{field}__"])
 
-    def at(date):
-        return timezone.make_aware(dt.datetime.combine(date, dt.time.min))
-
-    def having_rows(starts, end):
-        """The dates of `starts` whose period (up to the next start, the last up to `end`) has rows."""
-        bounds = [at(s) for s in starts] + [at(end)]
-        present = queryset_periods_with_rows(queryset=cl.queryset, field=field,
-                                             periods=list(zip(bounds, bounds[1:])))
-        return [s for s, has in zip(starts, present) if has]
+    def having_rows(starts, end, kind):
+        return queryset_dates_with_rows(queryset=cl.queryset, field=field, kind=kind, starts=starts, end=end)
 
     if not (year or month or day):
         bounds = cl.queryset.aggregate(first=Min(field), last=Max(field))
@@ -71,7 +64,7 @@ def cheap_date_hierarchy(cl):
         first, last = timezone.localtime(bounds["first"]), timezone.localtime(bounds["last"])
         if first.year != last.year:
             years = having_rows([dt.date(y, 1, 1) for y in range(first.year, last.year + 1)],
-                                dt.date(last.year + 1, 1, 1))
+                                dt.date(last.year + 1, 1, 1), "year")
             return {"show": True, "back": None,
                     "choices": [{"link": link({year_f: str(y.year)}), "title": str(y.year)} for y in years]}
         year = first.year
@@ -88,11 +81,11 @@ def cheap_date_hierarchy(cl):
         if month:
             last_day = calendar.monthrange(year, month)[1]
             days = having_rows([dt.date(year, month, d) for d in range(1, last_day + 1)],
-                               dt.date(year, month, last_day) + dt.timedelta(days=1))
+                               dt.date(year, month, last_day) + dt.timedelta(days=1), "day")
             return {"show": True, "back": {"link": link({year_f: year}), "title": str(year)},
                     "choices": [{"link": link({year_f: year, month_f: month, day_f: d.day}),
                                  "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT"))} for d in days]}
-        months = having_rows([dt.date(year, m, 1) for m in range(1, 13)], dt.date(year + 1, 1, 1))
+        months = having_rows([dt.date(year, m, 1) for m in range(1, 13)], dt.date(year + 1, 1, 1), "month")
         return {"show": True, "back": {"link": link({}), "title": "All dates"},
                 "choices": [{"link": link({year_f: year, month_f: m.month}),
                              "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT"))} for m in months]}

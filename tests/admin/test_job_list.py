@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from queues.definitions import JobDefinition, registry
 from queues.models import JobRecord
-from queues.selectors import queryset_periods_with_rows
+from queues import selectors
+from queues.selectors import queryset_dates_with_rows, queryset_periods_with_rows
 from tests.factories.admin import FinishedJobFactory, JobRecordFactory
 
 pytestmark = pytest.mark.django_db
@@ -84,6 +85,29 @@ def test_drill_down_lists_only_the_days_that_have_jobs(superuser, admin_client_f
 
     _created(JobRecordFactory(), dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc))
     assert _drill_down(client.get(url)) == ["2021", "2025"]  # not 2022-2024
+
+
+@pytest.mark.parametrize("strategy", ["distinct", "probes"])
+def test_both_strategies_find_the_same_days_months_and_years(strategy, monkeypatch):
+    # Few rows take the DISTINCT path; a threshold below zero forces the EXISTS probes.
+    if strategy == "probes":
+        monkeypatch.setattr(selectors, "DISTINCT_DATES_MAX_ROWS", -1)
+    for when in (dt.datetime(2024, 12, 31, 23, 59, tzinfo=dt.timezone.utc),
+                 dt.datetime(2025, 3, 3, tzinfo=dt.timezone.utc), dt.datetime(2025, 3, 30, 12, tzinfo=dt.timezone.utc),
+                 dt.datetime(2025, 7, 4, tzinfo=dt.timezone.utc)):
+        _created(JobRecordFactory(), when)
+    qs = JobRecord.objects.all()
+    march = [dt.date(2025, 3, d) for d in range(1, 32)]
+    assert queryset_dates_with_rows(queryset=qs, field="created_at", kind="day", starts=march,
+                                    end=dt.date(2025, 4, 1)) == [dt.date(2025, 3, 3), dt.date(2025, 3, 30)]
+    months = [dt.date(2025, m, 1) for m in range(1, 13)]
+    assert queryset_dates_with_rows(queryset=qs, field="created_at", kind="month", starts=months,
+                                    end=dt.date(2026, 1, 1)) == [dt.date(2025, 3, 1), dt.date(2025, 7, 1)]
+    years = [dt.date(y, 1, 1) for y in range(2023, 2026)]
+    assert queryset_dates_with_rows(queryset=qs, field="created_at", kind="year", starts=years,
+                                    end=dt.date(2026, 1, 1)) == [dt.date(2024, 1, 1), dt.date(2025, 1, 1)]
+    assert queryset_dates_with_rows(queryset=qs.filter(queue="chat"), field="created_at", kind="year",
+                                    starts=years, end=dt.date(2026, 1, 1)) == []
 
 
 def test_jobs_from_today_only_offer_today(superuser, admin_client_for):
