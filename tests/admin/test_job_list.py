@@ -132,3 +132,12 @@ def test_periods_probe_answers_per_period():
     assert queryset_periods_with_rows(queryset=JobRecord.objects.all(), field="created_at",
                                       periods=[(s, s + day) for s in starts]) == [False, True, False]
     assert queryset_periods_with_rows(queryset=JobRecord.objects.all(), field="created_at", periods=[]) == []
+
+
+def test_dashboard_counts_lead_to_the_same_jobs_internal_ones_included(superuser, admin_client_for):
+    failed_write = JobRecordFactory(job_type="log_event", queue="audit", status="failed")
+    client = admin_client_for(superuser)
+    page = client.get(reverse("admin:queues_jobrecord_dashboard")).content.decode()
+    link = re.search(r'<li class="slimy-failed" title="failed"><a href="([^"]+)">1</a>', page.split(
+        'id="slimy-queue-audit"')[1]).group(1).replace("&amp;", "&")
+    assert _ids_on_page(client.get(link)) == {str(failed_write.pk)}
