@@ -25,6 +25,34 @@ def readme_quick_start(*, path: Path) -> str:
     return (body if end < 0 else body[:end]).strip()
 
 
+def quick_start_blocks(text: str) -> list[dict]:
+    """The section cut into what the page shows: fenced code as is, headings, and paragraphs with their
+    hard line breaks joined (the Markdown stays as written: `code` keeps its backticks)."""
+    blocks, lines, in_code = [], [], False
+
+    def flush(kind):
+        if lines and any(line.strip() for line in lines):
+            joined = "\n".join(lines) if kind == "code" else " ".join(line.strip() for line in lines)
+            blocks.append({"kind": kind, "text": joined.strip("\n") if kind == "code" else joined.strip()})
+        lines.clear()
+
+    for line in text.splitlines():
+        if line.startswith("```"):
+            flush("code" if in_code else "paragraph")
+            in_code = not in_code
+        elif in_code:
+            lines.append(line)
+        elif line.startswith("#"):
+            flush("paragraph")
+            blocks.append({"kind": "heading", "text": line.lstrip("#").strip()})
+        elif not line.strip():
+            flush("paragraph")
+        else:
+            lines.append(line)
+    flush("code" if in_code else "paragraph")
+    return blocks
+
+
 def front_door(request):
     links = [
         {"title": "Admin", "url": reverse("admin:index"), "id": "slimy-link-admin",
@@ -40,5 +68,5 @@ def front_door(request):
     ]
     return render(request, "front_door.html", {
         "links": links,
-        "quick_start": readme_quick_start(path=Path(settings.BASE_DIR) / "README.md"),
+        "quick_start": quick_start_blocks(readme_quick_start(path=Path(settings.BASE_DIR) / "README.md")),
     })

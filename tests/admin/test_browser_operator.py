@@ -97,8 +97,8 @@ def test_front_door_points_a_newcomer_at_the_admin_docs_health_and_quick_start(b
         if width < 400:  # one door under the other
             tops = [_rect(a)["y"] for a in doors.values()]
             assert tops == sorted(tops) and len(set(tops)) == 4
-        assert "make run" in browser.find_element(By.ID, "quick-start").find_element(
-            By.XPATH, "following-sibling::pre").text
+        assert "make run" in browser.find_element(By.CSS_SELECTOR, ".readme pre").text
+        assert "First run: what you see" in browser.find_element(By.CSS_SELECTOR, ".readme").text
         _shot(browser, "front-door", width)
 
     _viewport(browser, WIDTHS["desktop"])

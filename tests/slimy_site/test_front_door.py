@@ -5,7 +5,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from slimy_site.views import readme_quick_start
+from slimy_site.views import quick_start_blocks, readme_quick_start
 
 pytestmark = pytest.mark.django_db
 
@@ -36,3 +36,14 @@ def test_admin_is_branded_slimy(client, django_user_model):
     assert "<title>Log in | Slimy admin</title>" in login
     assert re.search(r'<div id="site-name"><a href="/admin/">Slimy</a></div>', login)
     assert "Django administration" not in login
+
+
+def test_quick_start_keeps_code_as_is_and_joins_paragraph_lines():
+    text = "run it:\n\n```sh\nmake run   # all\nmake test\n```\n\nA long\nwrapped line.\n\n### First run\n\nyou see"
+    assert quick_start_blocks(text) == [
+        {"kind": "paragraph", "text": "run it:"},
+        {"kind": "code", "text": "make run   # all\nmake test"},
+        {"kind": "paragraph", "text": "A long wrapped line."},
+        {"kind": "heading", "text": "First run"},
+        {"kind": "paragraph", "text": "you see"},
+    ]
