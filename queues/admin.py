@@ -80,13 +80,18 @@ class InternalJobsFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         return [(self.SHOW, "shown"), (self.ONLY, "only internal")]
 
+    @classmethod
+    def hides(cls, params) -> bool:
+        """Whether a list with these query parameters leaves internal jobs out."""
+        return params.get(cls.parameter_name) not in (cls.SHOW, cls.ONLY) and not (
+            params.get(JobTypeFilter.parameter_name) or params.get("q"))
+
     def queryset(self, request, queryset):
-        internal = registry.internal_names()
         if self.value() == self.ONLY:
-            return queryset.filter(job_type__in=internal)
-        if self.value() == self.SHOW or request.GET.get(JobTypeFilter.parameter_name) or request.GET.get("q"):
-            return queryset
-        return queryset.exclude(job_type__in=internal)
+            return queryset.filter(job_type__in=registry.internal_names())
+        if self.hides(request.GET):
+            return queryset.exclude(job_type__in=registry.internal_names())
+        return queryset
 
     def choices(self, changelist):
         yield {
@@ -244,7 +249,7 @@ class JobRecordAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         extra = {"can_manage_queues": self.has_manage_queues_permission(request)}
-        if not any(request.GET.get(k) for k in (InternalJobsFilter.parameter_name, JobTypeFilter.parameter_name, "q")):
+        if InternalJobsFilter.hides(request.GET):
             query = request.GET.copy()
             query[InternalJobsFilter.parameter_name] = InternalJobsFilter.SHOW
             extra["internal_hidden"] = {"types": registry.internal_names(), "show_url": "?" + query.urlencode()}

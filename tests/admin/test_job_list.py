@@ -59,8 +59,12 @@ def test_internal_jobs_are_hidden_until_asked_for(superuser, admin_client_for):
     assert _ids_on_page(client.get(url, {"type": "log_event"})) == {str(audit_write.pk)}
     assert _ids_on_page(client.get(url, {"q": str(reconcile.pk)})) == {str(reconcile.pk)}
     assert _ids_on_page(client.get(url, {"q": "req-internal-1"})) == {str(audit_write.pk)}
-    # Other filters still combine with the default.
+    # Other filters still combine with the default; a value the filter does not know is the default.
     assert _ids_on_page(client.get(url, {"queue": "database"})) == {str(echo.pk)}
+    unknown = client.get(url, {"internal": "bogus"})
+    assert unknown.status_code == 200 and _ids_on_page(unknown) == {str(echo.pk)}
+    assert "Show internal jobs" in unknown.content.decode()
+    assert "Show internal jobs" not in client.get(url, {"internal": "show"}).content.decode()
 
 
 def test_drill_down_lists_only_the_days_that_have_jobs(superuser, admin_client_for):
