@@ -215,6 +215,15 @@ def test_dashboard_refreshes_its_figures_without_reloading(browser, live_server,
     assert box.get_attribute("value") == "deploying"
     assert browser.find_element(By.CSS_SELECTOR, failed).text == "2"
 
+    # A form error re-renders the dashboard from the operation's POST-only address; it still refreshes.
+    browser.execute_script("document.querySelector('#slimy-clean input[name=before]').value = '2999-01-01';"
+                           "document.getElementById('slimy-clean').submit();")
+    WebDriverWait(browser, 20).until(lambda d: "/dashboard/clean/" in d.current_url)
+    assert "The date is in the future." in browser.find_element(By.ID, "slimy-clean").text
+    assert browser.find_element(By.CSS_SELECTOR, failed).text == "3"
+    JobRecordFactory(queue=QueueName.CHAT, job_type="test_sleep", status=JobStatus.FAILED)
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, failed).text == "4")
+
 
 def test_job_list_hides_internal_jobs_and_drills_down_to_days_with_jobs(
     browser, live_server, django_user_model

@@ -7,10 +7,12 @@
   var stamp = document.getElementById("slimy-refreshed");
   if (!live || !toggle || !window.fetch || !window.DOMParser) return;
   var seconds = parseInt(live.getAttribute("data-refresh-seconds"), 10) || 10;
+  // The dashboard's own address: after a form error this page was rendered by a POST-only URL.
+  var url = live.getAttribute("data-url") || window.location.href;
 
   function refresh() {
     if (!toggle.checked || document.hidden || live.contains(document.activeElement)) return;
-    fetch(window.location.href, {credentials: "same-origin", headers: {"X-Requested-With": "fetch"}})
+    fetch(url, {credentials: "same-origin", headers: {"X-Requested-With": "fetch"}})
       .then(function (response) { return response.ok ? response.text() : Promise.reject(response.status); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("slimy-live");
