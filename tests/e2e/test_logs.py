@@ -154,11 +154,11 @@ def test_the_supervisor_tags_each_child_with_its_name(tmp_path):
         "web": "web", "worker-audit-1": "worker-audit-1", "reconciler": "reconciler"}
 
 
-def test_make_run_in_a_terminal_reads_well(redis_server):
+def test_make_run_in_a_terminal_reads_well(redis_server, tmp_path):
     """The first minutes of `make run` as a newcomer sees them: who said what, no JSON, no RQ chatter."""
     port = free_port()
     env = _env(redis_server, PORT=port, CHAT_CONCURRENCY=1, DATABASE_CONCURRENCY=1, AUDIT_CONCURRENCY=1,
-               DATA_DIR=str(ROOT / ".data" / "test-logs"))
+               DATA_DIR=str(tmp_path / "data"))
     term = Terminal([sys.executable, "manage.py", "runall"], env)
     try:
         term.wait_for("started reconciler", timeout=120)
