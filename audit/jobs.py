@@ -12,6 +12,7 @@ class LogEventJob(JobDefinition):
 
     name = "log_event"
     queue = QueueName.AUDIT
+    internal = True  # one per API action: plumbing of the audit trail, not a job people look for
     payload_serializer = EventPayload
     timeout = 60
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
@@ -25,6 +26,7 @@ class LogEventJob(JobDefinition):
 class LogEventsBulkJob(JobDefinition):
     name = "log_events_bulk"
     queue = QueueName.AUDIT
+    internal = True
     payload_serializer = EventsPayload
     timeout = 120
     retry = RetryPolicy(max_attempts=5, backoff_base=2)

@@ -68,6 +68,45 @@ class JobTypeFilter(admin.SimpleListFilter):
         return queryset.filter(job_type=self.value()) if self.value() else queryset
 
 
+class InternalJobsFilter(admin.SimpleListFilter):
+    """Internal job types (`JobDefinition.internal`: audit writes, reconciler passes) are hidden unless
+    asked for, or unless the list is narrowed to one type or searched (an exact id must always match).
+    """
+
+    title = "internal jobs"
+    parameter_name = "internal"
+    SHOW, ONLY = "show", "only"
+
+    def lookups(self, request, model_admin):
+        return [(self.SHOW, "shown"), (self.ONLY, "only internal")]
+
+    @classmethod
+    def hides(cls, params) -> bool:
+        """Whether a list with these query parameters leaves internal jobs out."""
+        return params.get(cls.parameter_name) not in (cls.SHOW, cls.ONLY) and not (
+            params.get(JobTypeFilter.parameter_name) or params.get("q"))
+
+    def queryset(self, request, queryset):
+        if self.value() == self.ONLY:
+            return queryset.filter(job_type__in=registry.internal_names())
+        if self.hides(request.GET):
+            return queryset.exclude(job_type__in=registry.internal_names())
+        return queryset
+
+    def choices(self, changelist):
+        yield {
+            "selected": self.value() not in (self.SHOW, self.ONLY),
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "hidden",
+        }
+        for value, title in self.lookup_choices:
+            yield {
+                "selected": self.value() == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": title,
+            }
+
+
 class OwnerFilter(admin.SimpleListFilter):
     """A username box instead of a list: listing every owner would scan the whole table."""
 
@@ -116,7 +155,8 @@ class JobRecordAdmin(admin.ModelAdmin):
     list_display = ("short_id", "job_type", "queue", "coloured_status", "owner_link", "priority",
                     "attempts_display", "created_at", "duration", "tenant")
     list_display_links = ("short_id",)
-    list_filter = ("status", "queue", JobTypeFilter, OwnerFilter, TenantFilter, "priority", ("created_at", admin.DateFieldListFilter))
+    list_filter = ("status", "queue", JobTypeFilter, InternalJobsFilter, OwnerFilter, TenantFilter, "priority",
+                   ("created_at", admin.DateFieldListFilter))
     search_fields = ("id",)  # replaced by get_search_results; declared so the box is shown
     search_help_text = "Exact job id, request id, owner username or idempotency key."
     date_hierarchy = "created_at"
@@ -221,6 +261,10 @@ class JobRecordAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         extra = {"can_manage_queues": self.has_manage_queues_permission(request)}
+        if InternalJobsFilter.hides(request.GET):
+            query = request.GET.copy()
+            query[InternalJobsFilter.parameter_name] = InternalJobsFilter.SHOW
+            extra["internal_hidden"] = {"types": registry.internal_names(), "show_url": "?" + query.urlencode()}
         return super().changelist_view(request, extra_context={**(extra_context or {}), **extra})
 
     # --- permissions: the ledger is read-only; state changes go through the actions

@@ -23,6 +23,8 @@ from queues.definitions import registry
 from queues.models import JobRecord
 from slimy_site.exceptions import ApplicationError
 
+DASHBOARD_REFRESH_SECONDS = 10
+
 # Which statuses each action can apply to, so the detail page only offers what would work.
 ACTION_STATUSES = {
     "retry": {JobStatus.FAILED, JobStatus.CANCELLED},
@@ -222,6 +224,8 @@ def _render_dashboard(modeladmin, request, **forms_):
         "clean_form": forms_.get("clean_form") or CleanForm(),
         "rq_url": _url("django_rq:home") if can_manage else None,  # gated by the same permission
         "changelist_url": reverse("admin:queues_jobrecord_changelist"),
+        "ledger_statuses": dashboard.LEDGER_STATUSES,
+        "refresh_seconds": DASHBOARD_REFRESH_SECONDS,
     }
     return TemplateResponse(request, "admin/queues/dashboard.html", context)
 

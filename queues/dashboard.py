@@ -33,12 +33,19 @@ WINDOW = dt.timedelta(hours=1)
 LEDGER_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.RETRYING, JobStatus.FAILED)
 # Without percentile_cont (SQLite) the percentiles are computed in Python over at most this many rows.
 PYTHON_PERCENTILE_ROWS = 5000
-CHART_WIDTH, CHART_HEIGHT, CHART_MINUTES = 240, 48, 60
+CHART_MINUTES = 60
+# The SVG's own coordinates (it scales to its box): the plot area leaves room for the axes' labels.
+CHART_WIDTH, CHART_HEIGHT = 360, 150
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 40, 350, 10, 126
+# Written by the worker runtime with its heartbeat (and expiring with it): one hash per worker process,
+# fields host, pid, "<queue>:busy", "<queue>:slots".
+WORKER_SLOTS_KEY = "slimy:worker:slots:{}"
 
 
 @dataclass
 class ChartBar:
     x: float
+    width: float
     completed_y: float
     completed_h: float
     failed_y: float
@@ -46,6 +53,23 @@ class ChartBar:
     minute: str
     completed: int
     failed: int
+
+
+@dataclass
+class Chart:
+    """A last-hour bar chart in SVG coordinates: bars, y ticks (jobs/min) and x ticks (clock times)."""
+
+    bars: list[ChartBar]
+    peak: int
+    y_max: int
+    y_ticks: list[tuple[float, int]]
+    x_ticks: list[tuple[float, str]]
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    left: int = PLOT_LEFT
+    right: int = PLOT_RIGHT
+    top: int = PLOT_TOP
+    bottom: int = PLOT_BOTTOM
 
 
 @dataclass
@@ -63,6 +87,7 @@ class QueueFigures:
     redis: dict[str, int] | None = None
     chart: list[ChartBar] = field(default_factory=list)
     chart_peak: int = 0
+    axes: Chart | None = None
 
     @property
     def completed_per_minute(self) -> float:
@@ -176,24 +201,43 @@ def queue_latency(*, now: dt.datetime) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> tuple[list[ChartBar], int]:
-    """One bar per minute of the last hour: completed stacked on failed, scaled to the busiest minute."""
+def _nice_ceiling(value: int) -> int:
+    """The smallest of 1, 2, 5 × 10^k (k ≥ 0) not below `value`: round numbers for the y axis."""
+    if value <= 1:
+        return 1
+    magnitude = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * magnitude >= value:
+                return step * magnitude
+        magnitude *= 10
+
+
+def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> Chart:
+    """One bar per minute of the last hour (completed stacked on failed), a y axis in jobs per minute
+    from 0 to a round number above the busiest minute, and an x axis marked every 15 minutes."""
     end = now.replace(second=0, microsecond=0)
     minutes = [end - dt.timedelta(minutes=CHART_MINUTES - 1 - i) for i in range(CHART_MINUTES)]
     peak = max((sum(b.values()) for b in series.values()), default=0)
-    step = CHART_WIDTH / CHART_MINUTES
+    y_max = _nice_ceiling(peak)
+    plot_w, plot_h = PLOT_RIGHT - PLOT_LEFT, PLOT_BOTTOM - PLOT_TOP
+    step = plot_w / CHART_MINUTES
+    scale = plot_h / y_max
     bars = []
     for i, minute in enumerate(minutes):
         bucket = series.get(minute, {"completed": 0, "failed": 0})
-        scale = (CHART_HEIGHT / peak) if peak else 0
         failed_h = bucket["failed"] * scale
         completed_h = bucket["completed"] * scale
         bars.append(ChartBar(
-            x=round(i * step, 2), failed_h=round(failed_h, 2), failed_y=round(CHART_HEIGHT - failed_h, 2),
-            completed_h=round(completed_h, 2), completed_y=round(CHART_HEIGHT - failed_h - completed_h, 2),
+            x=round(PLOT_LEFT + i * step + 0.5, 2), width=round(max(step - 1, 1), 2),
+            failed_h=round(failed_h, 2), failed_y=round(PLOT_BOTTOM - failed_h, 2),
+            completed_h=round(completed_h, 2), completed_y=round(PLOT_BOTTOM - failed_h - completed_h, 2),
             minute=minute.strftime("%H:%M"), completed=bucket["completed"], failed=bucket["failed"],
         ))
-    return bars, peak
+    y_ticks = [(round(PLOT_BOTTOM - v * scale, 2), v) for v in sorted({0, y_max // 2 if y_max > 1 else 0, y_max})]
+    x_ticks = [(round(PLOT_LEFT + i * step, 2), minutes[i].strftime("%H:%M")) for i in range(0, CHART_MINUTES, 15)]
+    x_ticks.append((PLOT_RIGHT, (end + dt.timedelta(minutes=1)).strftime("%H:%M")))
+    return Chart(bars=bars, peak=peak, y_max=y_max, y_ticks=y_ticks, x_ticks=x_ticks)
 
 
 def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
@@ -250,6 +294,63 @@ def worker_list() -> tuple[list[dict], str]:
     return rows, ""
 
 
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def worker_slots() -> tuple[list[dict], str]:
+    """Worker processes as their runtime reports them (WORKER_SLOTS_KEY hashes): host, pid, and per
+    queue the slots in use and the slots it has. Empty when no runtime writes them.
+
+    Found with SCAN (the hashes have no index of their own), so the cost grows with Redis' keyspace;
+    malformed fields are skipped, never fatal.
+    """
+    try:
+        conn = get_connection()
+        keys = sorted(conn.scan_iter(match=WORKER_SLOTS_KEY.format("*"), count=1000))
+        pipe = conn.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        hashes = pipe.execute()
+    except (RedisError, OSError) as exc:
+        return [], f"Redis is unreachable: {exc}"
+    prefix = WORKER_SLOTS_KEY.format("")
+    rows = []
+    for key, raw in zip(keys, hashes):
+        if not raw:
+            continue  # expired between SCAN and HGETALL
+        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        queues = {}
+        for name, value in fields.items():
+            queue, _, kind = name.rpartition(":")
+            number = _int(value)
+            if kind in ("busy", "slots") and queue and number is not None and number >= 0:
+                queues.setdefault(queue, {"queue": queue, "busy": 0, "slots": 0})[kind] = number
+        ordered = [queues.pop(q) for q in QueueName.values if q in queues] + [queues[q] for q in sorted(queues)]
+        for entry in ordered:
+            entry["percent"] = round(100 * min(entry["busy"], entry["slots"]) / entry["slots"]) if entry["slots"] else 0
+        rows.append({
+            "name": key.decode(errors="replace")[len(prefix):],
+            "host": fields.get("host", ""),
+            "pid": _int(fields.get("pid")),
+            "queues": ordered,
+            "busy": sum(e["busy"] for e in ordered),
+            "slots": sum(e["slots"] for e in ordered),
+        })
+    rows.sort(key=lambda r: (r["host"], r["name"]))
+    return rows, ""
+
+
+def _by_host(rows: list[dict]) -> list[dict]:
+    hosts: dict[str, list[dict]] = {}
+    for row in rows:
+        hosts.setdefault(row["host"] or "(unknown host)", []).append(row)
+    return [{"host": host, "processes": processes} for host, processes in sorted(hosts.items())]
+
+
 def queue_dashboard(*, now: dt.datetime | None = None) -> dict:
     """Everything the dashboard shows, computed once per page view."""
     now = now or timezone.now()
@@ -258,23 +359,26 @@ def queue_dashboard(*, now: dt.datetime | None = None) -> dict:
     throughput = queue_throughput(now=now)
     latency = queue_latency(now=now)
     redis_state, paused, redis_error = queue_redis_state()
-    workers, workers_error = worker_list()
+    processes, slots_error = worker_slots()
+    # The runtime's per-process slots when it reports them; otherwise what RQ knows of each worker.
+    workers, workers_error = ([], "") if processes else worker_list()
     queues = []
     for name in QueueName.values:
         series = throughput.get(name, {})
-        chart, peak = _chart(series, now=now)
+        chart = _chart(series, now=now)
         figures = QueueFigures(
             name=name, counts=counts[name],
             completed_last_hour=sum(b["completed"] for b in series.values()),
             failed_last_hour=sum(b["failed"] for b in series.values()),
             oldest_queued_age=(now - oldest[name]).total_seconds() if name in oldest else None,
-            paused=paused[name], redis=redis_state.get(name), chart=chart, chart_peak=peak,
-            **latency[name],
+            paused=paused[name], redis=redis_state.get(name), chart=chart.bars, chart_peak=chart.peak,
+            axes=chart, **latency[name],
         )
         queues.append(figures)
     return {
         "now": now, "queues": queues, "workers": workers,
-        "redis_error": redis_error or workers_error,
+        "worker_hosts": _by_host(processes or workers), "workers_report_slots": bool(processes),
+        "worker_count": len(processes or workers),
+        "redis_error": redis_error or slots_error or workers_error,
         "percentiles_in_database": connection.vendor == "postgresql",
-        "chart_width": CHART_WIDTH, "chart_height": CHART_HEIGHT,
     }

@@ -61,6 +61,8 @@ class JobDefinition:
     result_ttl: ClassVar[int | None] = None  # seconds RQ keeps its copy; None = settings.JOB_RESULT_TTL
     # Payload field naming the tenant the job is fair-shared for (e.g. a guild id); see tenant_of().
     tenant_field: ClassVar[str | None] = None
+    # Plumbing nobody looks for (audit writes, reconciler passes): the admin's job list hides it by default.
+    internal: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -137,6 +139,11 @@ class Registry:
     def all(self) -> dict[str, type[JobDefinition]]:
         self.load()
         return dict(self._definitions)
+
+    def internal_names(self) -> list[str]:
+        """Names of the job types marked `internal = True`, sorted."""
+        self.load()
+        return sorted(name for name, definition in self._definitions.items() if definition.internal)
 
 
 def _path(cls) -> str:

@@ -9,6 +9,7 @@ class ReconcileJob(JobDefinition):
 
     name = "queues_reconcile"
     queue = QueueName.DATABASE
+    internal = True
     timeout = 120
     retry = RetryPolicy(max_attempts=1)
 

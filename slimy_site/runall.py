@@ -112,7 +112,8 @@ class Supervisor:
         self.stopping = False
 
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv, env={**self.env, **child.env})
+        # SLIMY_PROCESS tags the child's log lines (web, worker-database-1, reconciler).
+        child.proc = subprocess.Popen(child.argv, env={**self.env, "SLIMY_PROCESS": child.name, **child.env})
         self.log(f"started {child.name} (pid {child.proc.pid})")
 
     def request_stop(self, *_):

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import secrets
+import sys
 from pathlib import Path
 
 import environ
@@ -254,14 +255,30 @@ STATIC_ROOT = DATA_DIR / "static"
 LOGIN_URL = "/admin/login/"
 
 # --- Logging: every line carries the request id (and job fields inside a job).
-LOG_FORMAT = env.str("LOG_FORMAT", default="json" if not DEBUG else "text")
+# auto = compact coloured lines in a terminal, JSON lines otherwise (a file, a pipe, a log collector).
+LOG_FORMATS = ("auto", "console", "json", "text")
+LOG_FORMAT = env.str("LOG_FORMAT", default="auto")
+if LOG_FORMAT not in LOG_FORMATS:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}; got {LOG_FORMAT!r}.")
+_STDERR_IS_TERMINAL = sys.stderr.isatty()  # the console handler writes to stderr
+if LOG_FORMAT == "auto":
+    LOG_FORMAT = "console" if _STDERR_IS_TERMINAL else "json"
+LOG_COLOUR = _STDERR_IS_TERMINAL and not env.str("NO_COLOR", default="")  # https://no-color.org
+LOG_PROCESS = env.str("SLIMY_PROCESS", default="")  # the tag `make run` gives each child: web, worker-…
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+RQ_LOG_LEVEL = env.str("RQ_LOG_LEVEL", default="WARNING")  # RQ's own chatter (registries, pub/sub, locks)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "queues.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "queues.logging.ContextFilter"},
+        "rq_floor": {"()": "queues.logging.LoggerFloorFilter", "prefixes": ["rq"], "level": RQ_LOG_LEVEL},
+    },
     "formatters": {
-        "json": {"()": "queues.logging.JsonFormatter"},
+        "json": {"()": "queues.logging.JsonFormatter", "process_tag": LOG_PROCESS},
+        "console": {"()": "queues.logging.ConsoleFormatter", "process_tag": LOG_PROCESS, "colour": LOG_COLOUR},
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s job=%(job_id)s] %(message)s",
         },
@@ -269,15 +286,16 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["context"],
+            "filters": ["context", "rq_floor"],
             "formatter": LOG_FORMAT,
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "rq.worker": {"level": env.str("RQ_LOG_LEVEL", default="WARNING")},
+        "rq": {"level": RQ_LOG_LEVEL},
         "django.db.backends": {"level": "WARNING"},
         "axes.apps": {"level": "WARNING"},  # its start-up banner, on every command
+        "httpx": {"level": "WARNING"},  # the LLM client: a line per HTTP call (the runner logs each job)
     },
 }
 

@@ -2,8 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from queues import health, metrics_views
+from slimy_site import views
+
+admin.site.site_header = "Slimy"
+admin.site.site_title = "Slimy admin"
 
 urlpatterns = [
+    path("", views.front_door, name="front-door"),
     path("health/live", health.live, name="health-live"),
     path("health/live/", health.live),
     path("health/ready", health.ready, name="health-ready"),

@@ -34,8 +34,9 @@ def get(mapping, key):
 def cheap_date_hierarchy(cl):
     """Django's date drill-down without its SELECT DISTINCT date_trunc(...) over every matching row.
 
-    Only MIN/MAX are read (served by the created_at index); the years, months or days offered are
-    the calendar between them, so a few links may lead to an empty list.
+    Offers only the years, months or days that have rows (queues.selectors.queryset_dates_with_rows:
+    a DISTINCT over few matching rows, one EXISTS probe per candidate period over many). The
+    candidates at the top level are the years between MIN and MAX (served by the created_at index).
     """
     import calendar
     import datetime as dt
@@ -44,6 +45,8 @@ def cheap_date_hierarchy(cl):
     from django.utils import formats, timezone
     from django.utils.text import capfirst
 
+    from queues.selectors import queryset_dates_with_rows
+
     field = cl.date_hierarchy
     year_f, month_f, day_f = f"{field}__year", f"{field}__month", f"{field}__day"
     year, month, day = (cl.params.get(f) for f in (year_f, month_f, day_f))
@@ -51,15 +54,19 @@ def cheap_date_hierarchy(cl):
     def link(filters):
         return cl.get_query_string(filters, [f"{field}__"])
 
-    today = timezone.localdate()
+    def having_rows(starts, end, kind):
+        return queryset_dates_with_rows(queryset=cl.queryset, field=field, kind=kind, starts=starts, end=end)
+
     if not (year or month or day):
         bounds = cl.queryset.aggregate(first=Min(field), last=Max(field))
         if not bounds["first"]:
             return {"show": False}
         first, last = timezone.localtime(bounds["first"]), timezone.localtime(bounds["last"])
         if first.year != last.year:
-            return {"show": True, "back": None, "choices": [
-                {"link": link({year_f: str(y)}), "title": str(y)} for y in range(first.year, last.year + 1)]}
+            years = having_rows([dt.date(y, 1, 1) for y in range(first.year, last.year + 1)],
+                                dt.date(last.year + 1, 1, 1), "year")
+            return {"show": True, "back": None,
+                    "choices": [{"link": link({year_f: str(y.year)}), "title": str(y.year)} for y in years]}
         year = first.year
         if first.month == last.month:
             month = first.month
@@ -73,13 +80,14 @@ def cheap_date_hierarchy(cl):
                     "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}]}
         if month:
             last_day = calendar.monthrange(year, month)[1]
-            days = [dt.date(year, month, d) for d in range(1, last_day + 1) if dt.date(year, month, d) <= today]
+            days = having_rows([dt.date(year, month, d) for d in range(1, last_day + 1)],
+                               dt.date(year, month, last_day) + dt.timedelta(days=1), "day")
             return {"show": True, "back": {"link": link({year_f: year}), "title": str(year)},
                     "choices": [{"link": link({year_f: year, month_f: month, day_f: d.day}),
                                  "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT"))} for d in days]}
-        months = [dt.date(year, m, 1) for m in range(1, 13) if dt.date(year, m, 1) <= today]
+        months = having_rows([dt.date(year, m, 1) for m in range(1, 13)], dt.date(year + 1, 1, 1), "month")
         return {"show": True, "back": {"link": link({}), "title": "All dates"},
                 "choices": [{"link": link({year_f: year, month_f: m.month}),
                              "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT"))} for m in months]}
-    except ValueError:
+    except (ValueError, OverflowError):
         return {"show": False}
