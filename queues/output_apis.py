@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -41,6 +40,8 @@ from slimy_site.schema import error_responses
 from slimy_site.serializers import ErrorSerializer
 
 DEFAULT_LIMIT = 500
+# Key in the ASGI scope where slimy_site.asgi takes an event stream over from the view's thread.
+STREAM_HANDOFF = "slimy.stream_handoff"
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,6 @@ class JobOutputApi(APIView):
 
 class JobEventsApi(APIView):
     renderer_classes = [JSONRenderer, EventStreamRenderer]
-    serves_streams = True  # slimy_site.asgi sends this route to the event loop, not to a thread
 
     @extend_schema(
         operation_id="jobs_events", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LAST_EVENT_ID],
@@ -126,15 +126,19 @@ class JobEventsApi(APIView):
     )
     def get(self, request, job_id):
         # Everything that may refuse the stream runs here, before it starts (errors keep the usual shape);
-        # the stream itself is a coroutine on the server's event loop, holding no thread.
+        # under `make run`'s server the stream itself is then a coroutine on the event loop.
         job = job_get_for_user(job_id=job_id, user=request.user)
         cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
         slot = stream_slot_take(user=request.user)
         stream = EventStream(job_id=str(job.pk), cursor=cursor, viewer=request.user, slot=slot,
                              request_id=getattr(request, "request_id", None))
-        asgi = isinstance(request._request, ASGIRequest)
-        response = StreamingHttpResponse(stream if asgi else stream.iterate_sync(),
-                                         content_type="text/event-stream; charset=utf-8")
+        handoff = request.META.get("asgi.scope", {}).get(STREAM_HANDOFF)
+        if handoff is not None:
+            handoff.append(stream)  # slimy_site.asgi sends it from the event loop once this thread is done
+            body = iter(())
+        else:
+            body = stream.iterate_sync()  # any other server: the stream holds this thread while open
+        response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # proxies must not buffer the stream
         return response
@@ -169,8 +173,8 @@ def _entry_event(entry: dict) -> str:
 class EventStream:
     """One open stream: an async iterator of SSE text that gives its slot back however it ends.
 
-    Django's ASGI handler iterates it (and stops it at once when the client disconnects), then calls
-    `close()` in a thread; WSGI servers iterate `iterate_sync()`.
+    slimy_site.asgi iterates it on the event loop (and stops it the moment the client disconnects),
+    then calls `aclose()`; other servers iterate `iterate_sync()`.
     """
 
     def __init__(self, *, job_id: str, cursor: str, viewer, slot: StreamSlot, request_id: str | None):
@@ -184,10 +188,10 @@ class EventStream:
         try:
             yield from iterate_sync(self.__aiter__)
         finally:
-            self.close()
+            self.slot.release()
 
-    def close(self) -> None:
-        self.slot.release()
+    async def aclose(self) -> None:
+        await self.slot.arelease()
 
     async def _events(self):
         # The request's log context is gone once the view returned: log lines name the request id.

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 BLOCK_MS = 1_000  # longest blocking read; a joining watcher interrupts it, so this only bounds a lost wake-up
 READ_COUNT = 200  # entries per log per read: one busy job cannot starve the others
-COMMAND_CONNECTIONS = 4  # drains, wake-ups, slot releases
+COMMAND_CONNECTIONS = 2  # drains, wake-ups, slot releases (all short commands)
 STATE_POLL_SECONDS = 0.5
 # A watcher whose client reads slower than its job writes is ended (it resumes with Last-Event-ID)
 # rather than buffering without bound.

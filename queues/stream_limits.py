@@ -9,6 +9,7 @@ nobody for long. Like the rate limiter, the per-user cap is not enforced while R
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
@@ -57,18 +58,32 @@ class StreamSlot:
     user_slot: bool  # False when Redis was unreachable (nothing to give back there)
     released: bool = False
 
-    def release(self) -> None:
-        """Give the slot back (idempotent; synchronous: call it from a thread under ASGI)."""
+    def _give_back(self) -> bool:
         with _lock:
             if self.released:
-                return
+                return False
             self.released = True
             _open["count"] -= 1
         OPEN_STREAMS.dec()
-        if self.user_slot:
+        return self.user_slot
+
+    def release(self) -> None:
+        """Give the slot back (idempotent), from synchronous code."""
+        if self._give_back():
             try:
                 _connection(settings.REDIS_URL, REDIS_TIMEOUT).zrem(KEY.format(self.user_id), self.slot_id)
             except RedisError as exc:
+                logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
+
+    async def arelease(self) -> None:
+        """Give the slot back (idempotent), from the event loop, on the stream hub's connections."""
+        from queues.output_watch import output_hub
+
+        if self._give_back():
+            try:
+                async with asyncio.timeout(2):
+                    await output_hub().commands().zrem(KEY.format(self.user_id), self.slot_id)
+            except (RedisError, OSError, TimeoutError) as exc:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
 

@@ -9,6 +9,7 @@ SCENARIOS = {
     "pickup": "bench.scenarios.pickup",
     "stream": "bench.scenarios.stream",
     "submit": "bench.scenarios.submit",
+    "watchers": "bench.scenarios.watchers",
 }
 
 

@@ -23,6 +23,8 @@ EXPECTED_FIGURES = {
                "SlimySimpleWorker (stock) p99 after 0.3 s idle"},
     "submit": {"POST submissions", "POST p50", "POST p99"},
     "stream": {"first token -> first SSE event p50", "first token -> first SSE event p99"},
+    "watchers": {"token -> client event p50", "token -> client event p99", "/health/live p99 during streams",
+                 "Redis connections of the web process", "memory per open stream"},
     "chat-concurrency": {"jobs/s at 2 simultaneous", "worker memory at 2 simultaneous", "jobs/s at 6 simultaneous",
                          "worker memory at 6 simultaneous"},
 }
