@@ -43,6 +43,14 @@ DEFAULT_LIMIT = 500
 # Key in the ASGI scope where slimy_site.asgi takes an event stream over from the view's thread.
 STREAM_HANDOFF = "slimy.stream_handoff"
 
+
+class StreamHandoff:
+    """Where the view leaves its stream for the event loop (`loop`) that will serve it."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.stream: EventStream | None = None
+
 logger = logging.getLogger(__name__)
 
 
@@ -129,12 +137,12 @@ class JobEventsApi(APIView):
         # under `make run`'s server the stream itself is then a coroutine on the event loop.
         job = job_get_for_user(job_id=job_id, user=request.user)
         cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
-        slot = stream_slot_take(user=request.user)
+        handoff = request.META.get("asgi.scope", {}).get(STREAM_HANDOFF)
+        slot = stream_slot_take(user=request.user, loop=handoff.loop if handoff is not None else None)
         stream = EventStream(job_id=str(job.pk), cursor=cursor, viewer=request.user, slot=slot,
                              request_id=getattr(request, "request_id", None))
-        handoff = request.META.get("asgi.scope", {}).get(STREAM_HANDOFF)
         if handoff is not None:
-            handoff.append(stream)  # slimy_site.asgi sends it from the event loop once this thread is done
+            handoff.stream = stream  # slimy_site.asgi sends it from the event loop once this thread is done
             body = iter(())
         else:
             body = stream.iterate_sync()  # any other server: the stream holds this thread while open

@@ -103,7 +103,7 @@ class OutputHub:
     def commands(self) -> aioredis.Redis:
         if self._commands is None:
             pool = aioredis.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=COMMAND_CONNECTIONS, timeout=10,
+                self.redis_url, max_connections=COMMAND_CONNECTIONS, timeout=10, client_name="slimy-web-streams",
                 socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=2.0)
             self._commands = aioredis.Redis(connection_pool=pool)
         return self._commands
@@ -112,7 +112,7 @@ class OutputHub:
         if self._reader is None:
             # No socket timeout: the read blocks up to BLOCK_MS on purpose (redis-py's default 5 s would
             # still be fine, but a timeout shorter than a block would turn every idle wait into an error).
-            self._reader = aioredis.Redis.from_url(self.redis_url, single_connection_client=True,
+            self._reader = aioredis.Redis.from_url(self.redis_url, single_connection_client=True, client_name="slimy-web-streams-reader",
                                                    socket_timeout=None, socket_connect_timeout=2.0)
             self._reader_id = await self._reader.client_id()
         return self._reader
@@ -205,14 +205,16 @@ class OutputHub:
                 continue
             for key, items in answer or ():
                 key = key.decode() if isinstance(key, bytes) else key
-                self._deliver(key, items)
+                self._deliver(key, items, parse_id(streams[key]))
 
-    def _deliver(self, key: str, items) -> None:
+    def _deliver(self, key: str, items, start: tuple[int, int]) -> None:
         watchers = self._watches.get(key)
         if not watchers or not items:
             return
         entries = [_entry(entry_id, fields) for entry_id, fields in items]
         for watch in watchers:
+            if watch.cursor < start:
+                continue  # joined during this read, further back: the next read starts from its cursor
             fresh = False
             for entry in entries:
                 position = parse_id(entry["id"])
@@ -224,9 +226,8 @@ class OutputHub:
                 if len(watch.entries) > MAX_BUFFERED:
                     watch.overflowed = True
                 watch.wake.set()
-        last = parse_id(entries[-1]["id"])
-        if last > self._cursors.get(key, (0, 0)):
-            self._cursors[key] = last
+        # Go on from the watcher furthest behind (the others skip what they already have).
+        self._cursors[key] = min(watch.cursor for watch in watchers)
 
     # --- the poller
     async def _state_loop(self) -> None:

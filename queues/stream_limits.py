@@ -87,19 +87,26 @@ class StreamSlot:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
 
-def stream_slot_take(*, user) -> StreamSlot:
-    """A slot for one stream of `user`, or TooManyStreams."""
+def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> StreamSlot:
+    """A slot for one stream of `user`, or TooManyStreams.
+
+    With `loop` (the event loop that will serve the stream), the Redis call runs there on the stream
+    hub's connections, so opening streams adds no connection of its own to the calling thread's pool.
+    """
     with _lock:
         if _open["count"] >= settings.API_MAX_STREAMS_PER_PROCESS:
             raise TooManyStreams(details={"limit": settings.API_MAX_STREAMS_PER_PROCESS, "scope": "process"},
                                  headers={"Retry-After": "5"})
         _open["count"] += 1
     slot_id = uuid.uuid4().hex
-    lapse = settings.JOB_EVENTS_MAX_SECONDS + LAPSE_MARGIN_SECONDS
+    args = (_TAKE, 1, KEY.format(user.pk), settings.API_MAX_STREAMS_PER_USER, slot_id,
+            settings.JOB_EVENTS_MAX_SECONDS + LAPSE_MARGIN_SECONDS)
     try:
-        taken = _connection(settings.REDIS_URL, REDIS_TIMEOUT).eval(
-            _TAKE, 1, KEY.format(user.pk), settings.API_MAX_STREAMS_PER_USER, slot_id, lapse)
-    except RedisError as exc:
+        if loop is not None:
+            taken = asyncio.run_coroutine_threadsafe(_take_on_hub(args), loop).result(REDIS_TIMEOUT * 4)
+        else:
+            taken = _connection(settings.REDIS_URL, REDIS_TIMEOUT).eval(*args)
+    except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("stream cap per user not enforced, Redis failed: %s", exc)
         taken, user_slot = 1, False
     else:
@@ -111,6 +118,13 @@ def stream_slot_take(*, user) -> StreamSlot:
                              headers={"Retry-After": "5"})
     OPEN_STREAMS.inc()
     return StreamSlot(user_id=user.pk, slot_id=slot_id, user_slot=user_slot)
+
+
+async def _take_on_hub(args) -> int:
+    from queues.output_watch import output_hub
+
+    async with asyncio.timeout(REDIS_TIMEOUT * 3):
+        return await output_hub().commands().eval(*args)
 
 
 def stream_open_count() -> int:

@@ -11,6 +11,7 @@ stream over (`STREAM_HANDOFF` in the ASGI scope) and this application sends the 
 loop while it listens for the client's disconnect: an open stream costs a coroutine, not a thread.
 """
 
+import asyncio
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slimy_site.settings")
@@ -23,7 +24,7 @@ def build_application():
     django = get_wsgi_application()  # sets Django up: imports below need it
     from django.conf import settings
 
-    from queues.output_apis import STREAM_HANDOFF
+    from queues.output_apis import STREAM_HANDOFF, StreamHandoff
 
     threads = WSGIMiddleware(django, workers=settings.WEB_THREADS)
 
@@ -34,24 +35,22 @@ def build_application():
         if scope["type"] != "http":
             return
         # The view of an event stream leaves its stream here instead of returning it as the body.
-        handoff = scope[STREAM_HANDOFF] = []
+        handoff = scope[STREAM_HANDOFF] = StreamHandoff(asyncio.get_running_loop())
 
         async def send_until_handoff(message):
-            if message["type"] == "http.response.body" and not message.get("more_body") and handoff:
+            if message["type"] == "http.response.body" and not message.get("more_body") and handoff.stream:
                 return  # the body goes on: the stream follows
             await send(message)
 
         await threads(scope, receive, send_until_handoff)
-        if handoff:
-            await _serve_stream(handoff[0], receive, send)
+        if handoff.stream is not None:
+            await _serve_stream(handoff.stream, receive, send)
 
     return application
 
 
 async def _serve_stream(stream, receive, send):
     """Send the stream's events until it ends or the client goes away (noticed at once, not at a write)."""
-    import asyncio
-
     async def pump():
         async for text in stream:
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})

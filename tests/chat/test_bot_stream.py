@@ -15,11 +15,11 @@ from rest_framework.authtoken.models import Token
 
 from queues.models import JobRecord
 from queues.services import job_enqueue
+from slimy_site.runall import web_child
 from tests.chat.sse import Event, LiveStream, events_of, only
 from tests.fake_llm import Behaviour
 from tests.processes import Proc, process_env, wait_for
 from tests.redis_server import free_port
-from slimy_site.runall import web_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
