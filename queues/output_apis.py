@@ -4,10 +4,13 @@
 `GET /api/jobs/<id>/events` streams `state` events (from the ledger) and `segment`/`chunk` events
 (from the output log) and ends with the final state. Event ids are output-log cursors, so a client
 that reconnects with `Last-Event-ID` (browsers' EventSource does it by itself) misses nothing and
-sees nothing twice. The stream is a plain WSGI iterator: it works under gunicorn's gthread workers
-(one thread per open stream) and ASGI servers alike; it blocks on Redis (XREAD) for short slices,
-sends heartbeat comments so a vanished client is noticed, and closes after JOB_EVENTS_MAX_SECONDS
-(the client reconnects and resumes). Owner (or staff) only; anyone else gets 404 job_not_found.
+sees nothing twice. The view checks the request on a thread (auth, owner, cursor, the stream caps of
+queues.stream_limits); the stream is an async iterator fed by the process's output hub
+(queues.output_watch), which slimy_site.asgi sends from the event loop (any other WSGI server gets
+a synchronous iterator and lends it a thread). Heartbeat comments keep proxies open; the stream
+closes after JOB_EVENTS_MAX_SECONDS, on server shutdown, or when its client falls 5,000 entries
+behind, each time with a comment saying so (the client reconnects and resumes). Owner (or staff)
+only; anyone else gets 404 job_not_found.
 """
 
 from __future__ import annotations
@@ -198,20 +201,19 @@ class EventStream:
         finally:
             self.slot.release()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, client_gone: bool = False) -> None:
+        if client_gone:
+            # The request's log context is gone once the view returned: the line names the request id.
+            logger.info("event stream: the client went away",
+                        extra={"request_id": self.request_id, "job_id": self.job_id})
         await self.slot.arelease()
 
     async def _events(self):
-        # The request's log context is gone once the view returned: log lines name the request id.
-        log = {"request_id": self.request_id, "job_id": self.job_id}
         try:
             async for text in job_event_stream(job_id=self.job_id, cursor=self.cursor, viewer=self.viewer):
                 yield text
-        except asyncio.CancelledError:
-            logger.info("event stream: the client went away", extra=log)
-            raise
         except Exception:
-            logger.exception("event stream failed", extra=log)
+            logger.exception("event stream failed", extra={"request_id": self.request_id, "job_id": self.job_id})
             raise
 
 

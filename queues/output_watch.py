@@ -98,6 +98,8 @@ class OutputHub:
         # One thread for the ledger: its database connection is reused from poll to poll.
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimy-job-states")
         self.draining = asyncio.Event()  # the server is shutting down: streams end between events
+        self._releases: dict[str, set[str]] = {}  # sorted set -> members to remove (stream slots)
+        self._releaser: asyncio.Task | None = None
 
     # --- connections
     def commands(self) -> aioredis.Redis:
@@ -271,8 +273,30 @@ class OutputHub:
             task.cancel()
         self._tasks = [self._spawn(self._read_loop()), self._spawn(self._state_loop())]
 
+    def release_later(self, *, key: str, member: str) -> None:
+        """Remove `member` from the sorted set `key` soon, batched with others (a thousand streams may
+        end in the same instant: one pipeline, not a thousand round trips queueing for a connection)."""
+        self._releases.setdefault(key, set()).add(member)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = self._spawn(self._flush_releases())
+
+    async def _flush_releases(self) -> None:
+        while self._releases:
+            batch, self._releases = self._releases, {}
+            try:
+                async with asyncio.timeout(5):
+                    pipe = self.commands().pipeline(transaction=False)
+                    for key, members in batch.items():
+                        pipe.zrem(key, *members)
+                    await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                count = sum(len(m) for m in batch.values())
+                logger.warning("could not release %d stream slots (they lapse by themselves): %r", count, exc)
+
     async def close(self) -> None:
         """Stop the tasks, close the connections (the database one on its own thread)."""
+        if self._releases:
+            await self._flush_releases()
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -321,6 +345,13 @@ def output_hub() -> OutputHub:
     if hub is None or hub.redis_url != settings.REDIS_URL:
         hub = _hubs[loop] = OutputHub(settings.REDIS_URL)
     return hub
+
+
+async def output_hub_close() -> None:
+    """Close the running loop's hub, if it has one (the server's shutdown: pending slot releases go out)."""
+    hub = _hubs.pop(asyncio.get_running_loop(), None)
+    if hub is not None:
+        await hub.close()
 
 
 def output_hubs_drain() -> None:

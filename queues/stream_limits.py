@@ -76,15 +76,11 @@ class StreamSlot:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
     async def arelease(self) -> None:
-        """Give the slot back (idempotent), from the event loop, on the stream hub's connections."""
+        """Give the slot back (idempotent), from the event loop: batched on the stream hub's connections."""
         from queues.output_watch import output_hub
 
         if self._give_back():
-            try:
-                async with asyncio.timeout(2):
-                    await output_hub().commands().zrem(KEY.format(self.user_id), self.slot_id)
-            except (RedisError, OSError, TimeoutError) as exc:
-                logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
+            output_hub().release_later(key=KEY.format(self.user_id), member=self.slot_id)
 
 
 def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> StreamSlot:

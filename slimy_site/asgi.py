@@ -37,22 +37,36 @@ def build_application():
         # The view of an event stream leaves its stream here instead of returning it as the body.
         handoff = scope[STREAM_HANDOFF] = StreamHandoff(asyncio.get_running_loop())
 
+        status = []
+
         async def send_until_handoff(message):
-            if message["type"] == "http.response.body" and not message.get("more_body") and handoff.stream:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            elif not message.get("more_body") and handoff.stream is not None and status == [200]:
                 return  # the body goes on: the stream follows
             await send(message)
 
-        await threads(scope, receive, send_until_handoff)
+        try:
+            await threads(scope, receive, send_until_handoff)
+        except BaseException:
+            if handoff.stream is not None:
+                await handoff.stream.aclose()  # its slot, at least, is given back
+            raise
         if handoff.stream is not None:
-            await _serve_stream(handoff.stream, receive, send)
+            if status == [200]:
+                await _serve_stream(handoff.stream, receive, send)
+            else:  # a middleware answered something else: the stream never starts
+                await handoff.stream.aclose()
 
     return application
 
 
 async def _serve_stream(stream, receive, send):
     """Send the stream's events until it ends or the client goes away (noticed at once, not at a write)."""
+    events = aiter(stream)
+
     async def pump():
-        async for text in stream:
+        async for text in events:
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -60,24 +74,30 @@ async def _serve_stream(stream, receive, send):
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnect())]
+    sending, listening = asyncio.ensure_future(pump()), asyncio.ensure_future(disconnect())
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([sending, listening], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
+        client_gone = listening.done() and not listening.cancelled() and not sending.done()
+        for task in (sending, listening):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await stream.aclose()
+        await asyncio.gather(sending, listening, return_exceptions=True)
+        await events.aclose()  # the stream stops watching its job now, wherever it was
+        await stream.aclose(client_gone=client_gone)
 
 
 async def _lifespan(receive, send):
-    # Nothing to start or stop: the stream hub starts with the first stream (graceful shutdown of
-    # streams is slimy_site.web_worker's, which hears the signal before connections are drained).
+    # The stream hub starts with the first stream; streams themselves are ended by slimy_site.web_worker,
+    # which hears the signal before connections are drained. Here, after them, the hub sends its last
+    # slot releases and closes its connections.
+    from queues.output_watch import output_hub_close
+
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await output_hub_close()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -91,6 +91,7 @@ def _measure(env: BenchEnv, token: str, name: str, watchers: int, chunks: int, i
     from django.contrib.auth import get_user_model
 
     owner = get_user_model().objects.get(username="bench-submit")
+    env.redis().flushdb()  # nothing of the previous server's run (logs, stream slots) stays
     port = harness.free_port()
     server = harness.start(env, argv(port), f"watchers-{name}", API_RATE_LIMITS=UNLIMITED, LOG_LEVEL="WARNING",
                            API_MAX_STREAMS_PER_USER=str(watchers + 10), JOB_EVENTS_HEARTBEAT="5")

@@ -112,7 +112,7 @@ def _metric(port, name) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def test_sixty_watchers_get_every_chunk_once_in_order_from_one_process(user, web, redis_server):
+def test_sixty_watchers_get_every_chunk_once_in_order_from_one_process(user, web, redis_server, redis_conn):
     server = web(JOB_EVENTS_HEARTBEAT="1", API_MAX_STREAMS_PER_USER="100")
     token = Token.objects.create(user=user).key
     jobs = [_job(user) for _ in range(60)]
@@ -159,6 +159,8 @@ def test_sixty_watchers_get_every_chunk_once_in_order_from_one_process(user, web
     for stream in streams:
         stream.close()
     wait_for(lambda: _metric(server.port, "slimy_web_open_streams") == 0, timeout=10, message="the gauge to drop")
+    # Sixty streams ending at once give their per-user slots back too.
+    wait_for(lambda: redis_conn.zcard(f"slimy:streams:user:{user.pk}") == 0, timeout=10, message="slots released")
 
 
 def test_reconnects_with_last_event_id_resume_without_gaps_or_repeats(user, web):
