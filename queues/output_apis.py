@@ -245,9 +245,12 @@ async def job_event_stream(*, job_id: str, cursor: str = "0", viewer=None) -> As
                 if state != sent_state:
                     yield _event("state", state, cursor)
                     sent_state, last_sent = state, time.monotonic()
+            batch = []  # what is buffered goes out in one write (a busy process sends fewer, larger ones)
             while seen_read and watch.entries:
                 if watch.entries[0]["type"] == SEGMENT:
                     # A new attempt began: announce its state (read afresh) before its first chunk.
+                    if batch:
+                        break
                     if segment_read is None:
                         segment_read = watch.job_read
                         hub.want_state(watch)
@@ -255,8 +258,12 @@ async def job_event_stream(*, job_id: str, cursor: str = "0", viewer=None) -> As
                         break
                     segment_read = None
                 entry = watch.entries.popleft()
-                yield _entry_event(entry)
-                cursor, last_sent = entry["id"], time.monotonic()
+                batch.append(_entry_event(entry))
+                cursor = entry["id"]
+            if batch:
+                yield "".join(batch)
+                last_sent = time.monotonic()
+                continue
             if hub.draining.is_set():
                 yield ": server restarting; reconnect with Last-Event-ID\n\n"
                 return

@@ -214,12 +214,12 @@ class OutputHub:
         if not watchers or not items:
             return
         entries = [_entry(entry_id, fields) for entry_id, fields in items]
+        positions = [parse_id(entry["id"]) for entry in entries]
         for watch in watchers:
             if watch.cursor < start:
                 continue  # joined during this read, further back: the next read starts from its cursor
             fresh = False
-            for entry in entries:
-                position = parse_id(entry["id"])
+            for position, entry in zip(positions, entries):
                 if position > watch.cursor:
                     watch.entries.append(entry)
                     watch.cursor = position
@@ -254,10 +254,14 @@ class OutputHub:
                 await asyncio.sleep(1.0)
                 continue
             for watch in watches:
-                watch.job = records.get(watch.job_id)
-                watch.job_read += 1
-                watch.state_wanted = False
-                watch.wake.set()
+                job = records.get(watch.job_id)
+                # Wake a watcher only for news (or the fresh read it asked for): a thousand idle streams
+                # must not all run every poll.
+                if watch.state_wanted or watch.job_read == 0 or _signature(job) != _signature(watch.job):
+                    watch.job = job
+                    watch.job_read += 1
+                    watch.state_wanted = False
+                    watch.wake.set()
 
     # --- plumbing
     def _spawn(self, coro) -> asyncio.Task:
@@ -297,8 +301,10 @@ class OutputHub:
         """Stop the tasks, close the connections (the database one on its own thread)."""
         if self._releases:
             await self._flush_releases()
-        for task in self._tasks:
+        tasks = [t for t in (*self._tasks, self._waker) if t is not None]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # before their connections go
         self._tasks = []
         await self._reset_reader()
         if self._commands is not None:
@@ -323,6 +329,13 @@ class OutputHub:
 def _log_crash(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("output hub task crashed", exc_info=task.exception())
+
+
+def _signature(job) -> tuple | None:
+    if job is None:
+        return None
+    return (job.status, job.attempts, job.max_attempts, job.progress, job.result, job.error_code,
+            job.error_message)
 
 
 def _read_jobs(job_ids) -> dict:

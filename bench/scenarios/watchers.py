@@ -34,7 +34,7 @@ from bench.harness import BenchEnv, Result
 from bench.stats import percentile
 
 NAME = "watchers"
-DEFAULTS = dict(jobs=1000, baseline_watchers=40, chunks=20, interval=0.1)  # jobs = watchers (one job each)
+DEFAULTS = dict(jobs=1000, baseline_watchers=40, chunks=20, interval=0.25)  # jobs = watchers (one job each)
 SMOKE = dict(jobs=20, baseline_watchers=5, chunks=4, interval=0.05)
 BASELINE = "gthread, thread per stream"
 UNLIMITED = "submit=1000000000/min,read=1000000000/min,write=1000000000/min"
