@@ -42,6 +42,7 @@ from queues.output import MAX_READ, _entry, output_key
 logger = logging.getLogger(__name__)
 
 BLOCK_MS = 1_000  # longest blocking read; a joining watcher interrupts it, so this only bounds a lost wake-up
+READ_PAUSE = 0.01  # s between two reads that found entries
 READ_COUNT = 200  # entries per log per read: one busy job cannot starve the others
 COMMAND_CONNECTIONS = 2  # drains, wake-ups, slot releases (all short commands)
 STATE_POLL_SECONDS = 0.5
@@ -208,6 +209,10 @@ class OutputHub:
             for key, items in answer or ():
                 key = key.decode() if isinstance(key, bytes) else key
                 self._deliver(key, items, parse_id(streams[key]))
+            if answer:
+                # One read costs the same for 1 or 1,000 logs: let entries gather a moment (bounded
+                # latency) instead of reading every log again for each new entry.
+                await asyncio.sleep(READ_PAUSE)
 
     def _deliver(self, key: str, items, start: tuple[int, int]) -> None:
         watchers = self._watches.get(key)

@@ -10,7 +10,7 @@ HTTP/1.1), each checking that it got every chunk exactly once, in order, and the
 fails otherwise). Meanwhile a thread asks `GET /health/live` every 20 ms.
 
 Figures: token (XADD) -> client event delay p50/p99, /health/live p99, Redis connections of the web
-process and its memory per open stream. Server: `make run`'s (gunicorn + SlimyUvicornWorker, one
+process, its memory per open stream and its CPU time per delivered chunk. Server: `make run`'s (gunicorn + SlimyUvicornWorker, one
 process). Baseline, same run, same producer and clients: today's server, gunicorn `gthread` with one
 thread per stream plus the 8 it has for everything else — with `baseline_watchers` streams, because
 each of its streams also holds a PostgreSQL session (a thousand would exceed `max_connections`).
@@ -34,7 +34,7 @@ from bench.harness import BenchEnv, Result
 from bench.stats import percentile
 
 NAME = "watchers"
-DEFAULTS = dict(jobs=1000, baseline_watchers=40, chunks=20, interval=0.25)  # jobs = watchers (one job each)
+DEFAULTS = dict(jobs=1000, baseline_watchers=40, chunks=10, interval=1.0)  # jobs = watchers (one job each)
 SMOKE = dict(jobs=20, baseline_watchers=5, chunks=4, interval=0.05)
 BASELINE = "gthread, thread per stream"
 UNLIMITED = "submit=1000000000/min,read=1000000000/min,write=1000000000/min"
@@ -67,6 +67,8 @@ def run(env: BenchEnv, *, jobs: int, baseline_watchers: int, chunks: int, interv
     result.add("Redis connections of the web process", ours["redis_connections"], "connections", BASELINE,
                theirs["redis_connections"], higher_is_better=False,
                note=f"{watchers} streams vs {baseline_watchers}")
+    result.add("web CPU per delivered chunk", ours["cpu_ms_per_chunk"], "ms", BASELINE, theirs["cpu_ms_per_chunk"],
+               higher_is_better=False)
     result.add("memory per open stream", ours["kib_per_stream"], "KiB", BASELINE, theirs["kib_per_stream"],
                higher_is_better=False)
     result.details = {"ours": ours, "gthread": theirs}
@@ -102,7 +104,10 @@ def _measure(env: BenchEnv, token: str, name: str, watchers: int, chunks: int, i
             _status(port, "/health/live")  # warm: threads started, connections opened
         idle_rss = worker.memory_info().rss
         jobs = _jobs(owner, watchers)
+        cpu = worker.cpu_times()
         outcome = asyncio.run(_watch(env, port, token, jobs, chunks, interval, worker))
+        cpu_after = worker.cpu_times()
+        cpu_seconds = (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
     finally:
         server.stop()
     delays = outcome["delays"]
@@ -115,6 +120,9 @@ def _measure(env: BenchEnv, token: str, name: str, watchers: int, chunks: int, i
         "rss_idle_mib": round(idle_rss / 2**20, 1), "rss_peak_mib": round(outcome["rss_peak"] / 2**20, 1),
         "kib_per_stream": max(outcome["rss_peak"] - idle_rss, 1024) / 1024 / watchers,
         "open_seconds": round(outcome["open_seconds"], 2),
+        # Web-process CPU for the whole run (opening the streams, every event, the final states) per
+        # delivered chunk: less sensitive than latency to what else the machine runs.
+        "cpu_seconds": round(cpu_seconds, 2), "cpu_ms_per_chunk": cpu_seconds * 1000 / len(delays),
     }
 
 

@@ -25,7 +25,7 @@ EXPECTED_FIGURES = {
                "make-run server POST p99", "make-run server GET /health/live"},
     "stream": {"first token -> first SSE event p50", "first token -> first SSE event p99"},
     "watchers": {"token -> client event p50", "token -> client event p99", "/health/live p99 during streams",
-                 "Redis connections of the web process", "memory per open stream"},
+                 "Redis connections of the web process", "memory per open stream", "web CPU per delivered chunk"},
     "chat-concurrency": {"jobs/s at 2 simultaneous", "worker memory at 2 simultaneous", "jobs/s at 6 simultaneous",
                          "worker memory at 6 simultaneous"},
 }
