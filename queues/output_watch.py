@@ -176,6 +176,8 @@ class OutputHub:
 
     async def _wake_reader(self) -> None:
         """Interrupt a blocked XREAD until the reader runs one that includes the latest key set."""
+        # Watchers joining together (a reconnect wave) are taken into one new read, not one read each.
+        await asyncio.sleep(0.005)
         for _ in range(200):
             if self._reading_generation >= self._generation or self._reader_id is None:
                 return
