@@ -7,7 +7,7 @@ marked completed. No LLM and no worker run: what is measured is the web side alo
 
 Clients: `watchers` SSE connections on one asyncio loop in the bench process (raw sockets, chunked
 HTTP/1.1), each checking that it got every chunk exactly once, in order, and the final state (the run
-fails otherwise). Meanwhile a thread asks `GET /health/live` every 20 ms.
+fails otherwise). Meanwhile another process asks `GET /health/live` every 20 ms.
 
 Figures: token (XADD) -> client event delay p50/p99, /health/live p99, Redis connections of the web
 process, its memory per open stream and its CPU time per delivered chunk. Server: `make run`'s (gunicorn + SlimyUvicornWorker, one
@@ -22,8 +22,8 @@ import asyncio
 import http.client
 import json
 import resource
+import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -147,9 +147,9 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
     _raise_client_errors(clients)
     await _until(lambda: all(c.states for c in clients), 120, "every stream's first state")
 
-    health, stop = [], threading.Event()
-    prober = threading.Thread(target=_probe_health, args=(port, health, stop))
-    prober.start()
+    # The probe runs in its own process: a thread here would wait on this process's GIL (the 1,000 clients).
+    prober = subprocess.Popen([sys.executable, "-c", _PROBE, str(port), str(chunks * interval + 3)],
+                              stdout=subprocess.PIPE, text=True)
     writers = [output_writer_open(job_id=job_id, job_type="chat_bot_interaction", attempt=1) for job_id in jobs]
     written: dict[tuple[str, int], float] = {}
     conn = env.redis()
@@ -167,8 +167,7 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
             status="completed", result={"reply": "done"}))
         await _until(lambda: all(c.done or c.error for c in clients), 120, "every final state")
     finally:
-        stop.set()
-        prober.join()
+        health = json.loads((await asyncio.to_thread(prober.communicate, timeout=120))[0] or "[]")
         for task in tasks:
             task.cancel()
     _raise_client_errors(clients)
@@ -207,22 +206,23 @@ def _redis_connections(pid: int, env) -> int:
                if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED)
 
 
-def _probe_health(port, latencies, stop) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    while not stop.is_set():
-        began = time.perf_counter()
-        try:
-            conn.request("GET", "/health/live")
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                latencies.append((time.perf_counter() - began) * 1000)
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            latencies.append((time.perf_counter() - began) * 1000)
-        stop.wait(0.02)
-    conn.close()
+_PROBE = """
+import http.client, json, sys, time
+port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+latencies, conn = [], http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+while time.monotonic() < until:
+    began = time.perf_counter()
+    try:
+        conn.request("GET", "/health/live")
+        response = conn.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies.append((time.perf_counter() - began) * 1000)
+    time.sleep(0.02)
+print(json.dumps(latencies))
+"""
 
 
 def _status(port: int, path: str):
