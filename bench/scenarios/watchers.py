@@ -136,7 +136,6 @@ def _jobs(owner, count: int) -> list[str]:
 
 
 async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
-    from queues.models import JobRecord
     from queues.output import output_writer_open
 
     clients = [_Client(port, token, job_id) for job_id in jobs]
@@ -163,8 +162,7 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
             await asyncio.sleep(interval)
         for writer in writers:
             writer.close()
-        await asyncio.to_thread(lambda: JobRecord.objects.filter(pk__in=jobs).update(
-            status="completed", result={"reply": "done"}))
+        await asyncio.to_thread(_complete, jobs)
         await _until(lambda: all(c.done or c.error for c in clients), 120, "every final state")
     finally:
         health = json.loads((await asyncio.to_thread(prober.communicate, timeout=120))[0] or "[]")
@@ -183,6 +181,17 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
         delays += [(received - written[(client.job_id, n)]) * 1000 for n, (_, received) in enumerate(client.chunks)]
     return {"delays": delays, "health": health, "rss_peak": rss_peak, "redis_connections": redis_connections,
             "open_seconds": opened}
+
+
+def _complete(jobs) -> None:
+    from django.db import connections
+
+    from queues.models import JobRecord
+
+    try:
+        JobRecord.objects.filter(pk__in=jobs).update(status="completed", result={"reply": "done"})
+    finally:
+        connections.close_all()  # this pool thread's session must not outlive the run
 
 
 def _write_round(conn, writers, jobs, n, written) -> None:
