@@ -102,6 +102,9 @@ AUDIT_EVENTS_WRITTEN = Counter("slimy_audit_events_written_total", "Audit events
 AUDIT_EVENTS_FAILED = Counter(
     "slimy_audit_events_failed_total", "Audit events that could not be enqueued or written.", ("stage",)
 )
+OPEN_STREAMS = Gauge("slimy_web_open_streams", "Event streams (SSE) open in web processes.",
+                     multiprocess_mode="livesum")
+
 AUDIT_CHAIN_OK = Gauge("slimy_audit_chain_ok", "1 when the last audit chain verification passed, 0 when broken.",
                        multiprocess_mode="mostrecent")
 

@@ -4,17 +4,22 @@
 `GET /api/jobs/<id>/events` streams `state` events (from the ledger) and `segment`/`chunk` events
 (from the output log) and ends with the final state. Event ids are output-log cursors, so a client
 that reconnects with `Last-Event-ID` (browsers' EventSource does it by itself) misses nothing and
-sees nothing twice. The stream is a plain WSGI iterator: it works under gunicorn's gthread workers
-(one thread per open stream) and ASGI servers alike; it blocks on Redis (XREAD) for short slices,
-sends heartbeat comments so a vanished client is noticed, and closes after JOB_EVENTS_MAX_SECONDS
-(the client reconnects and resumes). Owner (or staff) only; anyone else gets 404 job_not_found.
+sees nothing twice. The view checks the request on a thread (auth, owner, cursor, the stream caps of
+queues.stream_limits); the stream is an async iterator fed by the process's output hub
+(queues.output_watch), which slimy_site.asgi sends from the event loop (any other WSGI server gets
+a synchronous iterator and lends it a thread). Heartbeat comments keep proxies open; the stream
+closes after JOB_EVENTS_MAX_SECONDS, on server shutdown, or when its client falls 5,000 entries
+behind, each time with a comment saying so (the client reconnects and resumes). Owner (or staff)
+only; anyone else gets 404 job_not_found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -30,15 +35,27 @@ from queues.apis import JOB_ID_PARAMETER
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
+from queues.output_watch import iterate_sync, output_hub
 from queues.selectors import job_error_for_viewer, job_get_for_user
+from queues.stream_limits import StreamSlot, stream_slot_take
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.schema import error_responses
 from slimy_site.serializers import ErrorSerializer
 
-BLOCK_MS = 500  # one XREAD waits at most this long, so state changes and disconnects are seen quickly
-STATE_POLL_SECONDS = 0.5  # the ledger is read at most this often per stream
 DEFAULT_LIMIT = 500
+# Key in the ASGI scope where slimy_site.asgi takes an event stream over from the view's thread.
+STREAM_HANDOFF = "slimy.stream_handoff"
+
+
+class StreamHandoff:
+    """Where the view leaves its stream for the event loop (`loop`) that will serve it."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.stream: EventStream | None = None
+
+logger = logging.getLogger(__name__)
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -131,14 +148,24 @@ class JobEventsApi(APIView):
         responses={
             (200, "text/event-stream"): OpenApiResponse(
                 JobEventSerializer, description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it."),
-            400: _bad_parameter("invalid_cursor"), **error_responses("job_not_found"),
+            400: _bad_parameter("invalid_cursor"), **error_responses("job_not_found", "too_many_streams"),
         },
     )
     def get(self, request, job_id):
+        # Everything that may refuse the stream runs here, before it starts (errors keep the usual shape);
+        # under `make run`'s server the stream itself is then a coroutine on the event loop.
         job = job_get_for_user(job_id=job_id, user=request.user)
         cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
-        response = StreamingHttpResponse(job_event_stream(job_id=job.pk, cursor=cursor, viewer=request.user),
-                                         content_type="text/event-stream; charset=utf-8")
+        handoff = request.META.get("asgi.scope", {}).get(STREAM_HANDOFF)
+        slot = stream_slot_take(user=request.user, loop=handoff.loop if handoff is not None else None)
+        stream = EventStream(job_id=str(job.pk), cursor=cursor, viewer=request.user, slot=slot,
+                             request_id=getattr(request, "request_id", None))
+        if handoff is not None:
+            handoff.stream = stream  # slimy_site.asgi sends it from the event loop once this thread is done
+            body = iter(())
+        else:
+            body = stream.iterate_sync()  # any other server: the stream holds this thread while open
+        response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # proxies must not buffer the stream
         return response
@@ -164,59 +191,116 @@ def _state(job: JobRecord | None, viewer=None) -> dict:
     return state
 
 
-def _read_job(job_id) -> JobRecord | None:
-    return (JobRecord.objects.filter(pk=job_id)
-            .only("status", "attempts", "max_attempts", "progress", "result", "error_code", "error_message")
-            .first())
-
-
 def _entry_event(entry: dict) -> str:
     if entry["type"] == SEGMENT:
         return _event("segment", {"attempt": entry["attempt"], "label": entry["label"]}, entry["id"])
     return _event("chunk", {"attempt": entry["attempt"], "text": entry["text"]}, entry["id"])
 
 
-def job_event_stream(*, job_id, cursor: str = "0", viewer=None) -> Iterator[str]:
+class EventStream:
+    """One open stream: an async iterator of SSE text that gives its slot back however it ends.
+
+    slimy_site.asgi iterates it on the event loop (and stops it the moment the client disconnects),
+    then calls `aclose()`; other servers iterate `iterate_sync()`.
+    """
+
+    def __init__(self, *, job_id: str, cursor: str, viewer, slot: StreamSlot, request_id: str | None):
+        self.job_id, self.cursor, self.viewer, self.slot, self.request_id = job_id, cursor, viewer, slot, request_id
+
+    def __aiter__(self):
+        return self._events()
+
+    def iterate_sync(self):
+        """The same events for a WSGI server (the stream holds one of its threads while open)."""
+        try:
+            yield from iterate_sync(self.__aiter__)
+        finally:
+            self.slot.release()
+
+    async def aclose(self, *, client_gone: bool = False) -> None:
+        if client_gone:
+            # The request's log context is gone once the view returned: the line names the request id.
+            logger.info("event stream: the client went away",
+                        extra={"request_id": self.request_id, "job_id": self.job_id})
+        await self.slot.arelease()
+
+    async def _events(self):
+        try:
+            async for text in job_event_stream(job_id=self.job_id, cursor=self.cursor, viewer=self.viewer):
+                yield text
+        except Exception:
+            logger.exception("event stream failed", extra={"request_id": self.request_id, "job_id": self.job_id})
+            raise
+
+
+async def job_event_stream(*, job_id: str, cursor: str = "0", viewer=None) -> AsyncIterator[str]:
+    """The events of one job from `cursor` on: entries and record reads come from the process's hub."""
+    hub = output_hub()
     started = last_sent = time.monotonic()
     heartbeat = max(settings.JOB_EVENTS_HEARTBEAT, 0.5)
+    deadline = started + settings.JOB_EVENTS_MAX_SECONDS
     yield "retry: 2000\n\n"  # EventSource waits this long (ms) before reconnecting
+    watch = hub.watch(job_id=job_id, cursor=cursor, viewer=viewer)
     sent_state = None
-    last_poll = 0.0
-    job = None
-    while True:
-        now = time.monotonic()
-        if now - last_poll >= STATE_POLL_SECONDS or sent_state is None:
-            job, last_poll = _read_job(job_id), now
-        final = job is None or job.status in FINAL_STATUSES
-        if final:
-            # The job closed its log before it finished: drain what is left, then the final state.
-            while entries := output_read(job_id=job_id, after=cursor):
-                for entry in entries:
-                    yield _entry_event(entry)
-                cursor = entries[-1]["id"]
-            yield _event("state", _state(job, viewer), cursor)
-            return
-        state = _state(job, viewer)
-        if state != sent_state:
-            yield _event("state", state, cursor)
-            sent_state, last_sent = state, time.monotonic()
-        entries = output_read(job_id=job_id, after=cursor, limit=MAX_READ, block_ms=BLOCK_MS)
-        if any(entry["type"] == SEGMENT for entry in entries):
-            # A new attempt began: announce its state before its first chunk.
-            job, last_poll = _read_job(job_id), time.monotonic()
-            state = _state(job, viewer)
-            if state != sent_state and job is not None and job.status not in FINAL_STATUSES:
-                yield _event("state", state, cursor)
-                sent_state = state
-        for entry in entries:
-            yield _entry_event(entry)
-        if entries:
-            cursor, last_sent = entries[-1]["id"], time.monotonic()
-        now = time.monotonic()
-        if now - started >= settings.JOB_EVENTS_MAX_SECONDS:
-            yield ": stream time limit reached; reconnect with Last-Event-ID\n\n"
-            return
-        if now - last_sent >= heartbeat:
-            # A comment line: keeps proxies from timing out and makes a closed socket fail the next write.
-            yield ": keep-alive\n\n"
-            last_sent = now
+    seen_read = 0  # the last record read acted on (0: none yet; nothing is sent before the first state)
+    segment_read = None  # the read count when a fresh read was asked for the segment at the head
+    try:
+        while True:
+            if watch.job_read > seen_read:
+                seen_read = watch.job_read
+                job = watch.job
+                if job is None or job.status in FINAL_STATUSES:
+                    # The job closed its log before it finished: drain what is left, then the final state.
+                    hub.unwatch(watch)
+                    for entry in await hub.read_after(job_id=job_id, after=cursor):
+                        yield _entry_event(entry)
+                        cursor = entry["id"]
+                    yield _event("state", _state(job, viewer), cursor)
+                    return
+                state = _state(job, viewer)
+                if state != sent_state:
+                    yield _event("state", state, cursor)
+                    sent_state, last_sent = state, time.monotonic()
+            batch = []  # what is buffered goes out in one write (a busy process sends fewer, larger ones)
+            while seen_read and watch.entries:
+                if watch.entries[0]["type"] == SEGMENT:
+                    # A new attempt began: announce its state (read afresh) before its first chunk.
+                    if batch:
+                        break
+                    if segment_read is None:
+                        segment_read = watch.job_read
+                        hub.want_state(watch)
+                    if seen_read <= segment_read:
+                        break
+                    segment_read = None
+                entry = watch.entries.popleft()
+                batch.append(_entry_event(entry))
+                cursor = entry["id"]
+            if batch:
+                yield "".join(batch)
+                last_sent = time.monotonic()
+                continue
+            if hub.draining.is_set():
+                yield ": server restarting; reconnect with Last-Event-ID\n\n"
+                return
+            if watch.overflowed:
+                yield ": client too slow; reconnect with Last-Event-ID\n\n"
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                yield ": stream time limit reached; reconnect with Last-Event-ID\n\n"
+                return
+            if now - last_sent >= heartbeat:
+                yield ": keep-alive\n\n"  # keeps proxies from timing out the connection
+                last_sent = now
+                continue
+            watch.wake.clear()
+            if watch.job_read > seen_read or (seen_read and watch.entries and segment_read is None):
+                continue  # something arrived while we were sending
+            try:
+                async with asyncio.timeout(min(deadline, last_sent + heartbeat) - now):
+                    await watch.wake.wait()
+            except TimeoutError:
+                pass
+    finally:
+        hub.unwatch(watch)

@@ -157,11 +157,7 @@ class Supervisor:
 def build_children(*, host: str, port: int, concurrency: dict[str, int], python: str = sys.executable,
                    worker_classes: dict[str, str] | None = None) -> list[Child]:
     manage = [python, "manage.py"]
-    children = [Child("web", [python, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
-                              "--workers", "2", "--threads", "8", "--bind", f"{host}:{port}",
-                              "--graceful-timeout", "30", "--timeout", "120",
-                              # gunicorn's control socket has one fixed path: two instances would clash.
-                              "--no-control-socket"])]
+    children = [web_child(host=host, port=port, python=python)]
     for queue, count in concurrency.items():
         worker_class = (worker_classes or {}).get(queue)  # settings.QUEUE_WORKER_CLASSES
         argv = manage + ["rqworker", queue, "--with-scheduler"]
@@ -177,6 +173,20 @@ def build_children(*, host: str, port: int, concurrency: dict[str, int], python:
             children.append(Child(f"worker-{queue}-{i + 1}", argv))
     children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
     return children
+
+
+def web_child(*, host: str, port: int, python: str = sys.executable, processes: int | None = None) -> Child:
+    """gunicorn with uvicorn workers (slimy_site.web_worker) serving slimy_site.asgi: event streams are
+    coroutines, the other routes run on WEB_THREADS threads per process (see slimy_site/asgi.py)."""
+    from django.conf import settings
+
+    return Child("web", [python, "-m", "gunicorn", "slimy_site.asgi:application",
+                         "--worker-class", "slimy_site.web_worker.SlimyUvicornWorker",
+                         "--workers", str(processes or settings.WEB_PROCESSES), "--bind", f"{host}:{port}",
+                         # Streams end within a second of SIGTERM (they are told to reconnect elsewhere).
+                         "--graceful-timeout", "30", "--timeout", "120",
+                         # gunicorn's control socket has one fixed path: two instances would clash.
+                         "--no-control-socket"])
 
 
 def _runs_jobs_on_threads(worker_class: str) -> bool:

@@ -39,6 +39,7 @@ ERROR_CODES = {
     "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
     "idempotency_key_reused": (422, "This Idempotency-Key was already used with a different request."),
     "rate_limited": (429, "Too many requests; retry in 12 seconds."),
+    "too_many_streams": (429, "Too many open event streams; close one or try again later."),
     "internal_error": (500, "An internal error occurred."),
     "queue_full": (503, "The queue is full; retry later."),
     "queues_unavailable": (503, "The job queues are unavailable; retry later."),

@@ -326,6 +326,12 @@ CHAT_CONTEXT_MAX_MESSAGES = env.int("CHAT_CONTEXT_MAX_MESSAGES", default=50)
 # open before the client reconnects with Last-Event-ID.
 JOB_EVENTS_HEARTBEAT = env.float("JOB_EVENTS_HEARTBEAT", default=15.0)
 JOB_EVENTS_MAX_SECONDS = env.float("JOB_EVENTS_MAX_SECONDS", default=300.0)
+# Open event streams: per user across every web process, and per web process (over either: 429).
+API_MAX_STREAMS_PER_USER = env.int("API_MAX_STREAMS_PER_USER", default=20)
+API_MAX_STREAMS_PER_PROCESS = env.int("API_MAX_STREAMS_PER_PROCESS", default=2000)
+# The web server of `make run` (slimy_site.asgi): processes, and threads per process for the WSGI routes.
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=2)
+WEB_THREADS = env.int("WEB_THREADS", default=8)
 # Attempts of one chat reply, and the backoff before the 2nd (doubling); the last failure answers the fallback.
 CHAT_RETRY_ATTEMPTS = env.int("CHAT_RETRY_ATTEMPTS", default=3)
 CHAT_RETRY_BACKOFF = env.float("CHAT_RETRY_BACKOFF", default=2.0)

@@ -45,6 +45,11 @@ def _clean_redis(_private_redis):
 
     get_connection().flushdb()
     yield
+    # Event streams read through the process's hub (a background loop under WSGI): close it, so no
+    # database session of its poller outlives the test database.
+    from queues.output_watch import output_hubs_close_background
+
+    output_hubs_close_background()
 
 
 @pytest.fixture

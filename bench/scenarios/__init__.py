@@ -12,6 +12,7 @@ SCENARIOS = {
     "fairness": "bench.scenarios.fairness",
     "budget": "bench.scenarios.budget",
     "footprint": "bench.scenarios.footprint",
+    "watchers": "bench.scenarios.watchers",
 }
 
 

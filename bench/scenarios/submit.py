@@ -4,7 +4,8 @@ The web process is what `make run` starts (gunicorn, gthread, 8 threads), here w
 rate limits raised out of the way (the limiter's Redis call still runs). Submission = `POST
 /api/chat/conversations` (a `create_conversation` job: validation, ledger row, push to Redis,
 202). Baseline: `GET /health/live` on the same server, same client, same run. No workers run: jobs
-just wait, which is what a submission costs.
+just wait, which is what a submission costs. Then the same loads against the server `make run` starts
+(uvicorn workers, slimy_site.asgi), each figure beside gthread's from the same run.
 """
 
 from __future__ import annotations
@@ -56,12 +57,38 @@ def run(env: BenchEnv, *, jobs: int, processes: int, concurrency: int, **_) -> R
         submit = _load(port, "POST", "/api/chat/conversations", body, headers, jobs, concurrency, 202)
     finally:
         server.stop()
+    ours = _make_run_server(env, token, jobs, processes, concurrency)
     per_process = lambda rate: rate / processes  # noqa: E731
     result.add("POST submissions", per_process(submit["rate"]), "req/s/process", BASELINE, per_process(health["rate"]))
     result.add("POST p50", submit["p50"], "ms", BASELINE, health["p50"], higher_is_better=False)
     result.add("POST p99", submit["p99"], "ms", BASELINE, health["p99"], higher_is_better=False)
-    result.details = {"submit": submit, "health": health}
+    # Before/after for the web server itself: `make run`'s (uvicorn workers, WSGI routes on threads) vs gthread.
+    result.add("make-run server POST submissions", per_process(ours["submit"]["rate"]), "req/s/process",
+               "gthread POST submissions", per_process(submit["rate"]))
+    result.add("make-run server POST p99", ours["submit"]["p99"], "ms", "gthread POST p99", submit["p99"],
+               higher_is_better=False)
+    result.add("make-run server GET /health/live", per_process(ours["health"]["rate"]), "req/s/process",
+               "gthread GET /health/live", per_process(health["rate"]))
+    result.details = {"submit": submit, "health": health, "make_run_server": ours}
     return result
+
+
+def _make_run_server(env, token, jobs, processes, concurrency) -> dict:
+    """The same loads against the web server `make run` starts (slimy_site.runall.web_child)."""
+    from slimy_site.runall import web_child
+
+    port = harness.free_port()
+    argv = web_child(host="127.0.0.1", port=port, python=sys.executable, processes=processes).argv
+    server = harness.start(env, argv, "submit-web-make-run", API_RATE_LIMITS=UNLIMITED, LOG_LEVEL="WARNING")
+    try:
+        harness.wait_until(lambda: _get(port, "/health/live") == 200, 60, "web server start", interval=0.2)
+        health = _load(port, "GET", "/health/live", None, {}, jobs, concurrency, 200)
+        body = json.dumps({"title": "bench"}).encode()
+        headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+        submit = _load(port, "POST", "/api/chat/conversations", body, headers, jobs, concurrency, 202)
+    finally:
+        server.stop()
+    return {"submit": submit, "health": health}
 
 
 def _get(port: int, path: str) -> int | None:

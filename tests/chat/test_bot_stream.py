@@ -1,8 +1,9 @@
 """GET /api/jobs/<id>/events: state changes and chunks as Server-Sent Events, resumable, ending final.
 
 The first tests read the stream through Django's test client; the last ones run the production web
-server (gunicorn, gthread workers) as a real process and read it over a socket while a worker streams
-the reply, including a reconnect with Last-Event-ID in the middle.
+server (the one `make run` starts) as a real process and read it over a socket while a worker streams
+the reply, including a reconnect with Last-Event-ID in the middle. More under many clients:
+tests/queues/test_event_streams_server.py.
 """
 
 import sys
@@ -14,6 +15,7 @@ import pytest
 from queues.models import JobRecord
 from queues.services import job_enqueue
 from slimy_site.services import api_token_issue
+from slimy_site.runall import web_child
 from tests.chat.sse import Event, LiveStream, events_of, only
 from tests.fake_llm import Behaviour
 from tests.processes import Proc, process_env, wait_for
@@ -89,16 +91,16 @@ def test_failed_job_ends_with_its_error(user, make_api_client, run_worker):
 
 @pytest.fixture
 def web(redis_server, tmp_path):
-    """gunicorn with gthread workers, as `make run` starts it, on the test database and Redis."""
+    """The web server `make run` starts (gunicorn + uvicorn workers), one process, on the test database and Redis."""
     started = []
 
     def start(threads=4, **env):
         port = free_port()
-        proc = Proc([sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "-k", "gthread", "--threads", str(threads),
-                     "--workers", "1", "-b", f"127.0.0.1:{port}", "--timeout", "30", "--no-control-socket"],
-                    process_env(redis_server.url, JOB_EVENTS_HEARTBEAT="0.5", **env), tmp_path / f"web-{port}.log")
+        argv = web_child(host="127.0.0.1", port=port, python=sys.executable, processes=1).argv
+        proc = Proc(argv, process_env(redis_server.url, JOB_EVENTS_HEARTBEAT="0.5", WEB_THREADS=str(threads), **env),
+                    tmp_path / f"web-{port}.log")
         started.append(proc)
-        wait_for(lambda: _live(port), timeout=30, message="gunicorn to answer")
+        wait_for(lambda: _live(port), timeout=30, message="the web server to answer")
         return port
 
     yield start
@@ -115,7 +117,7 @@ def _live(port) -> bool:
 
 
 @pytest.mark.e2e
-def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, user, run_worker, web):
+def test_live_stream_under_the_web_server_with_a_reconnect_in_the_middle(fake_llm, user, run_worker, web):
     port = web(threads=4)
     token = api_token_issue(user=user)
     fake_llm.then(Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3))
@@ -165,15 +167,17 @@ def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, use
 
 
 @pytest.mark.e2e
-def test_a_disconnected_client_frees_its_server_thread(user, web):
+def test_open_streams_hold_no_server_thread(user, web):
     port = web(threads=1, JOB_EVENTS_MAX_SECONDS="300")
     token = api_token_issue(user=user)
-    job = _ask(user)  # stays queued: the stream would run for 300 s
-    stream = LiveStream(port, f"/api/jobs/{job.pk}/events", token)
-    assert isinstance(stream.next(), Event)
-    stream.close()
-    # The only server thread is free again once a heartbeat fails on the closed socket.
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/{job.pk}/output",
+    jobs = [_ask(user) for _ in range(16)]  # they stay queued: each stream would run for 300 s
+    streams = [LiveStream(port, f"/api/jobs/{job.pk}/events", token) for job in jobs]
+    for stream in streams:
+        assert isinstance(stream.next(), Event)
+    # Under gthread 16 open streams took every thread; here the one thread for other routes is free.
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/{jobs[0].pk}/output",
                                      headers={"Authorization": f"Token {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+    for stream in streams:
+        stream.close()
