@@ -25,13 +25,9 @@ MAX_DETAILS_CHARS = 32_000
 
 _LIMITS = {"actorLabel": 150, "userAgent": 512, "sessionId": 128, "requestId": 64, "errorMessage": 4000}
 _MAX_LENGTH = {"action": 100, "resourceType": 100, "resourceId": 255}
-_FIELDS = ("eventId", "occurredAt", "action", "resourceType", "resourceId", "actorId", "actorLabel", "details",
-           "ip", "userAgent", "sessionId", "requestId", "success", "errorMessage")
-_FIELD_SET = frozenset(_FIELDS)
+_FIELD_SET = frozenset(("eventId", "occurredAt", "action", "resourceType", "resourceId", "actorId", "actorLabel",
+                        "details", "ip", "userAgent", "sessionId", "requestId", "success", "errorMessage"))
 _NULLABLE = frozenset({"actorId", "ip"})
-# Optional text fields: (name, strip surrounding whitespace) as the serializer declares them.
-_TEXT = (("resourceType", True), ("resourceId", True), ("actorLabel", False), ("userAgent", False),
-         ("sessionId", True), ("requestId", True), ("errorMessage", False))
 _TRUE = frozenset({"t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1", 1, True})
 _FALSE = frozenset({"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0", 0,
                     0.0, False})
@@ -166,50 +162,82 @@ def _ip(value):
         raise _Invalid("Not an IP address.") from None
 
 
+def _action(value) -> str:
+    return clean_text(_text(value, strip=True, allow_blank=False, max_length=100))
+
+
+def _text_field(name: str, strip: bool):
+    limit, cut = _MAX_LENGTH.get(name), _LIMITS.get(name)
+
+    def convert(value) -> str:
+        if value.__class__ is str and not (strip and value != value.strip()) and (limit is None or len(value) <= limit):
+            # Already clean text (the common case, e.g. a payload validated when it was enqueued).
+            if "\x00" not in value and not _SURROGATE.search(value):
+                return value[:cut] if cut is not None else value
+        return clean_text(_text(value, strip=strip, allow_blank=True, max_length=limit), cut)
+
+    return convert
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> str:
+    return iso(timezone.now())
+
+
+# Field order = payload order: (name, converter, default factory or value; REQUIRED when required).
+REQUIRED = object()
+_CONVERT = (
+    ("eventId", _event_id, _new_id),
+    ("occurredAt", _occurred, _now),
+    ("action", _action, REQUIRED),
+    ("resourceType", _text_field("resourceType", True), ""),
+    ("resourceId", _text_field("resourceId", True), ""),
+    ("actorId", _actor_id, None),
+    ("actorLabel", _text_field("actorLabel", False), ""),
+    ("details", _details, dict),
+    ("ip", _ip, None),
+    ("userAgent", _text_field("userAgent", False), ""),
+    ("sessionId", _text_field("sessionId", True), ""),
+    ("requestId", _text_field("requestId", True), ""),
+    ("success", _boolean, True),
+    ("errorMessage", _text_field("errorMessage", False), ""),
+)
+
+
 def event_clean(data) -> dict:
     """One event, validated, redacted and storable: the log_event payload. Raises a DRF ValidationError
     naming each bad field (the API's 400 details), like the EventPayload serializer would."""
     if not isinstance(data, dict):
         raise serializers.ValidationError(
             {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]})
-    errors: dict[str, list[str]] = {}
-    unknown = [name for name in data if name not in _FIELD_SET]
-    if unknown:
-        raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+    if not _FIELD_SET.issuperset(data):
+        unknown = sorted(name for name in data if name not in _FIELD_SET)
+        raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
     out: dict = {}
-
-    def take(name, convert, default):
+    errors: dict[str, list[str]] = {}
+    for name, convert, default in _CONVERT:
         if name not in data:
-            return default() if callable(default) else default
-        if data[name] is None and name not in _NULLABLE:
+            if default is REQUIRED:
+                errors[name] = ["This field is required."]
+            else:
+                out[name] = default() if callable(default) else default
+            continue
+        value = data[name]
+        if value is None and name not in _NULLABLE:
             errors[name] = ["This field may not be null."]
-            return None
+            continue
         try:
-            return convert(data[name])
+            out[name] = convert(value)
         except _Invalid as exc:
             errors[name] = [str(exc)]
-            return None
-
-    out["eventId"] = take("eventId", _event_id, lambda: str(uuid.uuid4()))
-    out["occurredAt"] = take("occurredAt", _occurred, lambda: iso(timezone.now()))
-    if "action" not in data:
-        errors["action"] = ["This field is required."]
-    else:
-        out["action"] = take("action", lambda v: clean_text(_text(v, strip=True, allow_blank=False, max_length=100)),
-                             None)
-    out["actorId"] = take("actorId", _actor_id, None)
-    out["details"] = take("details", _details, dict)
-    out["ip"] = take("ip", _ip, None)
-    for name, strip in _TEXT:
-        limit = _MAX_LENGTH.get(name)
-        value = take(name, lambda v, s=strip, m=limit: _text(v, strip=s, allow_blank=True, max_length=m), "")
-        out[name] = clean_text(value or "", _LIMITS.get(name))
-    out["success"] = take("success", _boolean, True)
     if errors:
         raise serializers.ValidationError(errors)
     if out["errorMessage"]:
         out["errorMessage"] = redact(out["errorMessage"])
-    return {name: out[name] for name in _FIELDS}
+    return out
 
 
 def events_clean(data) -> dict:

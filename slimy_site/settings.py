@@ -150,6 +150,8 @@ PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
+# Seconds a web process reuses a user's group roles (slimy_site.roles); 0 reads them on every request.
+ROLE_CACHE_SECONDS = env.int("ROLE_CACHE_SECONDS", default=5)
 # Worker class per queue for `make run` (see README "Benchmarks": why each). `rqworker` without
 # --worker-class uses RQ_WORKER_CLASS.
 QUEUE_WORKER_CLASSES = {

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 EXPECTED_FIGURES = {
     "throughput": {"SlimySimpleWorker (stock) database", "SlimyBatchWorker database", "SlimyBatchWorker chat",
                    "SlimyBatchWorker audit"},
-    "audit-ingest": {"audit_event_record -> rows", "bulk jobs (1,000 events) -> rows"},
+    "audit-ingest": {"audit_event_record -> rows", "bulk jobs (1,000 events) -> rows",
+                     "audit_event_record -> rows vs COPY", "bulk jobs (1,000 events) -> rows vs COPY"},
     "pickup": {"SlimyBatchWorker p50", "SlimyBatchWorker p99", "SlimyBatchWorker p99 after 0.3 s idle",
                "SlimySimpleWorker (stock) p50", "SlimySimpleWorker (stock) p99",
                "SlimySimpleWorker (stock) p99 after 0.3 s idle"},
