@@ -126,8 +126,9 @@ class NewRow:
 _quote = json.encoder.encode_basestring
 
 
-def _details_json(details: dict) -> str:
-    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False), without building an
+# encoder per call.
+_details_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _copy_text(value: str) -> str:
