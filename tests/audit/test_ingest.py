@@ -277,7 +277,7 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
     worker = subprocess.Popen(WORKER_CMD, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a worker process starts slowly on a loaded machine
         while True:  # the batch is locked by the worker: a SKIP LOCKED read sees none of it
             with transaction.atomic():
                 visible = len(AuditStagedEvent.objects.select_for_update(skip_locked=True).values_list("id"))
