@@ -2,9 +2,9 @@
 
 from rest_framework import serializers
 
-from audit.events import EventPayload, EventsPayload
+from audit.events import EventPayload, EventsPayload, event_clean, events_clean
 from queues.constants import QueueName
-from queues.definitions import JobDefinition, RetryPolicy
+from queues.definitions import EmptyPayload, JobDefinition, RetryPolicy
 
 
 class LogEventJob(JobDefinition):
@@ -16,6 +16,13 @@ class LogEventJob(JobDefinition):
     payload_serializer = EventPayload
     timeout = 60
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
+
+    @classmethod
+    def validate(cls, payload):
+        # Plain-code validation (the serializer's rules): it runs again for every event a worker writes.
+        if not isinstance(payload, dict):
+            raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
+        return event_clean(payload)
 
     def run(self, payload, context):
         from audit.services import audit_log_event_run
@@ -31,10 +38,33 @@ class LogEventsBulkJob(JobDefinition):
     timeout = 120
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
 
+    @classmethod
+    def validate(cls, payload):
+        return events_clean(payload)
+
     def run(self, payload, context):
         from audit.services import audit_events_bulk_run
 
         return audit_events_bulk_run(events=payload["events"])
+
+
+class AuditDrainJob(JobDefinition):
+    """Moves the ingest buffer (events from audit_event_record) into the chain in large batches.
+
+    Enqueued on demand when events are staged (at most one waiting at a time, see
+    audit_drain_request) and by the periodic safety net (audit_drain_ensure).
+    """
+
+    name = "audit_drain"
+    queue = QueueName.AUDIT
+    payload_serializer = EmptyPayload
+    timeout = 300
+    retry = RetryPolicy(max_attempts=5, backoff_base=2)
+
+    def run(self, payload, context):
+        from audit.services import audit_staged_drain
+
+        return audit_staged_drain()
 
 
 class CleanupPayload(serializers.Serializer):

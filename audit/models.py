@@ -87,3 +87,19 @@ class AuditChainGap(models.Model):
 
     def __str__(self):
         return f"after #{self.after_id}: {self.deleted_count} removed up to #{self.last_deleted_id}"
+
+
+class AuditStagedEvent(models.Model):
+    """The ingest buffer: an event accepted by `audit_event_record`, not yet in the chain.
+
+    Written in the caller's transaction (so an event about a rolled-back change never exists) and
+    removed in the same transaction that appends it to the chain (so a drain that dies mid-batch leaves
+    it here for the next one). `event` is the validated, redacted log_event payload.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "staged audit event"

@@ -5,22 +5,23 @@ Retention lives in audit.retention, reports in audit.reports, the chain in audit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import uuid
 
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from redis.exceptions import RedisError
 from rest_framework import serializers
 
-from audit.chain import chain_append
-from audit.events import MAX_EVENTS, EventPayload
-from audit.models import AuditLog
+from audit.chain import NewRow, chain_append
+from audit.events import MAX_EVENTS, event_clean, normalize_ip
+from audit.models import AuditStagedEvent
 from queues.constants import JobStatus
 from queues.logging import current_request_id
 from queues.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
@@ -30,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 LOG_EVENT = "log_event"
 LOG_EVENTS_BULK = "log_events_bulk"
+AUDIT_DRAIN = "audit_drain"
+# "A drain job is queued" (see audit_drain_request); expires so a lost job is replaced soon.
+DRAIN_FLAG = "slimy:audit:drain-requested"
+DRAIN_FLAG_TTL = 10
+# Events per drain transaction, and transactions per drain job before it hands over to a successor.
+DRAIN_BATCH = 5000
+DRAIN_MAX_BATCHES = 20
 # How many waiting log_event jobs one run may take over and write with its own event.
 GROUP_MAX = MAX_EVENTS
 
@@ -66,26 +74,24 @@ def audit_event_record(
     user_agent: str | None = None,
     session_id: str | None = None,
 ) -> None:
-    """Record an audit event off the request path: enqueue a `log_event` job, never raise.
+    """Record an audit event off the request path: stage it in the ingest buffer, never raise.
 
-    The job record joins the caller's transaction (inside a savepoint) and is pushed when it commits,
-    so an event about a rolled-back change disappears with it. Details are redacted before they are
-    enqueued. A failure to enqueue is logged and counted, never raised into the caller.
+    The event is validated and redacted here, then written to `AuditStagedEvent` in the caller's
+    transaction (inside a savepoint), so an event about a rolled-back change disappears with it.
+    When the caller commits, an `audit_drain` job is asked for (see `audit_drain_request`), which
+    moves the buffer into the chain in large batches. A failure is logged and counted, never raised.
     """
-    from queues.services import job_enqueue
-
     context = _from_request(request) if request is not None else {}
     if actor is None and request is not None:
         user = getattr(request, "user", None)
         actor = user if user is not None and user.is_authenticated else None
+    known_actor = actor is not None and getattr(actor, "pk", None)
     event = {
-        "eventId": str(uuid.uuid4()),
-        "occurredAt": timezone.now().isoformat(),
         "action": action,
         "resourceType": str(resource_type or ""),
         "resourceId": str(resource_id or ""),
-        "actorId": actor.pk if actor is not None and getattr(actor, "pk", None) else None,
-        "actorLabel": actor.get_username() if actor is not None and getattr(actor, "pk", None) else "",
+        "actorId": actor.pk if known_actor else None,
+        "actorLabel": actor.get_username() if known_actor else "",
         "details": details or {},
         "ip": ip if ip is not None else context.get("ip"),
         "userAgent": user_agent if user_agent is not None else context.get("userAgent", ""),
@@ -97,58 +103,166 @@ def audit_event_record(
     try:
         if event["ip"]:
             try:
-                EventPayload().validate_ip(event["ip"])
-            except serializers.ValidationError:
+                normalize_ip(event["ip"])
+            except ValueError:
                 event["ip"] = None  # a proxy's odd REMOTE_ADDR must not cost the event
-        with transaction.atomic():
-            job_enqueue(job_type=LOG_EVENT, payload=event, request_id=event["requestId"])
-    except (RedisError, OSError, DatabaseError, ApplicationError) as exc:
+        audit_event_stage(events=[event_clean(event)])
+    except (serializers.ValidationError, DatabaseError) as exc:
         AUDIT_EVENTS_FAILED.labels(stage="enqueue").inc()
-        logger.warning("audit event %s (%s) could not be enqueued: %s", action, event["eventId"], exc,
-                       exc_info=not isinstance(exc, ApplicationError))
+        logger.warning("audit event %s could not be recorded: %s", action, exc,
+                       exc_info=isinstance(exc, DatabaseError))
+
+
+def audit_event_stage(*, events: list[dict]) -> None:
+    """Put validated events (log_event payload form) in the ingest buffer, in the caller's transaction.
+
+    One statement. Inside a transaction it runs in a savepoint, so a failure leaves the caller's
+    transaction usable. The drain is requested when the transaction commits.
+    """
+    sql = "INSERT INTO audit_auditstagedevent (event, created_at) VALUES " + ", ".join(["(%s, %s)"] * len(events))
+    now = timezone.now()
+    params = [p for event in events for p in (json.dumps(event, ensure_ascii=False), now)]
+    conn = transaction.get_connection()
+    with transaction.atomic() if conn.in_atomic_block else contextlib.nullcontext():
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+    transaction.on_commit(audit_drain_request)
+
+
+# --- The drain: the buffer into the chain
+
+
+def audit_drain_request() -> None:
+    """Make sure an `audit_drain` job will run, without enqueueing one per event.
+
+    A Redis flag (SET NX with a TTL) stands for "a drain is queued": the first event after a drain
+    started enqueues the next one; the rest see the flag and do nothing. The drain clears the flag
+    before it reads the buffer, so an event committed while it runs asks for another. If Redis or the
+    database fails here, the event stays in the buffer and the periodic safety net
+    (`audit_drain_ensure`) or the next event's request picks it up. Never raises.
+    """
+    from queues.redis import get_connection
+    from queues.services import job_enqueue
+
+    try:
+        conn = get_connection()
+        if not conn.set(DRAIN_FLAG, "1", nx=True, ex=DRAIN_FLAG_TTL):
+            return
+    except (RedisError, OSError):
+        logger.warning("audit drain not requested (Redis unavailable); the periodic safety net will drain")
+        return
+    try:
+        with transaction.atomic():
+            job_enqueue(job_type=AUDIT_DRAIN, payload={})
+    except (DatabaseError, ApplicationError, RedisError, OSError):
+        logger.warning("audit drain could not be enqueued; the periodic safety net will drain", exc_info=True)
+        try:
+            conn.delete(DRAIN_FLAG)
+        except (RedisError, OSError):
+            pass
+
+
+def audit_drain_ensure() -> bool:
+    """The periodic safety net (a PERIODIC_HOOKS entry): enqueue a drain when events wait in the buffer
+    and no drain job is waiting. Idempotent; returns whether it enqueued one."""
+    from queues.constants import WAITING_STATUSES
+    from queues.models import JobRecord
+    from queues.services import job_enqueue
+
+    if not AuditStagedEvent.objects.exists():
+        return False
+    with transaction.atomic():
+        if JobRecord.objects.filter(job_type=AUDIT_DRAIN, status__in=WAITING_STATUSES).exists():
+            return False
+        job_enqueue(job_type=AUDIT_DRAIN, payload={})
+    return True
+
+
+def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX_BATCHES) -> dict:
+    """The audit_drain job: move the buffer into the chain, `batch` events per transaction.
+
+    Each batch locks its buffer rows (FOR UPDATE SKIP LOCKED: concurrent drains take disjoint rows),
+    appends them to the chain and deletes them, all in one transaction: a drain killed mid-batch
+    leaves its rows in the buffer, and an event id already in the chain is skipped, so nothing is lost
+    or doubled. After `max_batches` full batches it requests a successor rather than hold its slot.
+    """
+    from queues.redis import get_connection
+
+    try:
+        get_connection().delete(DRAIN_FLAG)
+    except (RedisError, OSError):
+        pass  # the flag expires by itself; meanwhile this drain and the safety net cover
+    written = drained = batches = 0
+    more = False
+    while True:
+        if batches >= max_batches:
+            more = True
+            break
+        with transaction.atomic():
+            rows = _staged_batch(batch)
+            if not rows:
+                break
+            written += audit_events_write(events=[event for _, event in rows])
+            AuditStagedEvent.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        drained += len(rows)
+        batches += 1
+        if len(rows) < batch:
+            break
+    if more:
+        audit_drain_request()
+    return {"drained": drained, "written": written, "duplicates": drained - written, "batches": batches}
+
+
+def _staged_batch(batch: int) -> list[tuple[int, dict]]:
+    qs = AuditStagedEvent.objects.order_by("id")
+    if connection.features.has_select_for_update_skip_locked:
+        qs = qs.select_for_update(skip_locked=True)
+    return list(qs.values_list("id", "event")[:batch])
 
 
 # --- Writing
 
 
-def _row(event: dict, *, now: dt.datetime, known_users: dict[int, object]) -> AuditLog:
-    occurred = event["occurredAt"]
-    if isinstance(occurred, str):
-        occurred = parse_datetime(occurred)
-    actor_id = event.get("actorId")
-    return AuditLog(
-        event_id=uuid.UUID(str(event["eventId"])),
-        occurred_at=occurred,
-        recorded_at=now,
-        actor=known_users.get(actor_id),
-        actor_ref=actor_id,
-        actor_label=event.get("actorLabel") or getattr(known_users.get(actor_id), "username", "") or "",
-        action=event["action"],
-        resource_type=event.get("resourceType", ""),
-        resource_id=event.get("resourceId", ""),
-        details=event.get("details") or {},
-        ip=event.get("ip") or None,
-        user_agent=event.get("userAgent", ""),
-        session_id=event.get("sessionId", ""),
-        request_id=event.get("requestId", ""),
-        success=bool(event.get("success", True)),
-        error_message=event.get("errorMessage", ""),
-    )
+def _parse_occurred(value) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    # Payload timestamps are ISO 8601 with `Z` (audit.events.iso); fromisoformat takes `+00:00`.
+    return dt.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
 
 
 def audit_events_write(*, events: list[dict]) -> int:
-    """Append validated events (job payload form) to the chain in one bulk statement; returns rows written.
+    """Append validated events (job payload form) to the chain in one COPY; returns rows written.
 
     An event whose id is already stored is skipped, so retries never double. An actor deleted since
-    the event was enqueued keeps its id in `actor_ref`.
+    the event was recorded keeps its id in `actor_ref`.
     """
     if not events:
         return 0
     # Microsecond-exact "now" as the database will give it back.
     now = timezone.now()
     actor_ids = {e["actorId"] for e in events if e.get("actorId")}
-    known = {u.pk: u for u in get_user_model().objects.filter(pk__in=actor_ids).only("pk", "username")}
-    rows = [_row(event, now=now, known_users=known) for event in events]
+    known = dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
+    rows = []
+    for event in events:
+        actor_id = event.get("actorId")
+        rows.append(NewRow(
+            event_id=uuid.UUID(str(event["eventId"])),
+            occurred_at=_parse_occurred(event["occurredAt"]),
+            recorded_at=now,
+            actor_id=actor_id if actor_id in known else None,
+            actor_ref=actor_id,
+            actor_label=event.get("actorLabel") or known.get(actor_id, "") or "",
+            action=event["action"],
+            resource_type=event.get("resourceType", ""),
+            resource_id=event.get("resourceId", ""),
+            details=event.get("details") or {},
+            ip=event.get("ip") or None,
+            user_agent=event.get("userAgent", ""),
+            session_id=event.get("sessionId", ""),
+            request_id=event.get("requestId", ""),
+            success=bool(event.get("success", True)),
+            error_message=event.get("errorMessage", ""),
+        ))
     written = chain_append(rows)
     if written:
         count = len(written)

@@ -6,6 +6,8 @@ A view adapts its input, then calls `accept_job(...)`, which (in this order)
 - charges the caller's `submit` rate limit (429 `rate_limited`),
 - refuses when the target queue's backlog exceeds QUEUE_MAX_BACKLOG (503 `queue_full`) — unless the
   request replays an existing Idempotency-Key, which creates nothing,
+  (those three checks are one Redis round trip: one pipeline with the rate-limit script and the
+  backlog lengths; looking the Idempotency-Key up in the ledger happens only when one is sent),
 - calls `job_enqueue` and answers `202 {ok, jobId, status, statusUrl, ...extra}`; a replay of the same
   key and body answers `200` with the body of the original `202` (for 24 h, even after the job ran),
   the same key with another body `422 idempotency_key_reused`.
@@ -25,13 +27,12 @@ from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from queues.constants import JobStatus, Priority
+from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
 from queues.models import JobRecord
-from queues.redis import get_connection, redis_ping
-from queues.selectors import queue_backlog
+from queues.redis import get_connection, get_rq_queue
 from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
-from queues.throttling import rate_limit_enforce
+from queues.throttling import rate_limit_connection, rate_limit_queue, rate_limit_wait, rate_limited
 from slimy_site.exceptions import ServiceUnavailable, ValidationFailed
 from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
 
@@ -121,16 +122,26 @@ def job_accepted_body(request, job, **extra) -> dict:
 
 
 def submission_guard(request, *, queue: str, replay: bool = False) -> None:
-    """The checks before anything is pushed to `queue` (also used by job retry)."""
-    if not redis_ping():
-        raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    rate_limit_enforce(request, scope="submit")
-    if replay:
-        return
+    """The checks before anything is pushed to `queue` (also used by job retry), in one round trip on
+    the short-timeout connection: Redis answering, the `submit` rate limit, the backlog."""
     try:
-        backlog = queue_backlog(queue=queue)
+        with rate_limit_connection().pipeline(transaction=False) as pipe:
+            pipe.ping()
+            charged = rate_limit_queue(pipe, request, scope="submit")
+            if not replay:
+                for priority in PRIORITY_ORDER:
+                    pipe.llen(get_rq_queue(queue, priority).key)
+            replies = pipe.execute()
     except (RedisError, OSError):
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+    replies = replies[1:]
+    if charged:
+        wait = rate_limit_wait(replies.pop(0))
+        if wait:
+            raise rate_limited(scope="submit", wait=wait)
+    if replay:
+        return
+    backlog = sum(int(n) for n in replies)
     if backlog > settings.QUEUE_MAX_BACKLOG:
         logger.warning("queue %s is full (%s waiting); submission refused", queue, backlog)
         raise QueueFull(f"The {queue} queue is full; retry later.", details={"queue": queue},

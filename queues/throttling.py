@@ -97,13 +97,47 @@ def _connection() -> Redis:
     return conn
 
 
+def rate_limit_connection() -> Redis:
+    """The short-timeout connection rate limits (and the submission guard) use."""
+    return _connection()
+
+
 def rate_limit_hit(*, scope: str, ident: str, rate: Rate) -> float:
     """Count one request; 0 when allowed, else the seconds to wait. Raises RedisError when Redis fails."""
     conn = _connection()
-    allowed, wait_ms, _remaining = conn.register_script(_GCRA)(
-        keys=[f"{KEY_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000]
-    )
+    reply = conn.register_script(_GCRA)(keys=[f"{KEY_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000])
+    return rate_limit_wait(reply)
+
+
+def rate_limit_wait(reply) -> float:
+    """The seconds to wait from the script's reply (0 when allowed)."""
+    allowed, wait_ms, _remaining = reply
     return 0.0 if allowed else max(int(wait_ms) / 1000.0, 0.001)
+
+
+def rate_limit_queue(pipe, request, *, scope: str) -> bool:
+    """Add this request's charge for `scope` to a Redis pipeline (folded with other commands into one
+    round trip); False when nothing was added (no limit, or already charged). Read the reply with
+    `rate_limit_wait` and raise with `rate_limited`."""
+    if not _first_charge(request, scope):
+        return False
+    rate = rate_for(scope=scope, user=getattr(request, "user", None))
+    if rate is None:
+        return False
+    # EVAL, not EVALSHA: a pipeline would first ask SCRIPT EXISTS, a round trip of its own.
+    pipe.eval(_GCRA, 1, f"{KEY_PREFIX}:{scope}:{request_ident(request)}", rate.limit, rate.period * 1000)
+    return True
+
+
+def _first_charge(request, scope: str) -> bool:
+    charged = getattr(request, "_slimy_rate_scopes", None)
+    if charged is None:
+        charged = set()
+        setattr(request, "_slimy_rate_scopes", charged)
+    if scope in charged:
+        return False
+    charged.add(scope)
+    return True
 
 
 def request_ident(request) -> str:
@@ -118,13 +152,8 @@ def rate_limit_check(request, *, scope: str) -> float:
 
     A request is charged once per scope (a view throttled as `submit` that calls accept_job pays once).
     """
-    charged = getattr(request, "_slimy_rate_scopes", None)
-    if charged is None:
-        charged = set()
-        setattr(request, "_slimy_rate_scopes", charged)
-    if scope in charged:
+    if not _first_charge(request, scope):
         return 0.0
-    charged.add(scope)
     rate = rate_for(scope=scope, user=getattr(request, "user", None))
     if rate is None:
         return 0.0
@@ -139,9 +168,13 @@ def rate_limit_enforce(request, *, scope: str) -> None:
     """Raise 429 `rate_limited` (with Retry-After) when `scope` is exhausted for this caller."""
     wait = rate_limit_check(request, scope=scope)
     if wait:
-        seconds = max(1, math.ceil(wait))
-        raise RateLimited(f"Too many requests; retry in {seconds} seconds.",
-                          details={"scope": scope, "retryAfter": seconds}, headers={"Retry-After": str(seconds)})
+        raise rate_limited(scope=scope, wait=wait)
+
+
+def rate_limited(*, scope: str, wait: float) -> RateLimited:
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(f"Too many requests; retry in {seconds} seconds.",
+                       details={"scope": scope, "retryAfter": seconds}, headers={"Retry-After": str(seconds)})
 
 
 class ScopedRedisThrottle(BaseThrottle):

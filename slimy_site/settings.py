@@ -162,16 +162,19 @@ RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=30)
 JOB_RESULT_TTL = env.int("JOB_RESULT_TTL", default=3600)
 JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
 # Idempotent callables the reconciler loop (`queues_reconcile --loop`) runs every PERIODIC_HOOKS_INTERVAL
-# seconds: expire old job records, keep the daily audit clean-up scheduled, verify the audit chain.
+# seconds: expire old job records, keep the daily audit clean-up scheduled, verify the audit chain,
+# drain audit events whose on-demand drain request was lost.
 PERIODIC_HOOKS = env.list(
     "PERIODIC_HOOKS",
     default=["queues.services.job_records_expire", "audit.retention.audit_cleanup_schedule_next",
-             "audit.selectors.audit_chain_state"],
+             "audit.selectors.audit_chain_state", "audit.services.audit_drain_ensure"],
 )
 PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
+# Seconds a web process reuses a user's group roles (slimy_site.roles); 0 reads them on every request.
+ROLE_CACHE_SECONDS = env.int("ROLE_CACHE_SECONDS", default=5)
 # Worker class per queue for `make run` (see README "Benchmarks": why each). `rqworker` without
 # --worker-class uses RQ_WORKER_CLASS.
 QUEUE_WORKER_CLASSES = {

@@ -52,6 +52,15 @@ def _clean_redis(_private_redis):
     output_hubs_close_background()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_role_cache():
+    # Flushed tables reuse user ids, which the cross-request role cache would still know.
+    from slimy_site.roles import roles_cache_clear
+
+    roles_cache_clear()
+    yield
+
+
 @pytest.fixture
 def redis_conn():
     from queues.redis import get_connection

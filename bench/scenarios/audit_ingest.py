@@ -1,11 +1,13 @@
 """audit-ingest: audit events/s from `audit_event_record` and from bulk jobs to committed rows.
 
-Events are produced first (`audit_event_record`, one `log_event` job each — what every request-path
-caller does; and `log_events_bulk` jobs of 1,000 events — what `POST /api/audit-log` with a list
-enqueues), then `processes` SlimyBatchWorker processes drain the audit queue; the rate is events over
-the window from the first job start to the last row's `recorded_at` (the ledger's and the table's own
-clocks). Every event must be stored exactly once (checked). Baseline: the original design, one plain
-RQ job per event doing one `AuditLog.objects.create()`, same process count.
+Events are produced first (`audit_event_record`, which stages each event in the ingest buffer and asks
+for an `audit_drain` job — what every request-path caller does; and `log_events_bulk` jobs of 1,000
+events — what `POST /api/audit-log` with a list enqueues), then `processes` SlimyBatchWorker processes
+work the audit queue; the rate is events over the window from the first job start to the last row's
+`recorded_at` (the ledger's and the table's own clocks). Every event must be stored exactly once and
+the chain must verify (checked). Baselines, same run: the original design, one plain RQ job per event
+doing one `AuditLog.objects.create()` (same process count); and the database's own speed, one psycopg
+`COPY` of the same rows (precomputed, no hashing) in one transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ NAME = "audit-ingest"
 DEFAULTS = dict(jobs=20000, processes=1, repeat=1)
 SMOKE = dict(jobs=60, processes=1, repeat=1)
 BASELINE = "one .create() per plain RQ job"
+COPY_BASELINE = "raw COPY of the same rows"
 BASELINE_QUEUE = "bench-audit-rq"
 BASELINE_MAX_EVENTS = 3000  # the baseline is slow; its rate is measured on at most this many events
 WORKER = "queues.batchworker.SlimyBatchWorker"
@@ -44,16 +47,20 @@ def _audit_clear() -> None:
 def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, **_) -> Result:
     result = Result(NAME, env, params=dict(events=jobs, processes=processes, repeat=repeat, worker=WORKER,
                                            baseline_events=min(jobs, BASELINE_MAX_EVENTS), bulk_job_size=1000))
-    rounds = {"baseline": [], "record": [], "bulk": [], "record_produce": []}
+    rounds = {"baseline": [], "copy": [], "record": [], "bulk": [], "record_produce": []}
     for _ in range(repeat):
         rounds["baseline"].append(_baseline_rate(env, min(jobs, BASELINE_MAX_EVENTS), processes))
+        rounds["copy"].append(_copy_rate(jobs))
         produce, drain = _record_rate(env, jobs, processes)
         rounds["record_produce"].append(produce)
         rounds["record"].append(drain)
         rounds["bulk"].append(_bulk_rate(env, jobs, processes))
-    baseline = median(rounds["baseline"])
-    result.add("audit_event_record -> rows", median(rounds["record"]), "events/s", BASELINE, baseline)
-    result.add("bulk jobs (1,000 events) -> rows", median(rounds["bulk"]), "events/s", BASELINE, baseline)
+    baseline, copy = median(rounds["baseline"]), median(rounds["copy"])
+    record, bulk = median(rounds["record"]), median(rounds["bulk"])
+    result.add("audit_event_record -> rows", record, "events/s", BASELINE, baseline)
+    result.add("bulk jobs (1,000 events) -> rows", bulk, "events/s", BASELINE, baseline)
+    result.add("audit_event_record -> rows vs COPY", record, "events/s", COPY_BASELINE, copy)
+    result.add("bulk jobs (1,000 events) -> rows vs COPY", bulk, "events/s", COPY_BASELINE, copy)
     result.details["rounds"] = rounds
     result.details["note"] = ("record_produce = audit_event_record calls/s in one process (the producer side, "
                               "not part of the figure)")
@@ -61,6 +68,7 @@ def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, **_) -> Result
 
 
 def _drain(env: BenchEnv, processes: int, expected: int) -> float:
+    from audit.chain import chain_verify
     from audit.models import AuditLog
     from queues.models import JobRecord
 
@@ -71,6 +79,8 @@ def _drain(env: BenchEnv, processes: int, expected: int) -> float:
     rows = AuditLog.objects.aggregate(n=Count("id"), distinct=Count("event_id", distinct=True), last=Max("recorded_at"))
     if rows["n"] != expected or rows["distinct"] != expected:
         raise RuntimeError(f"expected {expected} events stored once, found {rows}; see {procs[0].log_path}")
+    if not chain_verify().ok:
+        raise RuntimeError("the audit chain does not verify")
     first = JobRecord.objects.aggregate(first=Min("started_at"))["first"]
     return expected / (rows["last"] - first).total_seconds()
 
@@ -132,3 +142,29 @@ def _baseline_rate(env: BenchEnv, events: int, processes: int) -> float:
     if len(stamps) != events:
         raise RuntimeError(f"baseline: {len(stamps)} timestamps for {events} jobs")
     return events / (max(parse(r[1]) for r in stamps) - min(parse(r[0]) for r in stamps)).total_seconds()
+
+
+def _copy_rate(events: int) -> float:
+    """The database's speed for these rows: one COPY in one transaction, rows built beforehand."""
+    import json
+    import time
+
+    from django.db import transaction
+    from django.utils.dateparse import parse_datetime
+
+    _audit_clear()
+    now = timezone.now()
+    rows = [(uuid.UUID(e["eventId"]), parse_datetime(e["occurredAt"]), now, None, None, "", e["action"],
+             e["resourceType"], e["resourceId"], json.dumps(e["details"]), None, "", "", "", True, "", "0" * 64,
+             "0" * 64) for e in map(_event, range(events))]
+    started = time.perf_counter()
+    with transaction.atomic(), connection.cursor() as cursor:
+        with cursor.cursor.copy("COPY audit_auditlog (event_id, occurred_at, recorded_at, actor_user_id, actor_ref, "
+                                "actor_label, action, resource_type, resource_id, details, ip, user_agent, "
+                                "session_id, request_id, success, error_message, prev_hash, row_hash) "
+                                "FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    rate = events / (time.perf_counter() - started)
+    _audit_clear()
+    return rate

@@ -122,7 +122,12 @@ def job_enqueue(
         trace_context=job_trace_context_capture(),
     )
     try:
-        with transaction.atomic():
+        # A savepoint only inside a caller's transaction (to survive a duplicate key); on its own the
+        # INSERT is atomic already, and BEGIN/COMMIT would be two more round trips per submission.
+        if transaction.get_connection().in_atomic_block:
+            with transaction.atomic():
+                record.save(force_insert=True)
+        else:
             record.save(force_insert=True)
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer with its job.
