@@ -12,12 +12,15 @@ ledger's (PostgreSQL); the event stream (queues.output_apis) merges the two.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 
 from django.conf import settings
 
 from queues.definitions import registry
-from queues.redis import get_connection
+from queues.redis import get_async_connection, get_connection
 from slimy_site.exceptions import ValidationFailed
 
 KEY = "slimy:job:{}:output"
@@ -27,6 +30,7 @@ MAX_READ = 1_000
 _CURSOR = re.compile(r"^(0|\d{1,20}(-\d{1,20})?)$")
 
 SEGMENT, CHUNK = "segment", "chunk"
+logger = logging.getLogger(__name__)
 
 
 def output_key(job_id) -> str:
@@ -49,47 +53,196 @@ def parse_cursor(value: str | None) -> str:
     return value
 
 
-class OutputWriter:
-    """Appends one job's output. Cheap enough to call per token: one XADD each."""
+# Only the current attempt writes: the runtime sets FENCE_KEY to the attempt it starts, the recovery of an
+# abandoned attempt sets it to 0. A write carrying another attempt number is refused (the script returns 0).
+# No key (a job run outside the runtime) means no fence.
+FENCE_KEY = "slimy:job:{}:attempt"
+_APPEND = """
+local current = redis.call('GET', KEYS[2])
+if current and current ~= ARGV[1] then return 0 end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return id
+"""
+# Text is coalesced: at most one XADD per FLUSH_SECONDS per job (plus one at a segment and at the close).
+FLUSH_SECONDS = 0.05
+
+
+def fence_key(job_id) -> str:
+    return FENCE_KEY.format(job_id)
+
+
+def output_fence_open(*, pipe, job_id, attempt: int, ttl: int) -> None:
+    """Queue (on a pipeline) the fence of a newly started attempt: only its writes are accepted now."""
+    pipe.set(fence_key(job_id), attempt, ex=max(int(ttl), 1))
+
+
+def output_fence_close(*, job_id) -> None:
+    """Refuse every further write of the job's running attempt (it was handed to its retry policy)."""
+    conn = get_connection()
+    ttl = conn.ttl(fence_key(job_id))
+    conn.set(fence_key(job_id), 0, ex=ttl if ttl and ttl > 0 else 3600)
+
+
+class OutputRefused(Exception):
+    """The fence refused a write: this attempt is no longer the job's current one."""
+
+
+class _Buffered:
+    """What both writers share: the fields of entries and the text not yet flushed."""
 
     def __init__(self, *, job_id: str, attempt: int, running_ttl: int, result_ttl: int):
+        self.job_id = str(job_id)
         self.key = output_key(job_id)
+        self.keys = [self.key, fence_key(job_id)]
         self.attempt = attempt
         self.running_ttl = running_ttl
         self.result_ttl = result_ttl
         self.written = 0
+        self.refused = False
+        self._buffer: list[str] = []
+        self._last_flush = 0.0
+
+    def _segment_args(self, label: str) -> list:
+        return [self.attempt, MAX_ENTRIES, self.running_ttl, "type", SEGMENT, "attempt", self.attempt, "label", label]
+
+    def _chunk_args(self, text: str) -> list:
+        return [self.attempt, MAX_ENTRIES, 0, "type", CHUNK, "attempt", self.attempt, "text", text]
+
+    def _take(self) -> str:
+        text = "".join(self._buffer)
+        self._buffer.clear()
+        return text
+
+    def _accepted(self, answer) -> str | None:
+        if answer == 0 or answer is None:
+            self.refused = True
+            raise OutputRefused(self.job_id)
+        return answer.decode() if isinstance(answer, bytes) else answer
+
+
+class OutputWriter(_Buffered):
+    """Appends one job's output from synchronous code. Cheap to call per token: text is coalesced."""
+
+    def _script(self):
+        return get_connection().register_script(_APPEND)
 
     def start_segment(self, label: str = "attempt") -> str:
         """Mark where a new part begins (every attempt starts with one)."""
-        pipe = get_connection().pipeline(transaction=False)
-        pipe.xadd(self.key, {"type": SEGMENT, "attempt": self.attempt, "label": label},
-                  maxlen=MAX_ENTRIES, approximate=True)
-        pipe.expire(self.key, self.running_ttl)
-        entry_id = pipe.execute()[0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        self.flush()
+        return self._accepted(self._script()(keys=self.keys, args=self._segment_args(label)))
 
     def write(self, text: str) -> None:
         if not text:
             return
-        get_connection().xadd(self.key, {"type": CHUNK, "attempt": self.attempt, "text": text},
-                              maxlen=MAX_ENTRIES, approximate=True)
+        self._buffer.append(text)
         self.written += len(text)
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        text = self._take()
+        self._last_flush = time.monotonic()
+        if text:
+            self._accepted(self._script()(keys=self.keys, args=self._chunk_args(text)))
 
     def close(self) -> None:
-        """The job is done with its output: keep it as long as its result."""
-        get_connection().expire(self.key, self.result_ttl)
+        """The job is done with its output: flush it and keep it as long as its result."""
+        try:
+            self.flush()
+        finally:
+            get_connection().expire(self.key, self.result_ttl)
 
 
-def output_writer_open(*, job_id: str, job_type: str, attempt: int) -> OutputWriter:
-    """A writer for this attempt, its first segment already started."""
+class AsyncOutputWriter(_Buffered):
+    """The same log from a coroutine (`redis.asyncio`): a flush is scheduled, never one XADD per token."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task | None = None
+
+    def _script(self):
+        return get_async_connection().register_script(_APPEND)
+
+    async def start_segment(self, label: str = "attempt") -> str:
+        await self.flush()
+        return self._accepted(await self._script()(keys=self.keys, args=self._segment_args(label)))
+
+    def write(self, text: str) -> None:
+        """Buffer text; it reaches Redis within FLUSH_SECONDS (raises OutputRefused once fenced off)."""
+        if self.refused:
+            raise OutputRefused(self.job_id)
+        if not text:
+            return
+        self._buffer.append(text)
+        self.written += len(text)
+        if self._timer is None and self._flushing is None:
+            loop = asyncio.get_running_loop()
+            delay = max(FLUSH_SECONDS - (time.monotonic() - self._last_flush), 0.0)
+            self._timer = loop.call_later(delay, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        self._flushing = asyncio.get_running_loop().create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
+        try:
+            await self._flush_now()
+        except OutputRefused:
+            pass  # `refused` is set: the next write raises in the job itself
+        except Exception:  # noqa: BLE001 - a lost flush must not kill the loop; the close retries it
+            logger.warning("output flush of job %s failed", self.job_id, exc_info=True)
+        finally:
+            self._flushing = None
+            if self._buffer and not self.refused and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_soon)
+
+    async def _flush_now(self) -> None:
+        text = self._take()
+        self._last_flush = time.monotonic()
+        if text:
+            self._accepted(await self._script()(keys=self.keys, args=self._chunk_args(text)))
+
+    async def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self.refused:
+            raise OutputRefused(self.job_id)
+        await self._flush_now()
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            await get_async_connection().expire(self.key, self.result_ttl)
+
+
+def _writer_ttls(job_type: str) -> dict:
     definition = registry.get(job_type)
     result_ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
     timeout = definition.timeout if definition else 600
     backoff = definition.retry.backoff_max if definition else 300
     # While the job may still run or wait for a retry, outlive both.
-    writer = OutputWriter(job_id=job_id, attempt=attempt, running_ttl=int(result_ttl + timeout + backoff),
-                          result_ttl=int(result_ttl))
+    return {"running_ttl": int(result_ttl + timeout + backoff), "result_ttl": int(result_ttl)}
+
+
+def output_writer_open(*, job_id: str, job_type: str, attempt: int) -> OutputWriter:
+    """A writer for this attempt, its first segment already started."""
+    writer = OutputWriter(job_id=job_id, attempt=attempt, **_writer_ttls(job_type))
     writer.start_segment()
+    return writer
+
+
+async def output_writer_aopen(*, job_id: str, job_type: str, attempt: int) -> AsyncOutputWriter:
+    """As output_writer_open, for a coroutine."""
+    writer = AsyncOutputWriter(job_id=job_id, attempt=attempt, **_writer_ttls(job_type))
+    await writer.start_segment()
     return writer
 
 

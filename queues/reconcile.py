@@ -25,7 +25,7 @@ from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueN
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
-from queues.worker import RECOVER_KEY, alive_key, suspect_key
+from queues.keys import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
 
@@ -44,12 +44,15 @@ class ReconcileReport:
                 f"released {len(self.released)} overdue scheduled job(s)")
 
 
-def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None) -> ReconcileReport:
+def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None,
+                     scheduler_lag: float = SCHEDULER_LAG) -> ReconcileReport:
+    """One pass. `scheduler_lag` 0: this pass is the scheduler (the runtime runs no RQ scheduler)."""
     report = ReconcileReport()
-    _release_overdue(report)
+    _release_overdue(report, scheduler_lag)
     grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
-    # A live worker beats every WORKER_TTL/3 s: two missed beats in a row mean it is gone.
-    confirm = max(settings.WORKER_TTL, 3) * 2 / 3 if confirm_seconds is None else confirm_seconds
+    # The key of a live worker never lapses (it beats several times per TTL); once lapsed, a second look
+    # RECONCILE_CONFIRM_SECONDS later tells a dead worker from a flushed Redis.
+    confirm = settings.RECONCILE_CONFIRM_SECONDS if confirm_seconds is None else confirm_seconds
     _recover_reported(report)
     _recover_abandoned(report, confirm)
     _requeue_lost(report, timezone.now() - grace)
@@ -58,8 +61,8 @@ def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float
     return report
 
 
-def _release_overdue(report: ReconcileReport) -> None:
-    cutoff = int(time.time()) - SCHEDULER_LAG
+def _release_overdue(report: ReconcileReport, lag: float) -> None:
+    cutoff = int(time.time() - lag)
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
@@ -114,7 +117,7 @@ def _dead_workers(names: list[str], confirm: float) -> set[str]:
         alive = dict(zip(names, pipe.execute()))
     seconds, micros = conn.time()
     now = seconds + micros / 1e6
-    suspect_ttl = int(max(settings.WORKER_TTL, 3) * 3 + confirm)
+    suspect_ttl = int(max(settings.WORKER_TTL, 3) * 3 + confirm + 1)
     dead = set()
     for name in names:
         if alive[name]:

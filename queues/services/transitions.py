@@ -19,6 +19,7 @@ from queues import signals
 from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
 from queues.definitions import registry
 from queues.models import JobAttempt, JobRecord
+from queues.output import output_fence_close
 from queues.services.enqueue import job_push
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600  # seconds; a longer (or non-finite) Retry-After from a provider is not trusted
 
 
-def job_progress_set(*, job_id, progress) -> None:
-    JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).update(progress=progress)
+def job_progress_set(*, job_id, progress, attempt: int | None = None) -> bool:
+    """Record progress; with `attempt`, only while that attempt is the running one (the fence)."""
+    fence = {} if attempt is None else {"attempts": attempt}
+    return bool(JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, **fence).update(progress=progress))
 
 
 def job_start(*, job_id, worker_name: str) -> JobRecord | None:
@@ -122,6 +125,8 @@ def job_recover_abandoned(*, job_id, reason: str) -> str | None:
         job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
         traceback_text="",
     )
+    # The abandoned attempt may still be alive (frozen, partitioned): its output writes are refused from now on.
+    output_fence_close(job_id=job_id)
     if job.status == JobStatus.RETRYING:
         try:
             job_push(job=job)
