@@ -53,16 +53,29 @@ def parse_cursor(value: str | None) -> str:
     return value
 
 
-# Only the current attempt writes: the runtime sets FENCE_KEY to the attempt it starts, the recovery of an
-# abandoned attempt sets it to 0. A write carrying another attempt number is refused (the script returns 0).
-# No key (a job run outside the runtime) means no fence.
+# Only the current attempt writes. FENCE_KEY holds the newest attempt that opened the log: opening a
+# segment raises it to the writer's attempt (refused if a newer attempt already holds it), and the
+# recovery of an abandoned attempt raises it past that attempt. A chunk carrying another attempt number
+# than the fence is refused (the script returns 0). No key: no fence (nothing newer ever wrote).
 FENCE_KEY = "slimy:job:{}:attempt"
 _APPEND = """
-local current = redis.call('GET', KEYS[2])
-if current and current ~= ARGV[1] then return 0 end
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+local attempt = tonumber(ARGV[1])
+if ARGV[3] ~= '0' then
+  if current > attempt then return 0 end
+  redis.call('SET', KEYS[2], attempt, 'EX', ARGV[3])
+elseif current ~= 0 and current ~= attempt then
+  return 0
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return id
+"""
+_CLOSE_FENCE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local past = tonumber(ARGV[1]) + 1
+if current < past then redis.call('SET', KEYS[1], past, 'EX', ARGV[2]) end
+return past
 """
 # Text is coalesced: at most one XADD per FLUSH_SECONDS per job (plus one at a segment and at the close).
 FLUSH_SECONDS = 0.05
@@ -72,16 +85,10 @@ def fence_key(job_id) -> str:
     return FENCE_KEY.format(job_id)
 
 
-def output_fence_open(*, pipe, job_id, attempt: int, ttl: int) -> None:
-    """Queue (on a pipeline) the fence of a newly started attempt: only its writes are accepted now."""
-    pipe.set(fence_key(job_id), attempt, ex=max(int(ttl), 1))
-
-
-def output_fence_close(*, job_id) -> None:
-    """Refuse every further write of the job's running attempt (it was handed to its retry policy)."""
+def output_fence_close(*, job_id, attempt: int, ttl: int = 86400) -> None:
+    """Refuse every further write of `attempt` (it was handed to its retry policy, or superseded)."""
     conn = get_connection()
-    ttl = conn.ttl(fence_key(job_id))
-    conn.set(fence_key(job_id), 0, ex=ttl if ttl and ttl > 0 else 3600)
+    conn.register_script(_CLOSE_FENCE)(keys=[fence_key(job_id)], args=[attempt, ttl])
 
 
 class OutputRefused(Exception):

@@ -13,8 +13,10 @@ class SlimyThreadWorker(SlimyRuntimeWorker):
     blocking_all = True
 
     def __init__(self, *args, threads: int | None = None, concurrency: dict[str, int] | None = None, **kwargs):
-        if threads is not None and concurrency is None:
+        if concurrency is None:
+            from django.conf import settings
+
             from queues.constants import QueueName
 
-            concurrency = {name: threads for name in QueueName.values}
+            concurrency = {name: threads or settings.WORKER_THREADS for name in QueueName.values}
         super().__init__(*args, concurrency=concurrency, **kwargs)

@@ -164,15 +164,8 @@ PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
-# Worker class per queue for `make run` (see README "Benchmarks": why each). `rqworker` without
-# --worker-class uses RQ_WORKER_CLASS.
-QUEUE_WORKER_CLASSES = {
-    "chat": env.str("CHAT_WORKER_CLASS", default="queues.threadworker.SlimyThreadWorker"),
-    "database": env.str("DATABASE_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
-    "audit": env.str("AUDIT_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
-}
-# Jobs in flight per SlimyThreadWorker process (each thread keeps a database session, so
-# CHAT_CONCURRENCY x WORKER_THREADS must fit PostgreSQL's max_connections with everything else).
+# Slots per queue of `queues.threadworker.SlimyThreadWorker` (the runtime with every synchronous job on
+# the thread pool; kept for scripts and benchmarks that name it).
 WORKER_THREADS = env.int("WORKER_THREADS", default=16)
 
 # --- Metrics: multi-process directory (set by `make run` for every process; read by prometheus_client

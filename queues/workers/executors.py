@@ -32,7 +32,8 @@ class DaemonPool:
         self.name = name
         self._inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads waiting for work
+        self._queued = 0  # work submitted and not yet taken
         self._lock = threading.Lock()
         self._on_start = on_start
         self._on_exit = on_exit
@@ -43,14 +44,14 @@ class DaemonPool:
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
-        self._inbox.put((future, fn, args, kwargs))
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            self._queued += 1
+            # A new thread only when every thread is busy with earlier work (threads start lazily).
+            if self._queued > self._idle and len(self._threads) < self.size:
                 thread = threading.Thread(target=self._main, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
-            else:
-                self._idle -= 1 if self._idle else 0
+        self._inbox.put((future, fn, args, kwargs))
         return future
 
     def _main(self) -> None:
@@ -58,7 +59,13 @@ class DaemonPool:
             self._on_start()
         try:
             while True:
+                with self._lock:
+                    self._idle += 1
                 item = self._inbox.get()
+                with self._lock:
+                    self._idle -= 1
+                    if item is not None:
+                        self._queued -= 1
                 if item is None:
                     return
                 future, fn, args, kwargs = item
@@ -67,8 +74,6 @@ class DaemonPool:
                         future.set_result(fn(*args, **kwargs))
                     except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits the future
                         future.set_exception(exc)
-                with self._lock:
-                    self._idle += 1
         finally:
             if self._on_exit:
                 self._on_exit()

@@ -51,7 +51,12 @@ class Heartbeat:
         for queue, (busy, slots) in self.slots_of().items():
             mapping[f"{queue}:busy"] = busy
             mapping[f"{queue}:slots"] = slots
+        succeeded, failed = self.worker.take_counts()
         with conn.pipeline(transaction=False) as pipe:
+            if succeeded:
+                pipe.hincrby(self.worker.key, "successful_job_count", succeeded)
+            if failed:
+                pipe.hincrby(self.worker.key, "failed_job_count", failed)
             pipe.set(alive_key(self.worker.name), "1", ex=self.ttl)
             pipe.hset(slots_key(self.worker.name), mapping=mapping)
             pipe.expire(slots_key(self.worker.name), self.ttl)
@@ -76,7 +81,10 @@ class Heartbeat:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(5)
         try:
+            self.beat()  # the last counts
             self.worker.connection.delete(alive_key(self.worker.name), slots_key(self.worker.name))
         except (RedisError, OSError):
             pass

