@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 
 from django.conf import settings
 
@@ -161,13 +162,75 @@ class OutputWriter(_Buffered):
             get_connection().expire(self.key, self.result_ttl)
 
 
-class AsyncOutputWriter(_Buffered):
-    """The same log from a coroutine (`redis.asyncio`): a flush is scheduled, never one XADD per token."""
+class _LoopFlusher:
+    """One per event loop: every FLUSH_SECONDS, the text buffered by all its writers goes in ONE pipeline.
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task | None = None
+    A thousand replies streaming at once then cost a few round trips a second, not one per token or per
+    reply (and at most ASYNC_MAX_CONNECTIONS connections, queues.redis).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.dirty: dict[AsyncOutputWriter, None] = {}  # an ordered set
+        self.task: asyncio.Task | None = None
+        self.current: asyncio.Future | None = None  # the flush being written
+
+    def mark(self, writer: "AsyncOutputWriter") -> None:
+        self.dirty[writer] = None
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._run())
+
+    def forget(self, writer: "AsyncOutputWriter") -> None:
+        self.dirty.pop(writer, None)
+
+    async def _run(self) -> None:
+        while self.dirty:
+            await asyncio.sleep(FLUSH_SECONDS)
+            batch, self.dirty = list(self.dirty), {}
+            self.current = self.loop.create_future()
+            try:
+                await self._write(batch)
+            except Exception:  # noqa: BLE001 - a lost flush must not end the loop's flusher
+                logger.warning("output flush of %s job(s) failed", len(batch), exc_info=True)
+            finally:
+                self.current.set_result(None)
+                self.current = None
+
+    @staticmethod
+    async def _write(batch: list["AsyncOutputWriter"]) -> None:
+        conn = get_async_connection()
+        script = conn.register_script(_APPEND)
+        writers = []
+        async with conn.pipeline(transaction=False) as pipe:
+            for writer in batch:
+                text = writer._take()
+                if text and not writer.refused:
+                    script(keys=writer.keys, args=writer._chunk_args(text), client=pipe)
+                    writers.append(writer)
+            if not writers:
+                return
+            answers = await pipe.execute(raise_on_error=False)
+        for writer, answer in zip(writers, answers):
+            if isinstance(answer, Exception):
+                logger.warning("output flush of job %s failed: %s", writer.job_id, answer)
+            elif not answer:
+                writer.refused = True  # the next write raises OutputRefused in the job itself
+
+
+_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopFlusher]" = weakref.WeakKeyDictionary()
+
+
+def _flusher() -> _LoopFlusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _LoopFlusher(loop)
+    return flusher
+
+
+class AsyncOutputWriter(_Buffered):
+    """The same log from a coroutine (`redis.asyncio`): text is flushed by the loop's flusher, together with
+    every other reply's, at most once per FLUSH_SECONDS; a segment or the close flushes it at once."""
 
     def _script(self):
         return get_async_connection().register_script(_APPEND)
@@ -177,56 +240,32 @@ class AsyncOutputWriter(_Buffered):
         return self._accepted(await self._script()(keys=self.keys, args=self._segment_args(label)))
 
     def write(self, text: str) -> None:
-        """Buffer text; it reaches Redis within FLUSH_SECONDS (raises OutputRefused once fenced off)."""
+        """Buffer text; it reaches Redis within about FLUSH_SECONDS (raises OutputRefused once fenced off)."""
         if self.refused:
             raise OutputRefused(self.job_id)
         if not text:
             return
+        if not self._buffer:
+            _flusher().mark(self)
         self._buffer.append(text)
         self.written += len(text)
-        if self._timer is None and self._flushing is None:
-            loop = asyncio.get_running_loop()
-            delay = max(FLUSH_SECONDS - (time.monotonic() - self._last_flush), 0.0)
-            self._timer = loop.call_later(delay, self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._timer = None
-        self._flushing = asyncio.get_running_loop().create_task(self._background_flush())
-
-    async def _background_flush(self) -> None:
-        try:
-            await self._flush_now()
-        except OutputRefused:
-            pass  # `refused` is set: the next write raises in the job itself
-        except Exception:  # noqa: BLE001 - a lost flush must not kill the loop; the close retries it
-            logger.warning("output flush of job %s failed", self.job_id, exc_info=True)
-        finally:
-            self._flushing = None
-            if self._buffer and not self.refused and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_soon)
-
-    async def _flush_now(self) -> None:
-        text = self._take()
-        self._last_flush = time.monotonic()
-        if text:
-            self._accepted(await self._script()(keys=self.keys, args=self._chunk_args(text)))
 
     async def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._flushing is not None:
-            await asyncio.shield(self._flushing)
+        flusher = _flusher()
+        flusher.forget(self)
+        if flusher.current is not None:
+            await asyncio.shield(flusher.current)  # text of ours it holds is written before what follows
         if self.refused:
             raise OutputRefused(self.job_id)
-        await self._flush_now()
+        text = self._take()
+        if text:
+            self._accepted(await self._script()(keys=self.keys, args=self._chunk_args(text)))
 
     async def close(self) -> None:
         try:
             await self.flush()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            _flusher().forget(self)
             await get_async_connection().expire(self.key, self.result_ttl)
 
 

@@ -61,8 +61,17 @@ def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float
     return report
 
 
+def scheduled_release_due() -> list[str]:
+    """Move every delayed job and retry that is due now to its queue; returns their ids."""
+    report = ReconcileReport()
+    _release_overdue(report, 0)
+    return report.released
+
+
 def _release_overdue(report: ReconcileReport, lag: float) -> None:
-    cutoff = int(time.time() - lag)
+    # RQ scores scheduled jobs in whole seconds, rounded down: a score of the current second may still be
+    # up to a second early, and a worker refuses to start a record before it is due (DUE_TOLERANCE).
+    cutoff = int(time.time() - max(lag, 1))
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)

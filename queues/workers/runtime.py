@@ -72,7 +72,7 @@ PAUSE_RECHECK_SECONDS = 1
 FENCE_SECONDS = 0.25  # how often attempts in flight are checked against the ledger
 WATCHDOG_SECONDS = 0.1
 MAX_BATCH = 100
-BATCH_SECONDS = 0.02
+BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
 
 
@@ -170,7 +170,12 @@ class SlimyRuntimeWorker(SimpleWorker):
         `with_scheduler` is accepted for the command line's sake: due retries are released by the
         in-process reconciler (queues.workers.liveness), there is no RQ scheduler to start.
         """
+        # Until the loop installs its own handlers, a stop request is noted (a deploy may signal a worker
+        # that has only just registered).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
         self.bootstrap(logging_level or "INFO", date_format, log_format)
+        self._release_due()
         heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
         heartbeat.start()
         reconciler = InProcessReconciler(self.connection, self.name) if settings.WORKER_RECONCILER else None
@@ -188,6 +193,15 @@ class SlimyRuntimeWorker(SimpleWorker):
                 pool.shutdown()
             self.teardown()
         return bool(self.started_jobs)
+
+    def _release_due(self) -> None:
+        """Due retries first (a burst run ends before the in-process reconciler's first pass)."""
+        from queues.reconcile import scheduled_release_due
+
+        try:
+            scheduled_release_due()
+        except (RedisError, OSError):
+            logger.warning("worker %s: could not release due scheduled jobs", self.name)
 
     def request_stop(self, signum=None, frame=None):
         """First signal: stop taking jobs, let those in flight finish within the grace; second: hand back."""
@@ -639,7 +653,6 @@ class Lane:
 
     def _batch(self, ids: list[str]) -> None:
         worker = self.worker
-        began = time.monotonic()
         try:
             close_old_connections()  # once per batch: replaces a broken or expired session
             jobs = job_start_batch(job_ids=ids, worker_name=worker.name)
@@ -661,6 +674,7 @@ class Lane:
             self._count(-len(ids))
             return
         inline = []
+        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
         items = [worker.track(job, self.queue) for job in jobs]
         self._count(-len(ids))  # tracked now: `inflight` holds them
         for job, item in zip(jobs, items):
@@ -672,10 +686,11 @@ class Lane:
             else:
                 inline.append((job, item))
         if inline:
-            self._run_inline(inline)
-        # Per delivered id, so that deliveries which cost nothing (skipped duplicates, jobs handed to other
-        # executors, jobs another job already did) let the batch grow.
-        self._observe((time.monotonic() - began) / len(ids))
+            self._run_inline(inline, on_ran=lambda: self._observe((time.monotonic() - began) / len(ids)))
+        else:
+            self._observe((time.monotonic() - began) / len(ids))
+        # (Per delivered id, so that deliveries which cost nothing — skipped duplicates, jobs handed to other
+        # executors, jobs another job already did — let the batch grow.)
 
     def _observe(self, seconds: float) -> None:
         avg = self._avg_job_seconds
@@ -684,7 +699,7 @@ class Lane:
     def _limit(self, item: Inflight):
         return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
 
-    def _run_inline(self, batch) -> None:
+    def _run_inline(self, batch, on_ran) -> None:
         worker = self.worker
         completions, finished = [], []
         try:
@@ -705,6 +720,7 @@ class Lane:
                 if outcome.retry:
                     _push_retry(job)
                 finished.append(item)
+            on_ran()
             done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
             worker.count(succeeded=len(done), failed=len(batch) - len(done))
             for job, outcome in completions:

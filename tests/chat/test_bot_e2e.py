@@ -9,7 +9,7 @@ from chat.models import Message
 from tests.factories.chat import ConversationFactory
 from queues.constants import JobStatus
 from queues.models import JobRecord
-from queues.output import output_read_all
+from queues.output import FLUSH_SECONDS, output_read_all
 from queues.services import job_cancel, job_enqueue
 from tests.fake_llm import Behaviour
 from tests.processes import FORKING, process_env, start_worker, wait_for
@@ -41,7 +41,9 @@ def _status(job):
 
 
 def test_forking_worker_retries_then_streams_the_reply(fake_llm, user, worker):
-    fake_llm.then(Behaviour(status=503), Behaviour(chunks=["from", " a", " work-horse"]))
+    # Spaced wider than the output log's coalescing window: one entry per token.
+    fake_llm.then(Behaviour(status=503), Behaviour(chunks=["from", " a", " work-horse"],
+                                                   delay_per_chunk=FLUSH_SECONDS + 0.03))
     job = job_enqueue(job_type="chat_bot_interaction", payload={"prompt": "hi"}, owner=user)
     wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="completion")
     record = JobRecord.objects.get(pk=job.pk)

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 from rest_framework.authtoken.models import Token
 
-from queues.output import FLUSH_SECONDS
 from queues.models import JobRecord
+from queues.output import FLUSH_SECONDS
 from queues.services import job_enqueue
 from tests.chat.sse import Event, LiveStream, events_of, only
 from tests.fake_llm import Behaviour
