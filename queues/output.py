@@ -163,58 +163,87 @@ class OutputWriter(_Buffered):
 
 
 class _LoopFlusher:
-    """One per event loop: every FLUSH_SECONDS, the text buffered by all its writers goes in ONE pipeline.
+    """One per event loop: the output of all its writers goes to Redis in ONE pipeline per round.
 
-    A thousand replies streaming at once then cost a few round trips a second, not one per token or per
-    reply (and at most ASYNC_MAX_CONNECTIONS connections, queues.redis).
+    Text buffered by writers is sent every FLUSH_SECONDS; segment starts and closes wait for the next
+    round (a few milliseconds). A thousand replies streaming at once then cost a few round trips a second,
+    not several per reply, through at most ASYNC_MAX_CONNECTIONS connections (queues.redis).
     """
+
+    OPS_DELAY = 0.005  # how long a segment start or a close waits for others to share its round trip
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.dirty: dict[AsyncOutputWriter, None] = {}  # an ordered set
+        self.ops: list[tuple] = []  # (writer, kind, args, future), in order
         self.task: asyncio.Task | None = None
-        self.current: asyncio.Future | None = None  # the flush being written
+        self.wake: asyncio.Event = asyncio.Event()
 
-    def mark(self, writer: "AsyncOutputWriter") -> None:
-        self.dirty[writer] = None
+    def _ensure_running(self) -> None:
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._run())
 
-    def forget(self, writer: "AsyncOutputWriter") -> None:
+    def mark(self, writer: "AsyncOutputWriter") -> None:
+        self.dirty[writer] = None
+        self._ensure_running()
+
+    def submit(self, writer: "AsyncOutputWriter", kind: str, args: list | None = None) -> asyncio.Future:
+        """Queue a segment start ("script") or an expiry ("expire") after the writer's pending text."""
         self.dirty.pop(writer, None)
+        text = writer._take()
+        if text:
+            self.ops.append((writer, "script", writer._chunk_args(text), None))
+        future = self.loop.create_future()
+        self.ops.append((writer, kind, args, future))
+        self._ensure_running()
+        self.wake.set()
+        return future
 
     async def _run(self) -> None:
-        while self.dirty:
-            await asyncio.sleep(FLUSH_SECONDS)
-            batch, self.dirty = list(self.dirty), {}
-            self.current = self.loop.create_future()
+        while self.dirty or self.ops:
+            self.wake.clear()
             try:
-                await self._write(batch)
-            except Exception:  # noqa: BLE001 - a lost flush must not end the loop's flusher
-                logger.warning("output flush of %s job(s) failed", len(batch), exc_info=True)
-            finally:
-                self.current.set_result(None)
-                self.current = None
+                await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            if self.ops:
+                await asyncio.sleep(self.OPS_DELAY)
+            ops, self.ops = self.ops, []
+            for writer in list(self.dirty):
+                text = writer._take()
+                if text:
+                    ops.append((writer, "script", writer._chunk_args(text), None))
+            self.dirty = {}
+            try:
+                await self._write(ops)
+            except Exception as exc:  # noqa: BLE001 - a lost round must not end the loop's flusher
+                logger.warning("output flush of %s entries failed: %s", len(ops), exc)
+                for *_, future in ops:
+                    if future is not None and not future.done():
+                        future.set_exception(exc)
 
     @staticmethod
-    async def _write(batch: list["AsyncOutputWriter"]) -> None:
+    async def _write(ops: list[tuple]) -> None:
+        ops = [op for op in ops if not (op[0].refused and op[3] is None)]
+        if not ops:
+            return
         conn = get_async_connection()
         script = conn.register_script(_APPEND)
-        writers = []
         async with conn.pipeline(transaction=False) as pipe:
-            for writer in batch:
-                text = writer._take()
-                if text and not writer.refused:
-                    script(keys=writer.keys, args=writer._chunk_args(text), client=pipe)
-                    writers.append(writer)
-            if not writers:
-                return
+            for writer, kind, args, _ in ops:
+                if kind == "expire":
+                    pipe.expire(writer.key, writer.result_ttl)
+                else:
+                    await script(keys=writer.keys, args=args, client=pipe)  # queued, not sent
             answers = await pipe.execute(raise_on_error=False)
-        for writer, answer in zip(writers, answers):
-            if isinstance(answer, Exception):
-                logger.warning("output flush of job %s failed: %s", writer.job_id, answer)
-            elif not answer:
+        for (writer, kind, _, future), answer in zip(ops, answers):
+            if kind == "script" and not isinstance(answer, Exception) and not answer:
                 writer.refused = True  # the next write raises OutputRefused in the job itself
+            if future is not None and not future.done():
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
 
 
 _flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopFlusher]" = weakref.WeakKeyDictionary()
@@ -229,15 +258,13 @@ def _flusher() -> _LoopFlusher:
 
 
 class AsyncOutputWriter(_Buffered):
-    """The same log from a coroutine (`redis.asyncio`): text is flushed by the loop's flusher, together with
-    every other reply's, at most once per FLUSH_SECONDS; a segment or the close flushes it at once."""
-
-    def _script(self):
-        return get_async_connection().register_script(_APPEND)
+    """The same log from a coroutine (`redis.asyncio`), written by the loop's flusher together with every
+    other reply's: text at most once per FLUSH_SECONDS, a segment or the close within a few milliseconds."""
 
     async def start_segment(self, label: str = "attempt") -> str:
-        await self.flush()
-        return self._accepted(await self._script()(keys=self.keys, args=self._segment_args(label)))
+        if self.refused:
+            raise OutputRefused(self.job_id)
+        return self._accepted(await _flusher().submit(self, "script", self._segment_args(label)))
 
     def write(self, text: str) -> None:
         """Buffer text; it reaches Redis within about FLUSH_SECONDS (raises OutputRefused once fenced off)."""
@@ -250,23 +277,11 @@ class AsyncOutputWriter(_Buffered):
         self._buffer.append(text)
         self.written += len(text)
 
-    async def flush(self) -> None:
-        flusher = _flusher()
-        flusher.forget(self)
-        if flusher.current is not None:
-            await asyncio.shield(flusher.current)  # text of ours it holds is written before what follows
+    async def close(self) -> None:
+        """Flush what is left and keep the log as long as the job's result (raises OutputRefused if fenced)."""
+        await _flusher().submit(self, "expire")
         if self.refused:
             raise OutputRefused(self.job_id)
-        text = self._take()
-        if text:
-            self._accepted(await self._script()(keys=self.keys, args=self._chunk_args(text)))
-
-    async def close(self) -> None:
-        try:
-            await self.flush()
-        finally:
-            _flusher().forget(self)
-            await get_async_connection().expire(self.key, self.result_ttl)
 
 
 def _writer_ttls(job_type: str) -> dict:

@@ -30,6 +30,8 @@ def get_connection() -> Redis:
 _async_connections: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # Connections one event loop may open: a thousand coroutines share them (a command waits for a free one).
 ASYNC_MAX_CONNECTIONS = 8
+# How long a command may wait for one of them (a busy loop's commands queue up; they do not fail).
+ASYNC_POOL_WAIT_SECONDS = 30
 
 
 def get_async_connection():
@@ -43,7 +45,7 @@ def get_async_connection():
     conn = _async_connections.get(loop)
     if conn is None:
         pool = BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=ASYNC_MAX_CONNECTIONS, timeout=settings.REDIS_SOCKET_TIMEOUT,
+            settings.REDIS_URL, max_connections=ASYNC_MAX_CONNECTIONS, timeout=ASYNC_POOL_WAIT_SECONDS,
             socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0),
         )
         conn = _async_connections[loop] = AsyncRedis(connection_pool=pool)

@@ -78,9 +78,13 @@ class DaemonPool:
             if self._on_exit:
                 self._on_exit()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: float = 0.0) -> None:
+        """Idle threads exit (closing their database sessions); busy ones are waited for up to `wait` s."""
         for _ in self._threads:
             self._inbox.put(None)
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0))
 
 
 class Watchdog:

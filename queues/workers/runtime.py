@@ -105,6 +105,7 @@ class Inflight:
     task: asyncio.Task | None = None
     handed_back: bool = False
     recording: bool = False  # its outcome is being recorded: the fence watcher leaves it alone
+    retried: bool = False
 
 
 class SlimyRuntimeWorker(SimpleWorker):
@@ -190,7 +191,9 @@ class SlimyRuntimeWorker(SimpleWorker):
             for lane in self.lanes.values():
                 lane.stop()
             for pool in (self.db_pool, *self.pools.values()):
-                pool.shutdown()
+                pool.shutdown(wait=1.0)
+            for lane in self.lanes.values():
+                lane.join(1.0)  # idle lanes close their database sessions
             self.teardown()
         return bool(self.started_jobs)
 
@@ -441,7 +444,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             if item.task is not None:
                 item.task.cancel()
             else:
-                await self.db(_hand_back, item.job_id, self.name, "worker shutdown interrupted the job")
+                await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
         tasks = [item.task for item in left if item.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
@@ -497,23 +500,24 @@ class SlimyRuntimeWorker(SimpleWorker):
                 item.recording = True
                 if outcome is None:
                     if item.handed_back:
-                        await self.db(_hand_back, item.job_id, self.name, "worker shutdown interrupted the job")
+                        await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
                     else:  # superseded: closes the attempt row; the record is someone else's now
                         await self.db(_close_superseded, job)
                     return
-                await self._record(job, outcome)
+                await self._record(job, outcome, item)
         except Exception:  # noqa: BLE001 - the outcome could not be recorded: hand the job back
             logger.exception("job %s: outcome not recorded; handing it back", item.job_id)
             try:
-                await self.db(_hand_back, item.job_id, self.name, "worker could not record the outcome")
+                await self.db(_hand_back_item, item, self.name, "worker could not record the outcome")
             except Exception:  # noqa: BLE001
                 logger.exception("job %s: could not hand back", item.job_id)
         finally:
             self.untrack(item.job_id)
             self.release(item.queue)
-            await self._forget_rq_copy([item.job_id])
+            if not item.retried:  # a retry's RQ copy waits in the scheduled registry
+                self.forget([item.job_id])
 
-    async def _record(self, job, outcome: Outcome) -> None:
+    async def _record(self, job, outcome: Outcome, item: Inflight) -> None:
         if outcome.kind is OutcomeKind.SUCCEEDED:
             future = self.loop.create_future()
             self._completions.append((job, outcome, future))
@@ -525,6 +529,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             self.count(failed=1)
             if outcome.retry:
                 await self.db(_push_retry, job)
+                item.retried = True
 
     async def _flush_completions(self) -> None:
         self._completion_timer = None
@@ -545,9 +550,6 @@ class SlimyRuntimeWorker(SimpleWorker):
             runner.job_completed(job, outcome.duration, str(job.pk) in done)
             if not future.done():
                 future.set_result(None)
-
-    async def _forget_rq_copy(self, job_ids: list[str]) -> None:
-        self.forget(job_ids)
 
     def forget(self, job_ids: list[str]) -> None:
         """The ledger holds the outcome; RQ's copy of the job is deleted with the next pop (from any thread)."""
@@ -584,6 +586,11 @@ def _hand_back(job_id: str, worker_name: str, reason: str) -> None:
             get_connection().sadd(RECOVER_KEY, f"{job_id} {worker_name}")
         except (RedisError, OSError):
             logger.error("could not report job %s for recovery", job_id)
+
+
+def _hand_back_item(item: Inflight, worker_name: str, reason: str) -> None:
+    item.retried = True  # its RQ copy may wait in the scheduled registry now: it must not be forgotten
+    _hand_back(item.job_id, worker_name, reason)
 
 
 def _close_superseded(job) -> None:
@@ -629,6 +636,9 @@ class Lane:
 
     def stop(self) -> None:
         self.inbox.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def batch_size(self) -> int:
         if self._avg_job_seconds is None:
@@ -701,7 +711,7 @@ class Lane:
 
     def _run_inline(self, batch, on_ran) -> None:
         worker = self.worker
-        completions, finished = [], []
+        completions, finished, retried = [], [], set()
         try:
             for job, item in batch:
                 try:
@@ -711,7 +721,7 @@ class Lane:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the runner could not record it: hand this job back
                     logger.exception("job %s: unexpected error; handing it back", item.job_id)
-                    _hand_back(item.job_id, worker.name, f"unexpected error: {exc.__class__.__name__}")
+                    _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
                     finished.append(item)
                     continue
                 if outcome.kind is OutcomeKind.SUCCEEDED:
@@ -719,6 +729,7 @@ class Lane:
                     continue
                 if outcome.retry:
                     _push_retry(job)
+                    retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
                 finished.append(item)
             on_ran()
             done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
@@ -730,19 +741,20 @@ class Lane:
             logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
             connections.close_all()
             for _, item in batch:
-                _hand_back(item.job_id, worker.name, f"worker could not record the outcome: {exc}")
+                _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
             finished = [item for _, item in batch]
         finally:
             recorded = {i.job_id for i in finished}
             for _, item in batch:
                 if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
-                    _hand_back(item.job_id, worker.name, "job exceeded its timeout")
+                    _hand_back_item(item, worker.name, "job exceeded its timeout")
                 worker.untrack(item.job_id)
             worker.release(self.queue, len(batch))
-            self._forget([item.job_id for _, item in batch])
+            self._forget([item.job_id for _, item in batch if item.job_id not in retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
+        retried = False
         try:
             close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
             with runner.job_log_context(job):
@@ -754,20 +766,22 @@ class Lane:
                     runner.job_completed(job, outcome.duration, completed)
                 elif outcome.retry:
                     _push_retry(job)
+                    retried = True
         except JobTimeoutException:
             # The timeout landed outside the job's own code (while its outcome was being recorded).
-            _hand_back(item.job_id, worker.name, "job exceeded its timeout")
+            _hand_back_item(item, worker.name, "job exceeded its timeout")
         except (DatabaseError, RedisError, OSError) as exc:
             logger.error("job %s: outcome not recorded (%s); handing it back", item.job_id, exc)
             connections.close_all()
-            _hand_back(item.job_id, worker.name, f"worker could not record the outcome: {exc}")
+            _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
         except Exception as exc:  # noqa: BLE001 - the runner re-raised; a pool thread must never die
             logger.exception("job %s: unexpected error; handing it back", item.job_id)
-            _hand_back(item.job_id, worker.name, f"unexpected error: {exc.__class__.__name__}")
+            _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
         finally:
             worker.untrack(item.job_id)
             worker.release(self.queue)
-            self._forget([item.job_id])
+            if not retried and not item.retried:  # a retry's RQ copy waits in the scheduled registry
+                self._forget([item.job_id])
 
     def _forget(self, job_ids: list[str]) -> None:
         self.worker.forget(job_ids)

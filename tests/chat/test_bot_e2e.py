@@ -50,7 +50,7 @@ def test_forking_worker_retries_then_streams_the_reply(fake_llm, user, worker):
     assert record.result["reply"] == "from a work-horse" and record.result["usedFallback"] is False
     assert [a.outcome for a in record.attempt_history.all()] == ["retried", "completed"]
     chunks = [e["text"] for e in output_read_all(job_id=job.pk) if e["type"] == "chunk" and e["attempt"] == 2]
-    assert chunks == ["from", " a", " work-horse"]
+    assert "".join(chunks) == "from a work-horse" and 1 <= len(chunks) <= 3
 
 
 def test_cancel_stops_a_reply_streaming_in_a_work_horse(fake_llm, user, worker):

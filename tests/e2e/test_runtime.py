@@ -112,9 +112,11 @@ def test_cancelling_an_async_job_stops_it_mid_stream(tmp_path, env, redis_conn):
         wait_for(lambda: _outcomes(job) == ["cancelled"] and redis_conn.hget(
             f"slimy:worker:slots:{_record(job).worker_name}", "chat:busy") == b"0", timeout=10,
             message="the slot freed")
-        settled = len(output_read_all(job_id=job.pk))
+        written = "".join(e.get("text", "") for e in output_read_all(job_id=job.pk))
         time.sleep(1)
-        assert len(output_read_all(job_id=job.pk)) == settled  # nothing written after the cancel
+        # The job was stopped mid-stream: 20 s of steps would be 400 of them; it wrote a few before the cancel.
+        assert len(written.split()) < 100
+        assert "".join(e.get("text", "") for e in output_read_all(job_id=job.pk)) == written
     finally:
         worker.stop()
     assert _status(job) == JobStatus.CANCELLED and redis_conn.llen("test:done:cx") == 0
