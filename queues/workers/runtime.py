@@ -68,6 +68,7 @@ from queues.workers.liveness import Heartbeat, InProcessReconciler
 logger = logging.getLogger("queues.worker")
 
 BLOCK_SECONDS = 1  # longest blocking pop; a pause from the admin takes effect within it
+POP_READ_TIMEOUT = 60
 PAUSE_RECHECK_SECONDS = 1
 FENCE_SECONDS = 0.25  # how often attempts in flight are checked against the ledger
 WATCHDOG_SECONDS = 0.1
@@ -271,8 +272,10 @@ class SlimyRuntimeWorker(SimpleWorker):
     def _blocking_connection(self):
         from redis.asyncio import Redis as AsyncRedis
 
-        # Its own connection: a blocking pop must not hold one of the output writers'.
-        return AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=BLOCK_SECONDS + settings.REDIS_SOCKET_TIMEOUT,
+        # Pops get connections of their own (a blocking pop must not hold one of the output writers') with a
+        # long read timeout: a pop the server answered but the client gave up on (a loop busy for seconds)
+        # would lose its ids until the reconciler's grace has passed.
+        return AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=POP_READ_TIMEOUT,
                                    socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0))
 
     async def _every(self, seconds: float, fn) -> None:
@@ -356,7 +359,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             counts.append(count)
         forgotten = self._take_forgotten()
         if self._lmpop:
-            async with self.aconn.pipeline(transaction=False) as pipe:
+            async with self.pop_conn.pipeline(transaction=False) as pipe:
                 for slots, count in zip(queues, counts):
                     pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
                 if forgotten:
@@ -401,7 +404,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         # across lists, which costs nothing here: an id popped but never started is still waiting in the
         # ledger, and the reconciler pushes it again.
         for key in keys:
-            items = await self.aconn.lpop(key, count)
+            items = await self.pop_conn.lpop(key, count)
             if items:
                 return [key.encode(), items]
         return None

@@ -100,9 +100,13 @@ def test_stream_cut_midway_is_retried_and_the_new_attempt_gets_a_new_segment(fak
     record = drain(_ask(user))
     assert record.result["reply"] == "full answer"
     entries = output_read_all(job_id=record.pk)
-    assert [(e["type"], e["attempt"], e.get("text")) for e in entries] == [
-        ("segment", 1, None), ("chunk", 1, "partial"), ("segment", 2, None), ("chunk", 2, "full"),
-        ("chunk", 2, " answer")]
+    # Each attempt starts a segment of its own; tokens within the coalescing window may share an entry.
+    segments = [(e["attempt"], i) for i, e in enumerate(entries) if e["type"] == "segment"]
+    assert [a for a, _ in segments] == [1, 2]
+    first = "".join(e["text"] for e in entries[segments[0][1] + 1:segments[1][1]])
+    second = entries[segments[1][1] + 1:]
+    assert first == "partial" and all(e["type"] == "chunk" and e["attempt"] == 2 for e in second)
+    assert "".join(e["text"] for e in second) == "full answer"
 
 
 def test_timeout_is_retried(fake_llm, user, drain, settings):

@@ -39,14 +39,15 @@ def test_finished_job_streams_its_chunks_then_the_final_state(fake_llm, user, ma
     assert response["Content-Type"].startswith("text/event-stream")
     assert response["Cache-Control"] == "no-cache"
     events = [e for e in events_of(response) if isinstance(e, Event)]
-    assert [e.kind for e in events] == ["segment", "chunk", "chunk", "chunk", "state"]
+    kinds = [e.kind for e in events]  # tokens within the coalescing window may share a chunk
+    assert kinds[0] == "segment" and kinds[-1] == "state" and set(kinds[1:-1]) == {"chunk"}
     assert "".join(e.data["text"] for e in only(events, "chunk")) == "Once upon a time"
     final = events[-1]
     assert final.data["status"] == "completed"
     assert final.data["result"]["reply"] == "Once upon a time"
     # Every event carries a cursor; the final state carries the last chunk's.
     assert final.id == events[-2].id
-    assert len({e.id for e in events[:-1]}) == 4
+    assert len({e.id for e in events[:-1]}) == len(events) - 1
 
 
 def test_last_event_id_resumes_after_that_event(fake_llm, user, make_api_client, drain):
@@ -136,7 +137,7 @@ def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, use
         try:
             stream = LiveStream(port, path, token)
             assert stream.response.status == 200
-            while len(only(seen["first"], "chunk")) < 3:
+            while "".join(e.data["text"] for e in only(seen["first"], "chunk")) != "one two three ":
                 event = stream.next()
                 assert event is not None, "stream ended early"
                 seen["first"].append(event)
@@ -163,10 +164,10 @@ def test_live_stream_under_gunicorn_with_a_reconnect_in_the_middle(fake_llm, use
     first, second = seen["first"], seen["second"]
     states = [e.data["status"] for e in only(first, "state")]
     assert states[-1] == "started"
-    assert [e.data["text"] for e in only(first, "chunk")] == ["one ", "two ", "three "]
-    # After the reconnect: the current state, then exactly the chunks not seen yet, then the end.
+    assert "".join(e.data["text"] for e in only(first, "chunk")) == "one two three "
+    # After the reconnect: the current state, then exactly the text not seen yet, then the end.
     assert isinstance(second[0], Event) and second[0].kind == "state" and second[0].data["status"] == "started"
-    assert [e.data["text"] for e in only(second, "chunk")] == ["four ", "five ", "six"]
+    assert "".join(e.data["text"] for e in only(second, "chunk")) == "four five six"
     final = [e for e in second if isinstance(e, Event)][-1]
     assert final.kind == "state" and final.data["status"] == "completed"
     assert final.data["result"]["reply"] == "one two three four five six"
