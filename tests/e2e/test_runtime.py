@@ -225,3 +225,21 @@ def test_second_sigterm_hands_jobs_back_at_once_and_they_run_again(tmp_path, env
         record = _record(j)
         assert record.status == JobStatus.RETRYING, record.status
         assert _outcomes(j) == ["abandoned"]
+
+
+def test_every_heartbeat_writes_the_slots_hash_for_the_dashboard(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 4, "tag": "dash"})
+    worker = start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "7"}, name="dash")
+    try:
+        wait_for(lambda: _started(redis_conn, "dash"), timeout=30, message="start")
+        wait_for(lambda: redis_conn.hget("slimy:worker:slots:dash", "chat:busy") == b"1", timeout=10,
+                 message="a beat with the job in flight")
+        slots = {k.decode(): v.decode() for k, v in redis_conn.hgetall("slimy:worker:slots:dash").items()}
+        assert slots["pid"] == str(worker.pid) and slots["host"]
+        assert (slots["chat:slots"], slots["database:slots"], slots["audit:slots"]) == ("7", "10", "2")
+        assert slots["database:busy"] == "0" and slots["audit:busy"] == "0"
+        assert 0 < redis_conn.ttl("slimy:worker:slots:dash") <= 3  # the heartbeat TTL (WORKER_TTL)
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="completion")
+    finally:
+        worker.stop()
+    assert not redis_conn.exists("slimy:worker:slots:dash")  # a stopped process leaves no stale slots
