@@ -8,6 +8,12 @@ reply is a fallback message and the job completes with `usedFallback: true`.
 With a conversation, its recent messages (within CHAT_CONTEXT_TOKEN_BUDGET) are the context, and the
 prompt and the model's reply are saved under ids derived from the job, so a retried job never saves
 twice. A fallback reply is not saved: it is not the model's answer and would pollute later context.
+
+The reply is a coroutine (the job's `async def run`): the provider's stream (`chat.llm`, AsyncOpenAI) and
+the output log (`queues.output`, redis.asyncio, text coalesced) are awaited on the worker's event loop;
+database work goes through `context.run_db` (the runtime's bounded pool). Only the current attempt
+records anything: the saved messages and the audit events are written in one transaction that first
+locks the job record and checks that this attempt is still the running one (`job_attempt_guard`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import transaction
 
 from audit.services import audit_event_record
 from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
@@ -29,7 +36,8 @@ from chat.selectors import ConversationNotFound, conversation_get_for_owner, mes
 from chat.services import message_save
 from queues.definitions import JobContext, PermanentJobError, TransientJobError
 from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
-from queues.output import OutputWriter, output_writer_open
+from queues.output import AsyncOutputWriter, output_writer_aopen
+from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +77,15 @@ def reply_job_id(job_id) -> uuid.UUID:
     return uuid.uuid5(REPLY_NAMESPACE, str(job_id))
 
 
-def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation = _conversation(request)
+async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
+    conversation = await context.run_db(_conversation, request)
     mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
-    messages = chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
-    writer = output_writer_open(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
+    messages = await context.run_db(chat_messages_build, request=request, mode=mode, context_job_id=context.job_id)
+    writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
-        completion, fallback_reason = _complete(request, messages, writer, context)
+        completion, fallback_reason = await _complete(request, messages, writer, context)
     finally:
-        writer.close()
+        await writer.close()
 
     usage = {"promptTokens": 0, "completionTokens": 0}
     if completion is not None:  # the provider answered (possibly with nothing usable)
@@ -93,15 +101,27 @@ def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     result = {"reply": reply, "usedFallback": bool(fallback_reason), "model": model, "usage": usage}
     if fallback_reason:
         result["fallbackReason"] = fallback_reason
-    if conversation is not None:
-        result["conversationId"] = str(conversation.pk)
-        if not _save(request, context, mode, None if fallback_reason else reply):
-            result["conversationSaved"] = False
-    _audit(request, context, action="chat_bot_interaction", details={
+    details = {
         **_prompt_facts(request), "replyLength": len(reply), "usedFallback": bool(fallback_reason),
         "fallbackReason": fallback_reason or None, "model": model, "usage": usage, "personalityMode": mode,
-    })
+    }
+    if conversation is not None:
+        result["conversationId"] = str(conversation.pk)
+    saved = await context.run_db(_record_reply, request, context, mode, None if fallback_reason else reply,
+                                 conversation is not None, details)
+    if saved is False:
+        result["conversationSaved"] = False
     return result
+
+
+def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: str | None, has_conversation: bool,
+                  details: dict) -> bool | None:
+    """The reply's side effects, all or nothing, and only while this attempt is the current one."""
+    with transaction.atomic():
+        job_attempt_guard(job_id=context.job_id, attempt=context.attempt)  # raises JobCancelled otherwise
+        saved = _save(request, context, mode, reply) if has_conversation else None
+        _audit(request, context, action="chat_bot_interaction", details=details)
+    return saved
 
 
 def _conversation(request: ChatRequest):
@@ -137,40 +157,45 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     return [{"role": "system", "content": system}, *history, {"role": "user", "content": request.prompt}]
 
 
-def _complete(request, messages, writer: OutputWriter, context: JobContext) -> tuple[Completion | None, str]:
+async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext
+                    ) -> tuple[Completion | None, str]:
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
-        return _fallback(writer, "not_configured")
+        return await _fallback(writer, "not_configured")
     if not breaker_allow():
-        return _fallback(writer, "breaker_open")
+        return await _fallback(writer, "breaker_open")
     verdict = False  # whether this call told the breaker how the provider is doing
     try:
-        context.check_cancelled()
+        await context.acheck_cancelled()
         last_check, unchecked = time.monotonic(), 0
 
-        def on_delta(text: str) -> None:
+        async def on_delta(text: str) -> None:
             nonlocal last_check, unchecked
             writer.write(text)
+            if context.superseded is not None:
+                context.check_cancelled()  # the runtime's fence watcher keeps this flag: no query
+                return
             unchecked += 1
             if unchecked >= CANCEL_CHECK_CHUNKS or time.monotonic() - last_check >= CANCEL_CHECK_INTERVAL:
                 last_check, unchecked = time.monotonic(), 0
-                context.check_cancelled()
+                await context.acheck_cancelled()
 
         try:
-            completion = llm_stream_completion(messages=messages, on_delta=on_delta)
+            completion = await llm_stream_completion(messages=messages, on_delta=on_delta)
         except LLMError as exc:
             opened = breaker_record_failure() if exc.transient else False
             verdict = exc.transient
             retrying = exc.transient and context.attempt < context.max_attempts
             logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
                            exc.code, "; breaker opened" if opened else "")
-            _audit(request, context, action="chat_bot_error", success=False, error_message=str(exc), details={
+            await context.run_db(_audit_guarded, request, context, action="chat_bot_error", success=False,
+                                 error_message=str(exc), details={
                 **_prompt_facts(request), "code": exc.code, "status": exc.status, "transient": exc.transient,
                 "retrying": retrying, "breakerOpened": opened,
             })
             if retrying:
                 raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
-            return _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
+            return await _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
         breaker_record_success()
         verdict = True
     finally:
@@ -179,13 +204,13 @@ def _complete(request, messages, writer: OutputWriter, context: JobContext) -> t
             # probe must not keep its lock (every reply would fall back until it expired).
             breaker_release_probe()
     if not completion.text.strip():
-        return completion, _fallback(writer, "empty_reply")[1]
+        return completion, (await _fallback(writer, "empty_reply"))[1]
     return completion, ""
 
 
-def _fallback(writer: OutputWriter, reason: str) -> tuple[None, str]:
+async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
     # Watchers of the output log see the fallback as a part of its own, after any partial reply.
-    writer.start_segment(label="fallback")
+    await writer.start_segment(label="fallback")
     writer.write(FALLBACK_REPLIES[reason])
     return None, reason
 
@@ -213,6 +238,12 @@ def _prompt_facts(request: ChatRequest) -> dict:
         "conversationId": request.conversation_id,
         "guildId": request.guild_id or None,
     }
+
+
+def _audit_guarded(request: ChatRequest, context: JobContext, **kwargs) -> None:
+    with transaction.atomic():
+        job_attempt_guard(job_id=context.job_id, attempt=context.attempt)
+        _audit(request, context, **kwargs)
 
 
 def _audit(request: ChatRequest, context: JobContext, *, action: str, details: dict, success: bool = True,

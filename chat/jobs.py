@@ -226,11 +226,11 @@ class ChatBotInteractionJob(JobDefinition):
     timeout = 120  # > OPENAI_STREAM_MAX_SECONDS (90 by default): the service gives up first
     retry = _SettingsRetry()
 
-    def run(self, payload, context):
+    async def run(self, payload, context):
         if context.owner_id is None:
             raise PermanentJobError("A chat reply needs an owner.", code="owner_required")
         request = ChatRequest(
             prompt=payload["prompt"], owner_id=context.owner_id, guild_id=payload.get("guildId") or "",
             conversation_id=payload.get("conversationId"), personality_mode=payload.get("personalityMode"),
         )
-        return chat_bot_reply(request=request, context=context)
+        return await chat_bot_reply(request=request, context=context)

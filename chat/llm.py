@@ -4,13 +4,20 @@ It streams one chat completion and translates every provider failure into `LLMEr
 `transient` flag: timeouts, connection errors (including a stream cut mid-way), 408, 429 and 5xx
 are transient; other 4xx are permanent. Retries, the circuit breaker and the fallback live in
 `chat.bot`; the client does no retrying of its own (`max_retries=0`).
+
+The stream is read with `openai.AsyncOpenAI` (the reply is a coroutine on the worker runtime's loop:
+a reply in flight costs no thread). One client per event loop and configuration: an async client's
+connection pool belongs to the loop that opened it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import inspect
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,33 +50,36 @@ class LLMNotConfigured(Exception):
     """No API key: the caller answers with its fallback instead of calling anyone."""
 
 
-_clients: dict[tuple, openai.OpenAI] = {}
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, openai.AsyncOpenAI]]" = (
+    weakref.WeakKeyDictionary())
 
 
 def llm_configured() -> bool:
     return bool(settings.OPENAI_API_KEY)
 
 
-def _client() -> openai.OpenAI:
-    """One client per process and configuration, built on first use (never at import)."""
+def _client() -> openai.AsyncOpenAI:
+    """The running loop's client for the current configuration, built on first use (never at import)."""
     if not settings.OPENAI_API_KEY:
         raise LLMNotConfigured("OPENAI_API_KEY is not set")
+    loop = asyncio.get_running_loop()
     key = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
-    client = _clients.get(key)
-    if client is None:
-        _clients.clear()  # settings changed: drop the stale client and its connections
-        client = _clients[key] = openai.OpenAI(
+    cached = _clients.get(loop)
+    if cached is None or cached[0] != key:
+        # Settings changed (tests): the stale client's connections close with it.
+        client = openai.AsyncOpenAI(
             api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None,
             timeout=settings.OPENAI_TIMEOUT, max_retries=0,
         )
-    return client
+        _clients[loop] = cached = (key, client)
+    return cached[1]
 
 
-def llm_stream_completion(
-    *, messages: list[dict], on_delta: Callable[[str], None], model: str | None = None,
+async def llm_stream_completion(
+    *, messages: list[dict], on_delta: Callable[[str], object], model: str | None = None,
     max_tokens: int | None = None,
 ) -> Completion:
-    """Stream a completion, calling `on_delta(text)` for every piece as it arrives.
+    """Stream a completion, calling (and awaiting, if async) `on_delta(text)` for every piece as it arrives.
 
     Exceptions raised by `on_delta` (a cancellation, say) propagate unchanged and close the stream.
     """
@@ -80,19 +90,21 @@ def llm_stream_completion(
     finish_reason = ""
     served_model = model
     try:
-        stream = _client().chat.completions.create(
+        stream = await _client().chat.completions.create(
             model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
             stream=True, stream_options={"include_usage": True},
         )
-        with stream:
-            for chunk in stream:
+        async with stream:
+            async for chunk in stream:
                 served_model = chunk.model or served_model
                 if chunk.usage is not None:
                     usage = chunk.usage
                 for choice in chunk.choices:
                     if choice.delta and choice.delta.content:
                         parts.append(choice.delta.content)
-                        on_delta(choice.delta.content)
+                        answer = on_delta(choice.delta.content)
+                        if inspect.isawaitable(answer):
+                            await answer
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
                 if time.monotonic() > deadline:

@@ -7,7 +7,10 @@ in `AppConfig.job_modules`, imported by `registry.load()` (lazily, never at impo
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from django.apps import apps
@@ -63,6 +66,11 @@ class JobDefinition:
     tenant_field: ClassVar[str | None] = None
     # Plumbing nobody looks for (audit writes, reconciler passes): the admin's job list hides it by default.
     internal: ClassVar[bool] = False
+    # How the worker runtime (queues.workers) runs a synchronous `run`: False = inline, in a batch with
+    # other short jobs of its queue (one statement to start them, one to complete them); True = on the
+    # queue's bounded thread pool, for jobs that block (sleep, wait on I/O) and would hold the batch up.
+    # An `async def run` always runs as a coroutine on the runtime's event loop.
+    blocking: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,7 +105,12 @@ class JobDefinition:
         return isinstance(exc, PermanentJobError)
 
     def run(self, payload: dict, context: "JobContext") -> Any:  # pragma: no cover - abstract
+        """The job's work: a plain method, or `async def run` for I/O-bound jobs (see `is_async`)."""
         raise NotImplementedError
+
+    @classmethod
+    def is_async(cls) -> bool:
+        return inspect.iscoroutinefunction(cls.run)
 
 
 def _plain(data):
@@ -155,7 +168,14 @@ registry = Registry()
 
 @dataclass
 class JobContext:
-    """What a running job may know about itself; passed to `run()`."""
+    """What a running attempt may know about itself; passed to `run()`.
+
+    Only the current attempt may record anything: progress is written only while the record is
+    `started` in this attempt, and `check_cancelled()` raises JobCancelled once it is not (cancelled,
+    handed to another worker, or superseded by cancel + retry). Under the worker runtime, `superseded`
+    is set by the runtime's fence watcher (one query per process for every job in flight) and the checks
+    cost nothing; elsewhere each check is one primary-key query.
+    """
 
     job_id: str
     job_type: str
@@ -165,15 +185,40 @@ class JobContext:
     owner_id: int | None
     request_id: str
     worker_name: str = ""
+    superseded: threading.Event | None = field(default=None, repr=False, compare=False)
+    # `await db(fn, *args, **kwargs)`: how an async job reaches the database (the runtime's bounded pool).
+    db: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
 
     def set_progress(self, progress: Any) -> None:
         from queues.services import job_progress_set
 
-        job_progress_set(job_id=self.job_id, progress=progress)
+        job_progress_set(job_id=self.job_id, attempt=self.attempt, progress=progress)
+
+    def is_current(self) -> bool:
+        """Whether this attempt is still the one the ledger runs (synchronous; one query without the runtime)."""
+        if self.superseded is not None:
+            return not self.superseded.is_set()
+        from queues.selectors import job_attempt_is_current
+
+        return job_attempt_is_current(job_id=self.job_id, attempt=self.attempt)
 
     def check_cancelled(self) -> None:
-        """Raise JobCancelled if staff or the owner cancelled this job while it ran."""
-        from queues.selectors import job_is_cancelled
+        """Raise JobCancelled if this attempt was cancelled or superseded while it ran."""
+        if not self.is_current():
+            raise JobCancelled(self.job_id)
 
-        if job_is_cancelled(job_id=self.job_id):
+    async def run_db(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
+        """Run a synchronous (ORM) call from an async job without blocking the event loop."""
+        if self.db is not None:
+            return await self.db(fn, *args, **kwargs)
+        from asgiref.sync import sync_to_async
+
+        # Outside the runtime (a forking worker, a test): the caller's own thread and session.
+        return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+
+    async def acheck_cancelled(self) -> None:
+        if self.superseded is not None:
+            self.check_cancelled()
+            return
+        if not await self.run_db(self.is_current):
             raise JobCancelled(self.job_id)

@@ -58,6 +58,7 @@ WITH input AS (
        SET outcome = CASE WHEN done.id IS NULL THEN %s ELSE %s END, finished_at = %s
       FROM input LEFT JOIN done ON done.id = input.id
      WHERE a.job_id = input.id AND a.number = input.attempts
+       AND (done.id IS NOT NULL OR a.outcome = %s)  -- a closed attempt (abandoned, cancelled) keeps its outcome
 )
 SELECT id FROM done
 """
@@ -103,7 +104,7 @@ def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
             # SQL NULL for None, like JSONField(null=True) stores it.
             [None if result is None else json.dumps(result) for _, result in outcomes],
             JobStatus.COMPLETED, now, JobStatus.STARTED,
-            JobAttempt.Outcome.CANCELLED, JobAttempt.Outcome.COMPLETED, now,
+            JobAttempt.Outcome.CANCELLED, JobAttempt.Outcome.COMPLETED, now, JobAttempt.Outcome.RUNNING,
         ])
         done = {str(row[0]) for row in cursor.fetchall()}
     for job, result in outcomes:

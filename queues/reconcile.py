@@ -29,7 +29,7 @@ from queues.fairness import fair_held, fair_release, fair_release_worker
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
-from queues.worker import RECOVER_KEY, alive_key, suspect_key
+from queues.keys import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
 
@@ -49,12 +49,15 @@ class ReconcileReport:
                 f"released {len(self.released)} overdue scheduled job(s)")
 
 
-def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None) -> ReconcileReport:
+def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None,
+                     scheduler_lag: float = SCHEDULER_LAG) -> ReconcileReport:
+    """One pass. `scheduler_lag` 0: this pass is the scheduler (the runtime runs no RQ scheduler)."""
     report = ReconcileReport()
-    _release_overdue(report)
+    _release_overdue(report, scheduler_lag)
     grace = dt.timedelta(seconds=settings.RECONCILE_GRACE_SECONDS if grace_seconds is None else grace_seconds)
-    # A live worker beats every WORKER_TTL/3 s: two missed beats in a row mean it is gone.
-    confirm = max(settings.WORKER_TTL, 3) * 2 / 3 if confirm_seconds is None else confirm_seconds
+    # The key of a live worker never lapses (it beats several times per TTL); once lapsed, a second look
+    # RECONCILE_CONFIRM_SECONDS later tells a dead worker from a flushed Redis.
+    confirm = settings.RECONCILE_CONFIRM_SECONDS if confirm_seconds is None else confirm_seconds
     _recover_reported(report)
     _recover_abandoned(report, confirm)
     _requeue_lost(report, timezone.now() - grace)
@@ -66,8 +69,17 @@ def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float
     return report
 
 
-def _release_overdue(report: ReconcileReport) -> None:
-    cutoff = int(time.time()) - SCHEDULER_LAG
+def scheduled_release_due() -> list[str]:
+    """Move every delayed job and retry that is due now to its queue; returns their ids."""
+    report = ReconcileReport()
+    _release_overdue(report, 0)
+    return report.released
+
+
+def _release_overdue(report: ReconcileReport, lag: float) -> None:
+    # RQ scores scheduled jobs in whole seconds, rounded down: a score of the current second may still be
+    # up to a second early, and a worker refuses to start a record before it is due (DUE_TOLERANCE).
+    cutoff = int(time.time() - max(lag, 1))
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
@@ -122,7 +134,7 @@ def _dead_workers(names: list[str], confirm: float) -> set[str]:
         alive = dict(zip(names, pipe.execute()))
     seconds, micros = conn.time()
     now = seconds + micros / 1e6
-    suspect_ttl = int(max(settings.WORKER_TTL, 3) * 3 + confirm)
+    suspect_ttl = int(max(settings.WORKER_TTL, 3) * 3 + confirm + 1)
     dead = set()
     for name in names:
         if alive[name]:

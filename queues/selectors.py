@@ -77,6 +77,28 @@ def job_is_cancelled(*, job_id) -> bool:
     return JobRecord.objects.filter(pk=job_id, status=JobStatus.CANCELLED).exists()
 
 
+def job_attempt_is_current(*, job_id, attempt: int) -> bool:
+    """Whether `attempt` is the running attempt of the job (the fence every late write is checked against)."""
+    return JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, attempts=attempt).exists()
+
+
+def job_attempts_superseded(*, attempts: dict[str, int]) -> set[str]:
+    """Of {job id: attempt} in flight, the ids whose attempt is no longer current (one query for all)."""
+    if not attempts:
+        return set()
+    current = set(
+        JobRecord.objects.filter(pk__in=list(attempts), status=JobStatus.STARTED)
+        .values_list("pk", "attempts")
+    )
+    return {job_id for job_id, attempt in attempts.items() if (_uuid(job_id), attempt) not in current}
+
+
+def _uuid(value):
+    import uuid
+
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def queue_backlog(*, queue: str) -> int:
     """Jobs waiting in Redis for this queue, all priorities."""
     return sum(get_rq_queue(queue, p).count for p in PRIORITY_ORDER)

@@ -154,25 +154,25 @@ class Supervisor:
         self.log("all processes stopped")
 
 
-def build_children(*, host: str, port: int, concurrency: dict[str, int], python: str = sys.executable,
-                   worker_classes: dict[str, str] | None = None) -> list[Child]:
+def build_worker_children(*, processes: int, queues: list[str], python: str = sys.executable,
+                          reconciler_process: bool = False) -> list[Child]:
+    """`processes` worker runtimes, each serving every queue at its configured slots (queues.workers).
+
+    The runtime runs the reconciler in-process (WORKER_RECONCILER); a separate reconciler process is
+    only started when that is switched off.
+    """
     manage = [python, "manage.py"]
-    children = [web_child(host=host, port=port, python=python)]
-    for queue, count in concurrency.items():
-        worker_class = (worker_classes or {}).get(queue)  # settings.QUEUE_WORKER_CLASSES
-        argv = manage + ["rqworker", queue, "--with-scheduler"]
-        if worker_class:
-            argv += ["--worker-class", worker_class]
-        if worker_class and _runs_jobs_on_threads(worker_class):
-            # One process whose threads are the queue's concurrency (an equivalent pool).
-            children.append(Child(f"worker-{queue}", argv, env={"WORKER_THREADS": str(count)}))
-            continue
-        for i in range(count):
-            # Every worker may run the scheduler: RQ's per-queue lock lets one do it at a time,
-            # and another takes over if it dies.
-            children.append(Child(f"worker-{queue}-{i + 1}", argv))
-    children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
+    children = [Child(f"worker-{i + 1}", manage + ["rqworker", *queues]) for i in range(max(processes, 1))]
+    if reconciler_process:
+        children.append(Child("reconciler", manage + ["queues_reconcile", "--loop"]))
     return children
+
+
+def build_children(*, host: str, port: int, processes: int = 1, queues: list[str] | None = None,
+                   python: str = sys.executable, reconciler_process: bool = False) -> list[Child]:
+    return [web_child(host=host, port=port, python=python),
+            *build_worker_children(processes=processes, queues=queues or ["chat", "database", "audit"],
+                                   python=python, reconciler_process=reconciler_process)]
 
 
 def web_child(*, host: str, port: int, python: str = sys.executable, processes: int | None = None) -> Child:
@@ -187,11 +187,3 @@ def web_child(*, host: str, port: int, python: str = sys.executable, processes: 
                          "--graceful-timeout", "30", "--timeout", "120",
                          # gunicorn's control socket has one fixed path: two instances would clash.
                          "--no-control-socket"])
-
-
-def _runs_jobs_on_threads(worker_class: str) -> bool:
-    from django.utils.module_loading import import_string
-
-    from queues.threadworker import SlimyThreadWorker
-
-    return issubclass(import_string(worker_class), SlimyThreadWorker)

@@ -148,15 +148,30 @@ RQ_QUEUES = {
     name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT}
     for name in rq_queue_names()
 }
-RQ = {"WORKER_CLASS": env.str("RQ_WORKER_CLASS", default="queues.worker.SlimyWorker")}
+# `manage.py rqworker chat database audit` runs the worker runtime: every queue in one process at its
+# own concurrency (queues.workers.runtime). `queues.worker.SlimyWorker` is the forking worker.
+RQ = {"WORKER_CLASS": env.str("RQ_WORKER_CLASS", default="queues.workers.runtime.SlimyRuntimeWorker")}
 # django-rq's own admin registration would serve its views again under /admin/django_rq/ behind
 # is_staff alone; its pages are served, gated, at /admin/rq/ (queues.rq_admin_urls).
 RQ_SHOW_ADMIN_LINK = False
 
 # Seconds without a heartbeat after which a worker counts as dead and its started jobs are
 # handed back to their retry policy by the reconciler.
-WORKER_TTL = env.int("WORKER_TTL", default=30)
-RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", default=15)
+WORKER_TTL = env.int("WORKER_TTL", default=3)
+RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", default=1)
+# --- Worker runtime (queues.workers): heartbeat, in-process reconciler, shutdown, pools.
+# Seconds between heartbeats (each refreshes the liveness key, TTL WORKER_TTL, and the dashboard's slots).
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=1.0)
+# A lapsed liveness key is confirmed this much later before the worker's jobs are taken (a flushed Redis).
+RECONCILE_CONFIRM_SECONDS = env.float("RECONCILE_CONFIRM_SECONDS", default=2.0)
+# Whether each runtime process also runs the reconciler (one process per pass, through a Redis lock).
+WORKER_RECONCILER = env.bool("WORKER_RECONCILER", default=True)
+# SIGTERM: seconds jobs in flight may take to finish before they are handed back (a 2nd SIGTERM: at once).
+WORKER_SHUTDOWN_GRACE = env.float("WORKER_SHUTDOWN_GRACE", default=25.0)
+# Database sessions for the async jobs of one process, however many are in flight.
+WORKER_DB_THREADS = env.int("WORKER_DB_THREADS", default=4)
+# `make run`: how many runtime processes (each serving every queue at the concurrencies above).
+WORKER_PROCESSES = env.int("WORKER_PROCESSES", default=1)
 # A queued record is only considered lost once it is this old (gives on-commit pushes time to land).
 RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=30)
 JOB_RESULT_TTL = env.int("JOB_RESULT_TTL", default=3600)
@@ -175,15 +190,8 @@ EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
 # Seconds a web process reuses a user's group roles (slimy_site.roles); 0 reads them on every request.
 ROLE_CACHE_SECONDS = env.int("ROLE_CACHE_SECONDS", default=5)
-# Worker class per queue for `make run` (see README "Benchmarks": why each). `rqworker` without
-# --worker-class uses RQ_WORKER_CLASS.
-QUEUE_WORKER_CLASSES = {
-    "chat": env.str("CHAT_WORKER_CLASS", default="queues.threadworker.SlimyThreadWorker"),
-    "database": env.str("DATABASE_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
-    "audit": env.str("AUDIT_WORKER_CLASS", default="queues.batchworker.SlimyBatchWorker"),
-}
-# Jobs in flight per SlimyThreadWorker process (each thread keeps a database session, so
-# CHAT_CONCURRENCY x WORKER_THREADS must fit PostgreSQL's max_connections with everything else).
+# Slots per queue of `queues.threadworker.SlimyThreadWorker` (the runtime with every synchronous job on
+# the thread pool; kept for scripts and benchmarks that name it).
 WORKER_THREADS = env.int("WORKER_THREADS", default=16)
 
 # --- Metrics: multi-process directory (set by `make run` for every process; read by prometheus_client

@@ -1,5 +1,6 @@
 """Job types used only by the tests of the job infrastructure (loaded through EXTRA_JOB_MODULES)."""
 
+import asyncio
 import os
 import time
 
@@ -88,6 +89,7 @@ class SleepJob(JobDefinition):
     payload_serializer = SleepPayload
     retry = RetryPolicy(max_attempts=3, backoff_base=1)
     timeout = 180
+    blocking = True  # it sleeps: the runtime runs it on the queue's thread pool
 
     def run(self, payload, context):
         conn = _redis()
@@ -133,6 +135,7 @@ class EffectJob(JobDefinition):
     payload_serializer = EffectPayload
     retry = RetryPolicy(max_attempts=8, backoff_base=1, backoff_max=8)
     timeout = 120
+    blocking = True
 
     def run(self, payload, context):
         from django.db import connection, transaction
@@ -169,3 +172,78 @@ class GuildEchoJob(JobDefinition):
 
     def run(self, payload, context):
         return {"echo": payload["value"]}
+
+
+class DatabaseSleepJob(SleepJob):
+    """test_sleep on the database queue (per-queue isolation: it holds a database slot only)."""
+
+    name = "test_db_sleep"
+    queue = QueueName.DATABASE
+
+
+class AsyncSleepJob(JobDefinition):
+    """An `async def run` job: sleeps on the event loop, writing a line of output every step."""
+
+    name = "test_async_sleep"
+    queue = QueueName.CHAT
+    payload_serializer = SleepPayload
+    retry = RetryPolicy(max_attempts=3, backoff_base=1)
+    timeout = 180
+
+    async def run(self, payload, context):
+        from queues.output import output_writer_aopen
+
+        _redis().rpush(f"test:started:{payload['tag']}", f"{os.getpid()}:{context.attempt}")
+        writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
+        try:
+            deadline = time.monotonic() + payload["seconds"]
+            step = 0
+            while time.monotonic() < deadline:
+                if payload["cooperative"]:
+                    await context.acheck_cancelled()
+                writer.write(f"{step} ")
+                step += 1
+                await asyncio.sleep(0.05)
+        finally:
+            await writer.close()
+        await context.run_db(context.set_progress, {"steps": step, "attempt": context.attempt})
+        _redis().rpush(f"test:done:{payload['tag']}", context.attempt)
+        return {"slept": payload["seconds"]}
+
+
+class _TimeoutPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=60)
+
+
+class InlineTimeoutJob(JobDefinition):
+    """A short-job (inline) type that does not cooperate and overruns its 1 s timeout."""
+
+    name = "test_inline_timeout"
+    queue = QueueName.AUDIT
+    payload_serializer = _TimeoutPayload
+    retry = RetryPolicy(max_attempts=1)
+    timeout = 1
+
+    def run(self, payload, context):
+        deadline = time.monotonic() + payload["seconds"]
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"finished": True}
+
+
+class ThreadTimeoutJob(InlineTimeoutJob):
+    name = "test_thread_timeout"
+    queue = QueueName.DATABASE
+    blocking = True
+
+
+class AsyncTimeoutJob(JobDefinition):
+    name = "test_async_timeout"
+    queue = QueueName.CHAT
+    payload_serializer = _TimeoutPayload
+    retry = RetryPolicy(max_attempts=1)
+    timeout = 1
+
+    async def run(self, payload, context):
+        await asyncio.sleep(payload["seconds"])
+        return {"finished": True}

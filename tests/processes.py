@@ -71,9 +71,15 @@ class Proc:
         self._log.close()
 
 
+FORKING = "queues.worker.SlimyWorker"
+
+
 def start_worker(tmp_path, env, queues=("chat", "database", "audit"), *, name=None, simple=False,
-                 scheduler=True, burst=False) -> Proc:
+                 scheduler=True, burst=False, worker_class=None) -> Proc:
+    """`manage.py rqworker`: the worker runtime by default; `worker_class=FORKING` for the forking worker."""
     argv = [sys.executable, "manage.py", "rqworker", *queues]
+    if worker_class:
+        argv += ["--worker-class", worker_class]
     if scheduler:
         argv.append("--with-scheduler")
     if burst:

@@ -27,6 +27,7 @@ from queues.services.operations import (
 )
 from queues.services.transitions import (
     job_attempt_failed,
+    job_attempt_guard,
     job_complete,
     job_complete_many,
     job_progress_set,

@@ -19,6 +19,7 @@ from queues import signals
 from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
 from queues.definitions import registry
 from queues.models import JobAttempt, JobRecord
+from queues.output import output_fence_close
 from queues.services.enqueue import job_push
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,21 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600  # seconds; a longer (or non-finite) Retry-After from a provider is not trusted
 
 
-def job_progress_set(*, job_id, progress) -> None:
-    JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).update(progress=progress)
+def job_progress_set(*, job_id, progress, attempt: int | None = None) -> bool:
+    """Record progress; with `attempt`, only while that attempt is the running one (the fence)."""
+    fence = {} if attempt is None else {"attempts": attempt}
+    return bool(JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, **fence).update(progress=progress))
+
+
+def job_attempt_guard(*, job_id, attempt: int) -> None:
+    """Inside the caller's transaction: lock the record; raise JobCancelled unless `attempt` is the running
+    one. A job's side effects written after this commit only for the current attempt (the fence), and a
+    cancel or a recovery of the record waits for them (and vice versa)."""
+    from queues.definitions import JobCancelled
+
+    if not JobRecord.objects.select_for_update().filter(pk=job_id, status=JobStatus.STARTED,
+                                                         attempts=attempt).exists():
+        raise JobCancelled(str(job_id))
 
 
 def job_start(*, job_id, worker_name: str) -> JobRecord | None:
@@ -102,7 +116,9 @@ def job_attempt_failed(
             outcome, delay = JobAttempt.Outcome.CANCELLED, None
         else:
             outcome = attempt_outcome or (JobAttempt.Outcome.RETRIED if retry else JobAttempt.Outcome.FAILED)
-        JobAttempt.objects.filter(job=job, number=job.attempts).update(
+        # A superseded attempt's row keeps what was recorded for it (abandoned, cancelled) if it was closed.
+        attempt_row = {} if changed else {"outcome": JobAttempt.Outcome.RUNNING}
+        JobAttempt.objects.filter(job=job, number=job.attempts, **attempt_row).update(
             outcome=outcome, finished_at=now, error_message=message, error_traceback=trace
         )
     if changed:
@@ -122,6 +138,11 @@ def job_recover_abandoned(*, job_id, reason: str) -> str | None:
         job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
         traceback_text="",
     )
+    # The abandoned attempt may still be alive (frozen, partitioned): its output writes are refused from now on.
+    try:
+        output_fence_close(job_id=job_id, attempt=job.attempts)
+    except (RedisError, OSError):
+        logger.warning("could not fence off the output of job %s attempt %s", job_id, job.attempts)
     if job.status == JobStatus.RETRYING:
         try:
             job_push(job=job)

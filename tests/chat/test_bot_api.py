@@ -7,6 +7,7 @@ import pytest
 
 from queues.constants import JobStatus
 from queues.models import JobRecord
+from queues.output import FLUSH_SECONDS
 from tests.fake_llm import Behaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,7 +123,8 @@ def test_fallback_and_retrying_states_are_visible(fake_llm, user, make_api_clien
 
 def test_output_endpoint_pages_by_cursor(fake_llm, user, make_api_client, drain):
     client = make_api_client(user)
-    fake_llm.then(Behaviour(chunks=["one", " two", " three"]))
+    # Spaced wider than the output log's coalescing window: one entry per token.
+    fake_llm.then(Behaviour(chunks=["one", " two", " three"], delay_per_chunk=FLUSH_SECONDS + 0.03))
     job_id = _post(client, {"prompt": "count"}).json()["jobId"]
 
     empty = client.get(f"/api/jobs/{job_id}/output").json()

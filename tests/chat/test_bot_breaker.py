@@ -107,6 +107,8 @@ def test_retries_count_as_consecutive_failures(fake_llm, user, drain, settings):
 
 
 def test_a_probe_cancelled_before_it_calls_the_provider_frees_the_probe_lock(fake_llm, user, settings, redis_conn):
+    from asgiref.sync import async_to_sync
+
     from chat.bot import ChatRequest, chat_bot_reply
     from queues.definitions import JobCancelled, JobContext
     from queues.models import JobRecord
@@ -123,6 +125,6 @@ def test_a_probe_cancelled_before_it_calls_the_provider_frees_the_probe_lock(fak
     context = JobContext(job_id=str(job.pk), job_type=job.job_type, queue=job.queue, attempt=1, max_attempts=3,
                          owner_id=user.pk, request_id="")
     with pytest.raises(JobCancelled):
-        chat_bot_reply(request=ChatRequest(prompt="hello", owner_id=user.pk), context=context)
+        async_to_sync(chat_bot_reply)(request=ChatRequest(prompt="hello", owner_id=user.pk), context=context)
     assert not redis_conn.exists("slimy:llm:breaker:probe")
     assert breaker_allow() is True  # the next reply may probe at once

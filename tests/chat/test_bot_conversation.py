@@ -1,12 +1,14 @@
 """Replies within a conversation: its recent messages are the context; prompt and reply are saved once."""
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from chat.bot import SYSTEM_PROMPTS, ChatRequest, chat_bot_reply, reply_job_id
 from chat.models import Message, PersonalityMode
 from queues.constants import JobStatus
 from queues.definitions import JobContext
-from queues.services import job_enqueue
+from queues.models import JobRecord
+from queues.services import job_enqueue, job_recover_abandoned, job_start
 from tests.factories.chat import ConversationFactory, MessageFactory
 from tests.fake_llm import Behaviour
 
@@ -80,10 +82,15 @@ def test_a_rerun_of_the_same_job_saves_nothing_twice(fake_llm, user):
     fake_llm.always(Behaviour(text="Here is more."))
     request = ChatRequest(prompt="Tell me more", owner_id=user.pk, conversation_id=str(conversation.pk))
     for attempt in (1, 2):
+        started = job_start(job_id=job.pk, worker_name="w")
+        assert started.attempts == attempt
         context = JobContext(job_id=str(job.pk), job_type=job.job_type, queue=job.queue, attempt=attempt,
                              max_attempts=3, owner_id=user.pk, request_id="")
-        result = chat_bot_reply(request=request, context=context)
+        result = async_to_sync(chat_bot_reply)(request=request, context=context)
         assert result["reply"] == "Here is more."
+        if attempt == 1:  # the worker died before recording the completion
+            job_recover_abandoned(job_id=job.pk, reason="worker died")
+            JobRecord.objects.filter(pk=job.pk).update(scheduled_for=None)
     assert Message.objects.filter(conversation=conversation).count() == 3
     # The second run did not see the first run's messages as history either.
     first, second = fake_llm.completion_requests

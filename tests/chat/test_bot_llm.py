@@ -1,5 +1,6 @@
 """chat.llm against the fake provider: streaming, usage, and how each failure is classified."""
 
+import asyncio
 import datetime as dt
 import email.utils
 
@@ -12,7 +13,9 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 
 
 def _complete(deltas=None):
-    return llm_stream_completion(messages=MESSAGES, on_delta=(deltas.append if deltas is not None else lambda t: None))
+    # The stream is read with AsyncOpenAI: each call runs on an event loop of its own, as a job does.
+    return asyncio.run(llm_stream_completion(messages=MESSAGES,
+                                             on_delta=(deltas.append if deltas is not None else lambda t: None)))
 
 
 def test_streams_deltas_and_reports_usage_and_model(fake_llm, settings):
@@ -131,7 +134,7 @@ def test_exception_from_the_callback_propagates_and_closes_the_stream(fake_llm):
             raise Stop()
 
     with pytest.raises(Stop):
-        llm_stream_completion(messages=MESSAGES, on_delta=on_delta)
+        asyncio.run(llm_stream_completion(messages=MESSAGES, on_delta=on_delta))
 
 
 def test_retry_after_parsing():

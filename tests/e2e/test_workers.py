@@ -1,5 +1,7 @@
-"""Real `manage.py rqworker` processes: crashes, kills and shutdowns never lose a job."""
+"""Real `manage.py rqworker` processes of the forking worker (`queues.worker.SlimyWorker`): crashes, kills and
+shutdowns never lose a job. The runtime's own process tests are in test_runtime.py."""
 
+import functools
 import os
 import signal
 import sys
@@ -10,7 +12,10 @@ import pytest
 from queues.constants import JobStatus
 from queues.models import JobRecord
 from queues.services import job_enqueue
-from tests.processes import Proc, process_env, start_worker, wait_for
+from tests import processes
+from tests.processes import FORKING, Proc, process_env, wait_for
+
+start_worker = functools.partial(processes.start_worker, worker_class=FORKING)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

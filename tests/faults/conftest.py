@@ -91,7 +91,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         REPORT_PATH.write_text(
             "# Fault scenarios\n\n"
             f"`make faults` on {stamp} ({os.cpu_count()} cores), real processes: gunicorn (gthread), "
-            "`manage.py rqworker` (forking SlimyWorker) under the `make run` supervisor, the reconciler, "
+            "`manage.py rqworker` (the worker runtime; the forking SlimyWorker for scenarios 1 and 3) under the "
+            "`make run` supervisor, the reconciler, "
             "a private redis-server (append-only, everysec) and PostgreSQL.\n\n"
             "*duplicated*: jobs whose side-effect row was written more than once; *lost*: jobs that got "
             "accepted but never reached a final state, or completed without their side effect; "

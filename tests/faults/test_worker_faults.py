@@ -9,6 +9,7 @@ import pytest
 
 from queues.services import job_enqueue
 from tests.faults.harness import Fleet, process_alive, wait_until
+from tests.processes import FORKING
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -36,7 +37,8 @@ def _outcomes(ledger, job_id):
 
 
 def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, record_figures):
-    fleet = Fleet(tmp_path, fault_env(), workers=2).start()
+    # Work-horses exist only in the forking worker (the one for jobs that need a process of their own).
+    fleet = Fleet(tmp_path, fault_env(), workers=2, worker_class=FORKING).start()
     try:
         ids = _submit(fault_mode.pick(4, 16), seconds=1.0)
         killed, recoveries = [], []
@@ -62,15 +64,16 @@ def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, r
 
 
 def test_scenario_2_killed_worker_taken_over(tmp_path, fault_env, fault_mode, ledger, record_figures):
-    # CI: WORKER_TTL 3 s, reconciler every 1 s. Full: the production defaults (30 s, every 15 s).
-    env = fault_env(WORKER_TTL=fault_mode.pick(3, 30)) if not fault_mode.full else fault_env(
-        WORKER_TTL=30, RECONCILE_GRACE_SECONDS=30)
-    fleet = Fleet(tmp_path, env, workers=2, reconcile_interval=fault_mode.pick(1, 15)).start()
+    # The worker runtime at its production defaults (WORKER_TTL 3 s, reconciler every 1 s in each worker);
+    # full mode also uses the production grace for lost jobs.
+    env = fault_env(WORKER_TTL=3) if not fault_mode.full else fault_env(WORKER_TTL=3, RECONCILE_GRACE_SECONDS=30)
+    fleet = Fleet(tmp_path, env, workers=2, reconcile_interval=1).start()
     try:
         ids = _submit(fault_mode.pick(6, 20), seconds=fault_mode.pick(1.0, 2.0))
         job_id, pid = wait_until(lambda: _running(ledger), 60, "a job running")
-        victim = next(w for w in fleet.workers() if w.proc and pid in [c.pid for c in _children(w.proc.pid)])
-        os.killpg(victim.proc.pid, signal.SIGKILL)  # the worker, its horse and its scheduler
+        # The runtime runs the job in its own process (a forking worker would run it in a child).
+        victim = next(w for w in fleet.workers() if w.proc and pid in [w.proc.pid, *(c.pid for c in _children(w.proc.pid))])
+        os.killpg(victim.proc.pid, signal.SIGKILL)  # the worker and everything it runs
         killed_at = time.monotonic()
         wait_until(lambda: ledger.statuses([job_id])[job_id] == "completed", fault_mode.pick(60, 120),
                    "the orphaned job to be taken over")
@@ -83,7 +86,7 @@ def test_scenario_2_killed_worker_taken_over(tmp_path, fault_env, fault_mode, le
     assert _outcomes(ledger, job_id)[:2] == ["abandoned", "completed"]
     ttl = env["WORKER_TTL"]
     record_figures("2 kill -9 whole worker", rep, recovery=recovery,
-                   notes=f"WORKER_TTL {ttl} s, reconciler every {fault_mode.pick(1, 15)} s; s from kill to the "
+                   notes=f"runtime, WORKER_TTL {ttl} s, reconciler every 1 s; s from kill to the "
                          "orphan completed by another worker")
 
 
@@ -97,7 +100,8 @@ def _children(pid):
 
 
 def test_scenario_3_poison_job(tmp_path, fault_env, fault_mode, ledger, record_figures):
-    fleet = Fleet(tmp_path, fault_env(), workers=2).start()
+    # A job that kills its process belongs on the forking worker: there it kills a work-horse only.
+    fleet = Fleet(tmp_path, fault_env(), workers=2, worker_class=FORKING).start()
     started = time.monotonic()
     try:
         poison = [str(job_enqueue(job_type="test_crash", payload={"tag": f"p{i}"}).pk)

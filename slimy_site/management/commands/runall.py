@@ -15,7 +15,7 @@ from slimy_site.runall import EmbeddedRedis, Supervisor, SupervisorError, build_
 
 
 class Command(BaseCommand):
-    help = "Run the whole system (web, workers, scheduler, reconciler) for development or a single machine."
+    help = "Run the whole system (web and worker processes; the reconciler runs inside the workers)."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -40,13 +40,11 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         self._ensure_staff()
 
-        concurrency = {
-            "chat": settings.CHAT_CONCURRENCY,
-            "database": settings.DATABASE_CONCURRENCY,
-            "audit": settings.AUDIT_CONCURRENCY,
-        }
-        children = build_children(host=options["host"], port=options["port"], concurrency=concurrency,
-                                  worker_classes=settings.QUEUE_WORKER_CLASSES)
+        if settings.WORKER_PROCESSES < 1:
+            raise CommandError("WORKER_PROCESSES must be at least 1.")
+        # Each worker process serves every queue at CHAT/DATABASE/AUDIT_CONCURRENCY (slots, not processes).
+        children = build_children(host=options["host"], port=options["port"], processes=settings.WORKER_PROCESSES,
+                                  reconciler_process=not settings.WORKER_RECONCILER)
         if options["no_web"]:
             children = [c for c in children if c.name != "web"]
         supervisor = Supervisor(children, env, log=lambda m: self.stdout.write(f"[runall] {m}"))

@@ -1,0 +1,127 @@
+"""A runtime process's heartbeat and its in-process reconciler, each on a thread of its own.
+
+Heartbeat: every WORKER_HEARTBEAT_SECONDS, independent of what the jobs do (a job blocking its thread or
+the event loop does not stop it), the process refreshes its liveness key (TTL WORKER_TTL) and the
+dashboard's slot hash (`slimy:worker:slots:{name}`: host, pid, `{queue}:busy`, `{queue}:slots`), and
+now and then RQ's own worker key. A process frozen (SIGSTOP) longer than WORKER_TTL loses its key, and
+the reconciler hands its jobs to their retry policy; when it wakes, the attempt fence refuses whatever
+its old attempts still try to record.
+
+Reconciler: every RECONCILE_INTERVAL one runtime process (a Redis lock decides which) runs
+`queues_reconcile` — so a dead process's jobs are noticed within seconds without a process of its own —
+and, every PERIODIC_HOOKS_INTERVAL, the periodic hooks the `queues_reconcile --loop` command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
+
+from queues.keys import HOOKS_LOCK_KEY, RECONCILE_LOCK_KEY, alive_key, slots_key
+
+logger = logging.getLogger("queues.worker")
+
+RQ_HEARTBEAT_EVERY = 10  # seconds between refreshes of RQ's own worker key (its TTL is minutes)
+
+
+class Heartbeat:
+    def __init__(self, worker, slots_of):
+        """`slots_of()` returns {queue: (busy, slots)}; read without a lock (a beat may be one job stale)."""
+        self.worker = worker
+        self.slots_of = slots_of
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.host = socket.gethostname()
+
+    @property
+    def ttl(self) -> int:
+        return max(int(settings.WORKER_TTL), 2)
+
+    def beat(self) -> None:
+        conn = self.worker.connection
+        mapping: dict[str, object] = {"host": self.host, "pid": os.getpid()}
+        for queue, (busy, slots) in self.slots_of().items():
+            mapping[f"{queue}:busy"] = busy
+            mapping[f"{queue}:slots"] = slots
+        succeeded, failed = self.worker.take_counts()
+        with conn.pipeline(transaction=False) as pipe:
+            if succeeded:
+                pipe.hincrby(self.worker.key, "successful_job_count", succeeded)
+            if failed:
+                pipe.hincrby(self.worker.key, "failed_job_count", failed)
+            pipe.set(alive_key(self.worker.name), "1", ex=self.ttl)
+            pipe.hset(slots_key(self.worker.name), mapping=mapping)
+            pipe.expire(slots_key(self.worker.name), self.ttl)
+            pipe.execute()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._main, name="slimy-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        interval = max(min(settings.WORKER_HEARTBEAT_SECONDS, self.ttl / 3), 0.2)
+        last_rq = 0.0
+        while not self.stop_event.wait(interval):
+            try:
+                self.beat()
+                if time.monotonic() - last_rq >= RQ_HEARTBEAT_EVERY:
+                    self.worker.heartbeat()
+                    last_rq = time.monotonic()
+            except (RedisError, OSError):
+                logger.warning("worker %s: heartbeat failed", self.worker.name)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.beat()  # the last counts
+            self.worker.connection.delete(alive_key(self.worker.name), slots_key(self.worker.name))
+        except (RedisError, OSError):
+            pass
+
+
+class InProcessReconciler:
+    def __init__(self, connection, name: str):
+        self.connection = connection
+        self.name = name
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="slimy-reconciler", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        from queues.reconcile import queues_reconcile
+
+        interval = max(float(settings.RECONCILE_INTERVAL), 0.2)
+        hooks = [import_string(path) for path in settings.PERIODIC_HOOKS]
+        while not self.stop_event.wait(interval):
+            try:
+                # One process per pass: the lock expires just before the next pass is due.
+                if self.connection.set(RECONCILE_LOCK_KEY, self.name, nx=True, px=max(int(interval * 900), 100)):
+                    close_old_connections()
+                    queues_reconcile(scheduler_lag=0)
+                if hooks and self.connection.set(HOOKS_LOCK_KEY, self.name, nx=True,
+                                                 ex=max(int(settings.PERIODIC_HOOKS_INTERVAL), 1)):
+                    for hook in hooks:
+                        hook()
+            except (RedisError, OSError, DatabaseError) as exc:
+                # Outages are what this loop exists for: keep going, the next pass catches up.
+                logger.warning("worker %s: reconcile pass failed: %s", self.name, exc)
+                close_old_connections()
+            except Exception:  # noqa: BLE001 - a hook's bug must not end the process's reconciler
+                logger.exception("worker %s: reconcile pass failed", self.name)
+
+    def stop(self) -> None:
+        self.stop_event.set()

