@@ -24,6 +24,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from queues.constants import JobStatus, QueueName, base_queue_name
+from queues.keys import SLOTS_KEY
 from queues.models import JobAttempt, JobRecord
 from queues.redis import get_connection, get_rq_queues
 from queues.worker import alive_key, paused_key
@@ -37,9 +38,8 @@ CHART_MINUTES = 60
 # The SVG's own coordinates (it scales to its box): the plot area leaves room for the axes' labels.
 CHART_WIDTH, CHART_HEIGHT = 360, 150
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 40, 350, 10, 126
-# Written by the worker runtime with its heartbeat (and expiring with it): one hash per worker process,
-# fields host, pid, "<queue>:busy", "<queue>:slots".
-WORKER_SLOTS_KEY = "slimy:worker:slots:{}"
+# Written by the worker runtime with its heartbeat (and expiring with it): queues.keys.SLOTS_KEY.
+WORKER_SLOTS_KEY = SLOTS_KEY
 
 
 @dataclass
