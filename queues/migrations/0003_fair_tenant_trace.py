@@ -5,6 +5,20 @@ from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
 
+class AddIndexConcurrentlyOnPostgres(AddIndexConcurrently):
+    """CONCURRENTLY on PostgreSQL; a plain index elsewhere (make run's SQLite has no such option)."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        return migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        return migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
 class Migration(migrations.Migration):
     # The index is built without locking writes to a large ledger (CONCURRENTLY cannot run in a transaction).
     atomic = False
@@ -25,7 +39,7 @@ class Migration(migrations.Migration):
             name='trace_context',
             field=models.JSONField(blank=True, default=dict),
         ),
-        AddIndexConcurrently(
+        AddIndexConcurrentlyOnPostgres(
             model_name='jobrecord',
             index=models.Index(fields=['tenant', '-created_at'], name='job_tenant_created'),
         ),
