@@ -341,7 +341,7 @@ JOB_EVENTS_MAX_SECONDS = env.float("JOB_EVENTS_MAX_SECONDS", default=300.0)
 API_MAX_STREAMS_PER_USER = env.int("API_MAX_STREAMS_PER_USER", default=20)
 API_MAX_STREAMS_PER_PROCESS = env.int("API_MAX_STREAMS_PER_PROCESS", default=2000)
 # The web server of `make run` (slimy_site.asgi): processes, and threads per process for the WSGI routes.
-WEB_PROCESSES = env.int("WEB_PROCESSES", default=2)
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=1)
 WEB_THREADS = env.int("WEB_THREADS", default=8)
 # Attempts of one chat reply, and the backoff before the 2nd (doubling); the last failure answers the fallback.
 CHAT_RETRY_ATTEMPTS = env.int("CHAT_RETRY_ATTEMPTS", default=3)

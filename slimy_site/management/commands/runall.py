@@ -3,10 +3,11 @@
 import os
 import secrets
 import signal
+import subprocess
+import sys
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from queues.metrics import prepare_multiprocess_dir
@@ -16,6 +17,9 @@ from slimy_site.runall import EmbeddedRedis, Supervisor, SupervisorError, build_
 
 class Command(BaseCommand):
     help = "Run the whole system (web and worker processes; the reconciler runs inside the workers)."
+    # The checks run in a child process below: importing every URLconf and view here would stay in this
+    # long-lived supervisor's memory.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -36,8 +40,12 @@ class Command(BaseCommand):
         prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
         env["DATA_DIR"] = str(settings.DATA_DIR)
 
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
+        # In child processes: a first migrate loads every migration's state, memory this long-lived
+        # supervisor would otherwise keep for its whole life (issue 13's footprint budget).
+        for argv in (["check"], ["migrate", "--no-input", "--verbosity", "0"],
+                     ["collectstatic", "--no-input", "--verbosity", "0"]):
+            if subprocess.run([sys.executable, "manage.py", *argv], env=env).returncode != 0:
+                raise CommandError(f"`manage.py {argv[0]}` failed; see its output above.")
         self._ensure_staff()
 
         if settings.WORKER_PROCESSES < 1:
