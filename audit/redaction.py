@@ -62,8 +62,12 @@ def is_secret_key(key: str, value=None) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
+# Facts about a prompt that are already safe (`promptSha256`, `prompt_hash`): kept as they are.
+_ALREADY_DIGEST_KEY = re.compile(r"(sha\d*|hash|digest)$", re.IGNORECASE)
+
+
 def is_digest_key(key: str) -> bool:
-    return bool(_DIGEST_KEY.search(key))
+    return bool(_DIGEST_KEY.search(key)) and not _ALREADY_DIGEST_KEY.search(key)
 
 
 def _digest_texts(value, *, _depth: int):

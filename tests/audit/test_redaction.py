@@ -92,3 +92,8 @@ def test_lists_of_prompts_are_hashed_and_token_counts_kept():
 def test_error_messages_of_events_are_redacted_too():
     clean = LogEventJob.validate({"action": "x", "errorMessage": "auth Token 0123456789abcdef0123456789abcdef01234567"})
     assert clean["errorMessage"] == REDACTED
+
+
+def test_a_prompt_digest_is_kept_as_it_is():
+    details = {"promptSha256": "ab" * 32, "promptLength": 5, "prompt_hash": "cd" * 32}
+    assert redact(details) == details
