@@ -10,6 +10,7 @@ checks `event_clean` against a serializer built from the same fields.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 import uuid
@@ -270,7 +271,7 @@ def events_clean(data) -> dict:
     clean, errors = [], {}
     for index, event in enumerate(events):
         try:
-            clean.append(event_clean(event))
+            clean.append(event_clean_json(event))
         except serializers.ValidationError as exc:
             errors[index] = exc.detail
     if errors:
@@ -298,10 +299,22 @@ class EventPayload(TypedSerializer):
     errorMessage = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False)
 
     def run_validation(self, data=serializers.empty):
-        errors = json_type_errors(self.fields, data)
-        if errors:
-            raise serializers.ValidationError(errors)
-        return event_clean(data)
+        return event_clean_json(data)
+
+
+@functools.cache
+def _event_fields():
+    return EventPayload().fields
+
+
+def event_clean_json(data) -> dict:
+    """`event_clean` for a JSON document (the API, job payloads): each value must also have the JSON
+    type the schema declares (`{"errorMessage": 0}` is a 400), where Python callers of
+    audit_event_record may pass ids as numbers."""
+    errors = json_type_errors(_event_fields(), data)
+    if errors:
+        raise serializers.ValidationError(errors)
+    return event_clean(data)
 
 
 class EventsPayload(serializers.Serializer):

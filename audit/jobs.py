@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from audit.events import EventPayload, EventsPayload, event_clean, events_clean
+from audit.events import EventPayload, EventsPayload, event_clean_json, events_clean
 from queues.constants import QueueName
 from queues.definitions import EmptyPayload, JobDefinition, RetryPolicy
 
@@ -22,7 +22,7 @@ class LogEventJob(JobDefinition):
         # Plain-code validation (the serializer's rules): it runs again for every event a worker writes.
         if not isinstance(payload, dict):
             raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
-        return event_clean(payload)
+        return event_clean_json(payload)
 
     def run(self, payload, context):
         from audit.services import audit_log_event_run
