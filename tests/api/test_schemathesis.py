@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from rest_framework.authtoken.models import Token
 
+from slimy_site.services import api_token_issue
 from tests.factories.api import UserFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
@@ -30,10 +30,10 @@ def _schemathesis() -> str:
 @pytest.mark.parametrize("role", ["member", "staff"])
 def test_schemathesis_run_finds_no_failure(live_server, no_limits, role, tmp_path):
     user = UserFactory(username=f"st-{role}", role=role)
-    token = Token.objects.create(user=user)
+    token = api_token_issue(user=user)
     command = [
         _schemathesis(), "run", f"{live_server.url}/api/schema/",
-        "--header", f"Authorization: Token {token.key}",
+        "--header", f"Authorization: Token {token}",
         "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
         "--generation-database", "none", "--generation-allow-x00", "false",
     ]
