@@ -14,6 +14,11 @@ the output log (`queues.output`, redis.asyncio, text coalesced) are awaited on t
 database work goes through `context.run_db` (the runtime's bounded pool). Only the current attempt
 records anything: the saved messages and the audit events are written in one transaction that first
 locks the job record and checks that this attempt is still the running one (`job_attempt_guard`).
+
+Per tenant (the job's guild, else its user): a tenant over its daily quota (chat.quotas) gets the fallback
+`quota_exceeded` without a call; every call first waits for the shared provider budget (chat.budget; the
+wait shows in the job's progress and spends no attempt), then settles it with the real usage, applies the
+provider's rate-limit headers, and charges the tenant's quota.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from audit.services import audit_event_record
+from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
 from chat.budget import (
     BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
 )
-from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
-from chat.quotas import aquota_charge, aquota_check
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
+from chat.quotas import aquota_charge, aquota_check
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import message_save
 from queues.definitions import JobContext, PermanentJobError, TransientJobError
