@@ -14,6 +14,11 @@ the output log (`queues.output`, redis.asyncio, text coalesced) are awaited on t
 database work goes through `context.run_db` (the runtime's bounded pool). Only the current attempt
 records anything: the saved messages and the audit events are written in one transaction that first
 locks the job record and checks that this attempt is still the running one (`job_attempt_guard`).
+
+Per tenant (the job's guild, else its user): a tenant over its daily quota (chat.quotas) gets the fallback
+`quota_exceeded` without a call; every call first waits for the shared provider budget (chat.budget; the
+wait shows in the job's progress and spends no attempt), then settles it with the real usage, applies the
+provider's rate-limit headers, and charges the tenant's quota.
 """
 
 from __future__ import annotations
@@ -30,13 +35,18 @@ from django.db import transaction
 
 from audit.services import audit_event_record
 from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
+from chat.budget import (
+    BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
+)
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
+from chat.quotas import aquota_charge, aquota_check
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import message_save
 from queues.definitions import JobContext, PermanentJobError, TransientJobError
 from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import AsyncOutputWriter, output_writer_aopen
+from queues.redis import get_async_connection
 from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)
@@ -54,11 +64,14 @@ FALLBACK_REPLIES = {
     "provider_error": "Sorry, I couldn't reach my language model after several tries. Please try again later.",
     "provider_rejected": "Sorry, my language model could not process this request. Try rephrasing it.",
     "empty_reply": "Sorry, I couldn't come up with an answer to that. Try rephrasing your question.",
+    "quota_exceeded": "Sorry, this server has used up its replies for today. Please try again tomorrow.",
 }
 # While tokens stream in, cancellation is checked (one primary-key query) every quarter second or
 # every 16 chunks, whichever comes first: a fast stream stops within 16 chunks, a slow one within 0.25 s.
 CANCEL_CHECK_INTERVAL = 0.25
 CANCEL_CHECK_CHUNKS = 16
+# Longest a reply waits for the provider budget; the job's timeout (120 s) normally fires first.
+BUDGET_MAX_WAIT = 300
 # Message ids of the assistant's replies are derived from the job id in this namespace.
 REPLY_NAMESPACE = uuid.UUID("6c1f6f1e-5d8e-4f0b-9d55-1b7a6c0a2b3e")
 
@@ -70,6 +83,7 @@ class ChatRequest:
     guild_id: str = ""
     conversation_id: str | None = None
     personality_mode: str | None = None
+    tenant: str = ""  # who the reply's tokens count against (chat.quotas); "" = nobody
 
 
 def reply_job_id(job_id) -> uuid.UUID:
@@ -162,11 +176,23 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
+    redis = get_async_connection()
+    estimated = budget_tokens_estimate(prompt_chars=sum(len(m["content"]) for m in messages))
+    quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis)
+    if not quota.allowed:
+        # Checked before the breaker: a tenant over quota never takes the half-open probe.
+        await context.run_db(_audit_guarded, request, context, action="chat_bot_quota_exceeded", success=False,
+                             error_message="daily token quota exceeded", details={
+            **_prompt_facts(request), "tenant": request.tenant, "used": quota.used, "limit": quota.limit,
+            "estimatedTokens": estimated,
+        })
+        return await _fallback(writer, "quota_exceeded")
     if not breaker_allow():
         return await _fallback(writer, "breaker_open")
     verdict = False  # whether this call told the breaker how the provider is doing
     try:
         await context.acheck_cancelled()
+        await _budget_wait(estimated, context, redis)
         last_check, unchecked = time.monotonic(), 0
 
         async def on_delta(text: str) -> None:
@@ -183,6 +209,10 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
         try:
             completion = await llm_stream_completion(messages=messages, on_delta=on_delta)
         except LLMError as exc:
+            await budget_observe(headers=exc.headers, conn=redis)
+            if exc.status == 429:
+                # A 429 got through anyway: every worker holds its next call (never less than a second).
+                await budget_backoff(seconds=max(exc.retry_after or 0.0, 1.0), conn=redis)
             opened = breaker_record_failure() if exc.transient else False
             verdict = exc.transient
             retrying = exc.transient and context.attempt < context.max_attempts
@@ -198,6 +228,10 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             return await _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
         breaker_record_success()
         verdict = True
+        actual = completion.prompt_tokens + completion.completion_tokens
+        await budget_settle(estimated=estimated, actual=actual, conn=redis)
+        await budget_observe(headers=completion.headers, conn=redis)
+        await aquota_charge(tenant=request.tenant, tokens=actual, conn=redis)
     finally:
         if not verdict:
             # Cancelled, a 4xx, a timeout or a Redis error: no verdict on the provider, so a half-open
@@ -206,6 +240,21 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
     if not completion.text.strip():
         return completion, (await _fallback(writer, "empty_reply"))[1]
     return completion, ""
+
+
+async def _budget_wait(tokens: int, context: JobContext, redis) -> None:
+    """Wait for the shared provider budget; the wait shows in the job's progress and is no attempt."""
+    waited = 0.0
+
+    async def on_wait(seconds: float) -> None:
+        await context.run_db(context.set_progress, {"waitingFor": "provider_budget", "seconds": round(seconds, 3)})
+
+    try:
+        waited = await budget_wait(tokens=tokens, on_wait=on_wait, max_wait=BUDGET_MAX_WAIT, conn=redis)
+    except BudgetWaitTooLong as exc:
+        raise TransientJobError(str(exc), code="llm_budget_exhausted", retry_after=exc.seconds) from exc
+    if waited:
+        await context.run_db(context.set_progress, {"waitingFor": None, "budgetWaitedSeconds": round(waited, 3)})
 
 
 async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:

@@ -225,6 +225,7 @@ class ChatBotInteractionJob(JobDefinition):
     payload_serializer = ChatBotPayload
     timeout = 120  # > OPENAI_STREAM_MAX_SECONDS (90 by default): the service gives up first
     retry = _SettingsRetry()
+    tenant_field = "guildId"  # fair-shared and quota-limited per guild, else per user
 
     async def run(self, payload, context):
         if context.owner_id is None:
@@ -232,5 +233,6 @@ class ChatBotInteractionJob(JobDefinition):
         request = ChatRequest(
             prompt=payload["prompt"], owner_id=context.owner_id, guild_id=payload.get("guildId") or "",
             conversation_id=payload.get("conversationId"), personality_mode=payload.get("personalityMode"),
+            tenant=self.tenant_of(payload, context.owner_id),
         )
         return await chat_bot_reply(request=request, context=context)

@@ -19,7 +19,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 from django.conf import settings
@@ -34,12 +34,15 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # The response's headers (the provider's `x-ratelimit-*` tighten the shared budget).
+    headers: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class LLMError(Exception):
     def __init__(self, message: str, *, code: str, transient: bool, status: int | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, headers: dict | None = None):
         super().__init__(message)
+        self.headers = headers or {}
         self.code = code
         self.transient = transient
         self.status = status
@@ -89,11 +92,13 @@ async def llm_stream_completion(
     usage = None
     finish_reason = ""
     served_model = model
+    headers: dict = {}
     try:
         stream = await _client().chat.completions.create(
             model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
             stream=True, stream_options={"include_usage": True},
         )
+        headers = _headers(getattr(stream, "response", None))
         async with stream:
             async for chunk in stream:
                 served_model = chunk.model or served_model
@@ -131,7 +136,15 @@ async def llm_stream_completion(
         prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
         completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
         finish_reason=finish_reason,
+        headers=headers,
     )
+
+
+def _headers(response) -> dict:
+    """The response's headers as a plain dict with lower-case names (empty without a response)."""
+    if response is None:
+        return {}
+    return {name.lower(): value for name, value in response.headers.items()}
 
 
 def _status_error(exc: openai.APIStatusError) -> LLMError:
@@ -141,6 +154,7 @@ def _status_error(exc: openai.APIStatusError) -> LLMError:
     return LLMError(
         f"The LLM provider answered HTTP {status}.", code=code, transient=transient, status=status,
         retry_after=parse_retry_after(exc.response.headers) if transient else None,
+        headers=_headers(exc.response),
     )
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import close_old_connections
+from opentelemetry.trace import Status, StatusCode
 from rest_framework import serializers
 from rq import Retry, get_current_job
 
@@ -38,6 +39,7 @@ from queues.definitions import (
 from queues.logging import log_context
 from queues.models import JobRecord
 from queues.services import job_attempt_failed, job_complete, job_start
+from queues.tracing import job_span
 
 logger = logging.getLogger("queues.runner")
 
@@ -133,6 +135,11 @@ def _prepare(job: JobRecord, started: float, **context_extra):
 
 def run_sync(job: JobRecord, *, time_limit: Callable[[int], Any] | None = None, **context_extra) -> Outcome:
     """Run a started record's synchronous job in this thread; `time_limit(seconds)` wraps the run."""
+    with job_span(job, job.attempts) as span:
+        return _traced(span, _run_sync(job, time_limit, context_extra))
+
+
+def _run_sync(job: JobRecord, time_limit, context_extra) -> Outcome:
     started = time.monotonic()
     prepared = _prepare(job, started, **context_extra)
     if isinstance(prepared, Outcome):
@@ -148,12 +155,29 @@ def run_sync(job: JobRecord, *, time_limit: Callable[[int], Any] | None = None, 
     return Outcome(OutcomeKind.SUCCEEDED, result=result, duration=time.monotonic() - started)
 
 
+def _traced(span, outcome: Outcome) -> Outcome:
+    """The attempt's outcome on its span (the runner records failures itself: nothing propagates)."""
+    if span.is_recording():
+        span.set_attribute("slimy.job.outcome", outcome.kind.value)
+        if outcome.kind in (OutcomeKind.FAILED, OutcomeKind.RETRYING):
+            if outcome.error is not None:
+                span.record_exception(outcome.error)
+            span.set_status(Status(StatusCode.ERROR, type(outcome.error).__name__ if outcome.error else "failed"))
+    return outcome
+
+
 async def run_async(job: JobRecord, *, db: Callable[..., Awaitable[Any]] | None = None, **context_extra) -> Outcome:
     """Run a started record's job as a coroutine, within its timeout; database work goes through `db`.
 
     `asyncio.CancelledError` (the runtime handing the job back at shutdown) is not recorded here: it
     propagates, and the caller hands the attempt to its retry policy.
     """
+    # The span is current in this coroutine's context: the job's own calls (the LLM's) are its children.
+    with job_span(job, job.attempts) as span:
+        return _traced(span, await _run_async(job, db, context_extra))
+
+
+async def _run_async(job: JobRecord, db, context_extra) -> Outcome:
     started = time.monotonic()
 
     async def call(fn, *args, **kwargs):

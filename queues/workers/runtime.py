@@ -176,6 +176,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         # that has only just registered).
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
+        from slimy_site.tracing import tracing_setup
+
+        tracing_setup(role="worker")  # a no-op without OTEL_EXPORTER_OTLP_ENDPOINT
         self.bootstrap(logging_level or "INFO", date_format, log_format)
         self._release_due()
         heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
