@@ -161,7 +161,7 @@ def test_make_run_in_a_terminal_reads_well(redis_server, tmp_path):
                DATA_DIR=str(tmp_path / "data"))
     term = Terminal([sys.executable, "manage.py", "runall"], env)
     try:
-        term.wait_for("started reconciler", timeout=120)
+        term.wait_for("started worker-1", timeout=120)  # web + one worker runtime (reconciler inside)
 
         def ready():
             try:
@@ -182,5 +182,5 @@ def test_make_run_in_a_terminal_reads_well(redis_server, tmp_path):
     access = next(line for line in lines if "GET /health/ready 200" in line)
     assert re.match(r"^\d\d:\d\d:\d\d web +INFO  slimy\.access GET /health/ready 200 ", access), access
     completed = next(line for line in lines if "job completed" in line)
-    assert re.match(r"^\d\d:\d\d:\d\d worker-database-1 INFO ", completed), completed
+    assert re.match(r"^\d\d:\d\d:\d\d worker-1 +INFO ", completed), completed
     assert "all processes stopped" in term.text
