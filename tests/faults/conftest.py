@@ -130,6 +130,10 @@ def fault_env(fault_redis):
         extra.setdefault("WORKER_TTL", 3)
         extra.setdefault("RECONCILE_GRACE_SECONDS", 5)
         extra.setdefault("LOG_FORMAT", "text")
+        # Machine clients of the scenarios post chat messages as a club account (chat endpoints take
+        # members and clubs), with a service's limits so the rate limit stays out of the way.
+        extra.setdefault("API_RATE_LIMITS", "submit=120/min,read=1200/min,write=300/min,submit@service=6000/min,"
+                                            "write@service=6000/min,submit@club=6000/min,write@club=6000/min")
         return process_env(fault_redis.url, **extra)
 
     return make

@@ -282,7 +282,7 @@ class Api:
             return None, None, time.monotonic() - began
 
 
-def api_user(*, role: str | None = None, username: str = "faults"):
+def api_user(*, role: str | None = "member", username: str = "faults"):
     """A user with an API token and one conversation: (token key, conversation id)."""
     from chat.services import conversation_create
     from slimy_site.services import api_token_issue

@@ -19,7 +19,7 @@ print(json.dumps(ids))
 
 API_USER = """
 from tests.faults.harness import api_user
-print(" ".join(api_user(role="service")))
+print(" ".join(api_user(role="club")))
 """
 
 

@@ -75,7 +75,7 @@ class HttpSubmitter(threading.Thread):
 
 
 def test_scenario_5_redis_restarted_with_aof(tmp_path, fault_redis, fault_env, fault_mode, ledger, record_figures):
-    token, conversation = api_user(role="service")  # a service account: the rate limit stays out of the way
+    token, conversation = api_user(role="club")  # raised club limits (conftest): the rate limit stays out of the way
     fleet = Fleet(tmp_path, fault_env(), workers=2, web=True).start()
     downtime = fault_mode.pick(4, 15)
     submitter = HttpSubmitter(Api(fleet.url, token), conversation)
@@ -146,7 +146,7 @@ def test_scenario_6_redis_flushall(tmp_path, fault_redis, fault_env, fault_mode,
 
 def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, ledger, record_figures):
     pause_for = fault_mode.pick(8, 60)
-    token, conversation = api_user(role="service")
+    token, conversation = api_user(role="club")
     api = Api("", token)
     # three workers: two hold a job that outlives the pause, the third keeps short jobs flowing
     fleet = Fleet(tmp_path, fault_env(), workers=3, web=True).start()

@@ -14,7 +14,9 @@ def test_forked_work_horses_counts_reach_metrics(staff_client, process_env, mult
     echo = [job_enqueue(job_type="test_echo", payload={"value": f"v{i}"}) for i in range(3)]
     sleeps = [job_enqueue(job_type="test_sleep", payload={"seconds": 0, "tag": f"s{i}"}) for i in range(2)]
 
-    done = manage("rqworker", "database", "chat", "--burst", env=process_env)
+    # The forking worker (the runtime, the default, runs jobs in its own process: no horses to count).
+    done = manage("rqworker", "database", "chat", "--burst", "--worker-class", "queues.worker.SlimyWorker",
+                  env=process_env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {j.status for j in JobRecord.objects.filter(pk__in=[j.pk for j in echo + sleeps])} == {JobStatus.COMPLETED}
 
