@@ -78,7 +78,7 @@ local past = tonumber(ARGV[1]) + 1
 if current < past then redis.call('SET', KEYS[1], past, 'EX', ARGV[2]) end
 return past
 """
-# Text is coalesced: at most one XADD per FLUSH_SECONDS per job (plus one at a segment and at the close).
+# Async writers coalesce text: at most one XADD per FLUSH_SECONDS per job (plus one at a segment and the close).
 FLUSH_SECONDS = 0.05
 
 
@@ -130,7 +130,9 @@ class _Buffered:
 
 
 class OutputWriter(_Buffered):
-    """Appends one job's output from synchronous code. Cheap to call per token: text is coalesced."""
+    """Appends one job's output from synchronous code, one entry per write: a synchronous job has no
+    event loop to send a held buffer later, so text is never left waiting for a next write. (The chat
+    reply streams through AsyncOutputWriter, which coalesces tokens.)"""
 
     def _script(self):
         return get_connection().register_script(_APPEND)
@@ -145,8 +147,7 @@ class OutputWriter(_Buffered):
             return
         self._buffer.append(text)
         self.written += len(text)
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         text = self._take()

@@ -100,7 +100,6 @@ def test_job_page_shows_a_running_jobs_output_live(browser, live_server, django_
     writer = output_writer_open(job_id=str(job.pk), job_type=job.job_type, attempt=1)
     writer.write("Hello ")
     writer.write("world")
-    writer.flush()  # writes are coalesced (queues.output): the next write or a flush sends them
 
     browser.get(f"{live_server.url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("operator")
@@ -112,6 +111,5 @@ def test_job_page_shows_a_running_jobs_output_live(browser, live_server, django_
     WebDriverWait(browser, 10).until(lambda d: "Hello world" in box.text)
     assert "attempt 1" in box.text
     writer.write(", again")  # appended while the page is open
-    writer.flush()
     WebDriverWait(browser, 10).until(lambda d: "Hello world, again" in box.text)
     _shot(browser, "5-live-output")
