@@ -23,7 +23,7 @@ from audit.selectors import (
     audit_log_page,
     audit_stats,
 )
-from queues.api_support import JobAcceptedSerializer, accept_job, job_accepted_body, submit_responses
+from queues.api.submit import JobAcceptedSerializer, accept_job, job_accepted_body, submit_responses
 from queues.constants import FINAL_STATUSES, JobStatus
 from queues.models import JobRecord
 from queues.selectors import job_error_for_viewer

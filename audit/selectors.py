@@ -100,7 +100,7 @@ def audit_stats(*, occurred_from: dt.datetime | None = None, occurred_to: dt.dat
 def audit_chain_state():
     """Verify the chain and publish the outcome as `slimy_audit_chain_ok` (alerts watch it)."""
     from audit.chain import chain_verify
-    from queues.metrics import AUDIT_CHAIN_OK
+    from audit.metrics import AUDIT_CHAIN_OK
 
     report = chain_verify()
     AUDIT_CHAIN_OK.set(1 if report.ok else 0)

@@ -14,7 +14,6 @@ import uuid
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import serializers
@@ -22,9 +21,12 @@ from rest_framework import serializers
 from audit.chain import NewRow, chain_append
 from audit.events import MAX_EVENTS, event_clean, normalize_ip
 from audit.models import AuditStagedEvent
-from queues.constants import JobStatus
-from queues.logging import current_request_id
-from queues.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
+from audit.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
+from queues.connections import get_connection
+from queues.definitions import registry
+from queues.logs import current_request_id
+from queues.selectors import job_waiting_exists
+from queues.services import job_complete_waiting, job_enqueue, job_waiting_claim
 from slimy_site.exceptions import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -141,9 +143,6 @@ def audit_drain_request() -> None:
     database fails here, the event stays in the buffer and the periodic safety net
     (`audit_drain_ensure`) or the next event's request picks it up. Never raises.
     """
-    from queues.redis import get_connection
-    from queues.services import job_enqueue
-
     try:
         conn = get_connection()
         if not conn.set(DRAIN_FLAG, "1", nx=True, ex=DRAIN_FLAG_TTL):
@@ -165,14 +164,10 @@ def audit_drain_request() -> None:
 def audit_drain_ensure() -> bool:
     """The periodic safety net (a PERIODIC_HOOKS entry): enqueue a drain when events wait in the buffer
     and no drain job is waiting. Idempotent; returns whether it enqueued one."""
-    from queues.constants import WAITING_STATUSES
-    from queues.models import JobRecord
-    from queues.services import job_enqueue
-
     if not AuditStagedEvent.objects.exists():
         return False
     with transaction.atomic():
-        if JobRecord.objects.filter(job_type=AUDIT_DRAIN, status__in=WAITING_STATUSES).exists():
+        if job_waiting_exists(job_type=AUDIT_DRAIN):
             return False
         job_enqueue(job_type=AUDIT_DRAIN, payload={})
     return True
@@ -186,8 +181,6 @@ def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX
     leaves its rows in the buffer, and an event id already in the chain is skipped, so nothing is lost
     or doubled. After `max_batches` full batches it requests a successor rather than hold its slot.
     """
-    from queues.redis import get_connection
-
     try:
         get_connection().delete(DRAIN_FLAG)
     except (RedisError, OSError):
@@ -279,23 +272,11 @@ def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: 
     the claimed records completed. Their RQ deliveries then find them finished and skip them. If
     anything fails, everything rolls back and the claimed jobs run on their own.
     """
-    from queues.definitions import registry
-    from queues.models import JobRecord
-    from queues.services import job_complete_many
-
     definition = registry.get(LOG_EVENT)
     with transaction.atomic():
         claimed_events, claimed_ids = [], []
         if group_max > 1:
-            now = timezone.now()
-            waiting = (
-                JobRecord.objects.select_for_update(skip_locked=True)
-                .filter(job_type=LOG_EVENT, status=JobStatus.QUEUED)
-                .filter(Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now))
-                .exclude(pk=job_id)
-                .order_by("created_at")
-                .values_list("pk", "payload")[: group_max - 1]
-            )
+            waiting = job_waiting_claim(job_type=LOG_EVENT, limit=group_max - 1, exclude_id=job_id)
             for pk, payload in waiting:
                 try:
                     claimed_events.append(definition.validate(payload))
@@ -304,7 +285,7 @@ def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: 
                 claimed_ids.append(pk)
         written = audit_events_write(events=[event, *claimed_events])
         if claimed_ids:
-            job_complete_many(job_ids=claimed_ids, result={"groupedInto": str(job_id)}, worker_name=worker_name)
+            job_complete_waiting(job_ids=claimed_ids, result={"groupedInto": str(job_id)}, worker_name=worker_name)
     return {"written": written, "grouped": len(claimed_ids)}
 
 

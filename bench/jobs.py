@@ -49,7 +49,7 @@ class StampJob(JobDefinition):
     payload_serializer = StampPayload
 
     def run(self, payload, context):
-        from queues.redis import get_connection
+        from queues.connections import get_connection
 
         get_connection().rpush(payload["key"], f"{payload['seq']}:{time.time()}")
         return None

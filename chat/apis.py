@@ -24,8 +24,8 @@ from chat.serializers import (
     message_data,
     pagination_data,
 )
-from queues.api_support import JobAcceptedSerializer, accept_job, submit_responses
-from queues.apis import JobErrorSerializer
+from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
+from queues.api.jobs import JobErrorSerializer
 from queues.constants import JobStatus
 from queues.selectors import job_error_for_viewer
 from slimy_site.roles import IsMember

@@ -43,10 +43,11 @@ from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.quotas import aquota_charge, aquota_check
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import message_save
-from queues.definitions import JobContext, PermanentJobError, TransientJobError
-from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
+from queues.context import JobContext
+from queues.definitions import PermanentJobError, TransientJobError
+from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import AsyncOutputWriter, output_writer_aopen
-from queues.redis import get_async_connection
+from queues.connections import get_async_connection
 from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)

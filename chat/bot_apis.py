@@ -1,7 +1,7 @@
 """Chat bot endpoints: ask for a reply (a `chat` job) and read its status.
 
 Watching the reply as it streams is the job system's business: `eventsUrl` points at
-`/api/jobs/<id>/events` (queues.output_apis); cancelling is `POST /api/jobs/<id>/cancel`.
+`/api/jobs/<id>/events` (queues.api.output); cancelling is `POST /api/jobs/<id>/cancel`.
 """
 
 from django.urls import reverse
@@ -12,8 +12,8 @@ from rest_framework.views import APIView
 
 from chat.jobs import ChatBotInteractionJob, ChatBotPayload
 from chat.selectors import conversation_get_for_owner
-from queues.api_support import JobAcceptedSerializer, accept_job, submit_responses
-from queues.apis import JOB_ID_PARAMETER, JobErrorSerializer
+from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
+from queues.api.jobs import JOB_ID_PARAMETER, JobErrorSerializer
 from queues.constants import JobStatus
 from queues.selectors import JobNotFound, job_error_for_viewer, job_get_for_user
 from slimy_site.exceptions import ValidationFailed

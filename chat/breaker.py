@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from queues.metrics import LLM_BREAKER_OPEN
-from queues.redis import get_connection
+from chat.metrics import LLM_BREAKER_OPEN
+from queues.connections import get_connection
 
 FAILURES_KEY = "slimy:llm:breaker:failures"
 OPEN_KEY = "slimy:llm:breaker:open"

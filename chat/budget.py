@@ -136,7 +136,7 @@ def _script(conn, name: str):
 def _sync_conn(conn):
     if conn is not None:
         return conn
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     return get_connection()
 

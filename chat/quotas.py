@@ -52,7 +52,7 @@ def _decide(tenant: str, used: int, limit: int | None, tokens: int) -> QuotaDeci
 def _conn(conn):
     if conn is not None:
         return conn
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     return get_connection()
 

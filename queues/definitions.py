@@ -1,4 +1,6 @@
-"""JobDefinition: one subclass per job type (name, queue, payload serializer, timeout, retry policy).
+"""JobDefinition: one subclass per job type (name, queue, payload serializer, timeout, retry policy),
+the registry of them, and the typed errors a job raises. What a running attempt knows about itself
+(JobContext) is in queues.context, which calls services: this module is a leaf.
 
 Subclasses register themselves when their module is imported; every app lists its job modules
 in `AppConfig.job_modules`, imported by `registry.load()` (lazily, never at import time of this module).
@@ -8,15 +10,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.apps import apps
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from rest_framework import serializers
 
 from queues.constants import QueueName
+
+if TYPE_CHECKING:  # the context is built by the runner, a layer above; only its type is named here
+    from queues.context import JobContext
 
 
 class PermanentJobError(Exception):
@@ -115,10 +121,6 @@ class JobDefinition:
 
 def _plain(data):
     """Validated data as JSON-able plain types (UUIDs and datetimes to strings)."""
-    import json
-
-    from django.core.serializers.json import DjangoJSONEncoder
-
     return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
 
 
@@ -138,8 +140,6 @@ class Registry:
     def load(self) -> None:
         if self._loaded:
             return
-        from django.conf import settings
-
         modules = [m for config in apps.get_app_configs() for m in getattr(config, "job_modules", ())]
         for module in modules + list(settings.EXTRA_JOB_MODULES):
             importlib.import_module(module)
@@ -164,61 +164,3 @@ def _path(cls) -> str:
 
 
 registry = Registry()
-
-
-@dataclass
-class JobContext:
-    """What a running attempt may know about itself; passed to `run()`.
-
-    Only the current attempt may record anything: progress is written only while the record is
-    `started` in this attempt, and `check_cancelled()` raises JobCancelled once it is not (cancelled,
-    handed to another worker, or superseded by cancel + retry). Under the worker runtime, `superseded`
-    is set by the runtime's fence watcher (one query per process for every job in flight) and the checks
-    cost nothing; elsewhere each check is one primary-key query.
-    """
-
-    job_id: str
-    job_type: str
-    queue: str
-    attempt: int
-    max_attempts: int
-    owner_id: int | None
-    request_id: str
-    worker_name: str = ""
-    superseded: threading.Event | None = field(default=None, repr=False, compare=False)
-    # `await db(fn, *args, **kwargs)`: how an async job reaches the database (the runtime's bounded pool).
-    db: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
-
-    def set_progress(self, progress: Any) -> None:
-        from queues.services import job_progress_set
-
-        job_progress_set(job_id=self.job_id, attempt=self.attempt, progress=progress)
-
-    def is_current(self) -> bool:
-        """Whether this attempt is still the one the ledger runs (synchronous; one query without the runtime)."""
-        if self.superseded is not None:
-            return not self.superseded.is_set()
-        from queues.selectors import job_attempt_is_current
-
-        return job_attempt_is_current(job_id=self.job_id, attempt=self.attempt)
-
-    def check_cancelled(self) -> None:
-        """Raise JobCancelled if this attempt was cancelled or superseded while it ran."""
-        if not self.is_current():
-            raise JobCancelled(self.job_id)
-
-    async def run_db(self, fn: Callable[..., Any], /, *args, **kwargs) -> Any:
-        """Run a synchronous (ORM) call from an async job without blocking the event loop."""
-        if self.db is not None:
-            return await self.db(fn, *args, **kwargs)
-        from asgiref.sync import sync_to_async
-
-        # Outside the runtime (a forking worker, a test): the caller's own thread and session.
-        return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
-
-    async def acheck_cancelled(self) -> None:
-        if self.superseded is not None:
-            self.check_cancelled()
-            return
-        if not await self.run_db(self.is_current):
-            raise JobCancelled(self.job_id)

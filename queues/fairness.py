@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from queues.constants import PRIORITY_ORDER, base_queue_name, rq_queue_name
+from queues.keys import FAIR_PREFIX as PREFIX
 
-PREFIX = "slimy:fair:"
 WAKE_BOUND = 64  # more wake tokens than waiting workers are useless; a bounded list cannot grow forever
 
 

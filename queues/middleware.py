@@ -3,7 +3,7 @@
 import re
 import uuid
 
-from queues.logging import log_context
+from queues.logs import log_context
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 

@@ -7,7 +7,7 @@ outlives retries and expires with the job's result (its TTL is renewed at every 
 the result TTL when the job closes it).
 
 It knows nothing about what a job writes, and it does not record job states: those are the
-ledger's (PostgreSQL); the event stream (queues.output_apis) merges the two.
+ledger's (PostgreSQL); the event stream (queues.api.output) merges the two.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import weakref
 from django.conf import settings
 
 from queues.definitions import registry
-from queues.redis import get_async_connection, get_connection
+from queues.keys import OUTPUT_FENCE_KEY, OUTPUT_KEY
+from queues.connections import get_async_connection, get_connection
 from slimy_site.exceptions import ValidationFailed
 
-KEY = "slimy:job:{}:output"
 # Bound the memory one runaway job can take; older entries are trimmed (approximately).
 MAX_ENTRIES = 50_000
 MAX_READ = 1_000
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def output_key(job_id) -> str:
-    return KEY.format(job_id)
+    return OUTPUT_KEY.format(job_id)
 
 
 class InvalidCursor(ValidationFailed):
@@ -54,11 +54,10 @@ def parse_cursor(value: str | None) -> str:
     return value
 
 
-# Only the current attempt writes. FENCE_KEY holds the newest attempt that opened the log: opening a
+# Only the current attempt writes. OUTPUT_FENCE_KEY holds the newest attempt that opened the log: opening a
 # segment raises it to the writer's attempt (refused if a newer attempt already holds it), and the
 # recovery of an abandoned attempt raises it past that attempt. A chunk carrying another attempt number
 # than the fence is refused (the script returns 0). No key: no fence (nothing newer ever wrote).
-FENCE_KEY = "slimy:job:{}:attempt"
 _APPEND = """
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 local attempt = tonumber(ARGV[1])
@@ -83,7 +82,7 @@ FLUSH_SECONDS = 0.05
 
 
 def fence_key(job_id) -> str:
-    return FENCE_KEY.format(job_id)
+    return OUTPUT_FENCE_KEY.format(job_id)
 
 
 def output_fence_close(*, job_id, attempt: int, ttl: int = 86400) -> None:
@@ -168,7 +167,7 @@ class _LoopFlusher:
 
     Text buffered by writers is sent every FLUSH_SECONDS; segment starts and closes wait for the next
     round (a few milliseconds). A thousand replies streaming at once then cost a few round trips a second,
-    not several per reply, through at most ASYNC_MAX_CONNECTIONS connections (queues.redis).
+    not several per reply, through at most ASYNC_MAX_CONNECTIONS connections (queues.connections).
     """
 
     OPS_DELAY = 0.005  # how long a segment start or a close waits for others to share its round trip

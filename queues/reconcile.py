@@ -27,7 +27,7 @@ from rq.job import Job
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.fairness import fair_held, fair_release, fair_release_worker
 from queues.models import JobRecord
-from queues.redis import get_connection, get_rq_queue
+from queues.connections import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
 from queues.keys import RECOVER_KEY, alive_key, suspect_key
 

@@ -33,10 +33,11 @@ from rest_framework import serializers
 from rq import Retry, get_current_job
 
 from queues import signals
+from queues.context import JobContext
 from queues.definitions import (
-    JobCancelled, JobContext, JobDefinition, PermanentJobError, TransientJobError, registry,
+    JobCancelled, JobDefinition, PermanentJobError, TransientJobError, registry,
 )
-from queues.logging import log_context
+from queues.logs import log_context
 from queues.models import JobRecord
 from queues.services import job_attempt_failed, job_complete, job_start
 from queues.tracing import job_span

@@ -1,8 +1,8 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from queues import apis
-from queues import output_apis
+from queues.api import jobs as apis
+from queues.api import output as output_apis
 
 urlpatterns = [
     path("me", apis.MeApi.as_view(), name="api-me"),

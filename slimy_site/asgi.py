@@ -6,7 +6,7 @@ each thread keeps its database and Redis connections from request to request. (D
 handler would run each request on a new thread with a new database session, and the synchronous
 middleware would make every view wait on one anyway.)
 
-An event stream (queues.output_apis) takes its thread only to check the request; it then hands its
+An event stream (queues.api.output) takes its thread only to check the request; it then hands its
 stream over (`STREAM_HANDOFF` in the ASGI scope) and this application sends the events from the event
 loop while it listens for the client's disconnect: an open stream costs a coroutine, not a thread.
 """
@@ -31,7 +31,7 @@ def build_application():
     django = get_wsgi_application()
     from django.conf import settings
 
-    from queues.output_apis import STREAM_HANDOFF, StreamHandoff
+    from queues.api.output import STREAM_HANDOFF, StreamHandoff
 
     threads = WSGIMiddleware(django, workers=settings.WEB_THREADS)
 
@@ -97,7 +97,7 @@ async def _lifespan(receive, send):
     # The stream hub starts with the first stream; streams themselves are ended by slimy_site.web_worker,
     # which hears the signal before connections are drained. Here, after them, the hub sends its last
     # slot releases and closes its connections.
-    from queues.output_watch import output_hub_close
+    from queues.api.output_watch import output_hub_close
 
     while True:
         message = await receive()

@@ -6,7 +6,7 @@ from django.core.checks import Error, register
 
 @register()
 def check_api_settings(app_configs=None, **kwargs):
-    from queues.throttling import parse_rate
+    from queues.api.throttling import parse_rate
     from slimy_site.roles import Role
 
     errors = []

@@ -75,7 +75,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "queues.middleware.RequestIdMiddleware",
-    "queues.logging.AccessLogMiddleware",
+    "queues.logs.AccessLogMiddleware",
     "slimy_site.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -152,7 +152,7 @@ RQ_QUEUES = {
 # own concurrency (queues.workers.runtime). `queues.worker.SlimyWorker` is the forking worker.
 RQ = {"WORKER_CLASS": env.str("RQ_WORKER_CLASS", default="queues.workers.runtime.SlimyRuntimeWorker")}
 # django-rq's own admin registration would serve its views again under /admin/django_rq/ behind
-# is_staff alone; its pages are served, gated, at /admin/rq/ (queues.rq_admin_urls).
+# is_staff alone; its pages are served, gated, at /admin/rq/ (queues.admin.rq_urls).
 RQ_SHOW_ADMIN_LINK = False
 
 # Seconds without a heartbeat after which a worker counts as dead and its started jobs are
@@ -223,7 +223,7 @@ API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 # Endpoints that take batches get more room: 1,000 audit events do not fit in 64 KiB.
 API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": env.int("AUDIT_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)}
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, *API_MAX_BODY_BYTES_BY_PATH.values(), 2_621_440)
-# Per user and endpoint class (queues.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
+# Per user and endpoint class (queues.api.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
 API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
     "submit": "120/min", "read": "1200/min", "write": "300/min",
     "submit@service": "6000/min", "write@service": "6000/min",
@@ -238,7 +238,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["slimy_site.roles.HasAnyRole"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
-    "DEFAULT_THROTTLE_CLASSES": ["queues.throttling.ScopedRedisThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["queues.api.throttling.ScopedRedisThrottle"],
     "EXCEPTION_HANDLER": "slimy_site.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "slimy_site.schema.SlimyAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -284,12 +284,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "context": {"()": "queues.logging.ContextFilter"},
-        "rq_floor": {"()": "queues.logging.LoggerFloorFilter", "prefixes": ["rq"], "level": RQ_LOG_LEVEL},
+        "context": {"()": "queues.logs.ContextFilter"},
+        "rq_floor": {"()": "queues.logs.LoggerFloorFilter", "prefixes": ["rq"], "level": RQ_LOG_LEVEL},
     },
     "formatters": {
-        "json": {"()": "queues.logging.JsonFormatter", "process_tag": LOG_PROCESS},
-        "console": {"()": "queues.logging.ConsoleFormatter", "process_tag": LOG_PROCESS, "colour": LOG_COLOUR},
+        "json": {"()": "queues.logs.JsonFormatter", "process_tag": LOG_PROCESS},
+        "console": {"()": "queues.logs.ConsoleFormatter", "process_tag": LOG_PROCESS, "colour": LOG_COLOUR},
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s job=%(job_id)s] %(message)s",
         },

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from queues import health, metrics_views
+from queues.api import health
+from queues.metrics import views as metrics_views
 from slimy_site import views
 
 admin.site.site_header = "Slimy"
@@ -13,7 +14,7 @@ urlpatterns = [
     path("health/live/", health.live),
     path("health/ready", health.ready, name="health-ready"),
     path("health/ready/", health.ready),
-    path("admin/rq/", include("queues.rq_admin_urls")),  # gated, read-only (see the module)
+    path("admin/rq/", include("queues.admin.rq_urls")),  # gated, read-only (see the module)
     path("admin/", admin.site.urls),
     path("api/chat/", include("chat.urls")),
     path("api/audit-log", include("audit.urls")),

@@ -20,7 +20,7 @@ from uvicorn_worker import UvicornWorker
 
 class _DrainingServer(Server):
     def handle_exit(self, sig, frame) -> None:
-        from queues.output_watch import output_hubs_drain
+        from queues.api.output_watch import output_hubs_drain
 
         output_hubs_drain()
         super().handle_exit(sig, frame)
@@ -30,7 +30,7 @@ class SlimyUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on", "access_log": False}
 
     def handle_exit(self, sig, frame) -> None:  # SIGQUIT, installed by UvicornWorker
-        from queues.output_watch import output_hubs_drain
+        from queues.api.output_watch import output_hubs_drain
 
         output_hubs_drain()
         super().handle_exit(sig, frame)

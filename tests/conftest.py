@@ -19,7 +19,7 @@ def redis_server():
 def _private_redis(redis_server):
     """Point every Redis user (settings, django-rq, subprocesses) at the private server."""
     from queues.constants import rq_queue_names
-    from queues.redis import reset_connections
+    from queues.connections import reset_connections
 
     os.environ["REDIS_URL"] = redis_server.url
     settings.REDIS_URL = redis_server.url
@@ -41,13 +41,13 @@ def _static_root():
 
 @pytest.fixture(autouse=True)
 def _clean_redis(_private_redis):
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     get_connection().flushdb()
     yield
     # Event streams read through the process's hub (a background loop under WSGI): close it, so no
     # database session of its poller outlives the test database.
-    from queues.output_watch import output_hubs_close_background
+    from queues.api.output_watch import output_hubs_close_background
 
     output_hubs_close_background()
 
@@ -63,7 +63,7 @@ def _fresh_role_cache():
 
 @pytest.fixture
 def redis_conn():
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     return get_connection()
 
@@ -72,7 +72,7 @@ def redis_conn():
 def run_worker():
     """Run jobs through a real RQ worker in this process until the queues are empty."""
     from queues.constants import QueueName
-    from queues.redis import get_connection
+    from queues.connections import get_connection
     from queues.worker import SlimySimpleWorker
 
     def run(queues=None, *, with_scheduler=True, max_jobs=None):

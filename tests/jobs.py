@@ -11,7 +11,7 @@ from queues.definitions import JobDefinition, PermanentJobError, RetryPolicy, Tr
 
 
 def _redis():
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     return get_connection()
 

@@ -18,9 +18,9 @@ from rest_framework import serializers
 from queues import signals
 from queues.constants import JobStatus, Priority
 from queues.definitions import JobDefinition, registry
-from queues.logging import current_request_id
+from queues.logs import current_request_id
 from queues.models import JobRecord
-from queues.redis import get_rq_queue
+from queues.connections import get_rq_queue
 from queues.tracing import job_trace_context_capture
 from slimy_site.exceptions import ApplicationError, ValidationFailed
 
@@ -45,7 +45,7 @@ class UnknownJobType(ApplicationError):
     message = "Unknown job type."
 
 
-def _definition(job_type: str) -> type[JobDefinition]:
+def job_definition_get(job_type: str) -> type[JobDefinition]:
     definition = registry.get(job_type)
     if definition is None:
         raise UnknownJobType(f"Unknown job type: {job_type!r}.")
@@ -90,7 +90,7 @@ def job_enqueue(
     With an idempotency key already used by the same owner (within 24 h), returns that job
     instead (its `replayed` attribute is True); a different payload under the same key is a 422.
     """
-    definition = _definition(job_type)
+    definition = job_definition_get(job_type)
     if priority not in Priority.values:
         raise ValidationFailed(details={"priority": [f"Must be one of {', '.join(Priority.values)}."]})
     try:
@@ -137,7 +137,7 @@ def job_enqueue(
         return existing
     record.replayed = False
     # The record just written is what gets pushed: no need to read it back.
-    transaction.on_commit(lambda: _push_safely(record.pk, record=record))
+    transaction.on_commit(lambda: job_push_safely(record.pk, record=record))
     # Counted on commit: a rolled-back write enqueued nothing.
     transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
     return record
@@ -159,7 +159,7 @@ def _idempotent_match(owner, key: str, fingerprint: str) -> JobRecord | None:
     return existing
 
 
-def _push_safely(job_id, record: JobRecord | None = None) -> None:
+def job_push_safely(job_id, record: JobRecord | None = None) -> None:
     """Push after commit. If Redis is unreachable the record stays waiting and the reconciler pushes it."""
     try:
         job_push(job=record if record is not None else JobRecord.objects.get(pk=job_id))

@@ -8,7 +8,7 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq.command import send_stop_job_command
@@ -16,19 +16,20 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from queues import signals
-from queues.constants import FINAL_STATUSES, JobStatus
+from queues.constants import FINAL_STATUSES, JobStatus, QueueName
+from queues.keys import paused_key
 from queues.models import JobAttempt, JobRecord
-from queues.redis import get_connection
+from queues.connections import get_connection
 from slimy_site.exceptions import Conflict, ValidationFailed
 
-from queues.services.enqueue import _definition, _push_safely, job_enqueue
+from queues.services.enqueue import job_definition_get, job_enqueue, job_push_safely
 
 logger = logging.getLogger(__name__)
 
 
 def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
     """Run a failed or cancelled job again with a fresh attempt budget."""
-    definition = _definition(job.job_type)
+    definition = job_definition_get(job.job_type)
     with transaction.atomic():
         updated = JobRecord.objects.filter(
             pk=job.pk, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]
@@ -46,7 +47,7 @@ def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
         if not updated:
             raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {job.status}.",
                            code="job_not_retryable")
-        transaction.on_commit(lambda: _push_safely(job.pk))
+        transaction.on_commit(lambda: job_push_safely(job.pk))
     job.refresh_from_db()
     signals.job_enqueued.send(sender=JobRecord, job=job)
     return job
@@ -118,9 +119,6 @@ def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
 
 def queue_pause(*, queue: str, actor=None, reason: str = "") -> None:
     """Workers stop taking this queue's jobs (within about two seconds); submissions are still accepted."""
-    from queues.constants import QueueName
-    from queues.worker import paused_key
-
     if queue not in QueueName.values:
         raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
     info = {"at": timezone.now().isoformat(), "by": getattr(actor, "username", "") or "", "reason": reason[:500]}
@@ -129,9 +127,6 @@ def queue_pause(*, queue: str, actor=None, reason: str = "") -> None:
 
 def queue_resume(*, queue: str, actor=None) -> bool:
     """Returns whether the queue was paused."""
-    from queues.constants import QueueName
-    from queues.worker import paused_key
-
     if queue not in QueueName.values:
         raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
     return bool(get_connection().delete(paused_key(queue)))
@@ -142,7 +137,7 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
 
     One UPDATE for the batch; the pushes to Redis happen on commit. Returns the retried records.
     """
-    definition = _definition(job_type)
+    definition = job_definition_get(job_type)
     with transaction.atomic():
         ids = list(
             JobRecord.objects.filter(job_type=job_type, status=JobStatus.FAILED)
@@ -156,7 +151,7 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
         )
         jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
         for job in jobs:
-            transaction.on_commit(lambda pk=job.pk: _push_safely(pk))
+            transaction.on_commit(lambda pk=job.pk: job_push_safely(pk))
     for job in jobs:
         signals.job_enqueued.send(sender=JobRecord, job=job)
     return jobs
@@ -168,8 +163,6 @@ def job_records_clean(*, before: dt.datetime, batch_size: int = 5000) -> int:
     Their attempts go with them. Deletes in batches so no single transaction holds a huge lock set.
     Returns the number of records deleted.
     """
-    from django.db.models import Q
-
     deleted = 0
     old = Q(created_at__lt=before, status__in=FINAL_STATUSES) & (
         Q(finished_at__lt=before) | Q(finished_at__isnull=True)

@@ -10,16 +10,17 @@ import logging
 import math
 import traceback as tb
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from queues import signals
-from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
-from queues.definitions import registry
+from queues.constants import WAITING_STATUSES, JobStatus
+from queues.definitions import JobCancelled, registry
 from queues.models import JobAttempt, JobRecord
 from queues.output import output_fence_close
+from queues.services.batch import job_complete_batch, job_start_batch
 from queues.services.enqueue import job_push
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ def job_attempt_guard(*, job_id, attempt: int) -> None:
     """Inside the caller's transaction: lock the record; raise JobCancelled unless `attempt` is the running
     one. A job's side effects written after this commit only for the current attempt (the fence), and a
     cancel or a recovery of the record waits for them (and vice versa)."""
-    from queues.definitions import JobCancelled
-
     if not JobRecord.objects.select_for_update().filter(pk=job_id, status=JobStatus.STARTED,
                                                          attempts=attempt).exists():
         raise JobCancelled(str(job_id))
@@ -46,46 +45,13 @@ def job_attempt_guard(*, job_id, attempt: int) -> None:
 
 def job_start(*, job_id, worker_name: str) -> JobRecord | None:
     """Mark a waiting record started; None when it is not waiting (cancelled, finished, or taken)."""
-    if connection.vendor == "postgresql":
-        # One statement (UPDATE ... RETURNING + INSERT in a CTE) instead of five round trips.
-        from queues.fastpath import job_start_batch
-
-        started = job_start_batch(job_ids=[job_id], worker_name=worker_name)
-        return started[0] if started else None
-    now = timezone.now()
-    due = Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now + DUE_TOLERANCE)
-    with transaction.atomic():
-        started = JobRecord.objects.filter(due, pk=job_id, status__in=WAITING_STATUSES).update(
-            status=JobStatus.STARTED,
-            attempts=F("attempts") + 1,
-            started_at=now,
-            worker_name=worker_name,
-            progress=None,
-            updated_at=now,
-        )
-        if not started:
-            return None
-        job = JobRecord.objects.get(pk=job_id)
-        JobAttempt.objects.create(job=job, number=job.attempts, worker_name=worker_name, started_at=now)
-    return job
+    started = job_start_batch(job_ids=[job_id], worker_name=worker_name)
+    return started[0] if started else None
 
 
 def job_complete(*, job: JobRecord, result) -> bool:
-    if connection.vendor == "postgresql":
-        # One statement for the record and its attempt instead of four round trips (queues.fastpath).
-        from queues.fastpath import job_complete_batch
-
-        return bool(job_complete_batch(outcomes=[(job, result)]))
-    now = timezone.now()
-    with transaction.atomic():
-        done = JobRecord.objects.filter(pk=job.pk, status=JobStatus.STARTED, attempts=job.attempts).update(
-            status=JobStatus.COMPLETED, result=result, finished_at=now, scheduled_for=None
-        )
-        outcome = JobAttempt.Outcome.COMPLETED if done else JobAttempt.Outcome.CANCELLED
-        JobAttempt.objects.filter(job=job, number=job.attempts).update(outcome=outcome, finished_at=now)
-    if done:
-        job.status, job.result, job.finished_at = JobStatus.COMPLETED, result, now
-    return bool(done)
+    """Record a started job's result; False when its attempt is no longer current (cancelled, recovered)."""
+    return bool(job_complete_batch(outcomes=[(job, result)]))
 
 
 def job_attempt_failed(
@@ -155,9 +121,28 @@ def job_recover_abandoned(*, job_id, reason: str) -> str | None:
     return job.status
 
 
-def job_complete_many(*, job_ids, result, worker_name: str = "") -> list:
+def job_waiting_claim(*, job_type: str, limit: int, exclude_id=None) -> list[tuple]:
+    """Inside the caller's transaction: lock up to `limit` queued, due records of `job_type`, oldest
+    first, and return their (id, payload). FOR UPDATE SKIP LOCKED: concurrent callers take disjoint
+    sets. For a job that does the work of others waiting (then `job_complete_waiting` on what it did)."""
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    waiting = (
+        JobRecord.objects.select_for_update(skip_locked=True)
+        .filter(job_type=job_type, status=JobStatus.QUEUED)
+        .filter(Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now))
+        .exclude(pk=exclude_id)
+        .order_by("created_at")
+        .values_list("pk", "payload")[:limit]
+    )
+    return list(waiting)
+
+
+def job_complete_waiting(*, job_ids, result, worker_name: str = "") -> list:
     """Mark waiting records completed without running them: another job did their work (e.g. the
-    audit worker writing several queued events in one statement). Records no longer waiting are left
+    audit worker writing several queued events in one statement). Not `job_complete_batch`, which
+    records the results of started jobs. Records no longer waiting are left
     alone. Their RQ deliveries later find them finished and skip them. Returns the ids completed."""
     now = timezone.now()
     with transaction.atomic():

@@ -9,7 +9,7 @@ The loop (asyncio, main thread):
   priority lists; one pipeline for all queues), skipping queues paused from the admin; when nothing is
   waiting it blocks in one `BLMPOP` over every queue with a free slot (a pop that a full queue cannot
   take is pushed back to the head of its list);
-- hands the ids to their queue's lane: a thread that marks them started in ONE statement (queues.fastpath)
+- hands the ids to their queue's lane: a thread that marks them started in ONE statement (queues.services.batch)
   and sends each job to its executor —
   * inline: short synchronous jobs run one after another on the lane, their completions recorded in ONE
     statement per batch (the batch fast path; the batch adapts to ~BATCH_SECONDS of work);
@@ -59,7 +59,7 @@ from rq.worker import WorkerStatus
 from queues import runner
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
-from queues.fastpath import job_complete_batch, job_start_batch
+from queues.services.batch import job_complete_batch, job_start_batch
 from queues.keys import RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
 from queues.workers.executors import DaemonPool, Watchdog
@@ -131,7 +131,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         kwargs.setdefault("worker_ttl", max(settings.WORKER_TTL, 15))
         connection = kwargs.get("connection")
         if connection is None:
-            from queues.redis import get_connection
+            from queues.connections import get_connection
 
             connection = kwargs["connection"] = get_connection()
         # The caller's queue class (django-rq passes its DjangoRQ subclass, which RQ then insists on).
@@ -229,7 +229,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             # Our own handlers on the loop (instead of RQ's, which assume its own work loop).
             self.loop.add_signal_handler(sig, self.request_stop)
         self.lanes = {n: Lane(self, s) for n, s in self.slots.items()}
-        from queues.redis import get_async_connection
+        from queues.connections import get_async_connection
 
         self.aconn = get_async_connection()
         self.pop_conn = self._blocking_connection()
@@ -585,7 +585,7 @@ def _hand_back(job_id: str, worker_name: str, reason: str) -> None:
     except DatabaseError:
         # Fault suite finding (scenario 8): with PostgreSQL down the failure cannot be recorded now;
         # the reconciler retries it once the database answers.
-        from queues.redis import get_connection
+        from queues.connections import get_connection
 
         connections.close_all()
         try:

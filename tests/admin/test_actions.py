@@ -8,7 +8,7 @@ from rq.job import Job
 
 from queues.constants import JobStatus
 from queues.models import JobRecord
-from queues.redis import get_rq_queue
+from queues.connections import get_rq_queue
 from queues.services import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from queues.constants import JobStatus, QueueName
-from queues.dashboard import WORKER_SLOTS_KEY
+from queues.keys import SLOTS_KEY
 from queues.models import JobRecord
 from tests.factories.admin import FinishedJobFactory, JobRecordFactory
 
@@ -128,8 +128,8 @@ def _busy_queues(redis_conn):
                                          "audit:busy": 0, "audit:slots": 2}),
         ("box-2.88", "box-2", 88, {"database:busy": 10, "database:slots": 10}),
     ):
-        redis_conn.hset(WORKER_SLOTS_KEY.format(name), mapping={"host": host, "pid": pid, **fields})
-        redis_conn.expire(WORKER_SLOTS_KEY.format(name), 120)
+        redis_conn.hset(SLOTS_KEY.format(name), mapping={"host": host, "pid": pid, **fields})
+        redis_conn.expire(SLOTS_KEY.format(name), 120)
 
 
 def test_dashboard_fits_1280_and_stacks_on_a_phone(browser, live_server, django_user_model, redis_conn):
@@ -173,7 +173,7 @@ def test_dashboard_fits_1280_and_stacks_on_a_phone(browser, live_server, django_
     assert browser.execute_script("return getComputedStyle(arguments[0]).display", cell) == "flex"  # stacked rows
 
     # Without the runtime's slots: RQ's workers, still grouped by host, still no horizontal scroll.
-    for key in redis_conn.scan_iter(match=WORKER_SLOTS_KEY.format("*")):
+    for key in redis_conn.scan_iter(match=SLOTS_KEY.format("*")):
         redis_conn.delete(key)
     from queues.worker import SlimySimpleWorker
 
@@ -195,7 +195,7 @@ def test_dashboard_refreshes_its_figures_without_reloading(browser, live_server,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    monkeypatch.setattr("queues.admin_views.DASHBOARD_REFRESH_SECONDS", 1)
+    monkeypatch.setattr("queues.admin.views.DASHBOARD_REFRESH_SECONDS", 1)
     _login(browser, live_server, django_user_model)
     _viewport(browser, WIDTHS["desktop"])
     browser.get(f"{live_server.url}/admin/queues/jobrecord/dashboard/")

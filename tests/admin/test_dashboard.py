@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from queues.constants import JobStatus, QueueName
 from queues.models import JobAttempt, JobRecord
-from queues.redis import get_connection
+from queues.connections import get_connection
 from queues.services import job_enqueue
 from queues.worker import SlimySimpleWorker, paused_key
 from tests.factories.admin import FinishedJobFactory, JobAttemptFactory, JobRecordFactory

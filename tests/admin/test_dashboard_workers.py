@@ -8,7 +8,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from queues.constants import JobStatus, QueueName
-from queues.dashboard import PLOT_BOTTOM, PLOT_TOP, WORKER_SLOTS_KEY, _chart, _nice_ceiling
+from queues.admin.dashboard import PLOT_BOTTOM, PLOT_TOP, _chart, _nice_ceiling
+from queues.keys import SLOTS_KEY
 from queues.worker import SlimySimpleWorker
 from tests.factories.admin import FinishedJobFactory
 
@@ -18,8 +19,8 @@ DASHBOARD = "admin:queues_jobrecord_dashboard"
 
 
 def _slots(redis_conn, name, ttl=30, **fields):
-    redis_conn.hset(WORKER_SLOTS_KEY.format(name), mapping={k.replace("__", ":"): v for k, v in fields.items()})
-    redis_conn.expire(WORKER_SLOTS_KEY.format(name), ttl)
+    redis_conn.hset(SLOTS_KEY.format(name), mapping={k.replace("__", ":"): v for k, v in fields.items()})
+    redis_conn.expire(SLOTS_KEY.format(name), ttl)
 
 
 def test_workers_are_grouped_by_host_with_slots_in_use_per_queue(superuser, admin_client_for, redis_conn):

@@ -5,7 +5,7 @@ from django.urls import reverse
 from django_rq.settings import get_queues_map
 
 from queues.models import JobRecord
-from queues.redis import get_rq_queue
+from queues.connections import get_rq_queue
 from queues.services import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -61,7 +61,7 @@ def test_swagger_ui_is_served_without_a_cdn(client):
     assert finders.find("drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")  # shipped, offline
 
 
-# Operations that create a job through queues.api_support.accept_job (issue 19, item 5).
+# Operations that create a job through queues.api.submit.accept_job (issue 19, item 5).
 SUBMITTING = {
     "chat_conversations_create", "chat_conversation_update", "chat_conversation_delete", "chat_messages_create",
     "chat_bot_create", "api_audit_log_create", "api_audit_log_reports_create",
@@ -99,7 +99,7 @@ def test_chat_reuses_the_shared_error_and_accepted_serializers():
     import chat.apis
 
     from chat.jobs import TitleField
-    from queues.api_support import JobAcceptedSerializer
+    from queues.api.submit import JobAcceptedSerializer
 
     assert chat.apis.JobAcceptedSerializer is JobAcceptedSerializer
     assert not hasattr(chat.apis, "ErrorSerializer")

@@ -9,7 +9,7 @@ import sys
 import pytest
 from rest_framework.test import APIClient
 
-from queues.logging import ContextFilter
+from queues.logs import ContextFilter
 from queues.models import JobRecord
 from queues.services import job_enqueue
 from tests.redis_server import free_port
@@ -121,7 +121,7 @@ def test_rate_limit_is_shared_with_another_process(member, make_api_client, sett
     settings.API_RATE_LIMITS = {"read": "2/min"}
     code = (
         "import django; django.setup()\n"
-        "from queues.throttling import Rate, rate_limit_hit\n"
+        "from queues.api.throttling import Rate, rate_limit_hit\n"
         f"print([rate_limit_hit(scope='read', ident='user:{member.pk}', rate=Rate(2, 60)) for _ in range(2)])\n"
     )
     env = {**os.environ, "REDIS_URL": redis_server.url, "DJANGO_SETTINGS_MODULE": "slimy_site.settings"}
@@ -221,7 +221,7 @@ def test_request_id_reaches_every_log_line_of_the_request_and_its_job(member, ma
     response = make_api_client(member).post(ECHO, {"value": "traced"}, format="json",
                                             HTTP_X_REQUEST_ID="trace-req-42424242")
     job_id = response.json()["jobId"]
-    request_lines = [r for r in caplog.records if r.name == "queues.api_support"]
+    request_lines = [r for r in caplog.records if r.name == "queues.api.submit"]
     assert request_lines and {r.request_id for r in request_lines} == {"trace-req-42424242"}
     caplog.clear()
     run_worker()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from queues.throttling import Rate, parse_rate
+from queues.api.throttling import Rate, parse_rate
 from tests.factories.api import UserFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.api.urls")]

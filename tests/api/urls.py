@@ -5,7 +5,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework import serializers
 
-from queues.api_support import DelayField, PriorityField, accept_job
+from queues.api.submit import DelayField, PriorityField, accept_job
 from slimy_site.roles import IsMember, IsService, IsStaff
 from slimy_site.serializers import StrictSerializer, validate_input
 from slimy_site.urls import urlpatterns as site_urlpatterns

@@ -110,7 +110,8 @@ def test_a_probe_cancelled_before_it_calls_the_provider_frees_the_probe_lock(fak
     from asgiref.sync import async_to_sync
 
     from chat.bot import ChatRequest, chat_bot_reply
-    from queues.definitions import JobCancelled, JobContext
+    from queues.context import JobContext
+    from queues.definitions import JobCancelled
     from queues.models import JobRecord
     from queues.services import job_cancel, job_start
 

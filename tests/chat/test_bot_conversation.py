@@ -6,7 +6,7 @@ from asgiref.sync import async_to_sync
 from chat.bot import SYSTEM_PROMPTS, ChatRequest, chat_bot_reply, reply_job_id
 from chat.models import Message, PersonalityMode
 from queues.constants import JobStatus
-from queues.definitions import JobContext
+from queues.context import JobContext
 from queues.models import JobRecord
 from queues.services import job_enqueue, job_recover_abandoned, job_start
 from tests.factories.chat import ConversationFactory, MessageFactory

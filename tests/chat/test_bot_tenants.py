@@ -93,7 +93,7 @@ def test_no_429_reaches_the_breaker_when_the_budget_is_below_the_providers_limit
     drain(control[-1])
     assert fake_llm.rejected > 0
 
-    from queues.redis import get_connection
+    from queues.connections import get_connection
     get_connection().flushdb()  # a fresh breaker and budget
     settings.CHAT_RETRY_ATTEMPTS = 3
     settings.OPENAI_RPM = 50

@@ -108,7 +108,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def fault_redis():
     """A private append-only Redis for one scenario (it gets killed, paused, flushed); settings point at it."""
     from queues.constants import rq_queue_names
-    from queues.redis import reset_connections
+    from queues.connections import reset_connections
 
     server = RedisServer(appendonly=True).start()
     saved = settings.REDIS_URL, settings.RQ_QUEUES

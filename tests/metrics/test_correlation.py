@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from queues.constants import JobStatus
-from queues.logging import ContextFilter, JsonFormatter
+from queues.logs import ContextFilter, JsonFormatter
 from queues.models import JobRecord
 from tests.metrics.conftest import stop_worker, wait_for
 
@@ -77,7 +77,7 @@ def test_django_request_warnings_carry_the_request_id(client, log_lines):
 
 def test_text_format_carries_the_request_id():
     from django.conf import settings
-    from queues.logging import log_context
+    from queues.logs import log_context
 
     formatter = logging.Formatter(settings.LOGGING["formatters"]["text"]["format"])
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", None, None)

@@ -8,7 +8,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-import queues.metrics as metrics
+import audit.metrics
+import chat.metrics
+import queues.metrics
 from tests.metrics.conftest import parse_metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -31,8 +33,9 @@ def metric_names(expr: str) -> set[str]:
 
 
 def defined_names() -> set[str]:
-    names = set(metrics.SCRAPE_GAUGES)
-    for obj in vars(metrics).values():
+    names = set(queues.metrics.SCRAPE_GAUGES)
+    objects = [*vars(queues.metrics).values(), *vars(chat.metrics).values(), *vars(audit.metrics).values()]
+    for obj in objects:
         if isinstance(obj, MetricWrapperBase):
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(obj._type, [""])
             names.update(obj._name + s for s in suffixes)

@@ -4,7 +4,7 @@ import pytest
 from django.db import transaction
 from prometheus_client import REGISTRY
 
-from queues.metrics_snapshot import _quantile
+from queues.metrics.snapshot import _quantile
 from queues.services import job_cancel, job_enqueue
 from tests.metrics.conftest import parse_metrics, total, value
 from tests.redis_server import free_port
@@ -105,7 +105,7 @@ def test_oldest_job_age_and_scheduled_depth(staff_client, single_process, redis_
 
 @pytest.mark.django_db
 def test_redis_down_still_answers(staff_client, settings, single_process):
-    from queues.redis import reset_connections
+    from queues.connections import reset_connections
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     reset_connections()

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 # shared directory too; the audit counters are what the audit trail increments.
 WORKLOAD = """
 from queues.services import job_enqueue
-from queues.metrics import AUDIT_EVENTS_WRITTEN, AUDIT_EVENTS_FAILED
+from audit.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
 for i in range(2):
     job_enqueue(job_type="test_echo", payload={"value": f"e{i}"})
 job_enqueue(job_type="test_permanent", payload={"tag": "p"})

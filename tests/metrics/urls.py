@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.views import APIView
 
-from queues.api_support import accept_job
+from queues.api.submit import accept_job
 
 
 class FlakyJobCreateApi(APIView):

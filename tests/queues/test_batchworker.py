@@ -41,7 +41,7 @@ class SlowJob(JobDefinition):
 @pytest.fixture
 def run_batch_worker():
     from queues.batchworker import SlimyBatchWorker
-    from queues.redis import get_connection
+    from queues.connections import get_connection
 
     def run(queues=None, *, with_scheduler=True, max_jobs=None):
         worker = SlimyBatchWorker(queues or list(QueueName.values), connection=get_connection())
@@ -131,7 +131,7 @@ def test_a_cancelled_job_delivered_again_is_skipped(run_batch_worker, redis_conn
 
 
 def test_a_job_cancelled_while_its_batch_runs_keeps_cancelled(run_batch_worker, redis_conn):
-    from queues.fastpath import job_complete_batch, job_start_batch
+    from queues.services.batch import job_complete_batch, job_start_batch
 
     job = job_enqueue(job_type="test_echo", payload={"value": "x"})
     [started] = job_start_batch(job_ids=[str(job.pk)], worker_name="w")
@@ -143,7 +143,7 @@ def test_a_job_cancelled_while_its_batch_runs_keeps_cancelled(run_batch_worker, 
 
 
 def test_start_batch_takes_only_waiting_records_once(run_batch_worker):
-    from queues.fastpath import job_start_batch
+    from queues.services.batch import job_start_batch
 
     jobs = [job_enqueue(job_type="test_echo", payload={"value": str(i)}) for i in range(3)]
     ids = [str(j.pk) for j in jobs]

@@ -145,7 +145,7 @@ def test_a_vanished_liveness_key_is_only_suspected_until_confirmed(redis_conn):
 
 
 def test_reconciler_requeues_a_waiting_job_held_only_by_a_dead_workers_stale_entry(run_worker, redis_conn):
-    from queues.redis import get_rq_queue
+    from queues.connections import get_rq_queue
 
     job = job_enqueue(job_type="test_echo", payload={"value": "stale"})
     queue = get_rq_queue("database")
@@ -172,7 +172,7 @@ def test_abandoned_job_without_attempts_left_fails(redis_conn):
 
 
 def test_reconciler_moves_overdue_scheduled_jobs_when_no_scheduler_runs(redis_conn):
-    from queues.redis import get_rq_queue
+    from queues.connections import get_rq_queue
 
     job = job_enqueue(job_type="test_echo", payload={"value": "late"}, delay=1)
     time.sleep(1.2)

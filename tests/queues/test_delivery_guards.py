@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from queues.constants import JobStatus
-from queues.fastpath import job_start_batch
+from queues.services.batch import job_start_batch
 from queues.models import JobRecord
 from queues.reconcile import queues_reconcile
 from queues.services import job_attempt_failed, job_enqueue, job_retry, job_start

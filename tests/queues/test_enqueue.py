@@ -86,7 +86,7 @@ def test_idempotency_key_expires_after_24_hours(user):
 def test_delay_makes_a_scheduled_job(redis_conn):
     job = job_enqueue(job_type="test_echo", payload={"value": "x"}, delay=60)
     assert job.status == JobStatus.SCHEDULED
-    from queues.redis import get_rq_queue
+    from queues.connections import get_rq_queue
 
     assert str(job.pk) in get_rq_queue("database").scheduled_job_registry.get_job_ids()
 
@@ -106,7 +106,7 @@ def test_bad_job_options_are_validation_errors(kwargs, field):
 
 
 def test_priority_selects_the_rq_list(redis_conn):
-    from queues.redis import get_rq_queue
+    from queues.connections import get_rq_queue
 
     high = job_enqueue(job_type="test_record", payload={"tag": "h"}, priority="high")
     low = job_enqueue(job_type="test_record", payload={"tag": "l"}, priority="low")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from queues.logging import ConsoleFormatter, ContextFilter, JsonFormatter, LoggerFloorFilter, log_context
+from queues.logs import ConsoleFormatter, ContextFilter, JsonFormatter, LoggerFloorFilter, log_context
 
 
 def _record(name="queues.runner", level=logging.INFO, msg="job completed in %.3f s", args=(0.25,), exc_info=None):

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from queues import output_watch
+from queues.api import output_watch
 from queues.output import output_writer_open
-from queues.output_watch import OutputHub
+from queues.api.output_watch import OutputHub
 from queues.services import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)

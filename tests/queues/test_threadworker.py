@@ -27,7 +27,7 @@ class BarrierJob(JobDefinition):
     retry = RetryPolicy(max_attempts=1)
 
     def run(self, payload, context):
-        from queues.redis import get_connection
+        from queues.connections import get_connection
 
         conn = get_connection()
         conn.incr(payload["key"])
@@ -61,7 +61,7 @@ class SpinJob(JobDefinition):
 
 @pytest.fixture
 def run_thread_worker():
-    from queues.redis import get_connection
+    from queues.connections import get_connection
     from queues.threadworker import SlimyThreadWorker
 
     def run(queues=None, *, threads=12):

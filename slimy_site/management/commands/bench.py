@@ -98,7 +98,7 @@ class Command(BaseCommand):
         return urlunsplit(parts._replace(path=f"/{name}"))
 
     def _point_at_redis(self, url: str) -> None:
-        from queues.redis import reset_connections
+        from queues.connections import reset_connections
 
         os.environ["REDIS_URL"] = url
         settings.REDIS_URL = url

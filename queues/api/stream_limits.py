@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from queues.keys import STREAM_SLOTS_KEY
 from queues.metrics import OPEN_STREAMS
-from queues.redis import _connection
+from queues.connections import _connection
 from slimy_site.exceptions import RateLimited
 
 logger = logging.getLogger(__name__)
 
-KEY = "slimy:streams:user:{}"
 REDIS_TIMEOUT = 0.5
 LAPSE_MARGIN_SECONDS = 60
 
@@ -71,16 +71,16 @@ class StreamSlot:
         """Give the slot back (idempotent), from synchronous code."""
         if self._give_back():
             try:
-                _connection(settings.REDIS_URL, REDIS_TIMEOUT).zrem(KEY.format(self.user_id), self.slot_id)
+                _connection(settings.REDIS_URL, REDIS_TIMEOUT).zrem(STREAM_SLOTS_KEY.format(self.user_id), self.slot_id)
             except RedisError as exc:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
     async def arelease(self) -> None:
         """Give the slot back (idempotent), from the event loop: batched on the stream hub's connections."""
-        from queues.output_watch import output_hub
+        from queues.api.output_watch import output_hub
 
         if self._give_back():
-            output_hub().release_later(key=KEY.format(self.user_id), member=self.slot_id)
+            output_hub().release_later(key=STREAM_SLOTS_KEY.format(self.user_id), member=self.slot_id)
 
 
 def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> StreamSlot:
@@ -95,7 +95,7 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
                                  headers={"Retry-After": "5"})
         _open["count"] += 1
     slot_id = uuid.uuid4().hex
-    args = (_TAKE, 1, KEY.format(user.pk), settings.API_MAX_STREAMS_PER_USER, slot_id,
+    args = (_TAKE, 1, STREAM_SLOTS_KEY.format(user.pk), settings.API_MAX_STREAMS_PER_USER, slot_id,
             settings.JOB_EVENTS_MAX_SECONDS + LAPSE_MARGIN_SECONDS)
     try:
         if loop is not None:
@@ -117,7 +117,7 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
 
 
 async def _take_on_hub(args) -> int:
-    from queues.output_watch import output_hub
+    from queues.api.output_watch import output_hub
 
     async with asyncio.timeout(REDIS_TIMEOUT * 3):
         return await output_hub().commands().eval(*args)

@@ -11,7 +11,6 @@ within the hour (an old job retried by staff) is not counted.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -19,15 +18,10 @@ from django.db import connection
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
-from redis.exceptions import RedisError
-from rq import Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from queues.constants import JobStatus, QueueName, base_queue_name
-from queues.keys import SLOTS_KEY
+from queues.constants import JobStatus, QueueName
 from queues.models import JobAttempt, JobRecord
-from queues.redis import get_connection, get_rq_queues
-from queues.worker import alive_key, paused_key
+from queues.selectors.queue_state import queue_redis_state, worker_list, worker_slots
 
 LOOKBACK = dt.timedelta(hours=24)
 WINDOW = dt.timedelta(hours=1)
@@ -38,8 +32,6 @@ CHART_MINUTES = 60
 # The SVG's own coordinates (it scales to its box): the plot area leaves room for the axes' labels.
 CHART_WIDTH, CHART_HEIGHT = 360, 150
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 40, 350, 10, 126
-# Written by the worker runtime with its heartbeat (and expiring with it): queues.keys.SLOTS_KEY.
-WORKER_SLOTS_KEY = SLOTS_KEY
 
 
 @dataclass
@@ -238,110 +230,6 @@ def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> Ch
     x_ticks = [(round(PLOT_LEFT + i * step, 2), minutes[i].strftime("%H:%M")) for i in range(0, CHART_MINUTES, 15)]
     x_ticks.append((PLOT_RIGHT, (end + dt.timedelta(minutes=1)).strftime("%H:%M")))
     return Chart(bars=bars, peak=peak, y_max=y_max, y_ticks=y_ticks, x_ticks=x_ticks)
-
-
-def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
-    """What Redis holds per queue (backlog and RQ registries) and the pause flags; error text if down."""
-    state: dict[str, dict] = {}
-    paused: dict[str, dict | None] = {q: None for q in QueueName.values}
-    try:
-        conn = get_connection()
-        for name in QueueName.values:
-            rq_queues = get_rq_queues(name)
-            state[name] = {
-                "waiting": sum(q.count for q in rq_queues),
-                "scheduled": sum(ScheduledJobRegistry(queue=q).count for q in rq_queues),
-                "started": sum(StartedJobRegistry(queue=q).count for q in rq_queues),
-                "failed": sum(FailedJobRegistry(queue=q).count for q in rq_queues),
-            }
-            raw = conn.get(paused_key(name))
-            if raw is not None:
-                try:
-                    paused[name] = json.loads(raw)
-                except ValueError:
-                    paused[name] = {"at": "", "by": "", "reason": ""}
-    except (RedisError, OSError) as exc:
-        return {}, paused, f"Redis is unreachable: {exc}"
-    return state, paused, ""
-
-
-def worker_list() -> tuple[list[dict], str]:
-    """Workers registered in Redis, with their state, current job and last heartbeat."""
-    try:
-        conn = get_connection()
-        workers = Worker.all(connection=conn)
-        now = timezone.now()
-        rows = []
-        for worker in sorted(workers, key=lambda w: w.name):
-            heartbeat = worker.last_heartbeat
-            if heartbeat is not None and timezone.is_naive(heartbeat):
-                heartbeat = timezone.make_aware(heartbeat, dt.timezone.utc)
-            rows.append({
-                "name": worker.name,
-                "host": worker.hostname or "",
-                "pid": worker.pid,
-                "state": worker.get_state(),
-                "current_job": worker.get_current_job_id() or "",
-                "last_heartbeat": heartbeat,
-                "heartbeat_age": (now - heartbeat).total_seconds() if heartbeat else None,
-                "alive": bool(conn.exists(alive_key(worker.name))),
-                "queues": sorted({base_queue_name(n) for n in worker.queue_names()}),
-                "successful": worker.successful_job_count,
-                "failed": worker.failed_job_count,
-            })
-    except (RedisError, OSError) as exc:
-        return [], f"Redis is unreachable: {exc}"
-    return rows, ""
-
-
-def _int(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def worker_slots() -> tuple[list[dict], str]:
-    """Worker processes as their runtime reports them (WORKER_SLOTS_KEY hashes): host, pid, and per
-    queue the slots in use and the slots it has. Empty when no runtime writes them.
-
-    Found with SCAN (the hashes have no index of their own), so the cost grows with Redis' keyspace;
-    malformed fields are skipped, never fatal.
-    """
-    try:
-        conn = get_connection()
-        keys = sorted(conn.scan_iter(match=WORKER_SLOTS_KEY.format("*"), count=1000))
-        pipe = conn.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = pipe.execute()
-    except (RedisError, OSError) as exc:
-        return [], f"Redis is unreachable: {exc}"
-    prefix = WORKER_SLOTS_KEY.format("")
-    rows = []
-    for key, raw in zip(keys, hashes):
-        if not raw:
-            continue  # expired between SCAN and HGETALL
-        fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
-        queues = {}
-        for name, value in fields.items():
-            queue, _, kind = name.rpartition(":")
-            number = _int(value)
-            if kind in ("busy", "slots") and queue and number is not None and number >= 0:
-                queues.setdefault(queue, {"queue": queue, "busy": 0, "slots": 0})[kind] = number
-        ordered = [queues.pop(q) for q in QueueName.values if q in queues] + [queues[q] for q in sorted(queues)]
-        for entry in ordered:
-            entry["percent"] = round(100 * min(entry["busy"], entry["slots"]) / entry["slots"]) if entry["slots"] else 0
-        rows.append({
-            "name": key.decode(errors="replace")[len(prefix):],
-            "host": fields.get("host", ""),
-            "pid": _int(fields.get("pid")),
-            "queues": ordered,
-            "busy": sum(e["busy"] for e in ordered),
-            "slots": sum(e["slots"] for e in ordered),
-        })
-    rows.sort(key=lambda r: (r["host"], r["name"]))
-    return rows, ""
 
 
 def _by_host(rows: list[dict]) -> list[dict]:

@@ -23,12 +23,12 @@ from redis.exceptions import RedisError
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
+from queues.keys import RATELIMIT_PREFIX
 from slimy_site.exceptions import RateLimited
 from slimy_site.roles import Role, user_roles
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "slimy:ratelimit"
 # A rate-limit check must never make a request wait on a sick Redis.
 REDIS_TIMEOUT = 0.5
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
@@ -105,7 +105,7 @@ def rate_limit_connection() -> Redis:
 def rate_limit_hit(*, scope: str, ident: str, rate: Rate) -> float:
     """Count one request; 0 when allowed, else the seconds to wait. Raises RedisError when Redis fails."""
     conn = _connection()
-    reply = conn.register_script(_GCRA)(keys=[f"{KEY_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000])
+    reply = conn.register_script(_GCRA)(keys=[f"{RATELIMIT_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000])
     return rate_limit_wait(reply)
 
 
@@ -125,7 +125,7 @@ def rate_limit_queue(pipe, request, *, scope: str) -> bool:
     if rate is None:
         return False
     # EVAL, not EVALSHA: a pipeline would first ask SCRIPT EXISTS, a round trip of its own.
-    pipe.eval(_GCRA, 1, f"{KEY_PREFIX}:{scope}:{request_ident(request)}", rate.limit, rate.period * 1000)
+    pipe.eval(_GCRA, 1, f"{RATELIMIT_PREFIX}:{scope}:{request_ident(request)}", rate.limit, rate.period * 1000)
     return True
 
 

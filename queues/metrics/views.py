@@ -22,8 +22,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues.metrics_collector import scrape_registry
-from queues.metrics_snapshot import metrics_snapshot
+from queues.metrics.collector import scrape_registry
+from queues.metrics.snapshot import metrics_snapshot
 from slimy_site.authentication import HashedTokenAuthentication
 from slimy_site.schema import error_responses
 
@@ -87,7 +87,7 @@ class _AnyAccept(BaseContentNegotiation):
 
 
 class MetricsTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "queues.metrics_views.MetricsTokenAuthentication"
+    target_class = "queues.metrics.views.MetricsTokenAuthentication"
     name = "metricsToken"
 
     def get_security_definition(self, auto_schema):

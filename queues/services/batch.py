@@ -1,10 +1,10 @@
-"""Ledger transitions for many jobs in one statement each: what makes the batch worker fast.
+"""Start and complete, for one job or many: the ledger transitions the runner and the worker runtime use.
 
-The same transitions as `job_start` / `job_complete` (queues.services), with the same conditions
+`job_start` / `job_complete` (queues.services.transitions) are these with one job. The conditions
 (start only from a waiting status; complete only a record still `started` in the same attempt),
 but on PostgreSQL each is ONE statement — a data-modifying CTE that updates the records and writes
 their attempt rows — so a batch of jobs costs two round trips and two commits instead of nine per
-job. Elsewhere (SQLite) they fall back to the ORM calls, one job at a time.
+job. Elsewhere (SQLite) they fall back to ORM statements, one job at a time.
 
 The start is committed without waiting for the WAL flush (`synchronous_commit = off` for that one
 statement): the job then starts one disk flush sooner. Nothing is lost by it: if PostgreSQL crashed
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
@@ -74,9 +75,7 @@ def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
     if not job_ids:
         return []
     if connection.vendor != "postgresql":
-        from queues.services import job_start
-
-        return [job for job in (job_start(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None]
+        return [job for job in (_start_one(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None]
     now = timezone.now()
     rows = JobRecord.objects.raw(START_SQL, [
         JobStatus.STARTED, now, worker_name, now, job_ids, _WAITING, now + DUE_TOLERANCE,
@@ -94,9 +93,7 @@ def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
     if not outcomes:
         return set()
     if connection.vendor != "postgresql":
-        from queues.services import job_complete
-
-        return {str(job.pk) for job, result in outcomes if job_complete(job=job, result=result)}
+        return {str(job.pk) for job, result in outcomes if _complete_one(job=job, result=result)}
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(COMPLETE_SQL, [
@@ -111,3 +108,37 @@ def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
         if str(job.pk) in done:
             job.status, job.result, job.finished_at = JobStatus.COMPLETED, result, now
     return done
+
+
+def _start_one(*, job_id, worker_name: str) -> JobRecord | None:
+    """The ORM form of START_SQL for one job (databases without data-modifying CTEs)."""
+    now = timezone.now()
+    due = Q(scheduled_for__isnull=True) | Q(scheduled_for__lte=now + DUE_TOLERANCE)
+    with transaction.atomic():
+        started = JobRecord.objects.filter(due, pk=job_id, status__in=WAITING_STATUSES).update(
+            status=JobStatus.STARTED,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            worker_name=worker_name,
+            progress=None,
+            updated_at=now,
+        )
+        if not started:
+            return None
+        job = JobRecord.objects.get(pk=job_id)
+        JobAttempt.objects.create(job=job, number=job.attempts, worker_name=worker_name, started_at=now)
+    return job
+
+
+def _complete_one(*, job: JobRecord, result) -> bool:
+    """The ORM form of COMPLETE_SQL for one job."""
+    now = timezone.now()
+    with transaction.atomic():
+        done = JobRecord.objects.filter(pk=job.pk, status=JobStatus.STARTED, attempts=job.attempts).update(
+            status=JobStatus.COMPLETED, result=result, finished_at=now, scheduled_for=None
+        )
+        outcome = JobAttempt.Outcome.COMPLETED if done else JobAttempt.Outcome.CANCELLED
+        JobAttempt.objects.filter(job=job, number=job.attempts).update(outcome=outcome, finished_at=now)
+    if done:
+        job.status, job.result, job.finished_at = JobStatus.COMPLETED, result, now
+    return bool(done)

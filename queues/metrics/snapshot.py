@@ -22,8 +22,9 @@ from redis.exceptions import RedisError
 
 from queues.constants import QueueName
 from queues.metrics import metrics_started_at, throughput_per_minute
-from queues.metrics_collector import queue_depths, recorded_samples
-from queues.redis import get_connection, redis_ping
+from queues.metrics.collector import recorded_samples
+from queues.selectors.queue_state import queue_depths
+from queues.connections import get_connection, redis_ping
 
 _PROCESS = psutil.Process()
 

@@ -17,10 +17,13 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.utils import timezone
 
-from queues import admin_actions, dashboard, services
+from queues import services
+from queues.admin import actions as admin_actions
+from queues.admin import dashboard
 from queues.constants import FINAL_STATUSES, JobStatus, QueueName
 from queues.definitions import registry
 from queues.models import JobRecord
+from queues.selectors import queryset_count_estimate
 from slimy_site.exceptions import ApplicationError
 
 DASHBOARD_REFRESH_SECONDS = 10
@@ -318,8 +321,6 @@ def retry_failed_view(modeladmin):
 
 def clean_view(modeladmin):
     def view(request):
-        from queues.admin import queryset_count_estimate
-
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         _require(modeladmin, request, "manage_queues", "delete")

@@ -1,7 +1,9 @@
-"""Every Prometheus metric of Slimy (names: slimy_<subsystem>_<name>_<unit>) and how processes share them.
+"""The job system's Prometheus metrics (names: slimy_<subsystem>_<name>_<unit>) and how processes share them.
 
-Job metrics are recorded by receivers of the runner's hooks (queues.signals); chat and audit increment
-theirs directly. Queue depth and worker gauges are computed at scrape time (queues.metrics_collector).
+Job metrics are recorded by receivers of the runner's hooks (queues.signals). Chat's and audit's own
+metrics live in their apps (chat.metrics, audit.metrics), built on the multi-process values installed
+here. Queue depth and worker gauges are computed at scrape time (queues.metrics.collector); the
+snapshot behind /api/metrics is queues.metrics.snapshot, the two views queues.metrics.views.
 
 Across processes: with PROMETHEUS_MULTIPROC_DIR set (the `make run` supervisor sets it for the web
 process and every worker, after `prepare_multiprocess_dir`), every process writes its values to
@@ -9,8 +11,8 @@ mmap'ed files there and /metrics sums them. RQ forks one work-horse per job; lef
 would leave its own files behind (thousands per hour). Horses of one worker run one after another,
 so they share one file set named after their parent (`*_horse<worker pid>.db`); values accumulate.
 
-Coordination: `slimy_audit_chain_ok` is set by the audit chain verification (1 = intact, 0 = broken):
-`from queues.metrics import AUDIT_CHAIN_OK; AUDIT_CHAIN_OK.set(1 if ok else 0)`.
+A module that defines metrics imports this one first (`import queues.metrics`): the work-horse-aware
+value class must be installed before any metric is constructed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ import shutil
 import time
 from pathlib import Path
 
+from django.conf import settings
 from django.core import checks
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
+from redis.exceptions import RedisError
+
+from queues import signals
+from queues.connections import get_connection
+from queues.keys import THROUGHPUT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -93,22 +101,12 @@ JOB_DURATION = Histogram("slimy_job_duration_seconds", "Run time of one attempt.
 JOB_WAIT = Histogram("slimy_job_wait_seconds", "Time from due to start of an attempt.", JOB_LABELS,
                      buckets=DURATION_BUCKETS)
 
-CHAT_FALLBACKS = Counter("slimy_chat_fallbacks_total", "Chat replies answered with the fallback.", ("reason",))
-LLM_TOKENS = Counter("slimy_llm_tokens_total", "LLM tokens used.", ("kind",))  # kind: prompt | completion
-LLM_BREAKER_OPEN = Gauge("slimy_llm_breaker_open", "1 while the LLM circuit breaker is open.",
-                         multiprocess_mode="mostrecent")
 
-AUDIT_EVENTS_WRITTEN = Counter("slimy_audit_events_written_total", "Audit events committed to the log.")
-AUDIT_EVENTS_FAILED = Counter(
-    "slimy_audit_events_failed_total", "Audit events that could not be enqueued or written.", ("stage",)
-)
 OPEN_STREAMS = Gauge("slimy_web_open_streams", "Event streams (SSE) open in web processes.",
                      multiprocess_mode="livesum")
 
-AUDIT_CHAIN_OK = Gauge("slimy_audit_chain_ok", "1 when the last audit chain verification passed, 0 when broken.",
-                       multiprocess_mode="mostrecent")
 
-# Gauges computed at scrape time by queues.metrics_collector (listed here so every name lives in one place).
+# Gauges computed at scrape time by queues.metrics.collector (listed here so every name lives in one place).
 SCRAPE_GAUGES = {
     "slimy_queue_jobs": "Jobs in Redis by queue and state (queued, scheduled, started, failed).",
     "slimy_queue_oldest_job_age_seconds": "Age of the oldest job due to run but not started, by queue.",
@@ -123,7 +121,6 @@ SCRAPE_GAUGES = {
 # shared by every process without waiting for Prometheus.
 THROUGHPUT_BUCKET_SECONDS = 10
 THROUGHPUT_WINDOW_SECONDS = 300
-THROUGHPUT_KEY = "slimy:metrics:finished:{}"
 
 
 # --- Hook receivers (connected in QueuesConfig.ready()).
@@ -145,10 +142,6 @@ def on_job_finished(sender, job, outcome, duration=None, **kwargs) -> None:
 
 
 def _count_finished(queue: str) -> None:
-    from redis.exceptions import RedisError
-
-    from queues.redis import get_connection
-
     key = THROUGHPUT_KEY.format(int(time.time()) // THROUGHPUT_BUCKET_SECONDS)
     try:
         pipe = get_connection().pipeline(transaction=False)
@@ -178,8 +171,6 @@ def throughput_per_minute(conn, now: float | None = None) -> dict[str, float]:
 
 
 def connect_receivers() -> None:
-    from queues import signals
-
     signals.job_enqueued.connect(on_job_enqueued, dispatch_uid="slimy-metrics-enqueued")
     signals.job_started.connect(on_job_started, dispatch_uid="slimy-metrics-started")
     signals.job_finished.connect(on_job_finished, dispatch_uid="slimy-metrics-finished")
@@ -187,8 +178,6 @@ def connect_receivers() -> None:
 
 @checks.register(checks.Tags.compatibility)
 def check_multiprocess_dir(app_configs=None, **kwargs):
-    from django.conf import settings
-
     path = settings.PROMETHEUS_MULTIPROC_DIR
     if path and not (os.path.isdir(path) and os.access(path, os.W_OK)):
         return [checks.Error(

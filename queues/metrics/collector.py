@@ -1,112 +1,24 @@
 """What /metrics exposes: recorded metrics (every process's, or this one's) plus gauges read from Redis.
 
-The Redis figures are computed at scrape time, in two pipelined round trips plus one per worker,
-without side effects: registry sizes are read with ZCARD (RQ's `.count` would run a cleanup).
+The Redis figures are computed at scrape time by the one reader of queue state
+(queues.selectors.queue_state): pipelined, without side effects.
 Nothing here reads PostgreSQL, so /metrics keeps answering while the database is down.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 
 from django.conf import settings
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
-from rq import Queue, Worker
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.utils import str_to_date
 
-from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.metrics import SCRAPE_GAUGES
-from queues.redis import get_connection, redis_ping
+from queues.selectors.queue_state import QUEUE_STATES, queue_depths
+from queues.connections import get_connection, redis_ping
 
 logger = logging.getLogger(__name__)
-
-QUEUE_STATES = ("queued", "scheduled", "started", "failed")
-WORKER_STATES = ("idle", "busy", "started", "suspended")
-_REGISTRY_TEMPLATES = {
-    "scheduled": ScheduledJobRegistry.key_template,
-    "started": StartedJobRegistry.key_template,
-    "failed": FailedJobRegistry.key_template,
-}
-
-
-def _queue_key(name: str) -> str:
-    return f"{Queue.redis_queue_namespace_prefix}{name}"
-
-
-def queue_depths(conn) -> dict:
-    """Per base queue: jobs by state (all priority lists summed), oldest due job's age, workers.
-
-    Returns {"queues": {queue: {"queued", "scheduled", "started", "failed", "oldestAgeSeconds",
-    "workers"}}, "workers": {state: n}, "workerList": [...]}.
-    """
-    now = time.time()
-    lists = {q: [rq_queue_name(q, p) for p in PRIORITY_ORDER] for q in QueueName.values}
-    pipe = conn.pipeline(transaction=False)
-    plan = []
-    for queue, names in lists.items():
-        for name in names:
-            pipe.llen(_queue_key(name))
-            plan.append((queue, "queued"))
-            for state, template in _REGISTRY_TEMPLATES.items():
-                pipe.zcard(template.format(name))
-                plan.append((queue, state))
-            pipe.lindex(_queue_key(name), 0)
-            plan.append((queue, "head"))
-            # Scheduled jobs whose due time has passed wait for the scheduler: they count as waiting too.
-            pipe.zrangebyscore(_REGISTRY_TEMPLATES["scheduled"].format(name), "-inf", now, start=0, num=1,
-                               withscores=True)
-            plan.append((queue, "overdue"))
-    result = {q: {s: 0 for s in QUEUE_STATES} | {"oldestAgeSeconds": 0.0, "workers": 0} for q in lists}
-    heads = []
-    for (queue, state), value in zip(plan, pipe.execute()):
-        if state == "head":
-            if value:
-                heads.append((queue, value.decode() if isinstance(value, bytes) else value))
-        elif state == "overdue":
-            if value:
-                age = max(now - value[0][1], 0.0)
-                result[queue]["oldestAgeSeconds"] = max(result[queue]["oldestAgeSeconds"], age)
-        else:
-            result[queue][state] += int(value)
-    if heads:
-        pipe = conn.pipeline(transaction=False)
-        for _, job_id in heads:
-            pipe.hget(f"rq:job:{job_id}", "enqueued_at")
-        for (queue, _), enqueued_at in zip(heads, pipe.execute()):
-            if not enqueued_at:
-                continue
-            try:
-                age = now - str_to_date(enqueued_at).timestamp()
-            except ValueError:
-                continue
-            result[queue]["oldestAgeSeconds"] = max(result[queue]["oldestAgeSeconds"], max(age, 0.0))
-
-    by_state = {s: 0 for s in WORKER_STATES}
-    worker_list = []
-    for worker in Worker.all(connection=conn):
-        state = str(getattr(worker.get_state(), "value", worker.get_state()))
-        by_state[state] = by_state.get(state, 0) + 1
-        served = sorted({base_queue_name(n) for n in worker.queue_names()})
-        for queue in served:
-            if queue in result:
-                result[queue]["workers"] += 1
-        worker_list.append({
-            "name": worker.name, "state": state, "queues": served, "pid": worker.pid,
-            "hostname": worker.hostname, "currentJob": worker.get_current_job_id(),
-            "successfulJobs": worker.successful_job_count, "failedJobs": worker.failed_job_count,
-            "lastHeartbeat": _iso(worker.last_heartbeat),
-        })
-    return {"queues": result, "workers": by_state, "workerList": worker_list}
-
-
-def _iso(value) -> str | None:
-    return value.astimezone(dt.timezone.utc).isoformat() if value else None
-
 
 class QueueCollector:
     """slimy_queue_jobs{queue,state}, slimy_queue_oldest_job_age_seconds, slimy_queue_workers, slimy_workers."""

@@ -4,7 +4,7 @@ from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import JsonResponse
 
-from queues.redis import redis_ping
+from queues.connections import redis_ping
 
 
 def live(request):

@@ -5,8 +5,8 @@
 (from the output log) and ends with the final state. Event ids are output-log cursors, so a client
 that reconnects with `Last-Event-ID` (browsers' EventSource does it by itself) misses nothing and
 sees nothing twice. The view checks the request on a thread (auth, owner, cursor, the stream caps of
-queues.stream_limits); the stream is an async iterator fed by the process's output hub
-(queues.output_watch), which slimy_site.asgi sends from the event loop (any other WSGI server gets
+queues.api.stream_limits); the stream is an async iterator fed by the process's output hub
+(queues.api.output_watch), which slimy_site.asgi sends from the event loop (any other WSGI server gets
 a synchronous iterator and lends it a thread). Heartbeat comments keep proxies open; the stream
 closes after JOB_EVENTS_MAX_SECONDS, on server shutdown, or when its client falls 5,000 entries
 behind, each time with a comment saying so (the client reconnects and resumes). Owner (or staff)
@@ -31,13 +31,13 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues.apis import JOB_ID_PARAMETER
+from queues.api.jobs import JOB_ID_PARAMETER
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
-from queues.output_watch import iterate_sync, output_hub
+from queues.api.output_watch import iterate_sync, output_hub
 from queues.selectors import job_error_for_viewer, job_get_for_user
-from queues.stream_limits import StreamSlot, stream_slot_take
+from queues.api.stream_limits import StreamSlot, stream_slot_take
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.schema import error_responses

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from queues.api_support import submission_guard
+from queues.api.submit import submission_guard
 from queues.constants import JobStatus, QueueName
 from queues.models import JobRecord
 from queues.selectors import job_error_for_viewer, job_get_for_user, job_list_for_user, user_may_act_on_any_job

@@ -16,7 +16,7 @@ ASGI the hub lives on the server's event loop; WSGI code (Django's test client, 
 reaches a hub on one background loop through `iterate_sync`.
 
 It reads the output log only (the write side and the log's format are queues.output's) and knows
-nothing about HTTP: queues.output_apis turns watches into Server-Sent Events.
+nothing about HTTP: queues.api.output turns watches into Server-Sent Events.
 """
 
 from __future__ import annotations

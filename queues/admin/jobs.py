@@ -1,8 +1,8 @@
 """The job ledger in the Django admin: find any job fast, see what it did, act on it.
 
 Built for a table of millions of rows: no full COUNT(*) per page (PostgreSQL's estimate above
-ESTIMATE_THRESHOLD), filters that need no query to list their choices, exact-match search on indexed
-columns. Records are read-only here; they change only through the actions, which call services.
+queues.selectors.jobs.ESTIMATE_THRESHOLD), filters that need no query to list their choices,
+exact-match search on indexed columns. Records are read-only here; they change only through the actions, which call services.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from queues import admin_actions, admin_views
+from queues.admin import actions as admin_actions
+from queues.admin import views as admin_views
 from queues.constants import JobStatus
 from queues.definitions import registry
 from queues.models import JobRecord
-
-ESTIMATE_THRESHOLD = 10_000
+from queues.selectors import queryset_count_estimate
 
 STATUS_COLOURS = {
     JobStatus.QUEUED: "#2f6fb0",
@@ -35,17 +35,6 @@ STATUS_COLOURS = {
     JobStatus.FAILED: "#c62828",
     JobStatus.CANCELLED: "#666666",
 }
-
-
-def queryset_count_estimate(queryset) -> tuple[int, bool]:
-    """(count, estimated): the planner's row estimate when it is large, an exact COUNT otherwise."""
-    if connection.vendor != "postgresql":
-        return queryset.count(), False
-    plan = json.loads(queryset.order_by().explain(format="json"))
-    rows = int(plan[0]["Plan"]["Plan Rows"])
-    if rows >= ESTIMATE_THRESHOLD:
-        return rows, True
-    return queryset.count(), False
 
 
 class EstimatedCountPaginator(Paginator):

@@ -1,0 +1,206 @@
+"""What every job-submitting endpoint shares: safety rails, Idempotency-Key, the 202 answer.
+
+A view adapts its input, then calls `accept_job(...)`, which (in this order)
+- checks the Idempotency-Key header (400 `invalid_idempotency_key`),
+- refuses at once when Redis does not answer (503 `queues_unavailable`, no hanging),
+- charges the caller's `submit` rate limit (429 `rate_limited`),
+- refuses when the target queue's backlog exceeds QUEUE_MAX_BACKLOG (503 `queue_full`) — unless the
+  request replays an existing Idempotency-Key, which creates nothing,
+  (those three checks are one Redis round trip: one pipeline with the rate-limit script and the
+  backlog lengths; looking the Idempotency-Key up in the ledger happens only when one is sent),
+- calls `job_enqueue` and answers `202 {ok, jobId, status, statusUrl, ...extra}`; a replay of the same
+  key and body answers `200` with the body of the original `202` (for 24 h, even after the job ran),
+  the same key with another body `422 idempotency_key_reused`.
+Job options (attempts, timeout, queue, job id) are never taken from the client; priority and delay
+only when the view passes them, validated by `PriorityField` / `DelayField`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from django.conf import settings
+from django.urls import reverse
+from redis.exceptions import RedisError
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from queues.constants import PRIORITY_ORDER, JobStatus, Priority
+from queues.definitions import registry
+from queues.keys import IDEMPOTENCY_REPLAY_KEY
+from queues.models import JobRecord
+from queues.connections import get_connection, get_rq_queue
+from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
+from queues.api.throttling import rate_limit_connection, rate_limit_queue, rate_limit_wait, rate_limited
+from slimy_site.exceptions import ServiceUnavailable, ValidationFailed
+from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
+
+logger = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 255
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+RETRY_AFTER_SECONDS = 5
+# Most a client may defer a job through an endpoint that offers `delay` (services allow 30 days).
+MAX_CLIENT_DELAY_SECONDS = 24 * 3600
+
+
+class QueuesUnavailable(ServiceUnavailable):
+    code = "queues_unavailable"
+    message = "The job queues are unavailable; retry later."
+
+
+class QueueFull(ServiceUnavailable):
+    code = "queue_full"
+    message = "The queue is full; retry later."
+
+
+class JobAcceptedSerializer(serializers.Serializer):
+    """The answer of every job-submitting endpoint (`202`, or `200` for an Idempotency-Key replay)."""
+
+    ok = serializers.BooleanField()
+    jobId = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.URLField(help_text="GET it to follow the job.")
+
+    class Meta:
+        ref_name = "JobAccepted"
+
+
+def submit_responses(accepted=JobAcceptedSerializer, *codes: str) -> dict:
+    """`responses=` for a job-submitting operation: the accepted body and every code `accept_job` answers.
+
+    `accepted` is JobAcceptedSerializer or a subclass adding the endpoint's extra fields; `codes` are
+    the endpoint's own (e.g. "conversation_not_found" is documented by the endpoint itself).
+    """
+    return {202: accepted, 200: accepted, **error_responses(*SUBMIT_ERROR_CODES, *codes)}
+
+
+class PriorityField(serializers.ChoiceField):
+    """For endpoints that let clients choose a priority."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", Priority.NORMAL)
+        super().__init__(choices=Priority.values, **kwargs)
+
+
+class DelayField(serializers.FloatField):
+    """For endpoints that let clients defer a job: seconds, 0 to MAX_CLIENT_DELAY_SECONDS."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault("default", None)
+        super().__init__(min_value=0, max_value=MAX_CLIENT_DELAY_SECONDS, **kwargs)
+
+
+def idempotency_key_from(request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces.",
+            code="invalid_idempotency_key",
+            details={"Idempotency-Key": ["Must be 1-255 printable ASCII characters without spaces."]},
+        )
+    return key
+
+
+def job_accepted_body(request, job, **extra) -> dict:
+    body = {
+        "ok": True,
+        "jobId": str(job.id),
+        "status": job.status,
+        "statusUrl": request.build_absolute_uri(reverse("job-detail", kwargs={"job_id": job.id})),
+    }
+    body.update(extra)
+    return body
+
+
+def submission_guard(request, *, queue: str, replay: bool = False) -> None:
+    """The checks before anything is pushed to `queue` (also used by job retry), in one round trip on
+    the short-timeout connection: Redis answering, the `submit` rate limit, the backlog."""
+    try:
+        with rate_limit_connection().pipeline(transaction=False) as pipe:
+            pipe.ping()
+            charged = rate_limit_queue(pipe, request, scope="submit")
+            if not replay:
+                for priority in PRIORITY_ORDER:
+                    pipe.llen(get_rq_queue(queue, priority).key)
+            replies = pipe.execute()
+    except (RedisError, OSError):
+        raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+    replies = replies[1:]
+    if charged:
+        wait = rate_limit_wait(replies.pop(0))
+        if wait:
+            raise rate_limited(scope="submit", wait=wait)
+    if replay:
+        return
+    backlog = sum(int(n) for n in replies)
+    if backlog > settings.QUEUE_MAX_BACKLOG:
+        logger.warning("queue %s is full (%s waiting); submission refused", queue, backlog)
+        raise QueueFull(f"The {queue} queue is full; retry later.", details={"queue": queue},
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def accept_job(request, *, job_type: str, payload: dict, priority: str = "normal", delay=None, run_at=None,
+               extra_body=None) -> Response:
+    definition = registry.get(job_type)
+    if definition is None:
+        raise UnknownJobType(f"Unknown job type: {job_type!r}.")
+    key = idempotency_key_from(request)
+    owner = request.user if request.user.is_authenticated else None
+    replay = bool(key and owner and _key_in_use(owner, key))
+    submission_guard(request, queue=definition.queue, replay=replay)
+
+    job = job_enqueue(
+        job_type=job_type,
+        payload=payload,
+        owner=request.user,
+        priority=priority,
+        delay=delay,
+        run_at=run_at,
+        idempotency_key=key if owner else None,
+        request_id=getattr(request, "request_id", None),
+    )
+    if job.replayed:
+        logger.info("Idempotency-Key replay of job %s", job.id)
+        return Response(_replay_body(request, job, extra_body), status=200)
+    extra = extra_body(job) if callable(extra_body) else (extra_body or {})
+    body = job_accepted_body(request, job, **extra)
+    if key and owner:
+        _remember_body(job, body)
+    logger.info("job %s accepted (%s)", job.id, job_type)
+    return Response(body, status=202)
+
+
+def _key_in_use(owner, key: str) -> bool:
+    return JobRecord.objects.filter(owner=owner, idempotency_key=key).exists()
+
+
+def _remember_body(job, body: dict) -> None:
+    """Keep the 202 body for replays (24 h). Best effort: without it a replay rebuilds the body."""
+    try:
+        get_connection().set(IDEMPOTENCY_REPLAY_KEY.format(job_id=job.id), json.dumps(body),
+                             ex=int(IDEMPOTENCY_WINDOW.total_seconds()))
+    except (RedisError, OSError):
+        logger.warning("could not store the Idempotency-Key answer of job %s", job.id)
+
+
+def _replay_body(request, job, extra_body) -> dict:
+    try:
+        stored = get_connection().get(IDEMPOTENCY_REPLAY_KEY.format(job_id=job.id))
+    except (RedisError, OSError):
+        stored = None
+    if stored:
+        return json.loads(stored)
+    # Lost (Redis flushed) or not stored yet (a concurrent duplicate): rebuild it as first answered.
+    extra = extra_body(job) if callable(extra_body) else (extra_body or {})
+    body = job_accepted_body(request, job, **extra)
+    body["status"] = job.status if job.status in ("queued", "scheduled") else "queued"
+    return body
