@@ -18,6 +18,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(
         not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
         reason="headless Chromium is not installed (apt-get install -y chromium chromium-driver)",

@@ -22,6 +22,7 @@ ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 WIDTHS = {"desktop": 1280, "phone": 390}
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(
         not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
         reason="headless Chromium is not installed (apt-get install -y chromium chromium-driver)",
