@@ -20,7 +20,8 @@ class ReportForm(forms.Form):
     occurred_to = forms.DateTimeField(label="To (UTC, exclusive)")
 
     def clean(self):
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if data.get("occurred_from") and data.get("occurred_to") and data["occurred_from"] >= data["occurred_to"]:
             raise forms.ValidationError("'To' must be after 'From'.")
         return data

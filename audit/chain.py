@@ -167,7 +167,7 @@ def chain_append(rows: list[NewRow]) -> list[NewRow]:
             return []
         prev = head.last_hash
         texts = []
-        recorded = {}
+        recorded: dict[dt.datetime, str] = {}
         for row in fresh:
             details_json, occurred = _details_json(row.details), _iso(row.occurred_at)
             when = recorded.get(row.recorded_at) or recorded.setdefault(row.recorded_at, _iso(row.recorded_at))
@@ -178,7 +178,9 @@ def chain_append(rows: list[NewRow]) -> list[NewRow]:
             _copy(fresh, texts, head)
         else:
             _insert(fresh, head)
-        head.last_id, head.last_hash, head.length = fresh[-1].id, prev, head.length + len(fresh)
+        last_id = fresh[-1].id
+        assert last_id is not None  # _copy and _insert gave every appended row its id (or raised)
+        head.last_id, head.last_hash, head.length = last_id, prev, head.length + len(fresh)
         head.save(update_fields=["last_id", "last_hash", "length", "updated_at"])
     return fresh
 
@@ -228,9 +230,9 @@ def _insert(rows: list[NewRow], head: AuditChainHead) -> None:
                                                        "row_hash")}) for row in rows]
     AuditLog.objects.bulk_create(objs, batch_size=500)
     ids = dict(AuditLog.objects.filter(event_id__in=[r.event_id for r in rows]).values_list("event_id", "id"))
-    order = [ids.get(row.event_id) for row in rows]
-    if None in order or order != sorted(order) or order[0] <= head.last_id:
-        raise ChainWriteError(details={"written": len([i for i in order if i]), "expected": len(rows)})
+    order = [pk for pk in (ids.get(row.event_id) for row in rows) if pk is not None]
+    if len(order) != len(rows) or order != sorted(order) or order[0] <= head.last_id:
+        raise ChainWriteError(details={"written": len(order), "expected": len(rows)})
     for row, pk in zip(rows, order):
         row.id = pk
 
@@ -250,7 +252,7 @@ class ChainReport:
     message: str = ""
 
     def as_dict(self) -> dict:
-        body = {"ok": self.ok, "checked": self.checked, "checkpoints": self.gaps, "headId": self.head_id}
+        body: dict[str, object] = {"ok": self.ok, "checked": self.checked, "checkpoints": self.gaps, "headId": self.head_id}
         if not self.ok:
             body["problem"] = {"kind": self.kind, "rowId": self.row_id, "afterId": self.after_id,
                                "message": self.message}

@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import re
 import uuid
+from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -101,6 +102,7 @@ def _event_id(value) -> str:
 
 
 def _occurred(value) -> str:
+    when: dt.datetime | None
     if isinstance(value, dt.datetime):
         when = value
     elif isinstance(value, str):
@@ -268,7 +270,8 @@ def events_clean(data) -> dict:
         raise serializers.ValidationError({"events": ["Ensure this field has at least 1 elements."]})
     if len(events) > MAX_EVENTS:
         raise serializers.ValidationError({"events": [f"Ensure this field has no more than {MAX_EVENTS} elements."]})
-    clean, errors = [], {}
+    clean: list[dict] = []
+    errors: dict[Any, Any] = {}
     for index, event in enumerate(events):
         try:
             clean.append(event_clean_json(event))

@@ -1,10 +1,13 @@
 """Audit job types (queue `audit`): one JobDefinition per type; each run() calls one service."""
 
+import datetime as dt
+
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from audit.events import EventPayload, EventsPayload, event_clean_json, events_clean
 from queues.constants import QueueName
-from queues.definitions import EmptyPayload, JobDefinition, RetryPolicy
+from queues.definitions import EmptyPayload, JobDefinition, PermanentJobError, RetryPolicy
 
 
 class LogEventJob(JobDefinition):
@@ -104,9 +107,14 @@ class AuditReportJob(JobDefinition):
     result_ttl = 24 * 3600
 
     def run(self, payload, context):
-        from django.utils.dateparse import parse_datetime
-
         from audit.reports import audit_report_build
 
-        return audit_report_build(occurred_from=parse_datetime(payload["occurredFrom"]),
-                                  occurred_to=parse_datetime(payload["occurredTo"]))
+        return audit_report_build(occurred_from=_datetime(payload["occurredFrom"]),
+                                  occurred_to=_datetime(payload["occurredTo"]))
+
+
+def _datetime(value: str) -> dt.datetime:
+    parsed = parse_datetime(value)
+    if parsed is None:  # the payload serializer wrote it, so only a hand-made record gets here
+        raise PermanentJobError(f"Not a datetime: {value!r}.", code="invalid_payload")
+    return parsed

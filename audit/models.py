@@ -66,6 +66,9 @@ class AuditChainHead(models.Model):
     class Meta:
         verbose_name = "audit chain head"
 
+    def __str__(self):
+        return f"audit chain head: {self.length} rows, last id {self.last_id}"
+
 
 class AuditChainGap(models.Model):
     """A checkpoint left by retention: rows after `after_id` up to `last_deleted_id` were removed on purpose.
@@ -103,3 +106,6 @@ class AuditStagedEvent(models.Model):
 
     class Meta:
         verbose_name = "staged audit event"
+
+    def __str__(self):
+        return f"staged audit event {self.pk}"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import uuid
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connection, transaction
@@ -88,7 +89,7 @@ def audit_event_record(
         user = getattr(request, "user", None)
         actor = user if user is not None and user.is_authenticated else None
     known_actor = actor is not None and getattr(actor, "pk", None)
-    event = {
+    event: dict[str, Any] = {
         "action": action,
         "resourceType": str(resource_type or ""),
         "resourceId": str(resource_id or ""),
@@ -234,7 +235,7 @@ def audit_events_write(*, events: list[dict]) -> int:
     # Microsecond-exact "now" as the database will give it back.
     now = timezone.now()
     actor_ids = {e["actorId"] for e in events if e.get("actorId")}
-    known = dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
+    known: dict[Any, str] = dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
     rows = []
     for event in events:
         actor_id = event.get("actorId")
@@ -273,6 +274,7 @@ def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: 
     anything fails, everything rolls back and the claimed jobs run on their own.
     """
     definition = registry.get(LOG_EVENT)
+    assert definition is not None  # audit.jobs registers it, and the app's job modules are loaded first
     with transaction.atomic():
         claimed_events, claimed_ids = [], []
         if group_max > 1:

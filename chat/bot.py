@@ -53,7 +53,7 @@ from queues.services import job_attempt_guard
 logger = logging.getLogger(__name__)
 
 DEFAULT_PERSONALITY = PersonalityMode.HELPFUL
-SYSTEM_PROMPTS = {
+SYSTEM_PROMPTS: dict[str, str] = {
     PersonalityMode.HELPFUL: "You are Slimy, a friendly and helpful assistant. Answer clearly and concisely.",
     PersonalityMode.CREATIVE: "You are Slimy, an imaginative assistant. Be playful and original, yet useful.",
     PersonalityMode.PROFESSIONAL: "You are Slimy, a precise, professional assistant. Be accurate and formal.",
@@ -111,6 +111,7 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
         CHAT_FALLBACKS.labels(fallback_reason).inc()
         reply, model = FALLBACK_REPLIES[fallback_reason], completion.model if completion else ""
     else:
+        assert completion is not None  # no fallback reason: the provider answered
         reply, model = completion.text, completion.model
 
     result = {"reply": reply, "usedFallback": bool(fallback_reason), "model": model, "usage": usage}

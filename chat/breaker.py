@@ -45,7 +45,10 @@ def _cooldown_ms() -> int:
 
 def breaker_state() -> str:
     conn = get_connection()
-    is_open, failures = conn.pipeline(transaction=False).exists(OPEN_KEY).get(FAILURES_KEY).execute()
+    pipe = conn.pipeline(transaction=False)
+    pipe.exists(OPEN_KEY)
+    pipe.get(FAILURES_KEY)
+    is_open, failures = pipe.execute()
     if is_open:
         return OPEN
     if failures is not None and int(failures) >= _threshold():

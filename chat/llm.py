@@ -94,7 +94,8 @@ async def llm_stream_completion(
     served_model = model
     headers: dict = {}
     try:
-        stream = await _client().chat.completions.create(
+        # `messages` are the protocol's plain dicts; the SDK types them as TypedDicts of each role.
+        stream = await _client().chat.completions.create(  # type: ignore[call-overload]
             model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
             stream=True, stream_options={"include_usage": True},
         )

@@ -91,7 +91,7 @@ def _owned_or_not_found(conversation: Conversation, owner_id) -> Conversation:
 
 def conversation_update(*, conversation_id, owner_id, title=UNSET, personality_mode=UNSET) -> Conversation:
     """Change the title and/or the personality mode. Setting the same values again is harmless."""
-    fields = {}
+    fields: dict[str, object] = {}
     if title is not UNSET:
         fields["title"] = _clean_title(title)
     if personality_mode is not UNSET:

@@ -15,7 +15,8 @@ import logging
 import re
 import time
 
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("slimy_log_context", default={})
+# The default is never mutated: log_context() sets a new dict each time.
+_context: contextvars.ContextVar[dict] = contextvars.ContextVar("slimy_log_context", default={})  # noqa: B039
 
 CONTEXT_FIELDS = ("request_id", "job_id", "job_type", "queue")
 
@@ -79,7 +80,8 @@ class LoggerFloorFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line (UTC times); structured extras go in `extra={"fields": {...}}`."""
 
-    converter = time.gmtime
+    # typeshed's overloads of gmtime do not match Formatter.converter's declared callable; it is the same call.
+    converter = time.gmtime  # type: ignore[assignment]
 
     def __init__(self, *args, process_tag: str = "", **kwargs):
         super().__init__(*args, **kwargs)

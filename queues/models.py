@@ -4,6 +4,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from queues.constants import JobStatus, Priority, QueueName
 
@@ -31,13 +32,18 @@ class JobRecord(models.Model):
     error_message = models.TextField(blank=True, default="")
     error_traceback = models.TextField(blank=True, default="")
     request_id = models.CharField(max_length=64, blank=True, default="")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "", for no key: the unique constraint below applies to rows that have one.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
     worker_name = models.CharField(max_length=255, blank=True, default="")
     # Who the job is fair-shared for (a guild, else `user:<id>`); set at enqueue by the definition.
     tenant = models.CharField(max_length=100, blank=True, default="")
     # W3C trace context (traceparent/tracestate) of the submission, so the job's spans join its trace.
     trace_context = models.JSONField(default=dict, blank=True)
+
+    # Not a column: job_enqueue sets it on the record it returns (True: an earlier submission with the same
+    # idempotency key, returned instead of a new job).
+    replayed: bool = False
 
     class Meta:
         ordering = ["-created_at"]
@@ -99,3 +105,8 @@ class JobAttempt(models.Model):
 
     def __str__(self):
         return f"attempt {self.number} of {self.job_id}: {self.outcome}"
+
+    @property
+    def seconds(self) -> float:
+        """How long the attempt ran, or has run so far."""
+        return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()

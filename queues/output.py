@@ -17,6 +17,7 @@ import logging
 import re
 import time
 import weakref
+from typing import Any
 
 from django.conf import settings
 
@@ -121,7 +122,7 @@ class _Buffered:
         self._buffer.clear()
         return text
 
-    def _accepted(self, answer) -> str | None:
+    def _accepted(self, answer) -> str:
         if answer == 0 or answer is None:
             self.refused = True
             raise OutputRefused(self.job_id)
@@ -321,7 +322,8 @@ def _entry(entry_id, fields: dict) -> dict:
 def output_read(*, job_id, after: str = "0", limit: int = MAX_READ, block_ms: int | None = None) -> list[dict]:
     """Entries after the cursor (oldest first); with `block_ms`, wait up to that long for the first one."""
     limit = max(1, min(limit, MAX_READ))
-    answer = get_connection().xread({output_key(job_id): after}, count=limit, block=block_ms)
+    # redis-py types the reply as a union of its RESP2 and RESP3 shapes; this is RESP2's list.
+    answer: Any = get_connection().xread({output_key(job_id): after}, count=limit, block=block_ms)
     if not answer:
         return []
     [(_key, items)] = answer  # one stream asked, one [key, entries] pair answered
@@ -340,7 +342,8 @@ def output_text(*, job_id) -> str:
 
 
 def output_read_all(*, job_id) -> list[dict]:
-    entries, cursor = [], "0"
+    entries: list[dict] = []
+    cursor = "0"
     while True:
         batch = output_read(job_id=job_id, after=cursor)
         if not batch:

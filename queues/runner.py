@@ -113,6 +113,7 @@ def job_completed(job: JobRecord, duration: float, completed: bool) -> None:
 def _prepare(job: JobRecord, started: float, **context_extra):
     """(definition, payload, context), or the recorded Outcome of a job that cannot run at all."""
     due = job.scheduled_for or job.created_at
+    assert job.started_at is not None  # job_start set it
     wait = max((job.started_at - due).total_seconds(), 0.0)
     signals.job_started.send(sender=JobRecord, job=job, wait=wait)
     logger.info("job started (attempt %s of %s)", job.attempts, job.max_attempts)
@@ -149,7 +150,7 @@ def _run_sync(job: JobRecord, time_limit, context_extra) -> Outcome:
     try:
         with time_limit(definition.timeout) if time_limit else contextlib.nullcontext():
             result = definition().run(payload, context)
-    except BaseException as exc:  # noqa: BLE001 - recorded; the caller decides what else to do
+    except BaseException as exc:  # recorded; the caller decides what else to do
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return _attempt_failed(job, definition, exc, started)

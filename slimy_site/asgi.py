@@ -33,7 +33,8 @@ def build_application():
 
     from queues.api.output import STREAM_HANDOFF, StreamHandoff
 
-    threads = WSGIMiddleware(django, workers=settings.WEB_THREADS)
+    # Django's WSGIHandler is a WSGI callable; a2wsgi's annotation spells the protocol more narrowly.
+    threads = WSGIMiddleware(django, workers=settings.WEB_THREADS)  # type: ignore[arg-type]
 
     async def application(scope, receive, send):
         if scope["type"] == "lifespan":

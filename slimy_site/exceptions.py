@@ -109,10 +109,10 @@ def api_exception_handler(exc, context):
 
     if isinstance(exc, ApplicationError):
         set_rollback()
-        response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        answer = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
         for name, value in exc.headers.items():
-            response[name] = value
-        return response
+            answer[name] = value
+        return answer
     if isinstance(exc, OperationalError):
         # PostgreSQL unreachable (fault suite, scenario 8): a clear, retryable 503 instead of a 500.
         logger.warning("database unavailable: %s", exc)

@@ -140,17 +140,17 @@ class Supervisor:
         self.stop()
 
     def stop(self) -> None:
-        running = [c for c in self.children if c.proc and c.proc.poll() is None]
-        for child in running:
-            child.proc.send_signal(signal.SIGTERM)  # RQ: warm shutdown, the current job finishes
+        running = [(c.name, c.proc) for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for _, proc in running:
+            proc.send_signal(signal.SIGTERM)  # RQ: warm shutdown, the current job finishes
         deadline = time.monotonic() + self.stop_timeout
-        for child in running:
+        for name, proc in running:
             try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.1))
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                self.log(f"{child.name} did not stop in time; killing it")
-                child.proc.kill()
-                child.proc.wait()
+                self.log(f"{name} did not stop in time; killing it")
+                proc.kill()
+                proc.wait()
         self.log("all processes stopped")
 
 

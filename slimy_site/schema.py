@@ -90,7 +90,8 @@ class SlimyAutoSchema(AutoSchema):
                 roles = [r for r in (roles if roles is not None else allowed) if r in allowed]
         return roles
 
-    def get_description(self):
+    # drf-spectacular's AutoSchema.get_description() takes no arguments; the stubs know DRF's ViewInspector's.
+    def get_description(self):  # type: ignore[override]
         description = super().get_description() or ""
         roles = self._allowed_roles()
         if roles:

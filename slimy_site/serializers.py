@@ -1,6 +1,7 @@
 """Serializers every API module shares: the strict input base and the error shape."""
 
 from collections.abc import Mapping
+from typing import Any
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
@@ -30,7 +31,7 @@ _JSON_TYPES = (
 
 def json_type_errors(fields, data) -> dict:
     """`{field: [message]}` for each value in `data` whose JSON type the field does not take."""
-    errors = {}
+    errors: dict[str, list[str]] = {}
     if not isinstance(data, Mapping):
         return errors
     for name, field in fields.items():
@@ -100,7 +101,7 @@ class StrictSerializer(TypedSerializer):
         if isinstance(data, Mapping):
             writable = {name for name, field in self.fields.items() if not field.read_only}
             unknown = sorted(str(key) for key in data if key not in writable)
-        errors = {}
+        errors: dict[str, Any] = {}
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:

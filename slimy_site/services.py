@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from slimy_site.exceptions import Conflict, NotFound, ValidationFailed
@@ -29,14 +31,14 @@ def api_token_issue(*, user) -> str:
     return key
 
 
-def user_create(*, username: str, role: str, email: str = "") -> tuple[object, str]:
+def user_create(*, username: str, role: str, email: str = "") -> tuple[AbstractBaseUser, str]:
     """A new user with `role` and an API token. Returns (user, token key); the key is shown once."""
     if role not in Role.values:
         raise ValidationFailed(f"Unknown role {role!r}; choose one of {', '.join(Role.values)}.",
                                details={"role": [f"Must be one of {', '.join(Role.values)}."]})
     User = get_user_model()
     username = (username or "").strip()
-    field = User._meta.get_field(User.USERNAME_FIELD)
+    field = cast(models.Field, User._meta.get_field(User.USERNAME_FIELD))  # a concrete field, not a relation
     try:
         username = field.clean(username, None)
     except DjangoValidationError as exc:

@@ -10,6 +10,7 @@ over HTTP, batched off the request path.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from opentelemetry import trace
@@ -68,13 +69,14 @@ def _instrument(provider) -> list:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     done = []
-    for instrumentor, options in (
+    instrumentors: tuple[tuple[Any, dict[str, Any]], ...] = (
         (DjangoInstrumentor(), {}),
         # enable_commenter off: SQL text stays as written (query plans and pg_stat_statements group it)
         (PsycopgInstrumentor(), {"enable_commenter": False, "skip_dep_check": True}),
         (RedisInstrumentor(), {}),
         (HTTPX2ClientInstrumentor(), {}),
-    ):
+    )
+    for instrumentor, options in instrumentors:
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=provider, **options)
             done.append(instrumentor)

@@ -28,7 +28,9 @@ def readme_quick_start(*, path: Path) -> str:
 def quick_start_blocks(text: str) -> list[dict]:
     """The section cut into what the page shows: fenced code as is, headings, and paragraphs with their
     hard line breaks joined (the Markdown stays as written: `code` keeps its backticks)."""
-    blocks, lines, in_code = [], [], False
+    blocks: list[dict] = []
+    lines: list[str] = []
+    in_code = False
 
     def flush(kind):
         if lines and any(line.strip() for line in lines):

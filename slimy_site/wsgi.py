@@ -3,7 +3,7 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slimy_site.settings")
-import django  # noqa: E402
+import django
 
 django.setup(set_prefix=False)
 # Before the handler loads its middleware: Django's instrumentation adds one (a no-op unless configured).

@@ -58,7 +58,7 @@ class Proc:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise RuntimeError(f"{self.popen.args} did not finish in {timeout} s:\n{self.output()[-3000:]}") from None
+            raise RuntimeError(f"{self.popen.args!r} did not finish in {timeout} s:\n{self.output()[-3000:]}") from None
 
     def stop(self, timeout: float = 20) -> None:
         if self.popen.poll() is None:

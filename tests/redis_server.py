@@ -21,7 +21,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = directory or tempfile.mkdtemp(prefix="slimy-redis-")
         self.appendonly = appendonly
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:

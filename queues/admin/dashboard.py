@@ -102,7 +102,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def queue_ledger_counts() -> dict[str, dict[str, int]]:
     """Per queue, records waiting, running and failed (the (status, queue) index serves it)."""
-    counts = {q: {s: 0 for s in LEDGER_STATUSES} for q in QueueName.values}
+    counts: dict[str, dict[str, int]] = {q: {s: 0 for s in LEDGER_STATUSES} for q in QueueName.values}
     rows = JobRecord.objects.filter(status__in=LEDGER_STATUSES).values("queue", "status").annotate(n=Count("id"))
     for row in rows.order_by():
         if row["queue"] in counts:
@@ -161,7 +161,7 @@ def queue_latency(*, now: dt.datetime) -> dict[str, dict[str, float | None]]:
     delayed job it includes the requested delay.
     """
     since, lookback = now - WINDOW, now - LOOKBACK
-    out = {q: {"duration_p50": None, "duration_p95": None, "wait_p50": None, "wait_p95": None}
+    out: dict[str, dict[str, float | None]] = {q: {"duration_p50": None, "duration_p95": None, "wait_p50": None, "wait_p95": None}
            for q in QueueName.values}
     tables = {"attempt": JobAttempt._meta.db_table, "job": JobRecord._meta.db_table}
     if connection.vendor == "postgresql":
@@ -177,6 +177,8 @@ def queue_latency(*, now: dt.datetime) -> dict[str, dict[str, float | None]]:
     for queue, started, finished in attempts.filter(finished_at__gte=since).exclude(
         outcome=JobAttempt.Outcome.RUNNING
     ).values_list("job__queue", "started_at", "finished_at")[:PYTHON_PERCENTILE_ROWS]:
+        if finished is None:  # excluded by the filter; says so to the type checker
+            continue
         durations.setdefault(queue, []).append((finished - started).total_seconds())
     waits: dict[str, list[float]] = {}
     for queue, started, created in attempts.filter(started_at__gte=since, number=1).values_list(

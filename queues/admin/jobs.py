@@ -297,16 +297,16 @@ class JobRecordAdmin(admin.ModelAdmin):
         return actions
 
     def get_urls(self):
-        info = self.opts.app_label, self.opts.model_name
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         wrap = self.admin_site.admin_view
         custom = [
-            path("dashboard/", wrap(admin_views.dashboard_view(self)), name="%s_%s_dashboard" % info),
-            path("dashboard/pause/", wrap(admin_views.queue_pause_view(self)), name="%s_%s_pause" % info),
-            path("dashboard/resume/", wrap(admin_views.queue_resume_view(self)), name="%s_%s_resume" % info),
+            path("dashboard/", wrap(admin_views.dashboard_view(self)), name=f"{prefix}_dashboard"),
+            path("dashboard/pause/", wrap(admin_views.queue_pause_view(self)), name=f"{prefix}_pause"),
+            path("dashboard/resume/", wrap(admin_views.queue_resume_view(self)), name=f"{prefix}_resume"),
             path("dashboard/retry-failed/", wrap(admin_views.retry_failed_view(self)),
-                 name="%s_%s_retry_failed" % info),
-            path("dashboard/clean/", wrap(admin_views.clean_view(self)), name="%s_%s_clean" % info),
+                 name=f"{prefix}_retry_failed"),
+            path("dashboard/clean/", wrap(admin_views.clean_view(self)), name=f"{prefix}_clean"),
             path("<path:object_id>/act/<str:action>/", wrap(admin_views.job_action_view(self)),
-                 name="%s_%s_act" % info),
+                 name=f"{prefix}_act"),
         ]
         return custom + super().get_urls()

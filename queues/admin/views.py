@@ -5,6 +5,7 @@ confirmation page of an action on one job. They check permissions, adapt forms a
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 from django import forms
 from django.apps import apps
@@ -29,7 +30,7 @@ from slimy_site.exceptions import ApplicationError
 DASHBOARD_REFRESH_SECONDS = 10
 
 # Which statuses each action can apply to, so the detail page only offers what would work.
-ACTION_STATUSES = {
+ACTION_STATUSES: dict[str, set[str]] = {
     "retry": {JobStatus.FAILED, JobStatus.CANCELLED},
     "cancel": set(JobStatus.values) - FINAL_STATUSES,
     "requeue_copy": set(JobStatus.values),
@@ -121,9 +122,6 @@ def job_detail_context(modeladmin, request, object_id) -> dict:
         if allowed and job.status in ACTION_STATUSES[action.name]:
             actions.append({"action": action, "url": reverse("admin:queues_jobrecord_act", args=[job.pk, action.name])})
     attempts = list(job.attempt_history.all())
-    for attempt in attempts:
-        end = attempt.finished_at or timezone.now()
-        attempt.seconds = (end - attempt.started_at).total_seconds()
     return {
         "job": job,
         "job_actions": actions,
@@ -185,7 +183,7 @@ class RetryFailedForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["job_type"].choices = [(n, n) for n in sorted(registry.all())]
+        cast(forms.ChoiceField, self.fields["job_type"]).choices = [(n, n) for n in sorted(registry.all())]
 
 
 class CleanForm(forms.Form):

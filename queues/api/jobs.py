@@ -89,11 +89,13 @@ class JobCursorPagination(CursorPagination):
             raise ValidationFailed("Invalid cursor.", details={"cursor": ["Not a cursor returned by this endpoint."]})
         offset, reverse, position = encoded.split(".")
         return Cursor(offset=min(int(offset), self.offset_cutoff), reverse=reverse == "1",
-                      position=instant_decode(position) if position else None)
+                      # positions are created_at datetimes here, not the ints DRF's stubs assume
+                      position=instant_decode(position) if position else None)  # type: ignore[arg-type]
 
     def encode_cursor(self, cursor):
         position = "" if cursor.position is None else instant_encode(cursor.position)
         encoded = f"{cursor.offset}.{int(bool(cursor.reverse))}.{position}"
+        assert self.base_url is not None  # set by paginate_queryset before any cursor is encoded
         return replace_query_param(self.base_url, self.cursor_query_param, encoded)
 
     def _get_position_from_instance(self, instance, ordering):
@@ -132,7 +134,7 @@ class JobListApi(APIView):
         filters = validate_input(self.FilterSerializer, query)
         jobs = _filtered_jobs(user=request.user, filters=filters)
         paginator = JobCursorPagination()
-        page = paginator.paginate_queryset(jobs, request, view=self)
+        page: list | None = paginator.paginate_queryset(jobs, request, view=self)
         return Response({
             "ok": True,
             "results": JobItemSerializer(page, many=True, context={"user": request.user}).data,

@@ -135,7 +135,8 @@ class JobEventSerializer(serializers.Serializer):
 
     id = serializers.CharField(required=False, help_text="An output-log cursor: resume after it.")
     event = serializers.ChoiceField(choices=["state", "segment", "chunk"], required=False)
-    data = serializers.CharField(required=False, help_text="JSON text.")
+    # The SSE field is named `data`, shadowing Serializer.data: this serializer only documents the schema.
+    data = serializers.CharField(required=False, help_text="JSON text.")  # type: ignore[assignment]
     retry = serializers.IntegerField(required=False, help_text="Reconnection delay in milliseconds.")
 
 
@@ -261,7 +262,7 @@ async def job_event_stream(*, job_id: str, cursor: str = "0", viewer=None) -> As
                 if state != sent_state:
                     yield _event("state", state, cursor)
                     sent_state, last_sent = state, time.monotonic()
-            batch = []  # what is buffered goes out in one write (a busy process sends fewer, larger ones)
+            batch: list = []  # what is buffered goes out in one write (a busy process sends fewer, larger ones)
             while seen_read and watch.entries:
                 if watch.entries[0]["type"] == SEGMENT:
                     # A new attempt began: announce its state (read afresh) before its first chunk.

@@ -27,8 +27,9 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +38,7 @@ from django.db import DatabaseError, close_old_connections, connections
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from queues.models import JobRecord
 from queues.output import MAX_READ, _entry, output_key
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class Watch:
     cursor: tuple[int, int]
     viewer: object = None
     entries: deque = field(default_factory=deque)
-    job: object = None  # the latest JobRecord read for it (None: not read yet, or purged)
+    job: JobRecord | None = None  # the latest JobRecord read for it (None: not read yet, or purged)
     job_read: int = 0  # bumped at every read of the record, so a waiter sees a fresh one
     state_wanted: bool = True
     overflowed: bool = False
@@ -194,11 +196,12 @@ class OutputHub:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            streams = {key: format_id(cursor) for key, cursor in self._cursors.items()}
+            streams: dict[Any, Any] = {key: format_id(cursor) for key, cursor in self._cursors.items()}
             try:
                 reader = await self._reader_connection()
                 self._reading_generation = self._generation
-                answer = await reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                # redis-py types the reply as a union of its RESP2 and RESP3 shapes; this is RESP2's list.
+                answer: Any = await reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
                 failures = 0
             except (RedisError, OSError) as exc:
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
@@ -324,7 +327,7 @@ class OutputHub:
         """Everything in the log after `after` (a drain once the job is final), on the command pool."""
         entries: list[dict] = []
         while True:
-            answer = await self.commands().xread({output_key(job_id): after}, count=MAX_READ)
+            answer: Any = await self.commands().xread({output_key(job_id): after}, count=MAX_READ)
             if not answer:
                 return entries
             [(_key, items)] = answer
@@ -346,8 +349,6 @@ def _signature(job) -> tuple | None:
 
 
 def _read_jobs(job_ids) -> dict:
-    from queues.models import JobRecord
-
     # Runs on a pool thread that outlives requests: let Django drop a connection that went bad or old.
     close_old_connections()
     fields = ("status", "attempts", "max_attempts", "progress", "result", "error_code", "error_message")
@@ -402,7 +403,7 @@ def iterate_sync(make_iterator) -> Iterator:
     async def build():
         return make_iterator()
 
-    iterator: AsyncIterator = asyncio.run_coroutine_threadsafe(build(), loop).result()
+    iterator: AsyncGenerator = asyncio.run_coroutine_threadsafe(build(), loop).result()
     try:
         while True:
             try:
@@ -417,6 +418,6 @@ def output_hubs_close_background() -> None:
     """Close the background loop's hub (tests: no database session may outlive the test database)."""
     loop = _background.get("loop")
     hub = _hubs.get(loop) if loop is not None else None
-    if hub is not None and not loop.is_closed():
+    if loop is not None and hub is not None and not loop.is_closed():
         asyncio.run_coroutine_threadsafe(hub.close(), loop).result(10)
         _hubs.pop(loop, None)

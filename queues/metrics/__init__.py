@@ -35,7 +35,7 @@ from queues.keys import THROUGHPUT_KEY
 logger = logging.getLogger(__name__)
 
 # --- Multi-process values (must be installed before the metrics below are constructed).
-_horse = {"pid": None, "parent": None}
+_horse: dict[str, int | None] = {"pid": None, "parent": None}
 
 
 def _process_identifier():

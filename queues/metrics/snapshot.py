@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import math
+from typing import Any
 import os
 import sys
 import threading
@@ -65,7 +66,7 @@ def _buckets(samples, name) -> list[tuple[float, float]]:
 
 def _jobs(samples, depths, throughput) -> dict:
     queues = {}
-    totals = {"queued": 0, "scheduled": 0, "active": 0, "completed": 0, "failed": 0, "retried": 0}
+    totals: dict[str, Any] = {"queued": 0, "scheduled": 0, "active": 0, "completed": 0, "failed": 0, "retried": 0}
     for queue in QueueName.values:
         finished = {o: _sum(samples, "slimy_jobs_finished_total", queue=queue, outcome=o)
                     for o in ("completed", "failed", "retried", "cancelled")}

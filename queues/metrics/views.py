@@ -67,7 +67,7 @@ class IsStaffOrMetricsToken(BasePermission):
         return bool(user and user.is_authenticated and user.is_staff)
 
 
-class _MetricsAccess:
+class _MetricsAccess(APIView):
     # The bearer scheme comes first so an anonymous request is answered 401 with
     # `WWW-Authenticate: Bearer`, which is what Prometheus and curl users need to see.
     authentication_classes = [MetricsTokenAuthentication, HashedTokenAuthentication, SessionAuthentication]

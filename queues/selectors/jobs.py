@@ -104,7 +104,7 @@ def _uuid(value):
 ESTIMATE_THRESHOLD = 10_000
 
 
-def queryset_count_estimate(queryset: QuerySet) -> tuple[int, bool]:
+def queryset_count_estimate(queryset) -> tuple[int, bool]:
     """(count, estimated): the planner's row estimate when it is large, an exact COUNT otherwise."""
     if connection.vendor != "postgresql":
         return queryset.count(), False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Literal
 
 from django.db import connections
 from django.db.models import QuerySet
@@ -37,12 +38,13 @@ def queryset_periods_with_rows(*, queryset: QuerySet, field: str, periods: list[
     sql, template = _probe_sql(base, field, marks)
     positions = [template.index(mark) if template.count(mark) == 1 else None for mark in marks]
     parts, params = [], []
+    first, second = positions
     for start, end in periods:
-        if None in positions:
+        if first is None or second is None:
             probe_sql, probe_params = _probe_sql(base, field, (start, end))
         else:
             probe_sql, probe_params = sql, list(template)
-            probe_params[positions[0]], probe_params[positions[1]] = start, end
+            probe_params[first], probe_params[second] = start, end
         parts.append(f"EXISTS ({probe_sql})")
         params.extend(probe_params)
     with connections[queryset.db].cursor() as cursor:
@@ -56,7 +58,7 @@ def _probe_sql(base: QuerySet, field: str, period: tuple) -> tuple[str, list]:
     return sql, list(params)
 
 
-def queryset_dates_with_rows(*, queryset: QuerySet, field: str, kind: str, starts: list[dt.date],
+def queryset_dates_with_rows(*, queryset: QuerySet, field: str, kind: Literal["year", "month", "day"], starts: list[dt.date],
                              end: dt.date) -> list[dt.date]:
     """The `starts` (first days of days, months or years: `kind`) whose period holds rows of `queryset`;
     each period runs to the next start, the last to `end`. Periods are in the current time zone.

@@ -200,7 +200,7 @@ def worker_slots() -> tuple[list[dict], str]:
         if not raw:
             continue  # expired between SCAN and HGETALL
         fields = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
-        queues = {}
+        queues: dict[str, dict] = {}
         for name, value in fields.items():
             queue, _, kind = name.rpartition(":")
             number = _int(value)

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import math
 import traceback as tb
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -65,19 +66,22 @@ def job_attempt_failed(
     message = str(exc)[:2000] or exc.__class__.__name__
     trace = traceback_text if traceback_text is not None else "".join(tb.format_exception(exc))
     code = getattr(exc, "code", "") or exc.__class__.__name__
-    retry = not permanent and policy is not None and job.attempts < job.max_attempts
-    delay = None
-    if retry:
+    delay: float | None = None
+    if not permanent and policy is not None and job.attempts < job.max_attempts:
         # A provider's Retry-After is honoured, but never beyond what the policy itself could wait.
         hint = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
         delay = max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)), policy.delay_after(job.attempts))
+    retry = delay is not None
     with transaction.atomic():
-        fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace, updated_at=now)
-        if retry:
+        fields: dict[str, Any] = dict(
+            error_code=str(code)[:64], error_message=message, error_traceback=trace, updated_at=now
+        )
+        if delay is not None:
             fields.update(status=JobStatus.RETRYING, scheduled_for=now + dt.timedelta(seconds=delay))
         else:
             fields.update(status=JobStatus.FAILED, finished_at=now, scheduled_for=None)
         changed = JobRecord.objects.filter(pk=job.pk, status=JobStatus.STARTED, attempts=job.attempts).update(**fields)
+        outcome: str
         if not changed:
             outcome, delay = JobAttempt.Outcome.CANCELLED, None
         else:

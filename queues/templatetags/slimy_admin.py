@@ -73,6 +73,8 @@ def cheap_date_hierarchy(cl):
     try:
         year, month, day = int(year), int(month) if month else None, int(day) if day else None
         if day:
+            if month is None:
+                raise ValueError("a day without its month")
             date = dt.date(year, month, day)
             return {"show": True,
                     "back": {"link": link({year_f: year, month_f: month}),

@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -48,7 +49,7 @@ def paused_queue_names(connection) -> set[str]:
 
 def expand_priorities(queues: list[Queue]) -> list[Queue]:
     """[chat, audit] → [chat.high, audit.high, chat, audit, chat.low, audit.low]; other names kept."""
-    base = []
+    base: list[str | Queue] = []
     for queue in queues:
         name = base_queue_name(queue.name)
         if name in QueueName.values:
@@ -56,7 +57,7 @@ def expand_priorities(queues: list[Queue]) -> list[Queue]:
                 base.append(name)
         else:
             base.append(queue)
-    expanded = []
+    expanded: list[Queue] = []
     for priority in PRIORITY_ORDER:
         for item in base:
             if isinstance(item, str):
@@ -68,7 +69,17 @@ def expand_priorities(queues: list[Queue]) -> list[Queue]:
     return expanded
 
 
-class LedgerWorkerMixin:
+# The mixin is only ever combined with one of RQ's worker classes (below), whose attributes and methods it
+# uses (connection, name, queues, set_state, ...): to the type checker it is a Worker.
+if TYPE_CHECKING:
+    _WorkerBase = Worker
+else:
+    _WorkerBase = object
+
+
+class LedgerWorkerMixin(_WorkerBase):
+    _ordered_queues: list[Queue]
+
     def __init__(self, queues, *args, **kwargs):
         if isinstance(queues, (Queue, str)):
             queues = [queues]
@@ -76,7 +87,7 @@ class LedgerWorkerMixin:
         kwargs.setdefault("worker_ttl", max(settings.WORKER_TTL, 15))
         super().__init__(expand_priorities(queues), *args, **kwargs)
         self._alive_stop = threading.Event()
-        self._alive_thread = None
+        self._alive_thread: threading.Thread | None = None
         self._paused: set[str] = set()
         self._paused_checked = float("-inf")
 

@@ -120,7 +120,7 @@ class InProcessReconciler:
                 # Outages are what this loop exists for: keep going, the next pass catches up.
                 logger.warning("worker %s: reconcile pass failed: %s", self.name, exc)
                 close_old_connections()
-            except Exception:  # noqa: BLE001 - a hook's bug must not end the process's reconciler
+            except Exception:  # a hook's bug must not end the process's reconciler
                 logger.exception("worker %s: reconcile pass failed", self.name)
 
     def stop(self) -> None:

@@ -49,7 +49,7 @@ def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, r
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             killed.append(job_id)
-            wait_until(lambda: ledger.statuses([job_id])[job_id] == "completed", 60, "the killed job to complete")
+            wait_until(lambda job_id=job_id: ledger.statuses([job_id])[job_id] == "completed", 60, "the killed job to complete")
             recoveries.append(time.monotonic() - killed_at)
         ledger.wait_final(ids, timeout=120)
     finally:
@@ -140,16 +140,18 @@ def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, rec
         for _ in range(fault_mode.pick(1, 3)):
             for worker in fleet.workers():
                 proc = worker.proc
-                wait_until(lambda: worker.proc is not None and worker.proc is not proc or proc is not None, 30,
+                wait_until(lambda worker=worker, proc=proc: worker.proc is not None and worker.proc is not proc
+                           or proc is not None, 30,
                            "the worker to be running")
                 proc = worker.proc
                 # A deploy stops booted workers; one still importing Django would die of the default action.
-                wait_until(lambda: _registered(env, proc.pid), 60, "the worker to register")
+                wait_until(lambda proc=proc: _registered(env, proc.pid), 60, "the worker to register")
                 proc.send_signal(signal.SIGTERM)  # warm shutdown: the job in flight finishes
                 proc.wait(60)
                 assert proc.returncode == 0
                 # the supervisor starts a fresh one (as a deploy would); wait before the next
-                wait_until(lambda: worker.proc is not None and worker.proc is not proc, 30, "the restart")
+                wait_until(lambda worker=worker, proc=proc: worker.proc is not None and worker.proc is not proc, 30,
+                           "the restart")
         last = time.monotonic()
         ledger.wait_final(ids, timeout=180)
         drained = time.monotonic() - last
