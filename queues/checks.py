@@ -4,12 +4,11 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from queues.constants import QueueName, rq_queue_names
+from queues.definitions import registry
 
 
 @register()
 def check_job_definitions(app_configs=None, **kwargs):
-    from queues.definitions import registry
-
     errors = []
     definitions = registry.all()
     for name, first, second in registry.duplicates:

@@ -2,6 +2,7 @@
 
 from queues.constants import QueueName
 from queues.definitions import JobDefinition, RetryPolicy
+from queues.reconcile import queues_reconcile
 
 
 class ReconcileJob(JobDefinition):
@@ -14,7 +15,5 @@ class ReconcileJob(JobDefinition):
     retry = RetryPolicy(max_attempts=1)
 
     def run(self, payload, context):
-        from queues.reconcile import queues_reconcile
-
         report = queues_reconcile()
         return {"requeued": len(report.requeued), "recovered": len(report.recovered)}

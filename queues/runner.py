@@ -39,6 +39,7 @@ from queues.definitions import (
 )
 from queues.logs import log_context
 from queues.models import JobRecord
+from queues.output import OutputRefused
 from queues.services import job_attempt_failed, job_complete, job_start
 from queues.tracing import job_span
 
@@ -222,8 +223,6 @@ def _attempt_failed(job: JobRecord, definition: type[JobDefinition], exc: BaseEx
 
 
 def _superseded_output(exc: BaseException) -> bool:
-    from queues.output import OutputRefused
-
     return isinstance(exc, OutputRefused)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from queues.api.output_watch import output_hub
 from queues.keys import STREAM_SLOTS_KEY
 from queues.metrics import OPEN_STREAMS
 from queues.connections import _connection
@@ -77,8 +78,6 @@ class StreamSlot:
 
     async def arelease(self) -> None:
         """Give the slot back (idempotent), from the event loop: batched on the stream hub's connections."""
-        from queues.api.output_watch import output_hub
-
         if self._give_back():
             output_hub().release_later(key=STREAM_SLOTS_KEY.format(self.user_id), member=self.slot_id)
 
@@ -117,8 +116,6 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
 
 
 async def _take_on_hub(args) -> int:
-    from queues.api.output_watch import output_hub
-
     async with asyncio.timeout(REDIS_TIMEOUT * 3):
         return await output_hub().commands().eval(*args)
 

@@ -33,6 +33,7 @@ from queues.keys import (  # noqa: F401 - re-exported: these names were imported
     ALIVE_KEY, PAUSED_KEY, RECOVER_KEY, SLOTS_KEY, SUSPECT_KEY, alive_key, paused_key, slots_key, suspect_key,
 )
 from queues.metrics import enter_work_horse
+from queues.services import job_recover_abandoned
 
 logger = logging.getLogger("queues.worker")
 
@@ -173,8 +174,6 @@ class LedgerWorkerMixin(_WorkerBase):
         self._recover(job.id, exc_string.strip().splitlines()[-1] if exc_string.strip() else "work-horse died")
 
     def _recover(self, job_id: str, reason: str) -> None:
-        from queues.services import job_recover_abandoned
-
         # The runner records every outcome it sees; a record still `started` means the process died.
         try:
             job_recover_abandoned(job_id=job_id, reason=reason[:500])

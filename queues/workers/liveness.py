@@ -26,6 +26,7 @@ from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
 from queues.keys import HOOKS_LOCK_KEY, RECONCILE_LOCK_KEY, alive_key, slots_key
+from queues.reconcile import queues_reconcile
 
 logger = logging.getLogger("queues.worker")
 
@@ -102,8 +103,6 @@ class InProcessReconciler:
         self._thread.start()
 
     def _main(self) -> None:
-        from queues.reconcile import queues_reconcile
-
         interval = max(float(settings.RECONCILE_INTERVAL), 0.2)
         hooks = [import_string(path) for path in settings.PERIODIC_HOOKS]
         while not self.stop_event.wait(interval):

@@ -3,8 +3,11 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, close_old_connections
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
+
+from queues.reconcile import queues_reconcile
 
 
 class Command(BaseCommand):
@@ -17,10 +20,6 @@ class Command(BaseCommand):
         parser.add_argument("--grace", type=int, default=None, help="Seconds before a waiting job counts as lost.")
 
     def handle(self, *args, loop=False, interval=None, grace=None, passes=None, **options):
-        from django.db import DatabaseError, close_old_connections
-
-        from queues.reconcile import queues_reconcile
-
         interval = settings.RECONCILE_INTERVAL if interval is None else interval
         if interval < 1:
             raise CommandError("--interval must be at least 1 second.")
