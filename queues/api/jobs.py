@@ -88,9 +88,9 @@ class JobCursorPagination(CursorPagination):
         if not re.fullmatch(self.CURSOR_PATTERN, encoded):
             raise ValidationFailed("Invalid cursor.", details={"cursor": ["Not a cursor returned by this endpoint."]})
         offset, reverse, position = encoded.split(".")
-        return Cursor(offset=min(int(offset), self.offset_cutoff), reverse=reverse == "1",
-                      # positions are created_at datetimes here, not the ints DRF's stubs assume
-                      position=instant_decode(position) if position else None)  # type: ignore[arg-type]
+        at = instant_decode(position) if position else None
+        # Positions here are created_at datetimes, not the ints DRF's stubs assume.
+        return Cursor(offset=min(int(offset), self.offset_cutoff), reverse=reverse == "1", position=at)  # type: ignore[arg-type]
 
     def encode_cursor(self, cursor):
         position = "" if cursor.position is None else instant_encode(cursor.position)
