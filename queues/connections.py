@@ -12,7 +12,8 @@ from queues.constants import PRIORITY_ORDER, rq_queue_name
 _connections: dict[tuple[str, float], Redis] = {}
 
 
-def _connection(url: str, timeout: float) -> Redis:
+def connection_for(url: str, timeout: float) -> Redis:
+    """One shared client per (URL, socket timeout): callers that must not wait long pass a short timeout."""
     key = (url, timeout)
     conn = _connections.get(key)
     if conn is None:
@@ -23,7 +24,7 @@ def _connection(url: str, timeout: float) -> Redis:
 
 
 def get_connection() -> Redis:
-    return _connection(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)
+    return connection_for(settings.REDIS_URL, settings.REDIS_SOCKET_TIMEOUT)
 
 
 # One asyncio client per event loop (a client's connections belong to the loop that opened them).
@@ -63,7 +64,7 @@ def get_rq_queues(queue: str) -> list[Queue]:
 def redis_ping(timeout: float = 0.5) -> bool:
     """True when Redis answers within `timeout`; lets callers fail fast instead of hanging."""
     try:
-        return bool(_connection(settings.REDIS_URL, timeout).ping())
+        return bool(connection_for(settings.REDIS_URL, timeout).ping())
     except (RedisError, OSError):
         return False
 

@@ -308,7 +308,7 @@ async def output_writer_aopen(*, job_id: str, job_type: str, attempt: int) -> As
     return writer
 
 
-def _entry(entry_id, fields: dict) -> dict:
+def output_entry(entry_id, fields: dict) -> dict:
     data = {k.decode(): v.decode() for k, v in fields.items()}
     entry = {"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, "type": data.get("type", CHUNK),
              "attempt": int(data.get("attempt") or 0)}
@@ -327,7 +327,7 @@ def output_read(*, job_id, after: str = "0", limit: int = MAX_READ, block_ms: in
     if not answer:
         return []
     [(_key, items)] = answer  # one stream asked, one [key, entries] pair answered
-    return [_entry(entry_id, fields) for entry_id, fields in items]
+    return [output_entry(entry_id, fields) for entry_id, fields in items]
 
 
 def output_text(*, job_id) -> str:

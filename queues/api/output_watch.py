@@ -39,7 +39,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from queues.models import JobRecord
-from queues.output import MAX_READ, _entry, output_key
+from queues.output import MAX_READ, output_entry, output_key
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class OutputHub:
         watchers = self._watches.get(key)
         if not watchers or not items:
             return
-        entries = [_entry(entry_id, fields) for entry_id, fields in items]
+        entries = [output_entry(entry_id, fields) for entry_id, fields in items]
         positions = [parse_id(entry["id"]) for entry in entries]
         for watch in watchers:
             if watch.cursor < start:
@@ -331,7 +331,7 @@ class OutputHub:
             if not answer:
                 return entries
             [(_key, items)] = answer
-            batch = [_entry(entry_id, fields) for entry_id, fields in items]
+            batch = [output_entry(entry_id, fields) for entry_id, fields in items]
             entries.extend(batch)
             after = batch[-1]["id"]
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from queues.api.output_watch import output_hub
 from queues.keys import STREAM_SLOTS_KEY
 from queues.metrics import OPEN_STREAMS
-from queues.connections import _connection
+from queues.connections import connection_for
 from slimy_site.exceptions import RateLimited
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class StreamSlot:
         """Give the slot back (idempotent), from synchronous code."""
         if self._give_back():
             try:
-                _connection(settings.REDIS_URL, REDIS_TIMEOUT).zrem(STREAM_SLOTS_KEY.format(self.user_id), self.slot_id)
+                connection_for(settings.REDIS_URL, REDIS_TIMEOUT).zrem(STREAM_SLOTS_KEY.format(self.user_id), self.slot_id)
             except RedisError as exc:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
@@ -100,7 +100,7 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
         if loop is not None:
             taken = asyncio.run_coroutine_threadsafe(_take_on_hub(args), loop).result(REDIS_TIMEOUT * 4)
         else:
-            taken = _connection(settings.REDIS_URL, REDIS_TIMEOUT).eval(*args)
+            taken = connection_for(settings.REDIS_URL, REDIS_TIMEOUT).eval(*args)
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("stream cap per user not enforced, Redis failed: %s", exc)
         taken, user_slot = 1, False
