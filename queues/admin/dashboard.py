@@ -1,7 +1,8 @@
 """Reads behind the admin's queue dashboard: ledger counts, last-hour throughput and latency, workers.
 
 Every figure comes from the ledger (PostgreSQL) except what only Redis knows: the lists' backlog,
-whether a queue is paused, and the workers listening. Nothing here writes.
+whether a queue is paused, and the workers listening (read by queues.selectors.queue_state, the one
+reader of queue state). Nothing here writes.
 
 "Last hour" figures select records created within LOOKBACK (the created_at index) and then filter on
 finish time, because finished_at is not indexed: a job created earlier than LOOKBACK that finishes

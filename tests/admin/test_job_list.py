@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from queues.definitions import JobDefinition, registry
 from queues.models import JobRecord
-from queues import selectors
+from queues.selectors import periods
 from queues.selectors import queryset_dates_with_rows, queryset_periods_with_rows
 from tests.factories.admin import FinishedJobFactory, JobRecordFactory
 
@@ -95,7 +95,7 @@ def test_drill_down_lists_only_the_days_that_have_jobs(superuser, admin_client_f
 def test_both_strategies_find_the_same_days_months_and_years(strategy, monkeypatch):
     # Few rows take the DISTINCT path; a threshold below zero forces the EXISTS probes.
     if strategy == "probes":
-        monkeypatch.setattr(selectors, "DISTINCT_DATES_MAX_ROWS", -1)
+        monkeypatch.setattr(periods, "DISTINCT_DATES_MAX_ROWS", -1)
     for when in (dt.datetime(2024, 12, 31, 23, 59, tzinfo=dt.timezone.utc),
                  dt.datetime(2025, 3, 3, tzinfo=dt.timezone.utc), dt.datetime(2025, 3, 30, 12, tzinfo=dt.timezone.utc),
                  dt.datetime(2025, 7, 4, tzinfo=dt.timezone.utc)):
