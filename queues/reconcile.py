@@ -114,7 +114,9 @@ def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
         return
     dead = _dead_workers(sorted({name for _, name in started}), confirm)
     for job_id, name in started:
-        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating"):
+        # At once: the attempt did not fail, its process died, and someone may be watching the reply.
+        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating",
+                                                  immediate=True):
             report.recovered.append(str(job_id))
 
 
