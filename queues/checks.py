@@ -4,11 +4,13 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 
 from queues.constants import QueueName, rq_queue_names
-from queues.definitions import registry
 
 
 @register()
 def check_job_definitions(app_configs=None, **kwargs):
+    # Looked up when the check runs: the registry can be replaced (the tests give it a fresh one).
+    from queues.definitions import registry
+
     errors = []
     definitions = registry.all()
     for name, first, second in registry.duplicates:
