@@ -285,15 +285,18 @@ def fair_push(*, conn, queue: str, priority: str, tenant: str, job_id: str, cap:
     return int(_script(conn, "push")(keys=keys, args=args))
 
 
-def fair_push_many(*, conn, queue: str, items, cap: int | None = None) -> None:
-    """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script)."""
+def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None) -> None:
+    """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script); with
+    `pipeline`, the pushes are added to it (executed with the caller's other commands)."""
     queue = base_queue_name(queue)
-    with conn.pipeline(transaction=False) as pipe:
-        script = _script(pipe, "push")
-        for priority, tenant, job_id in items:
-            keys, args = _push_call(queue, priority, tenant, job_id, cap)
-            script(keys=keys, args=args, client=pipe)
-        pipe.execute()
+    pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
+    script = _script(pipe, "push")
+    for priority, tenant, job_id in items:
+        keys, args = _push_call(queue, priority, tenant, job_id, cap)
+        script(keys=keys, args=args, client=pipe)
+    if pipeline is None:
+        with pipe:
+            pipe.execute()
 
 
 def fair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int | None = None) -> FairJob | None:
@@ -334,6 +337,21 @@ def fair_held(*, conn, queue: str) -> list[HeldSlot]:
     return slots
 
 
+def fair_wake_key(queue: str) -> str:
+    """The list a push or a release adds a token to: a worker may include it in its own blocking pop."""
+    return _k(base_queue_name(queue), "wake")
+
+
+def fair_waiting_ids(*, conn, queue: str) -> set[str]:
+    """Every job id waiting in `queue`'s tenant lines (all priorities): what the reconciler checks the
+    ledger against. Scans the keys instead of trusting ring/parked, so a line is never overlooked."""
+    ids: set[str] = set()
+    for priority in PRIORITY_ORDER:
+        for key in conn.scan_iter(match=_k(rq_queue_name(queue, priority), "q:*"), count=500):
+            ids.update(v.decode() if isinstance(v, bytes) else v for v in conn.lrange(key, 0, -1))
+    return ids
+
+
 def fair_wait(*, conn, queue: str, timeout: float) -> bool:
     """Block up to `timeout` s for a push or a release on `queue`; True when woken. Keep `timeout` below
     the client's socket timeout (redis-py raises on blocking calls longer than it)."""
@@ -356,6 +374,20 @@ async def afair_push(*, conn, queue: str, priority: str, tenant: str, job_id: st
 async def afair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int | None = None) -> FairJob | None:
     keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
     return _pop_result(await _script(conn, "pop")(keys=keys, args=args))
+
+
+async def afair_pop_many(*, conn, queue: str, worker: str, count: int, priorities=None,
+                         cap: int | None = None) -> list[FairJob]:
+    """Up to `count` jobs in one round trip (a pipeline of pops; each pop is atomic on its own)."""
+    if count <= 0:
+        return []
+    keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
+    async with conn.pipeline(transaction=False) as pipe:
+        script = _script(pipe, "pop")
+        for _ in range(count):
+            await script(keys=keys, args=args, client=pipe)
+        answers = await pipe.execute()
+    return [job for job in map(_pop_result, answers) if job is not None]
 
 
 async def afair_release(*, conn, queue: str, job_ids, cap: int | None = None) -> int:
