@@ -352,6 +352,25 @@ def fair_waiting_ids(*, conn, queue: str) -> set[str]:
     return ids
 
 
+def fair_waiting_heads(*, conn, queue: str) -> tuple[int, list[str]]:
+    """How many jobs wait in `queue`'s tenant lines, and the first id of every line (the oldest waiting
+    job is among them): what queue depth and age figures read for a fair-shared queue."""
+    lines = []
+    for priority in PRIORITY_ORDER:
+        name = rq_queue_name(base_queue_name(queue), priority)
+        tenants = set(conn.lrange(_k(name, "ring"), 0, -1)) | set(conn.smembers(_k(name, "parked")))
+        lines += [_k(name, "q:" + (t.decode() if isinstance(t, bytes) else t)) for t in tenants]
+    if not lines:
+        return 0, []
+    with conn.pipeline(transaction=False) as pipe:
+        for key in lines:
+            pipe.llen(key)
+            pipe.lindex(key, 0)
+        answers = pipe.execute()
+    heads = [h.decode() if isinstance(h, bytes) else h for h in answers[1::2] if h]
+    return sum(int(n) for n in answers[0::2]), heads
+
+
 def fair_wait(*, conn, queue: str, timeout: float) -> bool:
     """Block up to `timeout` s for a push or a release on `queue`; True when woken. Keep `timeout` below
     the client's socket timeout (redis-py raises on blocking calls longer than it)."""

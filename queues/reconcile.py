@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.utils import now, utcformat
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.fairness import fair_held, fair_release, fair_release_worker, fair_waiting_ids
@@ -92,6 +93,9 @@ def _release_overdue(report: ReconcileReport, lag: float) -> None:
                 # Remove first: if RQ's scheduler moved it meanwhile, zrem returns 0 and we leave it.
                 if rq_queue.connection.zrem(registry.key, job.id):
                     if queue_is_fair(queue):
+                        # What enqueue_job would record, so queue age figures count from now.
+                        rq_queue.connection.hset(job.key, mapping={"status": "queued",
+                                                                   "enqueued_at": utcformat(now())})
                         fair.append((priority, job.id))
                     else:
                         rq_queue.enqueue_job(job)

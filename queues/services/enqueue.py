@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import serializers
-from rq.utils import now
+from rq.utils import now as rq_now
 
 from queues import signals
 from queues.constants import JobStatus, Priority
@@ -195,7 +195,7 @@ def job_push(*, job: JobRecord) -> None:
             # The RQ job is written as `enqueue` would, but its id waits in its tenant's line.
             timeout = options.pop("job_timeout")
             rq_job = queue.create_job(RUNNER, args=(str(job.id),), timeout=timeout, **options)
-            rq_job.enqueued_at = now()
+            rq_job.enqueued_at = rq_now()
             rq_job.save(pipeline=pipe)
             fair_push_many(conn=queue.connection, pipeline=pipe, queue=job.queue,
                            items=[(job.priority, job.tenant, str(job.id))])
