@@ -342,24 +342,32 @@ def fair_wake_key(queue: str) -> str:
     return _k(base_queue_name(queue), "wake")
 
 
-def fair_waiting_ids(*, conn, queue: str) -> set[str]:
-    """Every job id waiting in `queue`'s tenant lines (all priorities): what the reconciler checks the
-    ledger against. Scans the keys instead of trusting ring/parked, so a line is never overlooked."""
-    ids: set[str] = set()
-    for priority in PRIORITY_ORDER:
-        for key in conn.scan_iter(match=_k(rq_queue_name(queue, priority), "q:*"), count=500):
-            ids.update(v.decode() if isinstance(v, bytes) else v for v in conn.lrange(key, 0, -1))
-    return ids
-
-
-def fair_waiting_heads(*, conn, queue: str) -> tuple[int, list[str]]:
-    """How many jobs wait in `queue`'s tenant lines, and the first id of every line (the oldest waiting
-    job is among them): what queue depth and age figures read for a fair-shared queue."""
+def _lines(conn, queue: str) -> list[str]:
+    """The keys of `queue`'s tenant lines that hold jobs (their tenants are in ring or parked)."""
     lines = []
     for priority in PRIORITY_ORDER:
         name = rq_queue_name(base_queue_name(queue), priority)
         tenants = set(conn.lrange(_k(name, "ring"), 0, -1)) | set(conn.smembers(_k(name, "parked")))
         lines += [_k(name, "q:" + (t.decode() if isinstance(t, bytes) else t)) for t in tenants]
+    return lines
+
+
+def fair_waiting_ids(*, conn, queue: str) -> set[str]:
+    """Every job id waiting in `queue`'s tenant lines (all priorities): what the reconciler checks the
+    ledger against."""
+    lines = _lines(conn, queue)
+    if not lines:
+        return set()
+    with conn.pipeline(transaction=False) as pipe:
+        for key in lines:
+            pipe.lrange(key, 0, -1)
+        return {v.decode() if isinstance(v, bytes) else v for ids in pipe.execute() for v in ids}
+
+
+def fair_waiting_heads(*, conn, queue: str) -> tuple[int, list[str]]:
+    """How many jobs wait in `queue`'s tenant lines, and the first id of every line (the oldest waiting
+    job is among them): what queue depth and age figures read for a fair-shared queue."""
+    lines = _lines(conn, queue)
     if not lines:
         return 0, []
     with conn.pipeline(transaction=False) as pipe:
