@@ -25,7 +25,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from queues.constants import JobStatus, QueueName, base_queue_name
-from queues.fairness import fair_waiting_heads
+from queues.fairness import fair_waiting_count
 from queues.keys import SLOTS_KEY
 from queues.models import JobAttempt, JobRecord
 from queues.redis import get_connection, get_rq_queues
@@ -244,7 +244,7 @@ def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> Ch
 
 def _fair_waiting(conn, queue: str) -> int:
     """A fair-shared queue's jobs wait in its tenants' lines (queues.fairness), not in RQ's lists."""
-    return fair_waiting_heads(conn=conn, queue=queue)[0] if queue in settings.FAIR_QUEUES else 0
+    return fair_waiting_count(conn=conn, queue=queue) if queue in settings.FAIR_QUEUES else 0
 
 
 def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:

@@ -165,8 +165,20 @@ end
 return out
 """
 
+# KEYS: (ring, parked) per priority.  ARGV: list name per priority.  Returns how many jobs wait in the lines.
+_WAITING = """
+local n = 0
+for i = 1, #ARGV do
+  local seen = {}
+  for _, t in ipairs(redis.call('LRANGE', KEYS[2 * i - 1], 0, -1)) do seen[t] = true end
+  for _, t in ipairs(redis.call('SMEMBERS', KEYS[2 * i])) do seen[t] = true end
+  for t, _ in pairs(seen) do n = n + redis.call('LLEN', 'slimy:fair:' .. ARGV[i] .. ':q:' .. t) end
+end
+return n
+"""
+
 _SOURCES = {"push": _PUSH, "pop": _POP, "release": _RELEASE, "release_worker": _RELEASE_WORKER,
-            "remove": _REMOVE, "stats": _STATS}
+            "remove": _REMOVE, "stats": _STATS, "waiting": _WAITING}
 _scripts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -340,6 +352,16 @@ def fair_held(*, conn, queue: str) -> list[HeldSlot]:
 def fair_wake_key(queue: str) -> str:
     """The list a push or a release adds a token to: a worker may include it in its own blocking pop."""
     return _k(base_queue_name(queue), "wake")
+
+
+def fair_waiting_count(*, conn, queue: str, pipeline=None) -> int | None:
+    """How many jobs wait in `queue`'s tenant lines; with `pipeline`, the count is added to it (one reply)."""
+    queue = base_queue_name(queue)
+    keys, args = _list_keys(queue, list(PRIORITY_ORDER)), [rq_queue_name(queue, p) for p in PRIORITY_ORDER]
+    if pipeline is not None:
+        _script(pipeline, "waiting")(keys=keys, args=args, client=pipeline)
+        return None
+    return int(_script(conn, "waiting")(keys=keys, args=args))
 
 
 def _lines(conn, queue: str) -> list[str]:

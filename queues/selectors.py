@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from queues.constants import PRIORITY_ORDER, JobStatus, QueueName
-from queues.fairness import fair_waiting_heads
+from queues.fairness import fair_waiting_count
 from queues.models import JobRecord
 from queues.redis import get_rq_queue
 from slimy_site.exceptions import NotFound
@@ -106,7 +106,7 @@ def queue_backlog(*, queue: str) -> int:
     plain = sum(get_rq_queue(queue, p).count for p in PRIORITY_ORDER)
     if queue not in settings.FAIR_QUEUES:
         return plain
-    return plain + fair_waiting_heads(conn=get_rq_queue(queue).connection, queue=queue)[0]
+    return plain + fair_waiting_count(conn=get_rq_queue(queue).connection, queue=queue)
 
 
 def queue_stats() -> dict[str, dict[str, int]]:
