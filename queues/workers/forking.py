@@ -159,7 +159,12 @@ class LedgerWorkerMixin:
                 return None
             fair, active = self._split_fair(self._active_queues())
             if fair:
-                result = self._fair_dequeue(fair)
+                try:
+                    result = self._fair_dequeue(fair)
+                except (RedisError, OSError) as exc:
+                    logger.error("worker %s: fair dequeue failed (%s); retrying", self.name, exc)
+                    time.sleep(PAUSE_RECHECK_SECONDS)
+                    continue
                 if result is not None:
                     return result
             if not active and not fair:
@@ -172,7 +177,11 @@ class LedgerWorkerMixin:
             if not active:
                 self.set_state(WorkerStatus.IDLE)
                 self.heartbeat()
-                self.connection.blpop([fair_wake_key(n) for n in fair], timeout=step)
+                try:
+                    self.connection.blpop([fair_wake_key(n) for n in fair], timeout=step)
+                except (RedisError, OSError) as exc:
+                    logger.error("worker %s: waiting for fair queues failed (%s); retrying", self.name, exc)
+                    time.sleep(PAUSE_RECHECK_SECONDS)
                 continue
             self._use_queues(active)
             result = super().dequeue_job_and_maintain_ttl(step, max_idle_time=step)
