@@ -9,14 +9,18 @@ line by the workers (`fair_plain_drain`, and the runtime's pop), never run past 
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from django.conf import settings
+from django.db import DatabaseError
 from rq import Queue
 
 from queues.constants import PRIORITY_ORDER, base_queue_name, rq_queue_name
 from queues.fairness import fair_push_many, fair_remove
 from queues.models import JobRecord
+
+logger = logging.getLogger(__name__)
 
 DRAIN_BATCH = 100  # ids moved from a plain list per pass
 
@@ -36,7 +40,13 @@ def fair_push_ids(*, conn, queue: str, items) -> int:
     items = list(items)
     if not items:
         return 0
-    tenants = fair_tenants_of([job_id for _, job_id in items])
+    try:
+        tenants = fair_tenants_of([job_id for _, job_id in items])
+    except DatabaseError:
+        # The ledger is unreachable: they wait under the empty tenant rather than nowhere (a worker
+        # cannot start them before the ledger answers anyway).
+        logger.warning("tenants of %s job(s) unknown (database unavailable); queued as the empty tenant", len(items))
+        tenants = {}
     fair_push_many(conn=conn, queue=queue, items=[(p, tenants.get(j, ""), j) for p, j in items])
     return len(items)
 
