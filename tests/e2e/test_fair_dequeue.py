@@ -162,6 +162,22 @@ def test_the_forking_worker_serves_a_fair_queue_and_releases_its_slots(tmp_path,
     assert _held(redis_conn) == {} and _inflight(redis_conn, "F") == 0
 
 
+def test_a_paused_fair_queue_is_not_popped(tmp_path, env, redis_conn):
+    queue_pause(queue=CHAT)
+    chat = _step("Z", "z")
+    other = job_enqueue(job_type="test_echo", payload={"value": "x"})
+    worker = start_worker(tmp_path, env, ["chat", "database"])
+    try:
+        # The database job ran: the worker has passed its pause check and popped what it may.
+        wait_for(lambda: _status(other) == JobStatus.COMPLETED, timeout=60, message="the database job")
+        assert _status(chat) == JobStatus.QUEUED and str(chat.pk) in fair_waiting_ids(conn=redis_conn, queue=CHAT)
+        queue_resume(queue=CHAT)
+        wait_for(lambda: _status(chat) == JobStatus.COMPLETED, timeout=60, message="the chat job after resume")
+    finally:
+        worker.stop()
+    assert _held(redis_conn) == {}
+
+
 @pytest.mark.parametrize("outcome", ["completed", "failed", "cancelled", "timeout"])
 def test_the_tenants_slot_is_held_while_the_job_runs_and_released_after(tmp_path, env, redis_conn, outcome):
     if outcome == "timeout":
