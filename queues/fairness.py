@@ -1,6 +1,7 @@
 """Fair dequeue across tenants: round-robin within a priority, at most `cap` jobs in flight per tenant.
 
-A building block for the worker runtime; it knows job ids and tenant names, nothing about chat.
+Used for the queues in FAIR_QUEUES: `job_push` pushes there (queues.services.fair), the worker runtime and
+the forking worker pop and release. It knows job ids and tenant names, nothing about chat or the ledger.
 Every change is one Lua script, so any number of worker processes share it without races.
 
 Keys (`L` = an RQ list name such as `chat` or `chat.high`, `Q` = its base queue such as `chat`):
