@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import time
 
+from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -23,6 +24,7 @@ from rq.utils import str_to_date
 
 from queues.connections import get_connection
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.fairness import fair_waiting_heads
 from queues.keys import SLOTS_KEY, alive_key, paused_key
 
 QUEUE_STATES = ("queued", "scheduled", "started", "failed")
@@ -73,6 +75,10 @@ def queue_depths(conn, *, with_workers: bool = True) -> dict:
                 result[queue]["oldestAgeSeconds"] = max(result[queue]["oldestAgeSeconds"], age)
         else:
             result[queue][state] += int(value)
+    for queue in settings.FAIR_QUEUES:  # their jobs wait in tenants' lines (queues.fairness), not RQ's lists
+        waiting, fair_heads = fair_waiting_heads(conn=conn, queue=queue)
+        result[queue]["queued"] += waiting
+        heads += [(queue, job_id) for job_id in fair_heads]
     if heads:
         pipe = conn.pipeline(transaction=False)
         for _, job_id in heads:
