@@ -108,7 +108,7 @@ def _recover_reported(report: ReconcileReport) -> None:
     """Jobs whose worker saw them fail while the database was down (see LedgerWorkerMixin._recover)."""
     conn = get_connection()
     for entry in conn.smembers(RECOVER_KEY):
-        job_id, _, worker_name = entry.decode().partition(" ")
+        job_id, _, worker_name = _text(entry).partition(" ")
         # Only the attempt that worker was running: a record it no longer holds is someone else's now.
         if JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, worker_name=worker_name).exists():
             if job_recover_abandoned(job_id=job_id, reason=f"failed on worker {worker_name} while the database "
@@ -210,8 +210,8 @@ def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
-            in_lists.update(i.decode() for i in conn.lrange(rq_queue.key, 0, -1))
-            scheduled.update(i.decode() for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
+            in_lists.update(_text(i) for i in conn.lrange(rq_queue.key, 0, -1))
+            scheduled.update(_text(i) for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
             taken.update(rq_queue.started_job_registry.get_job_ids())
         if queue_is_fair(queue):
             in_lists.update(fair_waiting_ids(conn=conn, queue=queue))
@@ -238,4 +238,11 @@ def _taken_by_live_worker(conn, job_id: str) -> bool:
         worker_name = Job.fetch(job_id, connection=conn).worker_name
     except NoSuchJobError:
         return False
-    return bool(worker_name) and bool(conn.exists(alive_key(worker_name)))
+    if not worker_name:
+        return False
+    return bool(conn.exists(alive_key(worker_name)))
+
+
+def _text(value) -> str:
+    """A member read from Redis (bytes: the connections do not decode) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

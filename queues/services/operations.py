@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 
@@ -154,7 +155,7 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
         )
         jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
         for job in jobs:
-            transaction.on_commit(lambda pk=job.pk: job_push_safely(pk))
+            transaction.on_commit(functools.partial(job_push_safely, job.pk))
     for job in jobs:
         signals.job_enqueued.send(sender=JobRecord, job=job)
     return jobs

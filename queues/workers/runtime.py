@@ -273,7 +273,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         version = (await self.aconn.info("server"))["redis_version"]
         return tuple(int(p) for p in version.split(".")[:2]) >= (7, 0)
 
-    def count(self, *, succeeded: int = 0, failed: int = 0) -> None:
+    def count_outcomes(self, *, succeeded: int = 0, failed: int = 0) -> None:
         """Outcomes for RQ's worker statistics (successful/failed_job_count), written by the heartbeat."""
         with self.inflight_lock:
             self._counts[0] += succeeded
@@ -281,7 +281,7 @@ class SlimyRuntimeWorker(SimpleWorker):
 
     def take_counts(self) -> tuple[int, int]:
         with self.inflight_lock:
-            counts, self._counts = tuple(self._counts), [0, 0]
+            counts, self._counts = (self._counts[0], self._counts[1]), [0, 0]
         return counts
 
     def _blocking_connection(self):
@@ -363,7 +363,7 @@ class SlimyRuntimeWorker(SimpleWorker):
     async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
         """Non-blocking: up to each queue's free slots (and its lane's batch size), one round trip per
         fair queue and one for the others."""
-        counts = []
+        counts: list[int] = []
         for slots in queues:
             count = min(slots.free, self.lanes[slots.name].batch_size())
             if max_jobs is not None:
@@ -579,11 +579,11 @@ class SlimyRuntimeWorker(SimpleWorker):
                         await self.db(_close_superseded, job)
                     return
                 await self._record(job, outcome, item)
-        except Exception:  # noqa: BLE001 - the outcome could not be recorded: hand the job back
+        except Exception:  # the outcome could not be recorded: hand the job back
             logger.exception("job %s: outcome not recorded; handing it back", item.job_id)
             try:
                 await self.db(_hand_back_item, item, self.name, "worker could not record the outcome")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("job %s: could not hand back", item.job_id)
         finally:
             self.untrack(item.job_id)
@@ -600,7 +600,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                     COMPLETE_BATCH_DELAY, lambda: self.loop.create_task(self._flush_completions()))
             await future
         else:
-            self.count(failed=1)
+            self.count_outcomes(failed=1)
             if outcome.retry:
                 await self.db(_push_retry, job)
                 item.retried = True
@@ -619,7 +619,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             if isinstance(exc, Exception):
                 return
             raise
-        self.count(succeeded=len(done), failed=len(batch) - len(done))
+        self.count_outcomes(succeeded=len(done), failed=len(batch) - len(done))
         for job, outcome, future in batch:
             runner.job_completed(job, outcome.duration, str(job.pk) in done)
             if not future.done():
@@ -741,7 +741,7 @@ class Lane:
                     self._batch(ids)
                 except JobTimeoutException:
                     logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
-                except Exception:  # noqa: BLE001 - the lane must live on; the ledger and reconciler recover
+                except Exception:  # the lane must live on; the ledger and reconciler recover
                     logger.exception("lane %s: batch failed", self.queue)
                     connections.close_all()
         finally:
@@ -805,7 +805,7 @@ class Lane:
                         outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
                 except (DatabaseError, RedisError, OSError):
                     raise
-                except Exception as exc:  # noqa: BLE001 - the runner could not record it: hand this job back
+                except Exception as exc:  # the runner could not record it: hand this job back
                     logger.exception("job %s: unexpected error; handing it back", item.job_id)
                     _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
                     finished.append(item)
@@ -819,7 +819,7 @@ class Lane:
                 finished.append(item)
             on_ran()
             done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
-            worker.count(succeeded=len(done), failed=len(batch) - len(done))
+            worker.count_outcomes(succeeded=len(done), failed=len(batch) - len(done))
             for job, outcome in completions:
                 runner.job_completed(job, outcome.duration, str(job.pk) in done)
             finished.extend(item for _, item in batch if item not in finished)
@@ -847,7 +847,7 @@ class Lane:
                 outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
                 completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(
                     job_complete_batch(outcomes=[(job, outcome.result)]))
-                worker.count(succeeded=int(completed), failed=int(not completed))
+                worker.count_outcomes(succeeded=int(completed), failed=int(not completed))
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     runner.job_completed(job, outcome.duration, completed)
                 elif outcome.retry:
@@ -860,7 +860,7 @@ class Lane:
             logger.error("job %s: outcome not recorded (%s); handing it back", item.job_id, exc)
             connections.close_all()
             _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the runner re-raised; a pool thread must never die
+        except Exception as exc:  # the runner re-raised; a pool thread must never die
             logger.exception("job %s: unexpected error; handing it back", item.job_id)
             _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
         finally:
