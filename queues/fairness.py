@@ -77,6 +77,13 @@ for i = 1, lists do
     else
       local job = redis.call('LPOP', tq)
       if job then
+        -- Popped again while a dead (or superseded) holder's slot for it is still counted: that slot
+        -- ends here, or it would leak when the holder's release finds the job held by its new worker.
+        local prev = redis.call('HGET', KEYS[2], job)
+        if prev then
+          local pt = string.match(prev, '^(.-)|')
+          if redis.call('HINCRBY', KEYS[1], pt, -1) <= 0 then redis.call('HDEL', KEYS[1], pt) end
+        end
         local inflight = redis.call('HINCRBY', KEYS[1], t, 1)
         if redis.call('LLEN', tq) > 0 then
           -- back of the line: every other tenant waiting here gets a turn first
