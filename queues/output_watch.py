@@ -1,15 +1,17 @@
 """Watching many jobs from one web process: one Redis reader and one ledger poller fan out to every watcher.
 
 An open event stream registers a `Watch` with its process's `OutputHub` instead of reading Redis and
-PostgreSQL itself. The hub runs two tasks on the event loop:
+PostgreSQL itself. The hub runs three tasks on the event loop:
 
 - the reader: one connection, one `XREAD BLOCK` over the output logs of every watched job (each at
   the oldest cursor a watcher of it still needs); entries go to each watcher past its own cursor, so
   a watcher never sees an entry twice. A watcher that joins wakes the blocked read at once with
-  `CLIENT UNBLOCK` (sent on the command pool), so its log is read without waiting for the timeout;
-- the poller: one query every `STATE_POLL_SECONDS` for the records of every watched job (in a thread,
-  as the ORM is synchronous); a watcher may ask for a fresh read (a new segment started), which the
-  next query serves.
+  `CLIENT UNBLOCK` (sent on the command pool), so its log is read without waiting for the timeout.
+  It wakes `FANOUT_SLICE` watchers at a time and lets the loop run them before waking more;
+- the poller: one query every `STATE_POLL_SECONDS` for a signature of the record of every watched job
+  (in a thread, as the ORM is synchronous), then the records whose signature changed; a watcher may
+  ask for a fresh read (a new segment started), which the next query serves;
+- the ticker: wakes the watchers due a heartbeat or their time limit (`Watch.due`).
 
 A process holds `1 + COMMAND_CONNECTIONS` Redis connections, whatever the number of streams. Under
 ASGI the hub lives on the server's event loop; WSGI code (Django's test client, a gthread server)
