@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from audit.events import EventPayload, EventsPayload, event_clean_json, events_clean
+from audit.events import EventPayload, EventsPayload, event_clean_json, event_stored, events_clean, events_stored
 from queues.constants import QueueName
 from queues.definitions import EmptyPayload, JobDefinition, RetryPolicy
 
@@ -24,6 +24,11 @@ class LogEventJob(JobDefinition):
             raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
         return event_clean_json(payload)
 
+    @classmethod
+    def validate_stored(cls, payload):
+        # Validated and redacted when enqueued: only the shape is checked again (see event_stored).
+        return event_stored(payload)
+
     def run(self, payload, context):
         from audit.services import audit_log_event_run
 
@@ -41,6 +46,11 @@ class LogEventsBulkJob(JobDefinition):
     @classmethod
     def validate(cls, payload):
         return events_clean(payload)
+
+    @classmethod
+    def validate_stored(cls, payload):
+        # Validated and redacted when enqueued: only the shape is checked again (see events_stored).
+        return events_stored(payload)
 
     def run(self, payload, context):
         from audit.services import audit_events_bulk_run
