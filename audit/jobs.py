@@ -39,6 +39,9 @@ class LogEventsBulkJob(JobDefinition):
     name = "log_events_bulk"
     queue = QueueName.AUDIT
     internal = True
+    # On the audit queue's thread pool (AUDIT_CONCURRENCY threads): an append waits on PostgreSQL (its COPY)
+    # for about half its time, during which another bulk job prepares its rows.
+    blocking = True
     payload_serializer = EventsPayload
     timeout = 120
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
@@ -68,6 +71,9 @@ class AuditDrainJob(JobDefinition):
     name = "audit_drain"
     queue = QueueName.AUDIT
     payload_serializer = EmptyPayload
+    # On the audit queue's thread pool, like bulk jobs: two drains overlap one's COPY with the other's
+    # reading and preparing of its batch.
+    blocking = True
     timeout = 300
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
 

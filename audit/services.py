@@ -184,8 +184,9 @@ def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX
     Each batch takes its buffer rows (one `DELETE … RETURNING` of rows locked FOR UPDATE SKIP LOCKED:
     concurrent drains take disjoint rows) and appends them to the chain, in one transaction: a drain
     killed mid-batch rolls its delete back and leaves its rows in the buffer for the next one, and an
-    event id already in the chain is skipped, so nothing is lost or doubled. After `max_batches` full
-    batches it requests a successor rather than hold its slot.
+    event id already in the chain is skipped, so nothing is lost or doubled. After its first full batch
+    it asks for a companion drain (see below); after `max_batches` full batches it requests a successor
+    rather than hold its slot.
     """
     from queues.redis import get_connection
 
@@ -209,6 +210,10 @@ def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX
         batches += 1
         if len(events) < batch:
             break
+        if batches == 1:
+            # More waits than one batch: ask for a companion drain. On the audit queue's other slot it takes
+            # the next batch and prepares it while this drain's COPY runs (the chain lock orders the appends).
+            audit_drain_request()
     if more:
         audit_drain_request()
     return {"drained": drained, "written": written, "duplicates": drained - written, "batches": batches}
