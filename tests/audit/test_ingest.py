@@ -256,8 +256,12 @@ def test_staged_event_already_in_the_chain_is_not_written_twice(redis_conn):
     assert AuditLog.objects.count() == 1 and chain_verify().ok
 
 
+RUNTIME_CMD = [sys.executable, "manage.py", "rqworker", "audit", "--burst"]  # the default runtime: drains on its pool
+
+
+@pytest.mark.parametrize("worker_cmd", [WORKER_CMD, RUNTIME_CMD], ids=["simple-worker", "runtime-pool"])
 @pytest.mark.django_db(transaction=True)
-def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
+def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn, worker_cmd):
     """kill -9 a real worker process while its drain transaction holds the batch; nothing is lost."""
     import signal
     import time
@@ -274,7 +278,7 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
         cursor.execute("INSERT INTO audit_auditchainhead (id, last_id, last_hash, length, updated_at) "
                        "VALUES (1, 0, %s, 0, now()) ON CONFLICT DO NOTHING", ["0" * 64])
         cursor.execute("SELECT 1 FROM audit_auditchainhead WHERE id = 1 FOR UPDATE")
-    worker = subprocess.Popen(WORKER_CMD, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
+    worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180  # a worker process starts slowly on a loaded machine
@@ -297,7 +301,7 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
     # declares its worker dead) writes every event once.
     redis_conn.delete(DRAIN_FLAG)
     audit_drain_ensure()
-    survivor = subprocess.run(WORKER_CMD, cwd=ROOT, env=_worker_env(), capture_output=True, timeout=120)
+    survivor = subprocess.run(worker_cmd, cwd=ROOT, env=_worker_env(), capture_output=True, timeout=120)
     assert survivor.returncode == 0, survivor.stderr.decode()[-2000:]
     ids = list(AuditLog.objects.values_list("resource_id", flat=True))
     assert len(ids) == 300 and set(ids) == {str(n) for n in range(300)}
