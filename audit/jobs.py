@@ -2,7 +2,14 @@
 
 from rest_framework import serializers
 
-from audit.events import EventPayload, EventsPayload, event_clean_json, event_stored, events_clean, events_stored
+from audit.events import (
+    EventPayload,
+    EventsPayload,
+    event_clean_json,
+    event_stored,
+    events_clean,
+    events_stored,
+)
 from queues.constants import QueueName
 from queues.definitions import EmptyPayload, JobDefinition, RetryPolicy
 

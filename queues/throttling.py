@@ -186,10 +186,9 @@ def rate_limit_defer(request, *, scope: str) -> None:
     """
     deferred = getattr(request, "_slimy_deferred_scopes", None)
     if deferred is None:
-        deferred = []
-        setattr(request, "_slimy_deferred_scopes", deferred)
+        deferred = request._slimy_deferred_scopes = []
         # A callback, so that slimy_site.exceptions settles it without importing this module.
-        setattr(request, "settle_deferred_rate_limits", lambda: _settle_deferred(request))
+        request.settle_deferred_rate_limits = lambda: _settle_deferred(request)
     deferred.append(scope)
 
 
