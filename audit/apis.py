@@ -103,6 +103,7 @@ class AuditEventsAcceptedSerializer(JobAcceptedSerializer):
 
 
 class AuditLogListApi(APIView):
+    submit_methods = ("POST",)  # ingest: rate-limited in accept_job's one Redis round trip
     class FilterSerializer(RangeSerializer):
         def get_fields(self):
             fields = super().get_fields()
@@ -201,6 +202,7 @@ class AuditLogStatsApi(APIView):
 
 class AuditReportCreateApi(APIView):
     permission_classes = [IsStaff]
+    submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
     class InputSerializer(StrictSerializer):
         occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")

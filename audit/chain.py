@@ -14,8 +14,9 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from audit.models import GENESIS_HASH, AuditChainGap, AuditChainHead, AuditLog
 from slimy_site.exceptions import ApplicationError
@@ -72,54 +73,17 @@ def lock_head() -> AuditChainHead:
     return head
 
 
-@dataclass
-class NewRow:
-    """One row to append, as plain values (no model instance: appends run at tens of thousands/s)."""
+class NewRow(NamedTuple):
+    """One row to append, prepared outside the chain lock: everything but its id and its hashes.
 
-    event_id: uuid.UUID
-    occurred_at: dt.datetime
-    recorded_at: dt.datetime
-    actor_id: int | None  # the live FK: None when the user no longer exists
-    actor_ref: int | None
-    actor_label: str
-    action: str
-    resource_type: str
-    resource_id: str
-    details: dict
-    ip: str | None
-    user_agent: str
-    session_id: str
-    request_id: str
-    success: bool
-    error_message: str
-    id: int | None = None
-    prev_hash: str = ""
-    row_hash: str = ""
+    Built by `new_row` from plain values (no model instance: appends run at tens of thousands of rows
+    a second); under the lock only the hash chaining and the COPY remain.
+    """
 
-    def content(self) -> dict:
-        return {
-            "eventId": str(self.event_id), "occurredAt": _iso(self.occurred_at), "recordedAt": _iso(self.recorded_at),
-            "actorRef": self.actor_ref, "actorLabel": self.actor_label, "action": self.action,
-            "resourceType": self.resource_type, "resourceId": self.resource_id, "details": self.details,
-            "ip": self.ip, "userAgent": self.user_agent, "sessionId": self.session_id, "requestId": self.request_id,
-            "success": bool(self.success), "errorMessage": self.error_message,
-        }
-
-    def canonical(self, details_json: str, occurred: str, recorded: str) -> str:
-        """`canonical_json(self.content())`, assembled from parts (the details serialized once, for the
-        hash and the COPY alike): top-level keys in sorted order, strings encoded as json.dumps does.
-        tests/audit/test_chain.py checks both give the same text."""
-        q = _quote
-        return (
-            '{"action":' + q(self.action) + ',"actorLabel":' + q(self.actor_label)
-            + ',"actorRef":' + ("null" if self.actor_ref is None else str(int(self.actor_ref)))
-            + ',"details":' + details_json + ',"errorMessage":' + q(self.error_message)
-            + ',"eventId":"' + str(self.event_id) + '","ip":' + ("null" if self.ip is None else q(self.ip))
-            + ',"occurredAt":"' + occurred + '","recordedAt":"' + recorded + '","requestId":' + q(self.request_id)
-            + ',"resourceId":' + q(self.resource_id) + ',"resourceType":' + q(self.resource_type)
-            + ',"sessionId":' + q(self.session_id) + ',"success":' + ("true" if self.success else "false")
-            + ',"userAgent":' + q(self.user_agent) + "}"
-        )
+    event_id: str  # the canonical UUID text
+    canonical: str  # canonical_json of the row's content (what is hashed, with the previous row's hash)
+    columns: str  # the row's COPY text from event_id to error_message (_MIDDLE), escaped
+    values: tuple  # the plain values, in _MIDDLE order (the non-PostgreSQL insert uses them)
 
 
 # How json.dumps(..., ensure_ascii=False) writes a string.
@@ -138,62 +102,110 @@ def _copy_text(value: str) -> str:
     return value
 
 
-_COLUMNS = ("id", "event_id", "occurred_at", "recorded_at", "actor_user_id", "actor_ref", "actor_label", "action",
-            "resource_type", "resource_id", "details", "ip", "user_agent", "session_id", "request_id", "success",
-            "error_message", "prev_hash", "row_hash")
+_NULL = "\\N"
+_MIDDLE = ("event_id", "occurred_at", "recorded_at", "actor_user_id", "actor_ref", "actor_label", "action",
+           "resource_type", "resource_id", "details", "ip", "user_agent", "session_id", "request_id", "success",
+           "error_message")
+_COLUMNS = ("id", *_MIDDLE, "prev_hash", "row_hash")
+
+
+def timestamp_text(value: dt.datetime) -> str:
+    """A timestamp as the chain hashes it (UTC, microseconds): `_iso`."""
+    return _iso(value)
+
+
+def new_row(event_id: str, occurred: str, recorded: str, actor_id: int | None, actor_ref: int | None,
+            actor_label: str, action: str, resource_type: str, resource_id: str, details: dict, ip: str | None,
+            user_agent: str, session_id: str, request_id: str, success: bool, error_message: str) -> NewRow:
+    """The row for these values (positional: called once per event). `occurred` and `recorded` are
+    `timestamp_text` forms; `event_id` is the canonical UUID text; `ip` as PostgreSQL's inet prints it.
+
+    The canonical JSON is assembled from parts, top-level keys in sorted order, strings encoded as
+    json.dumps does (tests/audit/test_chain.py checks it equals canonical_json of the stored row), the
+    details serialized once for the hash and the COPY alike.
+    """
+    q = _quote
+    details_json = _details_json(details)
+    actor_ref_text = "null" if actor_ref is None else str(int(actor_ref))
+    canonical = (
+        '{"action":' + q(action) + ',"actorLabel":' + q(actor_label) + ',"actorRef":' + actor_ref_text
+        + ',"details":' + details_json + ',"errorMessage":' + q(error_message)
+        + ',"eventId":"' + event_id + '","ip":' + ("null" if ip is None else q(ip))
+        + ',"occurredAt":"' + occurred + '","recordedAt":"' + recorded + '","requestId":' + q(request_id)
+        + ',"resourceId":' + q(resource_id) + ',"resourceType":' + q(resource_type)
+        + ',"sessionId":' + q(session_id) + ',"success":' + ("true" if success else "false")
+        + ',"userAgent":' + q(user_agent) + "}"
+    )
+    texts: tuple[str, ...] = (actor_label, action, resource_type, resource_id, details_json, user_agent, session_id, request_id,
+             error_message, ip or "")
+    joined = "".join(texts)
+    if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
+        texts = tuple(map(_copy_text, texts))
+    null = _NULL
+    columns = "\t".join((
+        event_id, occurred, recorded, null if actor_id is None else str(int(actor_id)),
+        null if actor_ref is None else actor_ref_text, texts[0], texts[1], texts[2], texts[3], texts[4],
+        null if ip is None else texts[9], texts[5], texts[6], texts[7], "t" if success else "f", texts[8],
+    ))
+    values = (event_id, occurred, recorded, actor_id, actor_ref, actor_label, action, resource_type, resource_id,
+              details, ip, user_agent, session_id, request_id, bool(success), error_message)
+    return NewRow(event_id, canonical, columns, values)
+
+
+# Rows per COPY write: PostgreSQL inserts one chunk while the next one is hashed and formatted.
+COPY_CHUNK = 500
 
 
 def chain_append(rows: list[NewRow]) -> list[NewRow]:
     """Append the rows whose event id is not stored yet, in list order; returns the rows written.
 
-    Under the chain lock: one query finds the ids already stored, the hashes are computed in one pass,
-    ids come from the table's sequence in one query, and the rows go in with one `COPY` (PostgreSQL;
-    a multi-row INSERT elsewhere). The unique event id is the backstop: a row written without the lock
-    makes the COPY fail and the whole append roll back.
+    Under the chain lock: row ids come from the table's sequence in one query, and the rows are hashed in
+    one pass while they stream into one `COPY` (PostgreSQL; a multi-row INSERT elsewhere). On PostgreSQL
+    the COPY is tried first as if no event id were stored yet (the common case: looking 1,000 ids up cost
+    a fifth of an append); the unique event id refuses the whole COPY when one is, and the append is done
+    again from a savepoint without the ids one query finds stored. A row written without the lock makes
+    the COPY fail the same way: the unique index, not the look-up, is what keeps an event stored once.
     """
     if not rows:
         return []
     with transaction.atomic():
         head = lock_head()
         seen, fresh = set(), []
-        for row in rows:
+        for row in rows:  # the first of each event id, in list order
             if row.event_id not in seen:
                 seen.add(row.event_id)
                 fresh.append(row)
-        stored = _stored_event_ids(list(seen))
-        if stored:
-            fresh = [row for row in fresh if row.event_id not in stored]
-        if not fresh:
-            return []
-        prev = head.last_hash
-        texts = []
-        recorded: dict[dt.datetime, str] = {}
-        for row in fresh:
-            details_json, occurred = _details_json(row.details), _iso(row.occurred_at)
-            when = recorded.get(row.recorded_at) or recorded.setdefault(row.recorded_at, _iso(row.recorded_at))
-            row.prev_hash = prev
-            row.row_hash = prev = _hash(row.canonical(details_json, occurred, when), prev)
-            texts.append((details_json, occurred, when))
         if connection.vendor == "postgresql":
-            _copy(fresh, texts, head)
+            try:
+                with transaction.atomic():
+                    last_id, last_hash = _copy(fresh, head)
+            except IntegrityError:
+                # An event id already stored (or any other refusal: then the second COPY fails the same way).
+                stored = _stored_event_ids(list(seen))
+                fresh = [row for row in fresh if row.event_id not in stored]
+                if not fresh:
+                    return []
+                last_id, last_hash = _copy(fresh, head)
         else:
-            _insert(fresh, head)
-        last_id = fresh[-1].id
-        assert last_id is not None  # _copy and _insert gave every appended row its id (or raised)
-        head.last_id, head.last_hash, head.length = last_id, prev, head.length + len(fresh)
+            stored = _stored_event_ids(list(seen))
+            fresh = [row for row in fresh if row.event_id not in stored]
+            if not fresh:
+                return []
+            last_id, last_hash = _insert(fresh, head)
+        head.last_id, head.last_hash, head.length = last_id, last_hash, head.length + len(fresh)
         head.save(update_fields=["last_id", "last_hash", "length", "updated_at"])
     return fresh
 
 
-def _stored_event_ids(event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+def _stored_event_ids(event_ids: list[str]) -> set[str]:
     if connection.vendor != "postgresql":
-        return set(AuditLog.objects.filter(event_id__in=event_ids).values_list("event_id", flat=True))
+        return {str(i) for i in AuditLog.objects.filter(event_id__in=event_ids).values_list("event_id", flat=True)}
     with connection.cursor() as cursor:
-        cursor.execute("SELECT event_id FROM audit_auditlog WHERE event_id = ANY(%s)", [event_ids])
-        return {r[0] for r in cursor.fetchall()}
+        cursor.execute("SELECT event_id FROM audit_auditlog WHERE event_id = ANY(%s::uuid[])", [event_ids])
+        return {str(r[0]) for r in cursor.fetchall()}
 
 
-def _copy(rows: list[NewRow], texts: list[tuple[str, str, str]], head: AuditChainHead) -> None:
+def _copy(rows: list[NewRow], head: AuditChainHead) -> tuple[int, str]:
     with connection.cursor() as cursor:
         # Ids drawn in one statement are increasing; sorted anyway, since the chain order is the id order.
         cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditlog', 'id')) FROM generate_series(1, %s)",
@@ -201,40 +213,38 @@ def _copy(rows: list[NewRow], texts: list[tuple[str, str, str]], head: AuditChai
         ids = sorted(r[0] for r in cursor.fetchall())
         if ids[0] <= head.last_id:
             raise ChainWriteError(details={"nextId": ids[0], "headId": head.last_id})
-        # The COPY text is built here in one string: psycopg's per-value adaptation (write_row) cost more
-        # than everything else per row. Timestamps go in as the exact text that was hashed.
-        t, null = _copy_text, "\\N"
-        lines = []
-        for row, pk, (details_json, occurred, recorded) in zip(rows, ids, texts):
-            row.id = pk
-            lines.append("\t".join((
-                str(pk), str(row.event_id), occurred, recorded,
-                null if row.actor_id is None else str(int(row.actor_id)),
-                null if row.actor_ref is None else str(int(row.actor_ref)),
-                t(row.actor_label), t(row.action), t(row.resource_type), t(row.resource_id), t(details_json),
-                null if row.ip is None else t(row.ip), t(row.user_agent), t(row.session_id), t(row.request_id),
-                "t" if row.success else "f", t(row.error_message), row.prev_hash, row.row_hash,
-            )))
-        lines.append("")
+        # The COPY text is built here (psycopg's per-value adaptation, write_row, cost more than everything
+        # else per row) and sent in chunks, so the server inserts while the next chunk is hashed.
+        sha256, prev, lines = hashlib.sha256, head.last_hash, []
         raw = cursor.cursor  # psycopg's own cursor: COPY is not part of the DB-API
-        with raw.copy(f"COPY audit_auditlog ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-            copy.write("\n".join(lines))
+        with connection.wrap_database_errors, raw.copy(f"COPY audit_auditlog ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+            for pk, row in zip(ids, rows):
+                row_hash = sha256((row.canonical + "\n" + prev).encode("utf-8", "surrogatepass")).hexdigest()
+                lines.append(f"{pk}\t{row.columns}\t{prev}\t{row_hash}\n")
+                prev = row_hash
+                if len(lines) >= COPY_CHUNK:
+                    copy.write("".join(lines))
+                    lines.clear()
+            if lines:
+                copy.write("".join(lines))
+    return ids[-1], prev
 
 
-def _insert(rows: list[NewRow], head: AuditChainHead) -> None:
+def _insert(rows: list[NewRow], head: AuditChainHead) -> tuple[int, str]:
     """Without COPY (SQLite, laptop runs): the single writer assigns increasing ids in list order."""
-    objs = [AuditLog(**{f: getattr(row, f) for f in ("event_id", "occurred_at", "recorded_at", "actor_id",
-                                                       "actor_ref", "actor_label", "action", "resource_type",
-                                                       "resource_id", "details", "ip", "user_agent", "session_id",
-                                                       "request_id", "success", "error_message", "prev_hash",
-                                                       "row_hash")}) for row in rows]
+    objs, prev = [], head.last_hash
+    for row in rows:
+        row_hash = _hash(row.canonical, prev)
+        fields = dict(zip(_MIDDLE, row.values))
+        fields["actor_id"] = fields.pop("actor_user_id")
+        objs.append(AuditLog(**fields, prev_hash=prev, row_hash=row_hash))
+        prev = row_hash
     AuditLog.objects.bulk_create(objs, batch_size=500)
     ids = dict(AuditLog.objects.filter(event_id__in=[r.event_id for r in rows]).values_list("event_id", "id"))
-    order = [pk for pk in (ids.get(row.event_id) for row in rows) if pk is not None]
+    order = [pk for pk in (ids.get(uuid.UUID(row.event_id)) for row in rows) if pk is not None]
     if len(order) != len(rows) or order != sorted(order) or order[0] <= head.last_id:
         raise ChainWriteError(details={"written": len(order), "expected": len(rows)})
-    for row, pk in zip(rows, order):
-        row.id = pk
+    return order[-1], prev
 
 
 # --- Verification

@@ -5,7 +5,14 @@ import datetime as dt
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
-from audit.events import EventPayload, EventsPayload, event_clean_json, events_clean
+from audit.events import (
+    EventPayload,
+    EventsPayload,
+    event_clean_json,
+    event_stored,
+    events_clean,
+    events_stored,
+)
 from queues.constants import QueueName
 from queues.definitions import EmptyPayload, JobDefinition, PermanentJobError, RetryPolicy
 
@@ -27,6 +34,11 @@ class LogEventJob(JobDefinition):
             raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
         return event_clean_json(payload)
 
+    @classmethod
+    def validate_stored(cls, payload):
+        # Validated and redacted when enqueued: only the shape is checked again (see event_stored).
+        return event_stored(payload)
+
     def run(self, payload, context):
         from audit.services import audit_log_event_run
 
@@ -37,6 +49,9 @@ class LogEventsBulkJob(JobDefinition):
     name = "log_events_bulk"
     queue = QueueName.AUDIT
     internal = True
+    # On the audit queue's thread pool (AUDIT_CONCURRENCY threads): an append waits on PostgreSQL (its COPY)
+    # for about half its time, during which another bulk job prepares its rows.
+    blocking = True
     payload_serializer = EventsPayload
     timeout = 120
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
@@ -44,6 +59,11 @@ class LogEventsBulkJob(JobDefinition):
     @classmethod
     def validate(cls, payload):
         return events_clean(payload)
+
+    @classmethod
+    def validate_stored(cls, payload):
+        # Validated and redacted when enqueued: only the shape is checked again (see events_stored).
+        return events_stored(payload)
 
     def run(self, payload, context):
         from audit.services import audit_events_bulk_run
@@ -61,6 +81,9 @@ class AuditDrainJob(JobDefinition):
     name = "audit_drain"
     queue = QueueName.AUDIT
     payload_serializer = EmptyPayload
+    # On the audit queue's thread pool, like bulk jobs: two drains overlap one's COPY with the other's
+    # reading and preparing of its batch.
+    blocking = True
     timeout = 300
     retry = RetryPolicy(max_attempts=5, backoff_base=2)
 

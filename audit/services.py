@@ -19,7 +19,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import serializers
 
-from audit.chain import NewRow, chain_append
+from audit.chain import chain_append, new_row, timestamp_text
 from audit.events import MAX_EVENTS, event_clean, normalize_ip
 from audit.models import AuditStagedEvent
 from audit.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
@@ -177,10 +177,12 @@ def audit_drain_ensure() -> bool:
 def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX_BATCHES) -> dict:
     """The audit_drain job: move the buffer into the chain, `batch` events per transaction.
 
-    Each batch locks its buffer rows (FOR UPDATE SKIP LOCKED: concurrent drains take disjoint rows),
-    appends them to the chain and deletes them, all in one transaction: a drain killed mid-batch
-    leaves its rows in the buffer, and an event id already in the chain is skipped, so nothing is lost
-    or doubled. After `max_batches` full batches it requests a successor rather than hold its slot.
+    Each batch takes its buffer rows (one `DELETE … RETURNING` of rows locked FOR UPDATE SKIP LOCKED:
+    concurrent drains take disjoint rows) and appends them to the chain, in one transaction: a drain
+    killed mid-batch rolls its delete back and leaves its rows in the buffer for the next one, and an
+    event id already in the chain is skipped, so nothing is lost or doubled. After its first full batch
+    it asks for a companion drain (see below); after `max_batches` full batches it requests a successor
+    rather than hold its slot.
     """
     try:
         get_connection().delete(DRAIN_FLAG)
@@ -193,25 +195,57 @@ def audit_staged_drain(*, batch: int = DRAIN_BATCH, max_batches: int = DRAIN_MAX
             more = True
             break
         with transaction.atomic():
-            rows = _staged_batch(batch)
-            if not rows:
+            _commit_without_flush_wait()
+            events = _staged_take(batch)
+            if not events:
                 break
-            written += audit_events_write(events=[event for _, event in rows])
-            AuditStagedEvent.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
-        drained += len(rows)
+            written += audit_events_write(events=events)
+        drained += len(events)
         batches += 1
-        if len(rows) < batch:
+        if len(events) < batch:
             break
+        if batches == 1:
+            # More waits than one batch: ask for a companion drain. On the audit queue's other slot it takes
+            # the next batch and prepares it while this drain's COPY runs (the chain lock orders the appends).
+            audit_drain_request()
     if more:
         audit_drain_request()
     return {"drained": drained, "written": written, "duplicates": drained - written, "batches": batches}
 
 
-def _staged_batch(batch: int) -> list[tuple[int, dict]]:
-    qs = AuditStagedEvent.objects.order_by("id")
-    if connection.features.has_select_for_update_skip_locked:
-        qs = qs.select_for_update(skip_locked=True)
-    return list(qs.values_list("id", "event")[:batch])
+def _commit_without_flush_wait() -> None:
+    """This transaction's commit does not wait for the WAL flush (PostgreSQL).
+
+    For transactions that only move events already durable elsewhere (from the buffer, or from a job
+    payload, into the chain): if the server crashed before the flush, the whole transaction is lost
+    together — the events are back in the buffer, or the job is still `started` and runs again (its
+    completion is a later, synchronous commit, which flushes this one first). Never partly applied.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+
+
+_TAKE_SQL = (
+    "DELETE FROM audit_auditstagedevent WHERE id IN ("
+    " SELECT id FROM audit_auditstagedevent ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+    ") RETURNING id, event"
+)
+
+
+def _staged_take(batch: int) -> list[dict]:
+    """Up to `batch` buffered events, oldest first, deleted in the caller's transaction."""
+    if connection.vendor != "postgresql":
+        rows = list(AuditStagedEvent.objects.order_by("id").values_list("id", "event")[:batch])
+        AuditStagedEvent.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+        return [event for _, event in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE_SQL, [batch])
+        rows = cursor.fetchall()
+    rows.sort()  # RETURNING has no order; the chain keeps the order recorded
+    loads = json.loads
+    # jsonb arrives as text (Django's loader for JSONField).
+    return [loads(event) if event.__class__ is str else event for _, event in rows]
 
 
 # --- Writing
@@ -224,38 +258,45 @@ def _parse_occurred(value) -> dt.datetime:
     return dt.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
 
 
+def _occurred_text(value) -> str:
+    """A payload's occurredAt as the chain's timestamp text. Payloads carry audit.events.iso's form
+    (`2026-01-02T03:04:05.678Z`, or without the fraction), rewritten here without parsing; anything
+    else (and what PostgreSQL would read differently from Python: hour 24, second 60) is parsed."""
+    if value.__class__ is str and value[-1:] == "Z" and value[10:11] == "T" and value[11:13] < "24" \
+            and value[17:18] < "6":
+        if len(value) == 24 and value[19] == ".":
+            return value[:23] + "000+00:00"
+        if len(value) == 20:
+            return value[:19] + ".000000+00:00"
+    return timestamp_text(_parse_occurred(value))
+
+
 def audit_events_write(*, events: list[dict]) -> int:
     """Append validated events (job payload form) to the chain in one COPY; returns rows written.
 
     An event whose id is already stored is skipped, so retries never double. An actor deleted since
-    the event was recorded keeps its id in `actor_ref`.
+    the event was recorded keeps its id in `actor_ref`. The rows are prepared (canonical JSON, COPY text)
+    before the chain is locked; see audit.chain.
     """
     if not events:
         return 0
-    # Microsecond-exact "now" as the database will give it back.
-    now = timezone.now()
+    recorded = timestamp_text(timezone.now())
     actor_ids = {e["actorId"] for e in events if e.get("actorId")}
     known: dict[Any, str] = dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
-    rows = []
+    rows: list = []
+    append = rows.append
     for event in events:
-        actor_id = event.get("actorId")
-        rows.append(NewRow(
-            event_id=uuid.UUID(str(event["eventId"])),
-            occurred_at=_parse_occurred(event["occurredAt"]),
-            recorded_at=now,
-            actor_id=actor_id if actor_id in known else None,
-            actor_ref=actor_id,
-            actor_label=event.get("actorLabel") or known.get(actor_id, "") or "",
-            action=event["action"],
-            resource_type=event.get("resourceType", ""),
-            resource_id=event.get("resourceId", ""),
-            details=event.get("details") or {},
-            ip=event.get("ip") or None,
-            user_agent=event.get("userAgent", ""),
-            session_id=event.get("sessionId", ""),
-            request_id=event.get("requestId", ""),
-            success=bool(event.get("success", True)),
-            error_message=event.get("errorMessage", ""),
+        get = event.get
+        actor_id = get("actorId")
+        event_id = event["eventId"]
+        append(new_row(
+            event_id if event_id.__class__ is str else str(uuid.UUID(str(event_id))),
+            _occurred_text(event["occurredAt"]), recorded,
+            actor_id if actor_id in known else None, actor_id,
+            get("actorLabel") or known.get(actor_id, "") or "",
+            event["action"], get("resourceType", ""), get("resourceId", ""), get("details") or {},
+            get("ip") or None, get("userAgent", ""), get("sessionId", ""), get("requestId", ""),
+            bool(get("success", True)), get("errorMessage", ""),
         ))
     written = chain_append(rows)
     if written:
@@ -281,7 +322,7 @@ def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: 
             waiting = job_waiting_claim(job_type=LOG_EVENT, limit=group_max - 1, exclude_id=job_id)
             for pk, payload in waiting:
                 try:
-                    claimed_events.append(definition.validate(payload))
+                    claimed_events.append(definition.validate_stored(payload))
                 except serializers.ValidationError:
                     continue  # left waiting: its own run fails it permanently with the reason
                 claimed_ids.append(pk)
@@ -293,5 +334,6 @@ def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: 
 
 def audit_events_bulk_run(*, events: list[dict]) -> dict:
     with transaction.atomic():
+        _commit_without_flush_wait()  # the events stay in the job's payload until its completion commits
         written = audit_events_write(events=events)
     return {"received": len(events), "written": written, "duplicates": len(events) - written}

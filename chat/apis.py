@@ -61,6 +61,7 @@ CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApi
 
 class ConversationListCreateApi(APIView):
     permission_classes = [IsMember]
+    submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
     class InputSerializer(StrictSerializer):
         title = TitleField(required=False)
@@ -101,6 +102,7 @@ class ConversationListCreateApi(APIView):
 
 class ConversationDetailApi(APIView):
     permission_classes = [IsMember]
+    submit_methods = ("PATCH", "DELETE")
 
     class UpdateInputSerializer(StrictSerializer):
         title = TitleField(required=False)
@@ -164,6 +166,7 @@ class ConversationDetailApi(APIView):
 
 class MessageCreateApi(APIView):
     permission_classes = [IsMember]
+    submit_methods = ("POST",)
 
     class InputSerializer(StrictSerializer):
         conversationId = serializers.UUIDField()

@@ -32,6 +32,7 @@ class ChatBotAcceptedSerializer(JobAcceptedSerializer):
 
 class ChatBotApi(APIView):
     permission_classes = [IsMember]
+    submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
     @extend_schema(operation_id="chat_bot_create", tags=["chat"], request=ChatBotPayload,
                    responses=submit_responses(ChatBotAcceptedSerializer, "conversation_not_found"))

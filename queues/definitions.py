@@ -96,6 +96,13 @@ class JobDefinition:
         return _plain(serializer.validated_data)
 
     @classmethod
+    def validate_stored(cls, payload: Any) -> dict:
+        """The payload of a record about to run (what `validate` returned when it was enqueued): validated
+        again by default, so a malformed record fails at once. A type whose validation costs as much as its
+        work (audit events) may check only the shape here and validate fully what does not match it."""
+        return cls.validate(payload)
+
+    @classmethod
     def tenant_of(cls, payload: dict, owner_id: int | None) -> str:
         """The tenant a job belongs to: `payload[tenant_field]` when set and non-empty, else
         `user:<owner id>`, else "" (no owner). Override for another rule; keep it pure (no I/O)."""

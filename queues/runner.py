@@ -123,7 +123,7 @@ def _prepare(job: JobRecord, started: float, **context_extra):
         exc = PermanentJobError(f"Unknown job type {job.job_type!r}.", code="unknown_job_type")
         return _failed(job, exc, permanent=True, started=started)
     try:
-        payload = definition.validate(job.payload)
+        payload = definition.validate_stored(job.payload)
     except serializers.ValidationError as exc:
         error = PermanentJobError(f"Invalid payload: {exc.detail}", code="invalid_payload")
         error.__cause__ = exc

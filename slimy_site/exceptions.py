@@ -107,6 +107,11 @@ def api_exception_handler(exc, context):
     from rest_framework.views import exception_handler as drf_exception_handler
     from rest_framework.views import set_rollback
 
+    # A job-submitting view answered before its rate-limit charge was made (queues.api.throttling.rate_limit_defer):
+    # charge it now; a caller over the limit gets the 429 it would have got before the view ran.
+    settle = getattr(context.get("request"), "settle_deferred_rate_limits", None)
+    if settle is not None:
+        exc = settle() or exc
     if isinstance(exc, ApplicationError):
         set_rollback()
         answer = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)

@@ -37,7 +37,8 @@ GROUP_ROLES = (Role.MEMBER, Role.CLUB, Role.SERVICE)
 # Group roles by user id, shared by this process's requests for ROLE_CACHE_SECONDS: every API request
 # checks roles, and a client sends many requests with one token. A change made through the ORM in this
 # process clears the entry at once (`roles_cache_clear`, connected in SlimySiteConfig.ready); other
-# processes see it within ROLE_CACHE_SECONDS. `is_staff` and `is_active` are read from the user each time.
+# processes see it within ROLE_CACHE_SECONDS. `is_staff` and `is_active` are read from the request's user
+# each time (a token's user may be up to TOKEN_CACHE_SECONDS old: slimy_site.authentication).
 _group_roles_cache: dict[int, tuple[float, frozenset[str]]] = {}
 _CACHE_MAX_USERS = 10_000
 

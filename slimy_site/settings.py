@@ -191,6 +191,9 @@ EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)
 # Seconds a web process reuses a user's group roles (slimy_site.roles); 0 reads them on every request.
 ROLE_CACHE_SECONDS = env.int("ROLE_CACHE_SECONDS", default=5)
+# Seconds a web process reuses an API token's look-up (slimy_site.authentication: revocation elsewhere
+# applies within it, expiry always at once); 0 looks the token up on every request.
+TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=5)
 # Slots per queue of `queues.threadworker.SlimyThreadWorker` (the runtime with every synchronous job on
 # the thread pool; kept for scripts and benchmarks that name it).
 WORKER_THREADS = env.int("WORKER_THREADS", default=16)

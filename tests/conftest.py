@@ -54,10 +54,12 @@ def _clean_redis(_private_redis):
 
 @pytest.fixture(autouse=True)
 def _fresh_role_cache():
-    # Flushed tables reuse user ids, which the cross-request role cache would still know.
+    # Flushed tables reuse user ids, which the cross-request role and token caches would still know.
+    from slimy_site.authentication import token_cache_clear
     from slimy_site.roles import roles_cache_clear
 
     roles_cache_clear()
+    token_cache_clear()
     yield
 
 

@@ -6,8 +6,9 @@ A view adapts its input, then calls `accept_job(...)`, which (in this order)
 - charges the caller's `submit` rate limit (429 `rate_limited`),
 - refuses when the target queue's backlog exceeds QUEUE_MAX_BACKLOG (503 `queue_full`) — unless the
   request replays an existing Idempotency-Key, which creates nothing,
-  (those three checks are one Redis round trip: one pipeline with the rate-limit script and the
-  backlog lengths; looking the Idempotency-Key up in the ledger happens only when one is sent),
+  (those three checks are one Redis round trip: one pipeline with the rate-limit scripts — `submit`, and
+  the view's own scope when the view lists the method in `submit_methods` — and the backlog lengths;
+  looking the Idempotency-Key up in the ledger happens only when one is sent),
 - calls `job_enqueue` and answers `202 {ok, jobId, status, statusUrl, ...extra}`; a replay of the same
   key and body answers `200` with the body of the original `202` (for 24 h, even after the job ran),
   the same key with another body `422 idempotency_key_reused`.
@@ -34,7 +35,9 @@ from queues.keys import IDEMPOTENCY_REPLAY_KEY
 from queues.models import JobRecord
 from queues.connections import get_connection, get_rq_queue
 from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
-from queues.api.throttling import rate_limit_connection, rate_limit_queue, rate_limit_wait, rate_limited
+from queues.api.throttling import (
+    rate_limit_connection, rate_limit_queue, rate_limit_take_deferred, rate_limit_wait, rate_limited,
+)
 from slimy_site.exceptions import ServiceUnavailable, ValidationFailed
 from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
 
@@ -128,7 +131,9 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
     try:
         with rate_limit_connection().pipeline(transaction=False) as pipe:
             pipe.ping()
-            charged = rate_limit_queue(pipe, request, scope="submit")
+            # The view's own scope first (left here by the DRF throttle: see rate_limit_defer), then `submit`.
+            charged = [scope for scope in (*rate_limit_take_deferred(request), "submit")
+                       if rate_limit_queue(pipe, request, scope=scope)]
             if not replay:
                 for priority in PRIORITY_ORDER:
                     pipe.llen(get_rq_queue(queue, priority).key)
@@ -138,10 +143,10 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
     except (RedisError, OSError):
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     replies = replies[1:]
-    if charged:
+    for scope in charged:
         wait = rate_limit_wait(replies.pop(0))
         if wait:
-            raise rate_limited(scope="submit", wait=wait)
+            raise rate_limited(scope=scope, wait=wait)
     if replay:
         return
     backlog = sum(int(n) for n in replies)

@@ -177,11 +177,49 @@ def rate_limited(*, scope: str, wait: float) -> RateLimited:
                        details={"scope": scope, "retryAfter": seconds}, headers={"Retry-After": str(seconds)})
 
 
+def rate_limit_defer(request, *, scope: str) -> None:
+    """Leave `scope`'s charge to the submission guard's one round trip (`rate_limit_take_deferred`).
+
+    If the view answers without reaching it (a 400, a 404), the API's exception handler settles the
+    charge then (`request.settle_deferred_rate_limits()`), and a caller over the limit gets the 429 it
+    would have got before the view ran; nothing was created either way.
+    """
+    deferred = getattr(request, "_slimy_deferred_scopes", None)
+    if deferred is None:
+        deferred = request._slimy_deferred_scopes = []
+        # A callback, so that slimy_site.exceptions settles it without importing this module.
+        request.settle_deferred_rate_limits = lambda: _settle_deferred(request)
+    deferred.append(scope)
+
+
+def rate_limit_take_deferred(request) -> list[str]:
+    """The scopes left to the caller (see rate_limit_defer); they are the caller's to charge now."""
+    deferred = getattr(request, "_slimy_deferred_scopes", None) or []
+    scopes = list(deferred)
+    deferred.clear()
+    return scopes
+
+
+def _settle_deferred(request) -> RateLimited | None:
+    for scope in rate_limit_take_deferred(request):
+        wait = rate_limit_check(request, scope=scope)
+        if wait:
+            return rate_limited(scope=scope, wait=wait)
+    return None
+
+
 class ScopedRedisThrottle(BaseThrottle):
-    """The DRF throttle for every API view (REST_FRAMEWORK DEFAULT_THROTTLE_CLASSES)."""
+    """The DRF throttle for every API view (REST_FRAMEWORK DEFAULT_THROTTLE_CLASSES).
+
+    A view's `submit_methods` (the methods that create a job through `accept_job`) have their scope
+    charged in the submission guard's pipeline instead of a round trip of their own (rate_limit_defer).
+    """
 
     def allow_request(self, request, view):
         scope = getattr(view, "throttle_scope", None) or ("read" if request.method in SAFE_METHODS else "write")
+        if request.method in getattr(view, "submit_methods", ()):
+            rate_limit_defer(request, scope=scope)
+            return True
         # Raise our own error (details.scope) rather than DRF's Throttled; same 429 and Retry-After.
         rate_limit_enforce(request, scope=scope)
         return True

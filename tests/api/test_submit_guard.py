@@ -15,3 +15,36 @@ def test_member_over_the_submit_limit_is_refused_on_a_chat_endpoint(make_api_cli
     assert codes == [202, 202, 202, 429, 429]
     refused = client.post("/api/chat/conversations", {"title": "x"}, format="json").json()
     assert refused["error"] == "rate_limited" and refused["details"]["scope"] == "submit"
+
+
+def _member_client(make_api_client, django_user_model, name):
+    member = django_user_model.objects.create_user(username=name, password=f"pw-{name}-1")
+    member.groups.add(Group.objects.get_or_create(name="member")[0])
+    return make_api_client(member)
+
+
+def test_write_limit_of_a_submitting_view_is_charged_in_the_guards_round_trip(
+        make_api_client, django_user_model, settings, redis_conn):
+    """The DRF throttle leaves a submitting method's scope to the guard's pipeline: no call of its own."""
+    from queues.models import JobRecord
+
+    settings.API_RATE_LIMITS = {"submit": "100/min", "write": "2/min", "read": "100/min"}
+    client = _member_client(make_api_client, django_user_model, "m-write")
+    redis_conn.config_resetstat()
+    codes = [client.post("/api/chat/conversations", {"title": f"t{i}"}, format="json").status_code for i in range(3)]
+    assert codes == [202, 202, 429]
+    refused = client.post("/api/chat/conversations", {"title": "x"}, format="json").json()
+    assert refused["error"] == "rate_limited" and refused["details"]["scope"] == "write"
+    assert JobRecord.objects.count() == 2
+    stats = redis_conn.info("commandstats")
+    assert "cmdstat_evalsha" not in stats  # the throttle's own EVALSHA round trip is gone
+    assert stats["cmdstat_eval"]["calls"] == 8  # write + submit per request, in the guard's pipeline
+
+
+def test_invalid_submissions_still_count_against_the_write_limit(make_api_client, django_user_model, settings):
+    settings.API_RATE_LIMITS = {"submit": "100/min", "write": "2/min", "read": "100/min"}
+    client = _member_client(make_api_client, django_user_model, "m-invalid")
+    answers = [client.post("/api/chat/conversations", {"title": 0}, format="json") for _ in range(3)]
+    assert [a.status_code for a in answers] == [400, 400, 429]
+    assert answers[2].json()["details"]["scope"] == "write" and answers[2]["Retry-After"]
+    assert client.get("/api/chat/conversations").status_code == 200  # reads have their own scope

@@ -256,8 +256,12 @@ def test_staged_event_already_in_the_chain_is_not_written_twice(redis_conn):
     assert AuditLog.objects.count() == 1 and chain_verify().ok
 
 
+RUNTIME_CMD = [sys.executable, "manage.py", "rqworker", "audit", "--burst"]  # the default runtime: drains on its pool
+
+
+@pytest.mark.parametrize("worker_cmd", [WORKER_CMD, RUNTIME_CMD], ids=["simple-worker", "runtime-pool"])
 @pytest.mark.django_db(transaction=True)
-def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
+def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn, worker_cmd):
     """kill -9 a real worker process while its drain transaction holds the batch; nothing is lost."""
     import signal
     import time
@@ -274,7 +278,7 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
         cursor.execute("INSERT INTO audit_auditchainhead (id, last_id, last_hash, length, updated_at) "
                        "VALUES (1, 0, %s, 0, now()) ON CONFLICT DO NOTHING", ["0" * 64])
         cursor.execute("SELECT 1 FROM audit_auditchainhead WHERE id = 1 FOR UPDATE")
-    worker = subprocess.Popen(WORKER_CMD, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
+    worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180  # a worker process starts slowly on a loaded machine
@@ -297,8 +301,85 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
     # declares its worker dead) writes every event once.
     redis_conn.delete(DRAIN_FLAG)
     audit_drain_ensure()
-    survivor = subprocess.run(WORKER_CMD, cwd=ROOT, env=_worker_env(), capture_output=True, timeout=120)
+    survivor = subprocess.run(worker_cmd, cwd=ROOT, env=_worker_env(), capture_output=True, timeout=120)
     assert survivor.returncode == 0, survivor.stderr.decode()[-2000:]
     ids = list(AuditLog.objects.values_list("resource_id", flat=True))
     assert len(ids) == 300 and set(ids) == {str(n) for n in range(300)}
     assert not AuditStagedEvent.objects.exists() and chain_verify().ok
+
+
+# --- Validated once (when enqueued), appended in streamed chunks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prompt_digested_when_enqueued_is_stored_as_that_digest_not_digested_again(run_worker):
+    from audit.redaction import text_digest
+
+    job_enqueue(job_type="log_events_bulk", payload={"events": [{"action": "chat.reply", "details": {"prompt": "hi"}}]})
+    job_enqueue(job_type="log_event", payload={"action": "chat.reply", "details": {"userPrompt": "hello"}})
+    run_worker(["audit"])
+    stored = {row.action + str(sorted(row.details)): row.details for row in AuditLog.objects.all()}
+    assert sorted(stored.values(), key=str) == sorted(
+        [{"prompt": text_digest("hi")}, {"userPrompt": text_digest("hello")}], key=str)
+    assert chain_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_not_in_the_stored_form_is_validated_and_redacted_when_run(run_worker, redis_conn):
+    """A record job_enqueue did not write (by hand, an older release): the worker validates it fully."""
+    from queues.services import job_push
+
+    raw = JobRecord.objects.create(job_type="log_events_bulk", queue="audit", max_attempts=1, payload={
+        "events": [{"action": "  padded  ", "details": {"password": "hunter2", "n": 2.0}, "ip": "::ffff:10.0.0.1"}]})
+    bad = JobRecord.objects.create(job_type="log_events_bulk", queue="audit", max_attempts=5,
+                                   payload={"events": [{"action": "x" * 101}]})
+    job_push(job=raw)
+    job_push(job=bad)
+    run_worker(["audit"])
+    row = AuditLog.objects.get()
+    assert (row.action, row.details, row.ip) == ("padded", {"password": "[redacted]", "n": 2}, "10.0.0.1")
+    bad.refresh_from_db()
+    assert bad.status == "failed" and bad.attempts == 1 and "Invalid payload" in bad.error_message
+    assert chain_verify().ok
+
+
+def test_stored_form_is_what_validation_returns_and_is_taken_as_it_is():
+    from audit.events import event_is_stored_form, events_stored
+    from audit.jobs import LogEventsBulkJob
+    from tests.audit.test_chain import TRICKY
+
+    stored = LogEventsBulkJob.validate({"events": [dict(e) for e in TRICKY] + [EventFactory()]})
+    assert all(event_is_stored_form(e) for e in stored["events"])
+    assert events_stored(stored) is stored  # not validated again
+    assert LogEventsBulkJob.validate_stored(stored) is stored
+    partial = {"events": [{k: v for k, v in e.items() if k != "sessionId"} for e in stored["events"]]}
+    assert not event_is_stored_form(partial["events"][0])
+    assert events_stored(partial) == stored  # another shape: validated again, same result
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-28T11:15:00.123Z", "2026-11-28T11:15:00Z", "2026-11-28T23:59:59.999Z", "2026-11-28T11:15:00+02:00",
+    "2026-11-28T11:15:00.123456+00:00", "2026-11-28T11:15:00.5Z",
+])
+def test_occurred_text_fast_path_matches_parsing(value):
+    from audit.chain import timestamp_text
+    from audit.services import _occurred_text, _parse_occurred
+
+    assert _occurred_text(value) == timestamp_text(_parse_occurred(value))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_append_streamed_in_small_chunks_keeps_order_escapes_and_chain(monkeypatch):
+    import audit.chain
+    from audit.services import audit_events_write
+    from tests.audit.test_chain import TRICKY
+
+    monkeypatch.setattr(audit.chain, "COPY_CHUNK", 3)
+    events = [LogEventJob.validate(dict(TRICKY[n % 2], resourceId=str(n))) for n in range(20)]
+    with transaction.atomic():
+        assert audit_events_write(events=events[:11] + events[:4]) == 11  # repeats within the batch skipped
+    with transaction.atomic():
+        assert audit_events_write(events=events) == 9
+    assert list(AuditLog.objects.order_by("id").values_list("resource_id", flat=True)) == [str(n) for n in range(20)]
+    report = chain_verify()
+    assert report.ok and report.checked == 20
