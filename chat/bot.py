@@ -33,7 +33,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from audit.services import audit_event_record
+from audit.services import audit_event_record, audit_events_batched
 from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
 from chat.budget import (
     BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
@@ -42,7 +42,7 @@ from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.quotas import aquota_charge, aquota_check
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
-from chat.services import message_save
+from chat.services import message_save_many
 from queues.definitions import JobContext, PermanentJobError, TransientJobError
 from queues.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import AsyncOutputWriter, output_writer_aopen
@@ -131,7 +131,8 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
 def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: str | None, has_conversation: bool,
                   details: dict) -> bool | None:
     """The reply's side effects, all or nothing, and only while this attempt is the current one."""
-    with transaction.atomic():
+    # Its audit events (the saved messages', the reply's) are staged in one statement at the end.
+    with transaction.atomic(), audit_events_batched():
         job_attempt_guard(job_id=context.job_id, attempt=context.attempt)  # raises JobCancelled otherwise
         saved = _save(request, context, mode, reply) if has_conversation else None
         _audit(request, context, action="chat_bot_interaction", details=details)
@@ -142,7 +143,8 @@ def _conversation(request: ChatRequest):
     if not request.conversation_id:
         return None
     try:
-        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id)
+        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id,
+                                          counted=False)
     except ConversationNotFound as exc:
         raise PermanentJobError("The conversation does not exist or is not yours.",
                                 code="conversation_not_found") from exc
@@ -266,13 +268,12 @@ async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
 
 def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
     """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    messages = [(MessageRole.USER, request.prompt, context.job_id)]
+    if reply:
+        messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
     try:
-        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
-                     content=request.prompt, personality_mode=mode, job_id=context.job_id)
-        if reply:
-            message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
-                         role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
-                         job_id=reply_job_id(context.job_id))
+        message_save_many(conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages,
+                          personality_mode=mode)
     except ConversationNotFound:
         # The user still gets the answer; there is just nowhere left to keep it.
         logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)

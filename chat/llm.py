@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx2  # the openai SDK's HTTP client (its connection limits)
 import openai
 from django.conf import settings
 
@@ -53,7 +54,13 @@ class LLMNotConfigured(Exception):
     """No API key: the caller answers with its fallback instead of calling anyone."""
 
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, openai.AsyncOpenAI]]" = (
+# Several clients per loop, used in turn: a client's connection pool scans all its connections on every
+# request it starts or ends (httpcore), so one pool holding a thousand streams costs O(n²) CPU; sixteen
+# pools of ~60 cost a sixteenth of it. Each keeps few idle connections (16 × 8 at most).
+CLIENTS_PER_LOOP = 16
+KEEPALIVE_PER_CLIENT = 8
+
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, list[openai.AsyncOpenAI], list[int]]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -62,20 +69,28 @@ def llm_configured() -> bool:
 
 
 def _client() -> openai.AsyncOpenAI:
-    """The running loop's client for the current configuration, built on first use (never at import)."""
+    """One of the running loop's clients for the current configuration, in turn (built on use, never at import)."""
     if not settings.OPENAI_API_KEY:
         raise LLMNotConfigured("OPENAI_API_KEY is not set")
     loop = asyncio.get_running_loop()
     key = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
     cached = _clients.get(loop)
     if cached is None or cached[0] != key:
-        # Settings changed (tests): the stale client's connections close with it.
-        client = openai.AsyncOpenAI(
+        # Settings changed (tests): the stale clients' connections close with them. Each client is built
+        # when its turn first comes.
+        cached = _clients[loop] = (key, [], [0])
+    key, clients, turn = cached
+    index = turn[0]
+    turn[0] = (index + 1) % CLIENTS_PER_LOOP
+    if index == len(clients):
+        clients.append(openai.AsyncOpenAI(
             api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None,
             timeout=settings.OPENAI_TIMEOUT, max_retries=0,
-        )
-        _clients[loop] = cached = (key, client)
-    return cached[1]
+            http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+                max_keepalive_connections=KEEPALIVE_PER_CLIENT)),
+        ))
+    return clients[index]
 
 
 async def llm_stream_completion(

@@ -45,6 +45,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import uvloop
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,10 +57,10 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
-from queues import runner
+from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
-from queues.fastpath import job_complete_batch, job_start_batch
+from queues.fastpath import job_complete_batch, job_start_delivery
 from queues.keys import RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
 from queues.workers.executors import DaemonPool, Watchdog
@@ -75,6 +76,7 @@ WATCHDOG_SECONDS = 0.1
 MAX_BATCH = 100
 BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
+SESSION_CHECK_SECONDS = 1.0  # a database session used within this long is not checked again
 
 
 def default_concurrency() -> dict[str, int]:
@@ -151,6 +153,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.pools = {n: DaemonPool(s.slots, f"slimy-{n}", on_exit=connections.close_all)
                       for n, s in self.slots.items()}
         self.lanes: dict[str, Lane] = {}
+        # Job types that need a slot each (threaded and async); the others share their lane's one.
+        self.heavy_types = sorted(name for name, d in registry.all().items()
+                                  if d.is_async() or d.blocking or self.blocking_all)
         self.stopping = False
         self.hand_back_now = False
         self.started_jobs = 0
@@ -180,6 +185,7 @@ class SlimyRuntimeWorker(SimpleWorker):
 
         tracing_setup(role="worker")  # a no-op without OTEL_EXPORTER_OTLP_ENDPOINT
         self.bootstrap(logging_level or "INFO", date_format, log_format)
+        signals.worker_started.send(sender=type(self), worker=self)
         self._release_due()
         heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
         heartbeat.start()
@@ -187,7 +193,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         if reconciler:
             reconciler.start()
         try:
-            asyncio.run(self._main(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time))
+            # uvloop: a thousand streams in flight spend a good part of their CPU in the loop itself.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+                loop_runner.run(self._main(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time))
         finally:
             if reconciler:
                 reconciler.stop()
@@ -308,7 +316,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                     continue
                 if max_idle_time is not None and not self.inflight and time.monotonic() - idle_since > max_idle_time:
                     return
-                open_queues = [s for s in active if s.free]
+                open_queues = [s for s in active if self._wants(s)]
                 if not open_queues:
                     await self._sleep(PAUSE_RECHECK_SECONDS)
                     continue
@@ -347,40 +355,51 @@ class SlimyRuntimeWorker(SimpleWorker):
             self._paused_checked = time.monotonic()
         return self._paused
 
+    def _wants(self, slots: QueueSlots) -> int:
+        """How many ids to pop for this queue now (0: none).
+
+        A lane whose jobs run inline takes a batch beyond its free slots (a batch runs one job at a time
+        and holds one slot), with at most one batch waiting beside the one running, so the next is popped
+        and started while the current one runs. Otherwise no more than the free slots.
+        """
+        if not slots.free:
+            return 0
+        lane = self.lanes[slots.name]
+        if lane.inline_seen:
+            return max(lane.batch_size() - lane.pending, 0)
+        return min(slots.free, lane.batch_size())
+
     async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
-        """Non-blocking: up to each queue's free slots (and its lane's batch size), one round trip."""
-        if not queues:
-            forgotten = self._take_forgotten()
+        """Non-blocking: what each queue wants (`_wants`), one round trip for all."""
+        wanted = []
+        for slots in queues:
+            count = self._wants(slots)
+            if max_jobs is not None:
+                count = min(count, max(max_jobs - self.started_jobs - sum(c for _, c in wanted), 0))
+            if count > 0:
+                wanted.append((slots, count))
+        forgotten = self._take_forgotten()
+        if not wanted:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
             return False
-        counts = []
-        for slots in queues:
-            count = min(slots.free, self.lanes[slots.name].batch_size())
-            if max_jobs is not None:
-                count = min(count, max(max_jobs - self.started_jobs - sum(counts), 0))
-            counts.append(count)
-        forgotten = self._take_forgotten()
         if self._lmpop:
             async with self.pop_conn.pipeline(transaction=False) as pipe:
-                for slots, count in zip(queues, counts):
-                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
+                for slots, count in wanted:
+                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=count)
                 if forgotten:
                     pipe.unlink(*[Job.key_for(i) for i in forgotten])
-                answers = (await pipe.execute())[:len(queues)]
+                answers = (await pipe.execute())[:len(wanted)]
         else:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
-            answers = [await self._pop_without_lmpop(slots.keys, max(count, 1)) for slots, count in zip(queues, counts)]
+            answers = [await self._pop_without_lmpop(slots.keys, count) for slots, count in wanted]
         took = False
-        for slots, count, answer in zip(queues, counts, answers):
+        for (slots, _), answer in zip(wanted, answers):
             if not answer:
                 continue
             key, items = answer[0].decode(), [i.decode() for i in answer[1]]
-            if count <= 0:
-                await self._push_back(key, items)
-                continue
-            self._take(slots, items)
+            self._take(slots, items, key=key)
             took = True
         return took
 
@@ -399,7 +418,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         if self.stopping or not slots.free or slots.name in self._paused:
             await self._push_back(key, items)
             return False
-        self._take(slots, items)
+        self._take(slots, items, key=key)
         return True
 
     async def _pop_without_lmpop(self, keys: list[str], count: int):
@@ -416,13 +435,19 @@ class SlimyRuntimeWorker(SimpleWorker):
         # To the head, in order: they were first in line and stay so.
         await self.aconn.lpush(key, *reversed(ids))
 
-    def _take(self, slots: QueueSlots, ids: list[str]) -> None:
-        slots.busy += len(ids)
+    def _take(self, slots: QueueSlots, ids: list[str], *, key: str | None = None) -> None:
+        """Hand popped ids to their lane with the slots they may use: up to all the free ones (the lane
+        gives back what its jobs do not need as soon as it has started them)."""
+        reserved = min(max(slots.free, 1), len(ids))
+        slots.busy += reserved
         self.started_jobs += len(ids)
-        self.lanes[slots.name].submit(ids)
+        self.lanes[slots.name].submit(ids, reserved, key)
 
-    def release(self, queue: str, count: int = 1) -> None:
-        """A job's outcome is recorded (or it was skipped): its slot is free. From any thread."""
+    def release(self, queue: str, job_ids: list[str], slots: int | None = None) -> None:
+        """The jobs' outcomes are recorded (or they were skipped): `slots` (default: one per job) of their
+        queue are free again. Also wakes the loop (a lane's room for the next batch). From any thread."""
+        count = len(job_ids) if slots is None else slots
+
         def free():
             self.slots[queue].busy -= count
             self._wake.set()
@@ -519,7 +544,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 logger.exception("job %s: could not hand back", item.job_id)
         finally:
             self.untrack(item.job_id)
-            self.release(item.queue)
+            self.release(item.queue, [item.job_id])
             if not item.retried:  # a retry's RQ copy waits in the scheduled registry
                 self.forget([item.job_id])
 
@@ -568,8 +593,23 @@ class SlimyRuntimeWorker(SimpleWorker):
         return ids
 
 
+_session_checked = threading.local()
+
+
+def _check_session() -> None:
+    """This thread's session: replaced when broken or past CONN_MAX_AGE, checked when it was idle for a
+    second or more, or every ten seconds. (With CONN_HEALTH_CHECKS each check costs a `SELECT 1` round
+    trip: not one per call, with a thousand replies in flight.)"""
+    now = time.monotonic()
+    used, checked = getattr(_session_checked, "used", None), getattr(_session_checked, "checked", None)
+    if used is None or now - used >= SESSION_CHECK_SECONDS or now - checked >= 10 * SESSION_CHECK_SECONDS:
+        close_old_connections()
+        _session_checked.checked = now
+    _session_checked.used = now
+
+
 def _db_call(fn, args, kwargs):
-    close_old_connections()  # this pool thread's session: replaced when broken or past CONN_MAX_AGE
+    _check_session()
     try:
         return fn(*args, **kwargs)
     except DatabaseError:
@@ -625,6 +665,7 @@ class Lane:
         self._pending = 0  # ids handed to this lane and not yet started or skipped
         self._pending_lock = threading.Lock()
         self._avg_job_seconds: float | None = None
+        self.inline_seen = False  # its last started jobs included inline ones: it may take a batch ahead
         self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
         self._thread.start()
 
@@ -636,9 +677,10 @@ class Lane:
         with self._pending_lock:
             self._pending += n
 
-    def submit(self, ids: list[str]) -> None:
+    def submit(self, ids: list[str], reserved: int, key: str | None) -> None:
+        """Ids popped from `key`, with `reserved` slots of the queue taken for them."""
         self._count(len(ids))
-        self.inbox.put(ids)
+        self.inbox.put((ids, reserved, key))
 
     def stop(self) -> None:
         self.inbox.put(None)
@@ -654,11 +696,11 @@ class Lane:
     def _main(self) -> None:
         try:
             while True:
-                ids = self.inbox.get()
-                if ids is None:
+                delivery = self.inbox.get()
+                if delivery is None:
                     return
                 try:
-                    self._batch(ids)
+                    self._batch(*delivery)
                 except JobTimeoutException:
                     logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
                 except Exception:  # noqa: BLE001 - the lane must live on; the ledger and reconciler recover
@@ -667,46 +709,65 @@ class Lane:
         finally:
             connections.close_all()
 
-    def _batch(self, ids: list[str]) -> None:
+    def _batch(self, ids: list[str], reserved: int, key: str | None) -> None:
         worker = self.worker
         try:
-            close_old_connections()  # once per batch: replaces a broken or expired session
-            jobs = job_start_batch(job_ids=ids, worker_name=worker.name)
+            _check_session()
+            jobs, deferred = job_start_delivery(
+                job_ids=ids, worker_name=worker.name, heavy_types=worker.heavy_types,
+                heavy_limit=None if reserved >= len(ids) else reserved)
         except DatabaseError as exc:
             # Still waiting in the ledger: the reconciler pushes them again once PostgreSQL answers.
             logger.error("lane %s: could not start %s job(s): %s", self.queue, len(ids), exc)
             connections.close_all()
             self._count(-len(ids))
-            worker.release(self.queue, len(ids))
+            worker.release(self.queue, ids, slots=reserved)
             return
-        if len(jobs) < len(ids):
-            skipped = set(ids) - {str(j.pk) for j in jobs}
-            for job_id in skipped:
-                # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
-                logger.info("job %s is not waiting; skipped", job_id)
-            worker.release(self.queue, len(skipped))
-            self._forget(list(skipped))
+        if deferred:
+            self._push_back(key, deferred)
+        started = {str(j.pk) for j in jobs}
+        skipped = [i for i in dict.fromkeys(ids) if i not in started and i not in deferred]
+        for job_id in skipped:
+            # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
+            logger.info("job %s is not waiting; skipped", job_id)
+        if skipped:
+            self._forget(skipped)
         if not jobs:
             self._count(-len(ids))
+            worker.release(self.queue, skipped, slots=reserved)
             return
         inline = []
         began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
         items = [worker.track(job, self.queue) for job in jobs]
         self._count(-len(ids))  # tracked now: `inflight` holds them
+        heavy = 0
         for job, item in zip(jobs, items):
             definition = registry.get(job.job_type)
             if definition is not None and definition.is_async():
                 worker.loop.call_soon_threadsafe(worker.start_async, job, item)
+                heavy += 1
             elif definition is not None and (definition.blocking or worker.blocking_all):
                 worker.pools[self.queue].submit(self._run_blocking, job, item)
+                heavy += 1
             else:
                 inline.append((job, item))
+        self.inline_seen = bool(inline)
+        # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
+        worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0))
         if inline:
             self._run_inline(inline, on_ran=lambda: self._observe((time.monotonic() - began) / len(ids)))
         else:
             self._observe((time.monotonic() - began) / len(ids))
         # (Per delivered id, so that deliveries which cost nothing — skipped duplicates, jobs handed to other
         # executors, jobs another job already did — let the batch grow.)
+
+    def _push_back(self, key: str | None, ids: list[str]) -> None:
+        """Heavy jobs beyond the slots: back to the head of their list, in order, for the next pop."""
+        try:
+            self.worker.connection.lpush(key, *reversed(ids))
+        except (RedisError, OSError) as exc:
+            # Still queued in the ledger: the reconciler pushes them again.
+            logger.warning("lane %s: could not put %s job(s) back (%s); the reconciler will", self.queue, len(ids), exc)
 
     def _observe(self, seconds: float) -> None:
         avg = self._avg_job_seconds
@@ -755,14 +816,14 @@ class Lane:
                 if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
                     _hand_back_item(item, worker.name, "job exceeded its timeout")
                 worker.untrack(item.job_id)
-            worker.release(self.queue, len(batch))
+            worker.release(self.queue, [item.job_id for _, item in batch], slots=1)  # the batch held one slot
             self._forget([item.job_id for _, item in batch if item.job_id not in retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
         retried = False
         try:
-            close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
+            _check_session()
             with runner.job_log_context(job):
                 outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
                 completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(
@@ -785,7 +846,7 @@ class Lane:
             _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
         finally:
             worker.untrack(item.job_id)
-            worker.release(self.queue)
+            worker.release(self.queue, [item.job_id])
             if not retried and not item.retried:  # a retry's RQ copy waits in the scheduled registry
                 self._forget([item.job_id])
 

@@ -302,3 +302,23 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn):
     ids = list(AuditLog.objects.values_list("resource_id", flat=True))
     assert len(ids) == 300 and set(ids) == {str(n) for n in range(300)}
     assert not AuditStagedEvent.objects.exists() and chain_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_recorded_in_a_batch_are_staged_together_in_one_statement():
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.services import audit_events_batched
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic(), audit_events_batched():
+        for n in range(3):
+            audit_event_record(action="batched", resource_id=str(n))
+        assert not AuditStagedEvent.objects.exists()  # held until the batch ends
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO audit_auditstagedevent")]
+    assert len(inserts) == 1
+    assert [e.event["resourceId"] for e in AuditStagedEvent.objects.order_by("id")] == ["0", "1", "2"]
+    # A batch left by an error stages nothing (its transaction is rolled back anyway).
+    with pytest.raises(RuntimeError), transaction.atomic(), audit_events_batched():
+        audit_event_record(action="lost")
+        raise RuntimeError("the writer failed")
+    assert AuditStagedEvent.objects.count() == 3
