@@ -92,9 +92,7 @@ def reply_job_id(job_id) -> uuid.UUID:
 
 
 async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation = await context.run_db(_conversation, request)
-    mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
-    messages = await context.run_db(chat_messages_build, request=request, mode=mode, context_job_id=context.job_id)
+    conversation, mode, messages = await context.run_db(_prompt, request, context)
     writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
         completion, fallback_reason = await _complete(request, messages, writer, context)
@@ -137,6 +135,13 @@ def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: s
         saved = _save(request, context, mode, reply) if has_conversation else None
         _audit(request, context, action="chat_bot_interaction", details=details)
     return saved
+
+
+def _prompt(request: ChatRequest, context: JobContext):
+    """(conversation or None, personality mode, messages for the model): one trip to the database pool."""
+    conversation = _conversation(request)
+    mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
+    return conversation, mode, chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
 
 
 def _conversation(request: ChatRequest):

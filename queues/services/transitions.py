@@ -90,9 +90,11 @@ def job_complete(*, job: JobRecord, result) -> bool:
 
 def job_attempt_failed(
     *, job: JobRecord, exc: BaseException, permanent: bool, retry_after: float | None = None,
-    attempt_outcome: str | None = None, traceback_text: str | None = None,
+    attempt_outcome: str | None = None, traceback_text: str | None = None, backoff: bool = True,
 ) -> float | None:
-    """Record a failed attempt. Returns the delay before the next attempt, or None when final."""
+    """Record a failed attempt. Returns the delay before the next attempt, or None when final.
+
+    `backoff=False`: the next attempt is due at once (the attempt did not fail, its process went away)."""
     definition = registry.get(job.job_type)
     policy = definition.retry if definition else None
     now = timezone.now()
@@ -105,6 +107,8 @@ def job_attempt_failed(
         # A provider's Retry-After is honoured, but never beyond what the policy itself could wait.
         hint = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
         delay = max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)), policy.delay_after(job.attempts))
+        if not backoff:
+            delay = 0.0
     with transaction.atomic():
         fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace, updated_at=now)
         if retry:
@@ -129,14 +133,16 @@ def job_attempt_failed(
 def job_recover_abandoned(*, job_id, reason: str) -> str | None:
     """A started job whose process died: apply its retry policy and push it again.
 
-    Returns the new status, or None when the record was not started (nothing to recover).
+    The next attempt is due at once: the backoff spares a failing dependency, and this attempt did not
+    fail, its process went away (the attempts it may take still count). Returns the new status, or None
+    when the record was not started (nothing to recover).
     """
     job = JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).first()
     if job is None:
         return None
     delay = job_attempt_failed(
         job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
-        traceback_text="",
+        traceback_text="", backoff=False,
     )
     # The abandoned attempt may still be alive (frozen, partitioned): its output writes are refused from now on.
     try:
