@@ -34,7 +34,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from audit.services import audit_event_record, audit_events_batched
-from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
+from chat.breaker import abreaker_allow, abreaker_record_failure, abreaker_record_success, abreaker_release_probe
 from chat.budget import (
     BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
 )
@@ -194,7 +194,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             "estimatedTokens": estimated,
         })
         return await _fallback(writer, "quota_exceeded")
-    if not breaker_allow():
+    if not await abreaker_allow(conn=redis):
         return await _fallback(writer, "breaker_open")
     verdict = False  # whether this call told the breaker how the provider is doing
     try:
@@ -220,7 +220,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             if exc.status == 429:
                 # A 429 got through anyway: every worker holds its next call (never less than a second).
                 await budget_backoff(seconds=max(exc.retry_after or 0.0, 1.0), conn=redis)
-            opened = breaker_record_failure() if exc.transient else False
+            opened = await abreaker_record_failure(conn=redis) if exc.transient else False
             verdict = exc.transient
             retrying = exc.transient and context.attempt < context.max_attempts
             logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
@@ -233,7 +233,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             if retrying:
                 raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
             return await _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
-        breaker_record_success()
+        await abreaker_record_success(conn=redis)
         verdict = True
         actual = completion.prompt_tokens + completion.completion_tokens
         await budget_settle(estimated=estimated, actual=actual, conn=redis)
@@ -243,7 +243,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
         if not verdict:
             # Cancelled, a 4xx, a timeout or a Redis error: no verdict on the provider, so a half-open
             # probe must not keep its lock (every reply would fall back until it expired).
-            breaker_release_probe()
+            await abreaker_release_probe(conn=redis)
     if not completion.text.strip():
         return completion, (await _fallback(writer, "empty_reply"))[1]
     return completion, ""
