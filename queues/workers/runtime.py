@@ -655,19 +655,37 @@ def _push_retry(job) -> None:
         logger.warning("push of retry for job %s failed; the reconciler pushes it", job.pk, exc_info=True)
 
 
+@dataclass
+class _InlineBatch:
+    """Inline jobs started together: run by a lane's runner thread, recorded by its ledger thread."""
+
+    batch: list  # (job, Inflight) pairs
+    delivered: int  # ids in the delivery they came with (what the batch size adapts to)
+    completions: list = field(default_factory=list)  # (job, Outcome) of the jobs that succeeded
+    finished: list = field(default_factory=list)  # Inflight of the jobs whose outcome is recorded
+    retried: set = field(default_factory=set)  # ids whose RQ copy waits in the scheduled registry
+
+
 class Lane:
-    """A queue's thread: starts its popped ids in one statement, runs inline jobs, dispatches the others."""
+    """A queue's two threads. The ledger thread starts its popped ids in one statement and dispatches
+    threaded and async jobs; the runner thread runs the inline batches, one job after another, and hands
+    each batch's completions to the database pool, which records them in one statement. So while a batch
+    runs, the next one is started and the one before is recorded (the statements wait on PostgreSQL, on
+    two sessions at once, not on the jobs)."""
 
     def __init__(self, worker: SlimyRuntimeWorker, slots: QueueSlots):
         self.worker = worker
         self.queue = slots.name
-        self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        self._pending = 0  # ids handed to this lane and not yet started or skipped
+        self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()  # deliveries and completions
+        self.runs: queue_module.SimpleQueue = queue_module.SimpleQueue()  # started inline batches
+        self._pending = 0  # ids handed to this lane whose run has not begun (not started, or inline and waiting)
         self._pending_lock = threading.Lock()
         self._avg_job_seconds: float | None = None
         self.inline_seen = False  # its last started jobs included inline ones: it may take a batch ahead
         self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
         self._thread.start()
+        self._runner = threading.Thread(target=self._run_main, name=f"slimy-run-{self.queue}", daemon=True)
+        self._runner.start()
 
     @property
     def pending(self) -> int:
@@ -680,13 +698,16 @@ class Lane:
     def submit(self, ids: list[str], reserved: int, key: str | None) -> None:
         """Ids popped from `key`, with `reserved` slots of the queue taken for them."""
         self._count(len(ids))
-        self.inbox.put((ids, reserved, key))
+        self.inbox.put((self._batch, (ids, reserved, key)))
 
     def stop(self) -> None:
+        self.runs.put(None)
         self.inbox.put(None)
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        self._runner.join(timeout)
+        self._thread.join(max(deadline - time.monotonic(), 0))
 
     def batch_size(self) -> int:
         if self._avg_job_seconds is None:
@@ -696,11 +717,12 @@ class Lane:
     def _main(self) -> None:
         try:
             while True:
-                delivery = self.inbox.get()
-                if delivery is None:
+                task = self.inbox.get()
+                if task is None:
                     return
+                fn, args = task
                 try:
-                    self._batch(*delivery)
+                    fn(*args)
                 except JobTimeoutException:
                     logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
                 except Exception:  # noqa: BLE001 - the lane must live on; the ledger and reconciler recover
@@ -737,9 +759,7 @@ class Lane:
             worker.release(self.queue, skipped, slots=reserved)
             return
         inline = []
-        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
         items = [worker.track(job, self.queue) for job in jobs]
-        self._count(-len(ids))  # tracked now: `inflight` holds them
         heavy = 0
         for job, item in zip(jobs, items):
             definition = registry.get(job.job_type)
@@ -752,14 +772,16 @@ class Lane:
             else:
                 inline.append((job, item))
         self.inline_seen = bool(inline)
+        # Tracked now (`inflight` holds them); inline ones stay pending until the runner takes their batch.
+        self._count(-(len(ids) - len(inline)))
         # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
         worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0))
         if inline:
-            self._run_inline(inline, on_ran=lambda: self._observe((time.monotonic() - began) / len(ids)))
+            self.runs.put(_InlineBatch(inline, delivered=len(ids)))
         else:
-            self._observe((time.monotonic() - began) / len(ids))
-        # (Per delivered id, so that deliveries which cost nothing — skipped duplicates, jobs handed to other
-        # executors, jobs another job already did — let the batch grow.)
+            self._observe(0.0)
+        # (The batch size adapts per delivered id, so that deliveries which cost nothing — skipped duplicates,
+        # jobs handed to other executors, jobs another job already did — let the batch grow.)
 
     def _push_back(self, key: str | None, ids: list[str]) -> None:
         """Heavy jobs beyond the slots: back to the head of their list, in order, for the next pop."""
@@ -776,11 +798,35 @@ class Lane:
     def _limit(self, item: Inflight):
         return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
 
-    def _run_inline(self, batch, on_ran) -> None:
-        worker = self.worker
-        completions, finished, retried = [], [], set()
+    def _run_main(self) -> None:
         try:
-            for job, item in batch:
+            while True:
+                work = self.runs.get()
+                if work is None:
+                    return
+                self._count(-len(work.batch))
+                self.worker.release(self.queue, [], slots=0)  # wakes the loop: room for the next batch
+                try:
+                    self._run_inline(work)
+                except JobTimeoutException:
+                    logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
+                except Exception:  # noqa: BLE001 - the runner must live on; the ledger and reconciler recover
+                    logger.exception("lane %s: batch failed", self.queue)
+                    connections.close_all()
+        finally:
+            connections.close_all()
+
+    def _run_inline(self, work: _InlineBatch) -> None:
+        """Run the batch here; its completions go to the ledger thread (`_complete`), which records them."""
+        worker = self.worker
+        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
+        handed_over = False
+        try:
+            _check_session()  # the jobs' own database work uses this thread's session
+            for job, item in work.batch:
+                if item.handed_back:  # at shutdown, while it waited for its turn: recorded as such
+                    work.finished.append(item)
+                    continue
                 try:
                     with runner.job_log_context(job):
                         outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
@@ -789,35 +835,60 @@ class Lane:
                 except Exception as exc:  # noqa: BLE001 - the runner could not record it: hand this job back
                     logger.exception("job %s: unexpected error; handing it back", item.job_id)
                     _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
-                    finished.append(item)
+                    work.finished.append(item)
                     continue
                 if outcome.kind is OutcomeKind.SUCCEEDED:
-                    completions.append((job, outcome))
+                    work.completions.append((job, outcome))
                     continue
                 if outcome.retry:
                     _push_retry(job)
-                    retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
-                finished.append(item)
-            on_ran()
-            done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
-            worker.count(succeeded=len(done), failed=len(batch) - len(done))
-            for job, outcome in completions:
-                runner.job_completed(job, outcome.duration, str(job.pk) in done)
-            finished.extend(item for _, item in batch if item not in finished)
+                    work.retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
+                work.finished.append(item)
+            self._observe((time.monotonic() - began) / work.delivered)
+            # Recorded on the database pool, beside the next batch's start on the ledger thread.
+            worker.db_pool.submit(self._complete, work)
+            handed_over = True
         except (DatabaseError, RedisError, OSError) as exc:
             logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
             connections.close_all()
-            for _, item in batch:
+            for _, item in work.batch:
                 _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
-            finished = [item for _, item in batch]
+            work.finished = [item for _, item in work.batch]
         finally:
-            recorded = {i.job_id for i in finished}
-            for _, item in batch:
-                if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
-                    _hand_back_item(item, worker.name, "job exceeded its timeout")
-                worker.untrack(item.job_id)
-            worker.release(self.queue, [item.job_id for _, item in batch], slots=1)  # the batch held one slot
-            self._forget([item.job_id for _, item in batch if item.job_id not in retried and not item.retried])
+            if not handed_over:
+                self._finish(work)
+
+    def _complete(self, work: _InlineBatch) -> None:
+        """On a database pool thread: the batch's completions in one statement, then its slot is free."""
+        worker = self.worker
+        try:
+            _check_session()
+            done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in work.completions])
+            worker.count(succeeded=len(done), failed=len(work.batch) - len(done))
+            for job, outcome in work.completions:
+                runner.job_completed(job, outcome.duration, str(job.pk) in done)
+            work.finished.extend(item for _, item in work.batch if item not in work.finished)
+        except (DatabaseError, RedisError, OSError) as exc:
+            logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
+            connections.close_all()
+            for _, item in work.batch:
+                _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
+            work.finished = [item for _, item in work.batch]
+        except Exception:  # noqa: BLE001 - a pool thread must never die; the reconciler recovers the jobs
+            logger.exception("lane %s: completions not recorded", self.queue)
+        finally:
+            self._finish(work)
+
+    def _finish(self, work: _InlineBatch) -> None:
+        worker = self.worker
+        recorded = {i.job_id for i in work.finished}
+        for _, item in work.batch:
+            if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
+                _hand_back_item(item, worker.name, "job exceeded its timeout")
+            worker.untrack(item.job_id)
+        worker.release(self.queue, [item.job_id for _, item in work.batch], slots=1)  # the batch held one slot
+        self._forget([item.job_id for _, item in work.batch
+                      if item.job_id not in work.retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
