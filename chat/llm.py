@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import inspect
+import json
 import math
 import time
 import weakref
@@ -109,30 +110,32 @@ async def llm_stream_completion(
     served_model = model
     headers: dict = {}
     try:
-        stream = await _client().chat.completions.create(
+        # The SDK sends the request and maps its errors; the stream's events are read here as plain JSON
+        # (the SDK builds a typed model of every chunk: most of a reply's CPU with a thousand in flight).
+        async with _client().chat.completions.with_streaming_response.create(
             model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
             stream=True, stream_options={"include_usage": True},
-        )
-        headers = _headers(getattr(stream, "response", None))
-        async with stream:
-            async for chunk in stream:
-                served_model = chunk.model or served_model
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        parts.append(choice.delta.content)
-                        answer = on_delta(choice.delta.content)
+        ) as response:
+            headers = _headers(response.http_response)
+            async for chunk in _events(response.http_response):
+                served_model = chunk.get("model") or served_model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        parts.append(content)
+                        answer = on_delta(content)
                         if inspect.isawaitable(answer):
                             await answer
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
                 if time.monotonic() > deadline:
                     raise LLMError("The reply took longer than OPENAI_STREAM_MAX_SECONDS.",
                                    code="llm_timeout", transient=True)
-    except openai.APITimeoutError as exc:
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
         raise LLMError("The LLM provider timed out.", code="llm_timeout", transient=True) from exc
-    except openai.APIConnectionError as exc:
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
         raise LLMError("The connection to the LLM provider failed.", code="llm_connection_error",
                        transient=True) from exc
     except openai.APIStatusError as exc:
@@ -148,11 +151,36 @@ async def llm_stream_completion(
     return Completion(
         text=text,
         model=served_model,
-        prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
-        completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        prompt_tokens=usage["prompt_tokens"] if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
+        completion_tokens=usage["completion_tokens"] if usage else estimate_tokens(text),
         finish_reason=finish_reason,
         headers=headers,
     )
+
+
+async def _events(response):
+    """The JSON objects of a chat-completions event stream (server-sent events) until `[DONE]`; an error
+    event raises `openai.APIError`, as the SDK's own stream does."""
+    data: list[str] = []
+    done = False
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+            continue
+        if line or not data or done:
+            continue  # other fields (event:, id:, comments), or what follows [DONE] (read for the connection's sake)
+        payload, data = "\n".join(data), []
+        if payload.startswith("[DONE]"):
+            done = True
+            continue
+        event = json.loads(payload)
+        if isinstance(event, dict) and event.get("error"):
+            error = event["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise openai.APIError(message=message if isinstance(message, str) and message else
+                                  "An error occurred during streaming", request=response.request, body=error)
+        if isinstance(event, dict):
+            yield event
 
 
 def _headers(response) -> dict:
