@@ -40,7 +40,7 @@ from chat.budget import (
 )
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
-from chat.quotas import aquota_charge, aquota_check
+from chat.quotas import aquota_charge, aquota_check, quota_limit
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import message_save_many
 from queues.definitions import JobContext, PermanentJobError, TransientJobError
@@ -92,10 +92,10 @@ def reply_job_id(job_id) -> uuid.UUID:
 
 
 async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation, mode, messages = await context.run_db(_prompt, request, context)
+    conversation, mode, messages, daily_limit = await context.run_db(_prompt, request, context)
     writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
-        completion, fallback_reason = await _complete(request, messages, writer, context)
+        completion, fallback_reason = await _complete(request, messages, writer, context, daily_limit)
     finally:
         await writer.close()
 
@@ -138,10 +138,12 @@ def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: s
 
 
 def _prompt(request: ChatRequest, context: JobContext):
-    """(conversation or None, personality mode, messages for the model): one trip to the database pool."""
+    """(conversation or None, personality mode, messages for the model, the tenant's daily token limit):
+    one trip to the database pool."""
     conversation = _conversation(request)
     mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
-    return conversation, mode, chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
+    messages = chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
+    return conversation, mode, messages, quota_limit(tenant=request.tenant) if request.tenant else None
 
 
 def _conversation(request: ChatRequest):
@@ -178,14 +180,14 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     return [{"role": "system", "content": system}, *history, {"role": "user", "content": request.prompt}]
 
 
-async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext
+async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext, limit: int | None
                     ) -> tuple[Completion | None, str]:
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
     redis = get_async_connection()
     estimated = budget_tokens_estimate(prompt_chars=sum(len(m["content"]) for m in messages))
-    quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis)
+    quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis, limit=limit)
     if not quota.allowed:
         # Checked before the breaker: a tenant over quota never takes the half-open probe.
         await context.run_db(_audit_guarded, request, context, action="chat_bot_quota_exceeded", success=False,
