@@ -221,6 +221,11 @@ def on_worker_heartbeat(sender, **kwargs) -> None:
     throughput_flush()
 
 
+def on_worker_stopped(sender, **kwargs) -> None:
+    throughput_defer(False)  # a process that ran an in-process worker (a test) counts at once again
+    throughput_flush()
+
+
 def connect_receivers() -> None:
     from queues import signals
 
@@ -229,6 +234,7 @@ def connect_receivers() -> None:
     signals.job_finished.connect(on_job_finished, dispatch_uid="slimy-metrics-finished")
     signals.worker_started.connect(on_worker_started, dispatch_uid="slimy-metrics-worker-started")
     signals.worker_heartbeat.connect(on_worker_heartbeat, dispatch_uid="slimy-metrics-worker-heartbeat")
+    signals.worker_stopped.connect(on_worker_stopped, dispatch_uid="slimy-metrics-worker-stopped")
 
 
 @checks.register(checks.Tags.compatibility)

@@ -13,7 +13,8 @@ job_finished = Signal()
 # request, action ("admin.job_retry", "job.cancel", ...), resource_type, resource_id, details, success, error_message
 operator_action = Signal()
 
-# A long-lived worker process (the runtime): `worker_started` once, then `worker_heartbeat` about once a
-# second from its heartbeat thread and a last time when it stops (metrics flush what they hold in memory).
+# A long-lived worker (the runtime): `worker_started` once, then `worker_heartbeat` about once a second
+# from its heartbeat thread, and `worker_stopped` when its work ends (metrics flush what they hold).
 worker_started = Signal()
 worker_heartbeat = Signal()
+worker_stopped = Signal()

@@ -209,6 +209,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 pool.shutdown(wait=1.0)
             for lane in self.lanes.values():
                 lane.join(1.0)  # idle lanes close their database sessions
+            signals.worker_stopped.send(sender=type(self), worker=self)
             self.teardown()
         return bool(self.started_jobs)
 
