@@ -696,6 +696,7 @@ class Lane:
         self._pending_lock = threading.Lock()
         self._avg_job_seconds: float | None = None
         self.inline_seen = False  # its last started jobs included inline ones: it may take a batch ahead
+        self._runner_idle = True
         self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
         self._thread.start()
         self._runner = threading.Thread(target=self._run_main, name=f"slimy-run-{self.queue}", daemon=True)
@@ -791,7 +792,14 @@ class Lane:
         # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
         worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0))
         if inline:
-            self.runs.put(_InlineBatch(inline, delivered=len(ids)))
+            work = _InlineBatch(inline, delivered=len(ids))
+            if len(inline) == 1 and self._runner_idle and self.runs.empty():
+                # One job and an idle runner (the first job after a quiet spell): run it here, without
+                # waking another thread, for the pickup latency. Batches go to the runner.
+                self._take_batch(work)
+                self._run_inline(work)
+            else:
+                self.runs.put(work)
         else:
             self._observe(0.0)
         # (The batch size adapts per delivered id, so that deliveries which cost nothing — skipped duplicates,
@@ -818,8 +826,8 @@ class Lane:
                 work = self.runs.get()
                 if work is None:
                     return
-                self._count(-len(work.batch))
-                self.worker.release(self.queue, [], slots=0)  # wakes the loop: room for the next batch
+                self._runner_idle = False
+                self._take_batch(work)
                 try:
                     self._run_inline(work)
                 except JobTimeoutException:
@@ -827,8 +835,14 @@ class Lane:
                 except Exception:  # noqa: BLE001 - the runner must live on; the ledger and reconciler recover
                     logger.exception("lane %s: batch failed", self.queue)
                     connections.close_all()
+                finally:
+                    self._runner_idle = True
         finally:
             connections.close_all()
+
+    def _take_batch(self, work: _InlineBatch) -> None:
+        self._count(-len(work.batch))
+        self.worker.release(self.queue, [], slots=0)  # wakes the loop: room for the next batch
 
     def _run_inline(self, work: _InlineBatch) -> None:
         """Run the batch here; its completions go to the ledger thread (`_complete`), which records them."""
