@@ -1,5 +1,6 @@
 """Job types used only by the benchmarks (loaded through EXTRA_JOB_MODULES=bench.jobs)."""
 
+import asyncio
 import time
 
 from rest_framework import serializers
@@ -52,4 +53,23 @@ class StampJob(JobDefinition):
         from queues.redis import get_connection
 
         get_connection().rpush(payload["key"], f"{payload['seq']}:{time.time()}")
+        return None
+
+
+class GuildReplyPayload(serializers.Serializer):
+    guildId = serializers.CharField(max_length=64)
+    seconds = serializers.FloatField(min_value=0, max_value=10)
+
+
+class GuildReplyJob(JobDefinition):
+    """A chat-queue job of a guild (its tenant) that waits `seconds` the way an LLM reply does: a coroutine
+    awaiting I/O, so a worker runs CHAT_CONCURRENCY of them at once (the fairness scenario)."""
+
+    name = "bench_guild_reply"
+    queue = QueueName.CHAT
+    payload_serializer = GuildReplyPayload
+    tenant_field = "guildId"
+
+    async def run(self, payload, context):
+        await asyncio.sleep(payload["seconds"])
         return None

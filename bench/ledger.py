@@ -30,10 +30,10 @@ def ledger_jobs_prepare(*, job_type: str, count: int, payload: dict | None = Non
     if payloads is not None and len(payloads) != count:
         raise ValueError("payloads must have `count` items")
     records = [
-        JobRecord(job_type=job_type, queue=definition.queue, owner=owner,
-                  payload=payloads[i] if payloads is not None else (payload or {}),
-                  max_attempts=definition.retry.max_attempts, status=JobStatus.QUEUED)
-        for i in range(count)
+        JobRecord(job_type=job_type, queue=definition.queue, owner=owner, payload=body,
+                  max_attempts=definition.retry.max_attempts, status=JobStatus.QUEUED,
+                  tenant=definition.tenant_of(body, owner.pk if owner is not None else None))
+        for body in (payloads[i] if payloads is not None else (payload or {}) for i in range(count))
     ]
     JobRecord.objects.bulk_create(records, batch_size=1000)
     if push:

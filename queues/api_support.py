@@ -29,6 +29,7 @@ from rest_framework.response import Response
 
 from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
+from queues.fairness import fair_waiting_count
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
@@ -131,6 +132,8 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
             if not replay:
                 for priority in PRIORITY_ORDER:
                     pipe.llen(get_rq_queue(queue, priority).key)
+                if queue in settings.FAIR_QUEUES:  # its jobs wait in tenants' lines (queues.fairness)
+                    fair_waiting_count(conn=pipe, queue=queue, pipeline=pipe)
             replies = pipe.execute()
     except (RedisError, OSError):
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None

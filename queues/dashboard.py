@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
@@ -24,6 +25,7 @@ from rq import Worker
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from queues.constants import JobStatus, QueueName, base_queue_name
+from queues.fairness import fair_waiting_count
 from queues.keys import SLOTS_KEY
 from queues.models import JobAttempt, JobRecord
 from queues.redis import get_connection, get_rq_queues
@@ -240,6 +242,11 @@ def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> Ch
     return Chart(bars=bars, peak=peak, y_max=y_max, y_ticks=y_ticks, x_ticks=x_ticks)
 
 
+def _fair_waiting(conn, queue: str) -> int:
+    """A fair-shared queue's jobs wait in its tenants' lines (queues.fairness), not in RQ's lists."""
+    return fair_waiting_count(conn=conn, queue=queue) if queue in settings.FAIR_QUEUES else 0
+
+
 def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
     """What Redis holds per queue (backlog and RQ registries) and the pause flags; error text if down."""
     state: dict[str, dict] = {}
@@ -249,7 +256,7 @@ def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
         for name in QueueName.values:
             rq_queues = get_rq_queues(name)
             state[name] = {
-                "waiting": sum(q.count for q in rq_queues),
+                "waiting": sum(q.count for q in rq_queues) + _fair_waiting(conn, name),
                 "scheduled": sum(ScheduledJobRegistry(queue=q).count for q in rq_queues),
                 "started": sum(StartedJobRegistry(queue=q).count for q in rq_queues),
                 "failed": sum(FailedJobRegistry(queue=q).count for q in rq_queues),

@@ -1,6 +1,7 @@
 """Fair dequeue across tenants: round-robin within a priority, at most `cap` jobs in flight per tenant.
 
-A building block for the worker runtime; it knows job ids and tenant names, nothing about chat.
+Used for the queues in FAIR_QUEUES: `job_push` pushes there (queues.services.fair), the worker runtime and
+the forking worker pop and release. It knows job ids and tenant names, nothing about chat or the ledger.
 Every change is one Lua script, so any number of worker processes share it without races.
 
 Keys (`L` = an RQ list name such as `chat` or `chat.high`, `Q` = its base queue such as `chat`):
@@ -76,6 +77,13 @@ for i = 1, lists do
     else
       local job = redis.call('LPOP', tq)
       if job then
+        -- Popped again while a dead (or superseded) holder's slot for it is still counted: that slot
+        -- ends here, or it would leak when the holder's release finds the job held by its new worker.
+        local prev = redis.call('HGET', KEYS[2], job)
+        if prev then
+          local pt = string.match(prev, '^(.-)|')
+          if redis.call('HINCRBY', KEYS[1], pt, -1) <= 0 then redis.call('HDEL', KEYS[1], pt) end
+        end
         local inflight = redis.call('HINCRBY', KEYS[1], t, 1)
         if redis.call('LLEN', tq) > 0 then
           -- back of the line: every other tenant waiting here gets a turn first
@@ -165,8 +173,20 @@ end
 return out
 """
 
+# KEYS: (ring, parked) per priority.  ARGV: list name per priority.  Returns how many jobs wait in the lines.
+_WAITING = """
+local n = 0
+for i = 1, #ARGV do
+  local seen = {}
+  for _, t in ipairs(redis.call('LRANGE', KEYS[2 * i - 1], 0, -1)) do seen[t] = true end
+  for _, t in ipairs(redis.call('SMEMBERS', KEYS[2 * i])) do seen[t] = true end
+  for t, _ in pairs(seen) do n = n + redis.call('LLEN', 'slimy:fair:' .. ARGV[i] .. ':q:' .. t) end
+end
+return n
+"""
+
 _SOURCES = {"push": _PUSH, "pop": _POP, "release": _RELEASE, "release_worker": _RELEASE_WORKER,
-            "remove": _REMOVE, "stats": _STATS}
+            "remove": _REMOVE, "stats": _STATS, "waiting": _WAITING}
 _scripts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -285,15 +305,18 @@ def fair_push(*, conn, queue: str, priority: str, tenant: str, job_id: str, cap:
     return int(_script(conn, "push")(keys=keys, args=args))
 
 
-def fair_push_many(*, conn, queue: str, items, cap: int | None = None) -> None:
-    """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script)."""
+def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None) -> None:
+    """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script); with
+    `pipeline`, the pushes are added to it (executed with the caller's other commands)."""
     queue = base_queue_name(queue)
-    with conn.pipeline(transaction=False) as pipe:
-        script = _script(pipe, "push")
-        for priority, tenant, job_id in items:
-            keys, args = _push_call(queue, priority, tenant, job_id, cap)
-            script(keys=keys, args=args, client=pipe)
-        pipe.execute()
+    pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
+    script = _script(pipe, "push")
+    for priority, tenant, job_id in items:
+        keys, args = _push_call(queue, priority, tenant, job_id, cap)
+        script(keys=keys, args=args, client=pipe)
+    if pipeline is None:
+        with pipe:
+            pipe.execute()
 
 
 def fair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int | None = None) -> FairJob | None:
@@ -334,6 +357,58 @@ def fair_held(*, conn, queue: str) -> list[HeldSlot]:
     return slots
 
 
+def fair_wake_key(queue: str) -> str:
+    """The list a push or a release adds a token to: a worker may include it in its own blocking pop."""
+    return _k(base_queue_name(queue), "wake")
+
+
+def fair_waiting_count(*, conn, queue: str, pipeline=None) -> int | None:
+    """How many jobs wait in `queue`'s tenant lines; with `pipeline`, the count is added to it (one reply)."""
+    queue = base_queue_name(queue)
+    keys, args = _list_keys(queue, list(PRIORITY_ORDER)), [rq_queue_name(queue, p) for p in PRIORITY_ORDER]
+    if pipeline is not None:
+        _script(pipeline, "waiting")(keys=keys, args=args, client=pipeline)
+        return None
+    return int(_script(conn, "waiting")(keys=keys, args=args))
+
+
+def _lines(conn, queue: str) -> list[str]:
+    """The keys of `queue`'s tenant lines that hold jobs (their tenants are in ring or parked)."""
+    lines = []
+    for priority in PRIORITY_ORDER:
+        name = rq_queue_name(base_queue_name(queue), priority)
+        tenants = set(conn.lrange(_k(name, "ring"), 0, -1)) | set(conn.smembers(_k(name, "parked")))
+        lines += [_k(name, "q:" + (t.decode() if isinstance(t, bytes) else t)) for t in tenants]
+    return lines
+
+
+def fair_waiting_ids(*, conn, queue: str) -> set[str]:
+    """Every job id waiting in `queue`'s tenant lines (all priorities): what the reconciler checks the
+    ledger against."""
+    lines = _lines(conn, queue)
+    if not lines:
+        return set()
+    with conn.pipeline(transaction=False) as pipe:
+        for key in lines:
+            pipe.lrange(key, 0, -1)
+        return {v.decode() if isinstance(v, bytes) else v for ids in pipe.execute() for v in ids}
+
+
+def fair_waiting_heads(*, conn, queue: str) -> tuple[int, list[str]]:
+    """How many jobs wait in `queue`'s tenant lines, and the first id of every line (the oldest waiting
+    job is among them): what queue depth and age figures read for a fair-shared queue."""
+    lines = _lines(conn, queue)
+    if not lines:
+        return 0, []
+    with conn.pipeline(transaction=False) as pipe:
+        for key in lines:
+            pipe.llen(key)
+            pipe.lindex(key, 0)
+        answers = pipe.execute()
+    heads = [h.decode() if isinstance(h, bytes) else h for h in answers[1::2] if h]
+    return sum(int(n) for n in answers[0::2]), heads
+
+
 def fair_wait(*, conn, queue: str, timeout: float) -> bool:
     """Block up to `timeout` s for a push or a release on `queue`; True when woken. Keep `timeout` below
     the client's socket timeout (redis-py raises on blocking calls longer than it)."""
@@ -356,6 +431,20 @@ async def afair_push(*, conn, queue: str, priority: str, tenant: str, job_id: st
 async def afair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int | None = None) -> FairJob | None:
     keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
     return _pop_result(await _script(conn, "pop")(keys=keys, args=args))
+
+
+async def afair_pop_many(*, conn, queue: str, worker: str, count: int, priorities=None,
+                         cap: int | None = None) -> list[FairJob]:
+    """Up to `count` jobs in one round trip (a pipeline of pops; each pop is atomic on its own)."""
+    if count <= 0:
+        return []
+    keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
+    async with conn.pipeline(transaction=False) as pipe:
+        script = _script(pipe, "pop")
+        for _ in range(count):
+            await script(keys=keys, args=args, client=pipe)
+        answers = await pipe.execute()
+    return [job for job in map(_pop_result, answers) if job is not None]
 
 
 async def afair_release(*, conn, queue: str, job_ids, cap: int | None = None) -> int:

@@ -20,6 +20,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.utils import str_to_date
 
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.fairness import fair_waiting_heads
 from queues.metrics import SCRAPE_GAUGES
 from queues.redis import get_connection, redis_ping
 
@@ -73,6 +74,10 @@ def queue_depths(conn) -> dict:
                 result[queue]["oldestAgeSeconds"] = max(result[queue]["oldestAgeSeconds"], age)
         else:
             result[queue][state] += int(value)
+    for queue in settings.FAIR_QUEUES:  # their jobs wait in tenants' lines (queues.fairness), not RQ's lists
+        waiting, fair_heads = fair_waiting_heads(conn=conn, queue=queue)
+        result[queue]["queued"] += waiting
+        heads += [(queue, job_id) for job_id in fair_heads]
     if heads:
         pipe = conn.pipeline(transaction=False)
         for _, job_id in heads:

@@ -15,7 +15,6 @@ only; anyone else gets 404 job_not_found.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -171,10 +170,15 @@ class JobEventsApi(APIView):
         return response
 
 
+# Built once: json.dumps with any option builds a new encoder at every call, and a thousand streams
+# encode an event each per token.
+_STATE_JSON = DjangoJSONEncoder(separators=(",", ":")).encode  # a result may hold dates, decimals
+_ENTRY_JSON = json.JSONEncoder(separators=(",", ":")).encode  # entries are strings and numbers only
+
+
 def _event(kind: str, data: dict, event_id: str | None = None) -> str:
-    lines = [f"id: {event_id}"] if event_id is not None else []
-    lines += [f"event: {kind}", "data: " + json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":"))]
-    return "\n".join(lines) + "\n\n"
+    head = f"id: {event_id}\nevent: {kind}\n" if event_id is not None else f"event: {kind}\n"
+    return f"{head}data: {_STATE_JSON(data)}\n\n"
 
 
 def _state(job: JobRecord | None, viewer=None) -> dict:
@@ -193,8 +197,10 @@ def _state(job: JobRecord | None, viewer=None) -> dict:
 
 def _entry_event(entry: dict) -> str:
     if entry["type"] == SEGMENT:
-        return _event("segment", {"attempt": entry["attempt"], "label": entry["label"]}, entry["id"])
-    return _event("chunk", {"attempt": entry["attempt"], "text": entry["text"]}, entry["id"])
+        data = _ENTRY_JSON({"attempt": entry["attempt"], "label": entry["label"]})
+        return f"id: {entry['id']}\nevent: segment\ndata: {data}\n\n"
+    data = _ENTRY_JSON({"attempt": entry["attempt"], "text": entry["text"]})
+    return f"id: {entry['id']}\nevent: chunk\ndata: {data}\n\n"
 
 
 class EventStream:
@@ -297,10 +303,7 @@ async def job_event_stream(*, job_id: str, cursor: str = "0", viewer=None) -> As
             watch.wake.clear()
             if watch.job_read > seen_read or (seen_read and watch.entries and segment_read is None):
                 continue  # something arrived while we were sending
-            try:
-                async with asyncio.timeout(min(deadline, last_sent + heartbeat) - now):
-                    await watch.wake.wait()
-            except TimeoutError:
-                pass
+            watch.due = min(deadline, last_sent + heartbeat)  # the hub's ticker wakes it then
+            await watch.wake.wait()
     finally:
         hub.unwatch(watch)

@@ -1,15 +1,17 @@
 """Watching many jobs from one web process: one Redis reader and one ledger poller fan out to every watcher.
 
 An open event stream registers a `Watch` with its process's `OutputHub` instead of reading Redis and
-PostgreSQL itself. The hub runs two tasks on the event loop:
+PostgreSQL itself. The hub runs three tasks on the event loop:
 
 - the reader: one connection, one `XREAD BLOCK` over the output logs of every watched job (each at
   the oldest cursor a watcher of it still needs); entries go to each watcher past its own cursor, so
   a watcher never sees an entry twice. A watcher that joins wakes the blocked read at once with
-  `CLIENT UNBLOCK` (sent on the command pool), so its log is read without waiting for the timeout;
-- the poller: one query every `STATE_POLL_SECONDS` for the records of every watched job (in a thread,
-  as the ORM is synchronous); a watcher may ask for a fresh read (a new segment started), which the
-  next query serves.
+  `CLIENT UNBLOCK` (sent on the command pool), so its log is read without waiting for the timeout.
+  It wakes `FANOUT_SLICE` watchers at a time and lets the loop run them before waking more;
+- the poller: one query every `STATE_POLL_SECONDS` for a signature of the record of every watched job
+  (in a thread, as the ORM is synchronous), then the records whose signature changed; a watcher may
+  ask for a fresh read (a new segment started), which the next query serves;
+- the ticker: wakes the watchers due a heartbeat or their time limit (`Watch.due`).
 
 A process holds `1 + COMMAND_CONNECTIONS` Redis connections, whatever the number of streams. Under
 ASGI the hub lives on the server's event loop; WSGI code (Django's test client, a gthread server)
@@ -25,6 +27,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -50,6 +53,13 @@ STATE_POLL_SECONDS = 0.5
 # rather than buffering without bound.
 MAX_BUFFERED = 5_000
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0)
+# Streams woken by the reader between two turns of the event loop: each turn sends their events and
+# serves whatever else is ready (other requests, the threads' answers), so a burst of entries for a
+# thousand streams holds the loop for a few milliseconds at a time, not for the whole burst.
+FANOUT_SLICE = 32
+# How often the hub wakes streams that are due a heartbeat or their time limit (one timer for all,
+# instead of one per stream and per wait).
+TICK_SECONDS = 0.25
 
 
 def parse_id(value: str) -> tuple[int, int]:
@@ -71,9 +81,11 @@ class Watch:
     entries: deque = field(default_factory=deque)
     job: object = None  # the latest JobRecord read for it (None: not read yet, or purged)
     job_read: int = 0  # bumped at every read of the record, so a waiter sees a fresh one
+    signature: str | None = None  # of `job` (see _read_jobs)
     state_wanted: bool = True
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    due: float = float("inf")  # monotonic time the stream wants to run even without news (heartbeat, end)
 
     @property
     def key(self) -> str:
@@ -101,6 +113,8 @@ class OutputHub:
         self.draining = asyncio.Event()  # the server is shutting down: streams end between events
         self._releases: dict[str, set[str]] = {}  # sorted set -> members to remove (stream slots)
         self._releaser: asyncio.Task | None = None
+        self._woken = 0  # streams woken by the reader since it last let the loop run them
+        self._records: dict[str, tuple] = {}  # job id -> (signature, latest record) of every watched job
 
     # --- connections
     def commands(self) -> aioredis.Redis:
@@ -210,19 +224,19 @@ class OutputHub:
                 continue
             for key, items in answer or ():
                 key = key.decode() if isinstance(key, bytes) else key
-                self._deliver(key, items, parse_id(streams[key]))
+                await self._deliver(key, items, parse_id(streams[key]))
             if answer:
                 # One read costs the same for 1 or 1,000 logs: let entries gather a moment (bounded
                 # latency) instead of reading every log again for each new entry.
                 await asyncio.sleep(READ_PAUSE)
 
-    def _deliver(self, key: str, items, start: tuple[int, int]) -> None:
+    async def _deliver(self, key: str, items, start: tuple[int, int]) -> None:
         watchers = self._watches.get(key)
         if not watchers or not items:
             return
         entries = [_entry(entry_id, fields) for entry_id, fields in items]
         positions = [parse_id(entry["id"]) for entry in entries]
-        for watch in watchers:
+        for watch in list(watchers):  # the set may change while the loop runs the woken streams
             if watch.cursor < start:
                 continue  # joined during this read, further back: the next read starts from its cursor
             fresh = False
@@ -235,8 +249,16 @@ class OutputHub:
                 if len(watch.entries) > MAX_BUFFERED:
                     watch.overflowed = True
                 watch.wake.set()
+                self._woken += 1
+                if self._woken >= FANOUT_SLICE:
+                    # Let the loop send what the woken streams have (and serve other requests) before
+                    # waking more: one read may bring entries for a thousand streams.
+                    self._woken = 0
+                    await asyncio.sleep(0)
         # Go on from the watcher furthest behind (the others skip what they already have).
-        self._cursors[key] = min(watch.cursor for watch in watchers)
+        watchers = self._watches.get(key)
+        if watchers:
+            self._cursors[key] = min(watch.cursor for watch in watchers)
 
     # --- the poller
     async def _state_loop(self) -> None:
@@ -253,22 +275,45 @@ class OutputHub:
             watches = [w for watchers in self._watches.values() for w in watchers]
             if not watches:
                 continue
+            ids = {w.job_id for w in watches}
+            known = {job_id: self._records[job_id][0] for job_id in ids if job_id in self._records}
             try:
-                records = await asyncio.get_running_loop().run_in_executor(
-                    self._db, _read_jobs, {w.job_id for w in watches})
+                signatures, records = await asyncio.get_running_loop().run_in_executor(
+                    self._db, _read_jobs, ids, known)
             except DatabaseError as exc:
                 logger.warning("job state poller: database failed (%s)", exc)
                 await asyncio.sleep(1.0)
                 continue
+            # What is kept: the latest record of every watched job with its signature (None: purged).
+            self._records = {job_id: self._records[job_id] for job_id in known}
+            for job_id in ids:
+                signature = signatures.get(job_id)
+                if job_id in records or signature is None:
+                    self._records[job_id] = (signature, records.get(job_id))
+            woken = 0
             for watch in watches:
-                job = records.get(watch.job_id)
+                signature, job = self._records.get(watch.job_id, (None, None))
                 # Wake a watcher only for news (or the fresh read it asked for): a thousand idle streams
                 # must not all run every poll.
-                if watch.state_wanted or watch.job_read == 0 or _signature(job) != _signature(watch.job):
-                    watch.job = job
+                if watch.state_wanted or watch.job_read == 0 or signature != watch.signature:
+                    watch.job, watch.signature = job, signature
                     watch.job_read += 1
                     watch.state_wanted = False
                     watch.wake.set()
+                    woken += 1
+                    if woken % FANOUT_SLICE == 0:
+                        await asyncio.sleep(0)  # a thousand jobs may finish at once: wake them in slices
+
+    # --- the ticker
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            for watchers in self._watches.values():
+                for watch in watchers:
+                    if watch.due <= now:
+                        watch.due = float("inf")
+                        watch.wake.set()
 
     # --- plumbing
     def _spawn(self, coro) -> asyncio.Task:
@@ -282,7 +327,7 @@ class OutputHub:
             return
         for task in self._tasks:
             task.cancel()
-        self._tasks = [self._spawn(self._read_loop()), self._spawn(self._state_loop())]
+        self._tasks = [self._spawn(self._read_loop()), self._spawn(self._state_loop()), self._spawn(self._tick_loop())]
 
     def release_later(self, *, key: str, member: str) -> None:
         """Remove `member` from the sorted set `key` soon, batched with others (a thousand streams may
@@ -338,20 +383,31 @@ def _log_crash(task: asyncio.Task) -> None:
         logger.error("output hub task crashed", exc_info=task.exception())
 
 
-def _signature(job) -> tuple | None:
-    if job is None:
-        return None
-    return (job.status, job.attempts, job.max_attempts, job.progress, job.result, job.error_code,
-            job.error_message)
+_STATE_FIELDS = ("status", "attempts", "max_attempts", "progress", "result", "error_code", "error_message")
 
 
-def _read_jobs(job_ids) -> dict:
+def _read_jobs(job_ids, known: dict) -> tuple[dict, dict]:
+    """The signature of every record in `job_ids`, and the records whose signature is not the one `known`.
+
+    Signatures (an md5 of the fields a stream shows) are computed by PostgreSQL: a poll of a thousand
+    unchanged jobs builds no model instance and decodes no JSON here.
+    """
     from queues.models import JobRecord
 
     # Runs on a pool thread that outlives requests: let Django drop a connection that went bad or old.
     close_old_connections()
-    fields = ("status", "attempts", "max_attempts", "progress", "result", "error_code", "error_message")
-    return {str(job.pk): job for job in JobRecord.objects.filter(pk__in=list(job_ids)).only(*fields)}
+    connection = connections["default"]
+    table = connection.ops.quote_name(JobRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(name) for name in _STATE_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id::text, md5(ROW({columns})::text) FROM {table} WHERE id = ANY(%s::uuid[])",
+                       [list(job_ids)])
+        signatures = dict(cursor.fetchall())
+    changed = [job_id for job_id, signature in signatures.items() if known.get(job_id) != signature]
+    records = {}
+    if changed:
+        records = {str(job.pk): job for job in JobRecord.objects.filter(pk__in=changed).only(*_STATE_FIELDS)}
+    return signatures, records
 
 
 # --- one hub per event loop

@@ -23,12 +23,14 @@ from django.conf import settings
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.utils import now, utcformat
 
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
-from queues.fairness import fair_held, fair_release, fair_release_worker
+from queues.fairness import fair_held, fair_release, fair_release_worker, fair_waiting_ids
 from queues.models import JobRecord
 from queues.redis import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
+from queues.services.fair import fair_push_ids, queue_is_fair
 from queues.keys import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
@@ -81,6 +83,7 @@ def _release_overdue(report: ReconcileReport, lag: float) -> None:
     # up to a second early, and a worker refuses to start a record before it is due (DUE_TOLERANCE).
     cutoff = int(time.time() - max(lag, 1))
     for queue in QueueName.values:
+        fair = []  # (priority, id): a fair queue's due jobs wait in their tenants' lines
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
             registry = rq_queue.scheduled_job_registry
@@ -89,8 +92,16 @@ def _release_overdue(report: ReconcileReport, lag: float) -> None:
                     continue
                 # Remove first: if RQ's scheduler moved it meanwhile, zrem returns 0 and we leave it.
                 if rq_queue.connection.zrem(registry.key, job.id):
-                    rq_queue.enqueue_job(job)
+                    if queue_is_fair(queue):
+                        # What enqueue_job would record, so queue age figures count from now.
+                        rq_queue.connection.hset(job.key, mapping={"status": "queued",
+                                                                   "enqueued_at": utcformat(now())})
+                        fair.append((priority, job.id))
+                    else:
+                        rq_queue.enqueue_job(job)
                     report.released.append(job.id)
+        if fair:
+            fair_push_ids(conn=get_connection(), queue=queue, items=fair)
 
 
 def _recover_reported(report: ReconcileReport) -> None:
@@ -114,7 +125,9 @@ def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
         return
     dead = _dead_workers(sorted({name for _, name in started}), confirm)
     for job_id, name in started:
-        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating"):
+        # At once: the attempt did not fail, its process died, and someone may be watching the reply.
+        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating",
+                                                  immediate=True):
             report.recovered.append(str(job_id))
 
 
@@ -193,18 +206,24 @@ def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
     in_lists: set[str] = set()
     scheduled: set[str] = set()
     taken: set[str] = set()
+    held: dict[str, str] = {}  # fair-queue job id -> the worker that popped it
     for queue in QueueName.values:
         for priority in PRIORITY_ORDER:
             rq_queue = get_rq_queue(queue, priority)
             in_lists.update(i.decode() for i in conn.lrange(rq_queue.key, 0, -1))
             scheduled.update(i.decode() for i in conn.zrange(rq_queue.scheduled_job_registry.key, 0, -1))
             taken.update(rq_queue.started_job_registry.get_job_ids())
+        if queue_is_fair(queue):
+            in_lists.update(fair_waiting_ids(conn=conn, queue=queue))
+            held.update((slot.job_id, slot.worker) for slot in fair_held(conn=conn, queue=queue))
     for job in waiting:
         job_id = str(job.id)
         if job_id in in_lists or job_id in scheduled:
             continue
         if job_id in taken and _taken_by_live_worker(conn, job_id):
             continue  # popped by a worker that has not marked it started yet
+        if job_id in held and conn.exists(alive_key(held[job_id])):
+            continue  # popped from its tenant's line by a live worker that has not started it yet
         job_push(job=job)
         report.requeued.append(job_id)
 

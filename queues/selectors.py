@@ -6,12 +6,14 @@ import re
 import datetime as dt
 import json
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from queues.constants import PRIORITY_ORDER, JobStatus, QueueName
+from queues.fairness import fair_waiting_count
 from queues.models import JobRecord
 from queues.redis import get_rq_queue
 from slimy_site.exceptions import NotFound
@@ -113,8 +115,11 @@ def _uuid(value):
 
 
 def queue_backlog(*, queue: str) -> int:
-    """Jobs waiting in Redis for this queue, all priorities."""
-    return sum(get_rq_queue(queue, p).count for p in PRIORITY_ORDER)
+    """Jobs waiting in Redis for this queue, all priorities (a fair-shared queue's in its tenants' lines)."""
+    plain = sum(get_rq_queue(queue, p).count for p in PRIORITY_ORDER)
+    if queue not in settings.FAIR_QUEUES:
+        return plain
+    return plain + fair_waiting_count(conn=get_rq_queue(queue).connection, queue=queue)
 
 
 def queue_stats() -> dict[str, dict[str, int]]:

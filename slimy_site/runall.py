@@ -93,6 +93,9 @@ class EmbeddedRedis:
                 self.proc.kill()
 
 
+STABLE_SECONDS = 30  # a child that ran this long before exiting starts over with no back-off
+
+
 @dataclass
 class Child:
     name: str
@@ -101,6 +104,7 @@ class Child:
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
+    started_at: float = 0.0
 
 
 class Supervisor:
@@ -114,6 +118,7 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         # SLIMY_PROCESS tags the child's log lines (web, worker-database-1, reconciler).
         child.proc = subprocess.Popen(child.argv, env={**self.env, "SLIMY_PROCESS": child.name, **child.env})
+        child.started_at = time.monotonic()
         self.log(f"started {child.name} (pid {child.proc.pid})")
 
     def request_stop(self, *_):
@@ -131,8 +136,12 @@ class Supervisor:
                     continue
                 code = child.proc.poll()
                 if code is not None and not self.stopping:
+                    if now - child.started_at >= STABLE_SECONDS:
+                        child.restarts = 0  # it ran fine for a while: this is a crash, not a crash loop
                     child.restarts += 1
-                    delay = min(2 ** min(child.restarts, 5), 30)
+                    # A first exit restarts at once (a killed worker's replacement takes its jobs over
+                    # sooner); repeated exits back off 2, 4, ... 30 s.
+                    delay = 0 if child.restarts == 1 else min(2 ** min(child.restarts - 1, 5), 30)
                     self.log(f"{child.name} exited with {code}; restarting in {delay} s")
                     child.proc = None
                     child.next_start = now + delay

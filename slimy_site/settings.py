@@ -161,9 +161,10 @@ WORKER_TTL = env.int("WORKER_TTL", default=3)
 RECONCILE_INTERVAL = env.int("RECONCILE_INTERVAL", default=1)
 # --- Worker runtime (queues.workers): heartbeat, in-process reconciler, shutdown, pools.
 # Seconds between heartbeats (each refreshes the liveness key, TTL WORKER_TTL, and the dashboard's slots).
-WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=1.0)
-# A lapsed liveness key is confirmed this much later before the worker's jobs are taken (a flushed Redis).
-RECONCILE_CONFIRM_SECONDS = env.float("RECONCILE_CONFIRM_SECONDS", default=2.0)
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", default=0.5)
+# A lapsed liveness key is confirmed this much later before the worker's jobs are taken (a flushed Redis):
+# two heartbeat intervals, so a live worker has beaten again by then.
+RECONCILE_CONFIRM_SECONDS = env.float("RECONCILE_CONFIRM_SECONDS", default=1.0)
 # Whether each runtime process also runs the reconciler (one process per pass, through a Redis lock).
 WORKER_RECONCILER = env.bool("WORKER_RECONCILER", default=True)
 # SIGTERM: seconds jobs in flight may take to finish before they are handed back (a 2nd SIGTERM: at once).

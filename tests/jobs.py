@@ -247,3 +247,35 @@ class AsyncTimeoutJob(JobDefinition):
     async def run(self, payload, context):
         await asyncio.sleep(payload["seconds"])
         return {"finished": True}
+
+
+class GuildStepPayload(serializers.Serializer):
+    guildId = serializers.CharField(max_length=64)
+    tag = serializers.CharField(max_length=100)
+    seconds = serializers.FloatField(min_value=0, max_value=60, required=False, default=0)
+    fail_attempts = serializers.IntegerField(min_value=0, required=False, default=0)
+
+
+class GuildStepJob(JobDefinition):
+    """A chat-queue coroutine of a guild (its tenant, fair-shared): marks its start in Redis
+    (`test:order` gets the tag of every start, in order), sleeps, and fails its first `fail_attempts`."""
+
+    name = "test_guild_step"
+    queue = QueueName.CHAT
+    payload_serializer = GuildStepPayload
+    tenant_field = "guildId"
+    retry = RetryPolicy(max_attempts=2, backoff_base=1)
+    timeout = 60
+
+    async def run(self, payload, context):
+        conn = _redis()
+        conn.rpush(f"test:started:{payload['tag']}", f"{os.getpid()}:{context.attempt}")
+        conn.rpush("test:order", payload["tag"])
+        deadline = time.monotonic() + payload["seconds"]
+        while time.monotonic() < deadline:
+            await context.acheck_cancelled()
+            await asyncio.sleep(0.05)
+        if context.attempt <= payload["fail_attempts"]:
+            raise TransientJobError(f"attempt {context.attempt} failed as planned")
+        conn.rpush(f"test:done:{payload['tag']}", context.attempt)
+        return {"attempt": context.attempt}

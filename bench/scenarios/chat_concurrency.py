@@ -50,10 +50,13 @@ def run(env: BenchEnv, *, levels, reply_seconds: float, chunks: int, timeout: fl
     llm_env = dict(OPENAI_API_KEY=provider.api_key, OPENAI_BASE_URL=provider.base_url, LOG_LEVEL="WARNING")
     try:
         for level in levels:
+            # Every reply is the one bench user's (one tenant): its fair-dequeue cap is lifted to the level,
+            # this scenario measures one process's concurrency (`fairness` measures the cap).
             ours = chat_round(env, provider, worker_class=None, level=level, timeout=timeout,
-                              CHAT_CONCURRENCY=level, **llm_env)
+                              CHAT_CONCURRENCY=level, CHAT_TENANT_CONCURRENCY=level, **llm_env)
             base = chat_round(env, provider, worker_class=THREADED, level=level, timeout=timeout,
-                              CHAT_CONCURRENCY=level, WORKER_THREADS=level, **llm_env)
+                              CHAT_CONCURRENCY=level, CHAT_TENANT_CONCURRENCY=level, WORKER_THREADS=level,
+                              **llm_env)
             result.details[str(level)] = {"default": ours, "baseline": base}
             note = f"{_verdict(ours)}; baseline {_verdict(base)}"
             for label, key, unit, higher in (("jobs/s", "jobs_per_s", "jobs/s", True),

@@ -1,116 +1,111 @@
-"""fairness: guild A submits a flood, guilds B–E a few jobs each, all at the same moment (A's a moment
-earlier). How long do the small guilds wait for their replies?
+"""fairness: guild A submits a flood of chat-queue jobs, guilds B–E a few each, all at the same moment
+(A's first). How long do the small guilds wait for their replies?
 
-Phase-1 skeleton with SIMULATED consumers: `consumers` threads in this process stand in for a worker's
-chat slots; a "reply" is a sleep of `reply` seconds. What is real: the Redis structures and Lua scripts
-of queues.fairness (fair_push / fair_pop / fair_release / fair_wait) on the bench's private Redis.
-Baseline (same run, same consumers, same reply time): plain FIFO, one Redis list (LPUSH / BRPOP), as RQ
-queues a job today. Figures: the small guilds' p95 completion time (from the submission moment), also in
-reply-times, and guild A's last completion (the per-tenant cap's price: A may use CHAT_TENANT_CONCURRENCY
-slots at a time, however idle the rest are).
+Real workers: `processes` × `manage.py rqworker chat` (the default command, the worker runtime) with
+CHAT_CONCURRENCY=`concurrency` and CHAT_TENANT_CONCURRENCY=`cap`. A job is `bench_guild_reply`: a chat-queue
+coroutine of its guild (tenant_field `guildId`) that waits `reply` seconds, as an LLM reply does. The jobs
+are written and pushed (`job_push`) while the chat queue is paused from the admin, then it is resumed, so
+every job is waiting when the first one starts. Times come from the ledger: completion = a job's
+finished_at − the round's first started_at.
+
+Baseline (same run, same workers, same jobs): plain FIFO — FAIR_QUEUES empty in the workers and for the
+pushes, so the chat queue is RQ's lists popped in order, as before fair dequeue. Figures: the small guilds'
+p95 completion (also in reply-times) and guild A's last completion (the per-tenant cap's price: A runs at
+most `cap` jobs at a time, however idle the other slots are). Details: A's most jobs at once (the cap seen
+in the ledger).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
+from django.test import override_settings
+
+from bench import harness
 from bench.harness import BenchEnv, Result
+from bench.ledger import ledger_clear, ledger_jobs_prepare
 from bench.stats import percentile
 
 NAME = "fairness"
-DEFAULTS = dict(jobs=500, small=10, guilds=4, consumers=10, reply=0.1, cap=2)
-SMOKE = dict(jobs=30, small=3, guilds=4, consumers=4, reply=0.01, cap=2)
+DEFAULTS = dict(jobs=500, small=10, guilds=4, processes=2, concurrency=5, reply=0.1, cap=2, timeout=600.0)
+SMOKE = dict(jobs=12, small=2, guilds=2, processes=1, concurrency=4, reply=0.02, cap=2, timeout=120.0)
 BASELINE = "plain FIFO"
-QUEUE = "chat"
-FIFO_KEY = "bench:fairness:fifo"
+JOB_TYPE = "bench_guild_reply"
 
 
-def run(env: BenchEnv, *, jobs: int, small: int = 10, guilds: int = 4, consumers: int = 10, reply: float = 0.1,
-        cap: int = 2, **_) -> Result:
-    submissions = [("A", f"A-{i}") for i in range(jobs)]
+def run(env: BenchEnv, *, jobs: int, small: int = 10, guilds: int = 4, processes: int = 2, concurrency: int = 5,
+        reply: float = 0.1, cap: int = 2, timeout: float = 600.0, **_) -> Result:
+    payloads = [{"guildId": "A", "seconds": reply} for _ in range(jobs)]
     for g in range(guilds):
-        tenant = chr(ord("B") + g)
-        submissions += [(tenant, f"{tenant}-{i}") for i in range(small)]
-    result = Result(NAME, env, params=dict(big_guild_jobs=jobs, small_guilds=guilds, small_guild_jobs=small,
-                                           consumers=consumers, reply_s=reply, tenant_cap=cap,
-                                           consumers_kind="simulated (threads sleeping `reply` s)"))
-    fifo, fifo_submit = _measure(env, submissions, consumers, reply, cap, fair=False)
-    fair, fair_submit = _measure(env, submissions, consumers, reply, cap, fair=True)
-    small_fifo = [t for tenant, t in fifo if tenant != "A"]
-    small_fair = [t for tenant, t in fair if tenant != "A"]
-    big_fifo = [t for tenant, t in fifo if tenant == "A"]
-    big_fair = [t for tenant, t in fair if tenant == "A"]
+        payloads += [{"guildId": chr(ord("B") + g), "seconds": reply} for _ in range(small)]
+    result = Result(NAME, env, params=dict(
+        big_guild_jobs=jobs, small_guilds=guilds, small_guild_jobs=small, worker_processes=processes,
+        chat_concurrency=concurrency, slots=processes * concurrency, reply_s=reply, tenant_cap=cap,
+        workers="manage.py rqworker chat (the runtime), real processes"))
+    fifo = _round(env, payloads, fair=False, processes=processes, concurrency=concurrency, cap=cap, timeout=timeout)
+    fair = _round(env, payloads, fair=True, processes=processes, concurrency=concurrency, cap=cap, timeout=timeout)
+    small_fifo, small_fair = fifo["small"], fair["small"]
     result.add("small guilds p95 completion", percentile(small_fair, 95), "s", BASELINE,
                percentile(small_fifo, 95), higher_is_better=False)
     result.add("small guilds p95 completion in reply-times", percentile(small_fair, 95) / reply, "replies",
                BASELINE, percentile(small_fifo, 95) / reply, higher_is_better=False)
-    result.add("guild A last completion", max(big_fair), "s", BASELINE, max(big_fifo), higher_is_better=False,
+    result.add("guild A last completion", max(fair["big"]), "s", BASELINE, max(fifo["big"]), higher_is_better=False,
                note="the per-tenant cap keeps A to `cap` slots even when others are idle")
-    result.details = {
-        "fair": {"small_p50_s": round(percentile(small_fair, 50), 3), "small_max_s": round(max(small_fair), 3),
-                 "big_p50_s": round(percentile(big_fair, 50), 3), "submit_s": round(fair_submit, 3)},
-        BASELINE: {"small_p50_s": round(percentile(small_fifo, 50), 3), "small_max_s": round(max(small_fifo), 3),
-                   "big_p50_s": round(percentile(big_fifo, 50), 3), "submit_s": round(fifo_submit, 3)},
-    }
+    result.details = {"fair": _summary(fair), BASELINE: _summary(fifo)}
     return result
 
 
-def _measure(env: BenchEnv, submissions, consumers: int, reply: float, cap: int, *, fair: bool):
-    from queues.fairness import fair_pop, fair_push_many, fair_release, fair_wait
+def _summary(data: dict) -> dict:
+    return {"small_p50_s": round(percentile(data["small"], 50), 3), "small_max_s": round(max(data["small"]), 3),
+            "big_p50_s": round(percentile(data["big"], 50), 3), "big_most_at_once": data["big_most_at_once"],
+            "submit_s": round(data["submit_s"], 3), "finished": data["finished"], "logs": data["logs"]}
+
+
+def _round(env: BenchEnv, payloads, *, fair: bool, processes: int, concurrency: int, cap: int,
+           timeout: float) -> dict:
+    from queues.constants import JobStatus, QueueName
+    from queues.keys import alive_key
+    from queues.models import JobRecord
+    from queues.services import job_enqueue, queue_pause, queue_resume
 
     conn = env.redis()
     conn.flushdb()
-    tenant_of = dict((job_id, tenant) for tenant, job_id in submissions)
-    finished: list[tuple[str, float]] = []
-    lock = threading.Lock()
-    remaining = [len(submissions)]
-    start = threading.Event()
-    t0 = [0.0]
-    submit_seconds = [0.0]
-
-    def consume(name: str):
-        own = env.redis()
-        start.wait()
-        while True:
-            with lock:
-                if remaining[0] == 0:
-                    return
-            if fair:
-                job = fair_pop(conn=own, queue=QUEUE, worker=name, cap=cap)
-                if job is None:
-                    fair_wait(conn=own, queue=QUEUE, timeout=0.05)
-                    continue
-                job_id = job.job_id
-            else:
-                popped = own.brpop([FIFO_KEY], timeout=0.05)
-                if popped is None:
-                    continue
-                job_id = popped[1].decode()
-            time.sleep(reply)
-            done = time.monotonic() - t0[0]
-            if fair:
-                fair_release(conn=own, queue=QUEUE, job_ids=[job_id], cap=cap)
-            with lock:
-                finished.append((tenant_of[job_id], done))
-                remaining[0] -= 1
-
-    threads = [threading.Thread(target=consume, args=(f"bench-{i}",), daemon=True) for i in range(consumers)]
-    for thread in threads:
-        thread.start()
-    # Everything is submitted before a consumer starts ("at the same moment", A's flood first), in one
-    # round trip either way; the clock starts when the consumers do.
-    submitted = time.monotonic()
-    if fair:
-        fair_push_many(conn=conn, queue=QUEUE, items=[("normal", t, j) for t, j in submissions], cap=cap)
-    else:
-        with conn.pipeline(transaction=False) as pipe:
-            for _, job_id in submissions:
-                pipe.lpush(FIFO_KEY, job_id)
-            pipe.execute()
-    submit_seconds[0] = time.monotonic() - submitted
-    t0[0] = time.monotonic()
-    start.set()
-    for thread in threads:
-        thread.join(timeout=3600)
-    return finished, submit_seconds[0]
+    ledger_clear()
+    fair_queues = [QueueName.CHAT] if fair else []
+    tag = "fair" if fair else "fifo"
+    names = [f"fairness-{tag}-{i}" for i in range(processes)]
+    procs = [harness.default_worker(env, ["chat"], name=name, CHAT_CONCURRENCY=concurrency,
+                                    CHAT_TENANT_CONCURRENCY=cap, FAIR_QUEUES=",".join(fair_queues))
+             for name in names]
+    try:
+        with override_settings(FAIR_QUEUES=fair_queues, CHAT_TENANT_CONCURRENCY=cap):
+            harness.wait_until(lambda: all(conn.exists(alive_key(n)) for n in names), 120, "the workers to start")
+            warm = job_enqueue(job_type="bench_noop_chat", payload={})
+            harness.wait_until(lambda: JobRecord.objects.filter(pk=warm.pk, status=JobStatus.COMPLETED).exists(),
+                               120, "the warm-up job")
+            queue_pause(queue=QueueName.CHAT, reason="bench fairness: submitting")
+            time.sleep(1.5)  # workers see a pause within a second
+            began = time.monotonic()
+            ids = ledger_jobs_prepare(job_type=JOB_TYPE, count=len(payloads), payloads=payloads)
+            submit_s = time.monotonic() - began
+            queue_resume(queue=QueueName.CHAT)
+        deadline = time.monotonic() + timeout
+        finished = True
+        while JobRecord.objects.filter(pk__in=ids, status=JobStatus.COMPLETED).count() < len(ids):
+            if time.monotonic() > deadline:
+                finished = False
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.stop()
+    rows = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.COMPLETED)
+                .values_list("tenant", "started_at", "finished_at"))
+    t0 = min(started for _, started, _ in rows)
+    big = [(s, f) for tenant, s, f in rows if tenant == "A"]
+    return {
+        "small": [(f - t0).total_seconds() for tenant, _, f in rows if tenant != "A"],
+        "big": [(f - t0).total_seconds() for _, f in big],
+        "big_most_at_once": max(sum(1 for s, f in big if s <= moment < f) for moment, _ in big),
+        "submit_s": submit_s, "finished": finished, "logs": [str(p.log_path) for p in procs],
+    }

@@ -22,6 +22,7 @@ from queues.redis import get_connection
 from slimy_site.exceptions import Conflict, ValidationFailed
 
 from queues.services.enqueue import _definition, _push_safely, job_enqueue
+from queues.services.fair import fair_job_remove, queue_is_fair
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def job_cancel(*, job: JobRecord, actor=None) -> JobRecord:
         if previous in FINAL_STATUSES:
             raise Conflict(f"The job is already {previous}.", code="job_not_cancellable")
         _mark_cancelled(job_id=job.pk)
-    _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED)
+    _remove_from_redis(job_id=str(job.pk), running=previous == JobStatus.STARTED, record=job)
     job.refresh_from_db()
     signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)
     return job
@@ -74,9 +75,11 @@ def _mark_cancelled(*, job_id) -> None:
     )
 
 
-def _remove_from_redis(*, job_id: str, running: bool) -> None:
+def _remove_from_redis(*, job_id: str, running: bool, record: JobRecord | None = None) -> None:
     conn = get_connection()
     try:
+        if not running and record is not None and queue_is_fair(record.queue):
+            fair_job_remove(conn=conn, job=record)  # out of its tenant's line (RQ's hash goes below)
         if running:
             try:
                 send_stop_job_command(conn, job_id)
@@ -109,7 +112,7 @@ def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
             _mark_cancelled(job_id=job.pk)
     if previous == JobStatus.STARTED:
         _remove_from_redis(job_id=str(job.pk), running=True)
-    _remove_from_redis(job_id=str(job.pk), running=False)
+    _remove_from_redis(job_id=str(job.pk), running=False, record=job)
     job.refresh_from_db()
     if previous not in FINAL_STATUSES:
         signals.job_finished.send(sender=JobRecord, job=job, outcome="cancelled", duration=None)

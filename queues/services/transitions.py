@@ -90,11 +90,13 @@ def job_complete(*, job: JobRecord, result) -> bool:
 
 def job_attempt_failed(
     *, job: JobRecord, exc: BaseException, permanent: bool, retry_after: float | None = None,
-    attempt_outcome: str | None = None, traceback_text: str | None = None, backoff: bool = True,
+    attempt_outcome: str | None = None, traceback_text: str | None = None, immediate: bool = False,
 ) -> float | None:
     """Record a failed attempt. Returns the delay before the next attempt, or None when final.
 
-    `backoff=False`: the next attempt is due at once (the attempt did not fail, its process went away)."""
+    `immediate`: the next attempt is due now, without the policy's back-off (the attempt did not fail,
+    its process died: waiting helps nothing, and the person waiting on the reply waits longer).
+    """
     definition = registry.get(job.job_type)
     policy = definition.retry if definition else None
     now = timezone.now()
@@ -106,9 +108,8 @@ def job_attempt_failed(
     if retry:
         # A provider's Retry-After is honoured, but never beyond what the policy itself could wait.
         hint = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
-        delay = max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)), policy.delay_after(job.attempts))
-        if not backoff:
-            delay = 0.0
+        delay = 0.0 if immediate else max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)),
+                                          policy.delay_after(job.attempts))
     with transaction.atomic():
         fields = dict(error_code=str(code)[:64], error_message=message, error_traceback=trace, updated_at=now)
         if retry:
@@ -130,19 +131,18 @@ def job_attempt_failed(
     return delay
 
 
-def job_recover_abandoned(*, job_id, reason: str) -> str | None:
-    """A started job whose process died: apply its retry policy and push it again.
+def job_recover_abandoned(*, job_id, reason: str, immediate: bool = False) -> str | None:
+    """A started job whose process died or gave it up: count the attempt and push it again (`immediate`:
+    due now, without the retry policy's back-off — for a dead worker's jobs).
 
-    The next attempt is due at once: the backoff spares a failing dependency, and this attempt did not
-    fail, its process went away (the attempts it may take still count). Returns the new status, or None
-    when the record was not started (nothing to recover).
+    Returns the new status, or None when the record was not started (nothing to recover).
     """
     job = JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).first()
     if job is None:
         return None
     delay = job_attempt_failed(
         job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
-        traceback_text="", backoff=False,
+        traceback_text="", immediate=immediate,
     )
     # The abandoned attempt may still be alive (frozen, partitioned): its output writes are refused from now on.
     try:

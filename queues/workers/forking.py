@@ -10,7 +10,9 @@ What they add to RQ's workers:
 - a job whose work-horse was killed, or that a cold shutdown interrupted, is handed to its retry policy;
 - Django database connections are never shared across fork() and are closed when a horse exits;
 - a queue paused from the admin (a Redis key per queue) is skipped when dequeueing: its jobs wait,
-  submissions are still accepted. The pause keys are re-read at most every PAUSE_RECHECK_SECONDS.
+  submissions are still accepted. The pause keys are re-read at most every PAUSE_RECHECK_SECONDS;
+- a fair-shared queue (FAIR_QUEUES) is popped from its tenants' lines (queues.fairness), before the
+  other queues, and the tenant's slot is released once the job's execution ends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.worker import WorkerStatus
 
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.fairness import fair_pop, fair_release, fair_wake_key
 from queues.keys import (  # noqa: F401 - re-exported: these names were imported from here
     ALIVE_KEY, PAUSED_KEY, RECOVER_KEY, SLOTS_KEY, SUSPECT_KEY, alive_key, paused_key, slots_key, suspect_key,
 )
@@ -79,6 +82,7 @@ class LedgerWorkerMixin:
         self._alive_thread = None
         self._paused: set[str] = set()
         self._paused_checked = float("-inf")
+        self._fair_slot: tuple[str, str] | None = None  # (queue, job id) popped from a tenant's line
 
     # --- paused queues
     def _paused_names(self) -> set[str]:
@@ -99,31 +103,87 @@ class LedgerWorkerMixin:
         if {q.name for q in active} != {q.name for q in self._ordered_queues}:
             self._ordered_queues = active
 
+    # --- fair-shared queues (FAIR_QUEUES): popped from their tenants' lines, one job at a time
+    def _split_fair(self, active: list[Queue]) -> tuple[list[str], list[Queue]]:
+        fair = list(dict.fromkeys(base_queue_name(q.name) for q in active
+                                  if base_queue_name(q.name) in settings.FAIR_QUEUES))
+        return fair, [q for q in active if base_queue_name(q.name) not in fair]
+
+    def _fair_dequeue(self, names: list[str]):
+        from queues.services.fair import fair_plain_drain
+
+        for name in names:
+            fair_plain_drain(conn=self.connection, queue=name)  # strays on the plain lists join their lines
+            while (popped := fair_pop(conn=self.connection, queue=name, worker=self.name)) is not None:
+                key = Queue.redis_queue_namespace_prefix + rq_queue_name(name, popped.priority)
+                result = self.queue_class._fetch_dequeued_job(
+                    self.connection, key, popped.job_id, job_class=self.job_class, serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class)
+                if result is None:  # RQ's copy is gone (deleted): nothing to run here
+                    fair_release(conn=self.connection, queue=name, job_ids=[popped.job_id])
+                    continue
+                self._fair_slot = (name, popped.job_id)
+                return result
+        return None
+
+    def execute_job(self, job, queue):
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            slot, self._fair_slot = self._fair_slot, None
+            if slot is not None:
+                try:
+                    fair_release(conn=self.connection, queue=slot[0], job_ids=[slot[1]])
+                except (RedisError, OSError):
+                    logger.warning("worker %s: fair slot of job %s not released; the reconciler frees it",
+                                   self.name, slot[1])
+
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
-        """RQ's dequeue, restricted to the queues not paused.
+        """RQ's dequeue, restricted to the queues not paused; fair-shared queues first, from their tenants'
+        lines (queues.fairness).
 
         A blocking pop lasts at most PAUSE_RECHECK_SECONDS, so a pause takes effect within about
-        two seconds; with every queue paused the worker idles (heartbeating) until one is resumed.
+        two seconds; with every queue paused the worker idles (heartbeating) until one is resumed. While
+        it blocks on other queues' lists, a fair queue's new job waits up to that long for this worker.
         """
         if timeout is None:  # burst mode: one non-blocking pass
-            active = self._active_queues()
-            if not active:
-                return None
+            fair, active = self._split_fair(self._active_queues())
+            result = self._fair_dequeue(fair)
+            if result is not None or not active:
+                return result
             self._use_queues(active)
             return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
         idle_since = time.monotonic()
         while True:
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
-            active = self._active_queues()
-            if not active:
+            fair, active = self._split_fair(self._active_queues())
+            if fair:
+                try:
+                    result = self._fair_dequeue(fair)
+                except (RedisError, OSError) as exc:
+                    logger.error("worker %s: fair dequeue failed (%s); retrying", self.name, exc)
+                    time.sleep(PAUSE_RECHECK_SECONDS)
+                    continue
+                if result is not None:
+                    return result
+            if not active and not fair:
                 self.set_state(WorkerStatus.IDLE)
                 self.procline("All queues paused")
                 self.heartbeat()
                 time.sleep(PAUSE_RECHECK_SECONDS)
                 continue
-            self._use_queues(active)
             step = max(1, min(timeout, PAUSE_RECHECK_SECONDS))
+            if not active:
+                self.set_state(WorkerStatus.IDLE)
+                self.heartbeat()
+                try:
+                    self.connection.blpop([fair_wake_key(n) for n in fair], timeout=step)
+                except (RedisError, OSError) as exc:
+                    logger.error("worker %s: waiting for fair queues failed (%s); retrying", self.name, exc)
+                    time.sleep(PAUSE_RECHECK_SECONDS)
+                continue
+            self._use_queues(active)
             result = super().dequeue_job_and_maintain_ttl(step, max_idle_time=step)
             if result is not None:
                 return result

@@ -9,6 +9,11 @@ The loop (asyncio, main thread):
   priority lists; one pipeline for all queues), skipping queues paused from the admin; when nothing is
   waiting it blocks in one `BLMPOP` over every queue with a free slot (a pop that a full queue cannot
   take is pushed back to the head of its list);
+- a fair-shared queue (FAIR_QUEUES, default chat) is popped from its tenants' lines instead
+  (queues.fairness: round-robin across tenants within each priority, at most CHAT_TENANT_CONCURRENCY
+  jobs of a tenant in flight across every process), and its wake list is part of the blocking pop; every
+  popped job's tenant slot is released (`release`) once its outcome is recorded or it was skipped or handed
+  back. Ids that still land on such a queue's plain lists are moved into their tenants' lines;
 - hands the ids to their queue's lane: a thread that marks them started in ONE statement (queues.fastpath)
   and sends each job to its executor —
   * inline: short synchronous jobs run one after another on the lane, their completions recorded in ONE
@@ -61,6 +66,7 @@ from rq.worker import WorkerStatus
 from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
+from queues.fairness import afair_pop_many, afair_release, fair_release, fair_wake_key
 from queues.fastpath import job_complete_batch, job_start_delivery
 from queues.keys import RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
@@ -75,6 +81,7 @@ PAUSE_RECHECK_SECONDS = 1
 FENCE_SECONDS = 0.25  # how often attempts in flight are checked against the ledger
 WATCHDOG_SECONDS = 0.1
 MAX_BATCH = 100
+DRAIN_BATCH = 100  # stray ids moved from a fair queue's plain list per pass
 BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
 SESSION_CHECK_SECONDS = 1.0  # a database session used within this long is not checked again
@@ -147,6 +154,10 @@ class SlimyRuntimeWorker(SimpleWorker):
                                     [Queue.redis_queue_namespace_prefix + rq_queue_name(n, p) for p in PRIORITY_ORDER])
                       for n in names}
         self._queue_of_key = {key: s for s in self.slots.values() for key in s.keys}
+        # Fair-shared queues (FAIR_QUEUES) are popped from their tenants' lines, not their plain lists.
+        self.fair = {n for n in names if n in settings.FAIR_QUEUES}
+        self._wake_keys = {fair_wake_key(n) for n in self.fair}
+        self._fair_releases: set[asyncio.Task] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.inflight: dict[str, Inflight] = {}
         self.inflight_lock = threading.Lock()
@@ -260,6 +271,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 await asyncio.wait({self._blocking_pop}, timeout=BLOCK_SECONDS + 1)
             await asyncio.gather(*guards, return_exceptions=True)
             await self._flush_completions()
+            await asyncio.gather(*self._fair_releases, return_exceptions=True)
             forgotten = self._take_forgotten()
             if forgotten:
                 try:
@@ -308,6 +320,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 return
             try:
                 active = [s for s in self.slots.values() if s.name not in await self._paused_names()]
+                await self._drain_plain([s for s in active if s.name in self.fair])
                 took = await self._pop_now([s for s in active if s.free], max_jobs)
                 wait = 1.0
                 if took:
@@ -369,12 +382,12 @@ class SlimyRuntimeWorker(SimpleWorker):
         if not slots.free:
             return 0
         lane = self.lanes[slots.name]
-        if lane.inline_seen:
+        if lane.inline_seen and slots.name not in self.fair:  # (a fair pop has no list to put ids back on)
             return max(lane.batch_size() - lane.pending, 0)
         return min(slots.free, lane.batch_size())
 
     async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
-        """Non-blocking: what each queue wants (`_wants`), one round trip for all."""
+        """Non-blocking: what each queue wants (`_wants`); one round trip per fair queue and one for the others."""
         wanted = []
         for slots in queues:
             count = self._wants(slots)
@@ -382,24 +395,32 @@ class SlimyRuntimeWorker(SimpleWorker):
                 count = min(count, max(max_jobs - self.started_jobs - sum(c for _, c in wanted), 0))
             if count > 0:
                 wanted.append((slots, count))
+        took = False
+        for slots, count in wanted:
+            if slots.name in self.fair:
+                # Round-robin across tenants, high → normal → low, each tenant under its cap (queues.fairness).
+                popped = await afair_pop_many(conn=self.pop_conn, queue=slots.name, worker=self.name, count=count)
+                if popped:
+                    self._take(slots, [job.job_id for job in popped])
+                    took = True
+        plain = [(s, c) for s, c in wanted if s.name not in self.fair]
         forgotten = self._take_forgotten()
-        if not wanted:
+        if not plain:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
-            return False
+            return took
         if self._lmpop:
             async with self.pop_conn.pipeline(transaction=False) as pipe:
-                for slots, count in wanted:
+                for slots, count in plain:
                     pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=count)
                 if forgotten:
                     pipe.unlink(*[Job.key_for(i) for i in forgotten])
-                answers = (await pipe.execute())[:len(wanted)]
+                answers = (await pipe.execute())[:len(plain)]
         else:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
-            answers = [await self._pop_without_lmpop(slots.keys, count) for slots, count in wanted]
-        took = False
-        for (slots, _), answer in zip(wanted, answers):
+            answers = [await self._pop_without_lmpop(slots.keys, count) for slots, count in plain]
+        for (slots, _), answer in zip(plain, answers):
             if not answer:
                 continue
             key, items = answer[0].decode(), [i.decode() for i in answer[1]]
@@ -407,9 +428,32 @@ class SlimyRuntimeWorker(SimpleWorker):
             took = True
         return took
 
+    async def _drain_plain(self, queues: list[QueueSlots]) -> None:
+        """Ids on a fair queue's plain lists (pushed by an older version, by RQ's scheduler, or with rq
+        directly) move into their tenants' lines, where they wait their turn like every other job."""
+        if not queues:
+            return
+        async with self.pop_conn.pipeline(transaction=False) as pipe:
+            for slots in queues:
+                for key in slots.keys:
+                    pipe.lpop(key, DRAIN_BATCH)
+            answers = iter(await pipe.execute())
+        for slots in queues:
+            items = [(priority, i.decode()) for priority in PRIORITY_ORDER for i in next(answers) or []]
+            if items:
+                await self._fair_push(slots, items)
+
+    async def _fair_push(self, slots: QueueSlots, items) -> None:
+        from queues.services.fair import fair_push_ids
+
+        await self.db(fair_push_ids, conn=self.connection, queue=slots.name, items=items)
+
     async def _block(self, queues: list[QueueSlots]) -> bool:
         """Wait for one job on any open queue; a queue filled meanwhile gets its pop pushed back."""
         keys = [key for priority in range(len(PRIORITY_ORDER)) for s in queues for key in s.keys[priority:priority + 1]]
+        # A fair queue's pushes and releases drop a token on its wake list (after the plain lists: those
+        # of a fair queue only ever hold strays, moved to their tenants' lines when popped here).
+        keys += [fair_wake_key(s.name) for s in queues if s.name in self.fair]
         if self._lmpop:
             answer = await self.pop_conn.blmpop(BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=1)
         else:
@@ -418,7 +462,12 @@ class SlimyRuntimeWorker(SimpleWorker):
         if not answer:
             return False
         key, items = answer[0].decode(), [i.decode() for i in answer[1]]
+        if key in self._wake_keys:
+            return True  # the next pass pops fairly
         slots = self._queue_of_key[key]
+        if slots.name in self.fair:
+            await self._fair_push(slots, [(PRIORITY_ORDER[slots.keys.index(key)], i) for i in items])
+            return True
         if self.stopping or not slots.free or slots.name in self._paused:
             await self._push_back(key, items)
             return False
@@ -448,9 +497,20 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.lanes[slots.name].submit(ids, reserved, key)
 
     def release(self, queue: str, job_ids: list[str], slots: int | None = None) -> None:
-        """The jobs' outcomes are recorded (or they were skipped): `slots` (default: one per job) of their
-        queue are free again. Also wakes the loop (a lane's room for the next batch). From any thread."""
+        """The jobs' outcomes are recorded (or they were skipped, or handed back): `slots` (default: one per
+        job) of this process's queue are free again and, on a fair queue, the jobs' tenants' slots (shared by
+        every worker). Also wakes the loop (a lane's room for the next batch). From any thread."""
         count = len(job_ids) if slots is None else slots
+        if queue in self.fair and job_ids:
+            if _running_loop() is self.loop:
+                task = self.loop.create_task(self._fair_release(queue, job_ids))
+                self._fair_releases.add(task)
+                task.add_done_callback(self._fair_releases.discard)
+            else:
+                try:
+                    fair_release(conn=self.connection, queue=queue, job_ids=job_ids)
+                except (RedisError, OSError) as exc:
+                    _fair_release_failed(job_ids, exc)
 
         def free():
             self.slots[queue].busy -= count
@@ -458,6 +518,12 @@ class SlimyRuntimeWorker(SimpleWorker):
 
         if self.loop is not None:
             self.loop.call_soon_threadsafe(free)
+
+    async def _fair_release(self, queue: str, job_ids: list[str]) -> None:
+        try:
+            await afair_release(conn=self.aconn, queue=queue, job_ids=job_ids)
+        except (RedisError, OSError) as exc:
+            _fair_release_failed(job_ids, exc)
 
     async def _drain(self) -> None:
         """Stopping: let jobs in flight finish within the grace, then hand back what still runs."""
@@ -595,6 +661,18 @@ class SlimyRuntimeWorker(SimpleWorker):
         while self._forgotten:
             ids.append(self._forgotten.popleft())
         return ids
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _fair_release_failed(job_ids: list[str], exc: BaseException) -> None:
+    # The reconciler frees slots held past its grace by records that no longer run (fair_slots_reconcile).
+    logger.warning("fair-dequeue slots of %s job(s) not released (%s); the reconciler frees them", len(job_ids), exc)
 
 
 def _tune_gc() -> None:

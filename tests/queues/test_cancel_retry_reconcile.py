@@ -194,3 +194,20 @@ def test_delete_from_redis_of_a_running_job_closes_its_attempt(redis_conn):
     assert record.status == JobStatus.CANCELLED
     assert record.attempt_history.get(number=1).outcome == "cancelled"
     assert not Job.exists(str(job.pk), connection=redis_conn)
+
+
+def test_a_dead_workers_job_is_pushed_again_at_once_without_back_off(redis_conn):
+    from queues.redis import get_rq_queue
+
+    job = job_enqueue(job_type="test_echo", payload={"value": "taken over"})
+    get_rq_queue("database").empty()  # a worker popped it ...
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=1, worker_name="killed")
+    record = _record(job)
+    record.attempt_history.create(number=1, worker_name="killed", started_at=record.created_at)
+    # ... and was killed: no liveness key.
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=0).recovered == [str(job.pk)]
+    record = _record(job)
+    assert record.status == JobStatus.RETRYING and record.scheduled_for <= record.updated_at
+    # On its queue now, not in the scheduled registry behind the retry policy's 2 s back-off.
+    assert get_rq_queue("database").job_ids == [str(job.pk)]
+    assert [a.outcome for a in record.attempt_history.all()] == ["abandoned"]

@@ -18,13 +18,14 @@ import urllib.request
 
 import psutil
 import pytest
+import redis
 
 from queues.models import JobRecord
-from queues.output import output_writer_open
+from queues.output import output_key, output_writer_open
 from queues.services import job_enqueue
 from slimy_site.runall import web_child
 from slimy_site.services import api_token_issue
-from tests.chat.sse import Event, LiveStream, only
+from tests.chat.sse import Event, LiveStream, only, parse
 from tests.processes import Proc, process_env, wait_for
 from tests.redis_server import free_port
 
@@ -283,3 +284,155 @@ def test_shutdown_tells_open_streams_to_reconnect(user, web):
     # Every stream ended with the reconnect hint (whole events only: the parser saw no torn one).
     assert endings == [": server restarting; reconnect with Last-Event-ID"] * len(streams)
     assert server.wait(20) == 0
+
+
+def _follow(port, token, job, *, outcome, last_id=None):
+    """Read a job's events as EventSource does: reconnect with Last-Event-ID until the final state."""
+    try:
+        while True:
+            stream = LiveStream(port, f"/api/jobs/{job.pk}/events", token, last_event_id=last_id, timeout=30)
+            assert stream.response.status == 200, stream.response.status
+            outcome["connections"] += 1
+            try:
+                while (event := stream.next()) is not None:
+                    if not isinstance(event, Event):
+                        outcome["comments"].append(event)
+                        continue
+                    outcome["events"].append(event)
+                    last_id = event.id or last_id
+                    if event.kind == "state" and event.data["status"] in ("completed", "failed", "cancelled"):
+                        return
+            finally:
+                stream.close()
+    except Exception as exc:  # noqa: BLE001 - reported by the test thread
+        outcome["error"] = exc
+
+
+def test_streams_end_at_their_time_limit_and_resume_without_gaps_or_repeats(user, web):
+    # Heartbeats every 300 s: a stream with nothing to send still ends at its time limit.
+    server = web(JOB_EVENTS_MAX_SECONDS="1", JOB_EVENTS_HEARTBEAT="300", API_MAX_STREAMS_PER_USER="100")
+    token = api_token_issue(user=user)
+    jobs = [_job(user) for _ in range(20)]
+    idle = _job(user)  # writes nothing until the end
+    outcomes = {job.pk: {"connections": 0, "events": [], "comments": [], "error": None} for job in [*jobs, idle]}
+    followers = [threading.Thread(target=_follow, args=(server.port, token, job), kwargs={"outcome": outcomes[job.pk]})
+                 for job in [*jobs, idle]]
+    for thread in followers:
+        thread.start()
+    writers = [output_writer_open(job_id=str(job.pk), job_type="test_echo", attempt=1) for job in jobs]
+    chunks = [f"c{i} " for i in range(25)]
+    for chunk in chunks:  # 2.5 s or more of output: every stream meets its 1-s limit at least once
+        for writer in writers:
+            writer.write(chunk)
+        time.sleep(0.1)
+    wait_for(lambda: outcomes[idle.pk]["connections"] >= 2, timeout=30, message="the idle stream to be renewed")
+    for job, writer in zip(jobs, writers):
+        writer.close()
+        _finish(job, "done")
+    _finish(idle, "")
+    for thread in followers:
+        thread.join(60)
+    limit_hint = ": stream time limit reached; reconnect with Last-Event-ID"
+    for job in jobs:
+        outcome = outcomes[job.pk]
+        assert outcome["error"] is None, outcome["error"]
+        assert outcome["connections"] >= 2 and limit_hint in outcome["comments"]
+        assert [e.data["text"] for e in only(outcome["events"], "chunk")] == chunks
+        assert len(only(outcome["events"], "segment")) == 1
+        assert outcome["events"][-1].data["status"] == "completed"
+    assert outcomes[idle.pk]["error"] is None and limit_hint in outcomes[idle.pk]["comments"]
+    assert outcomes[idle.pk]["events"][-1].data["status"] == "completed"
+    wait_for(lambda: _metric(server.port, "slimy_web_open_streams") == 0, timeout=10, message="the gauge to drop")
+
+
+def _reader_keys(monitor, deadline) -> set[str] | None:
+    """The output logs named by the next XREAD the web process's reader sends (None: none before the deadline)."""
+    while time.monotonic() < deadline:
+        try:
+            command = monitor.next_command()
+        except TimeoutError:
+            return None
+        words = command["command"].split()
+        if words and words[0].upper() == "XREAD" and "BLOCK" in (w.upper() for w in words):
+            streams = words[[w.upper() for w in words].index("STREAMS") + 1:]
+            return set(streams[: len(streams) // 2])
+    return None
+
+
+def test_a_client_that_goes_away_gives_back_its_slot_and_its_place_in_the_read_at_once(
+        user, web, redis_server, redis_conn):
+    # Heartbeats every 300 s: only the server hearing the disconnect can free anything within the test.
+    server = web(JOB_EVENTS_HEARTBEAT="300", JOB_EVENTS_MAX_SECONDS="300", API_MAX_STREAMS_PER_USER="100")
+    token = api_token_issue(user=user)
+    jobs = [_job(user) for _ in range(30)]
+    streams = _open_streams(server.port, token, jobs)
+    for stream in streams:
+        assert stream.next().kind == "state"
+    keys = {output_key(job.pk) for job in jobs}
+    assert redis_conn.zcard(f"slimy:streams:user:{user.pk}") == 30
+    gone = {output_key(job.pk) for job in jobs[:10]}
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    with client.monitor() as monitor:
+        deadline = time.monotonic() + 10
+        # The reader names every watched log in its reads...
+        while (read := _reader_keys(monitor, deadline)) is not None and read != keys:
+            pass
+        assert read == keys
+        for stream in streams[:10]:
+            stream.close()
+        # ...and, once those clients are gone, only the others'.
+        while (read := _reader_keys(monitor, deadline)) is not None and read != keys - gone:
+            pass
+        assert read == keys - gone
+    wait_for(lambda: redis_conn.zcard(f"slimy:streams:user:{user.pk}") == 20, timeout=10, message="slots released")
+    assert _metric(server.port, "slimy_web_open_streams") == 20
+    for stream in streams[10:]:
+        stream.close()
+
+
+def test_shutdown_while_replies_stream_ends_each_after_a_whole_event_and_another_process_resumes_them(user, web):
+    server = web(JOB_EVENTS_MAX_SECONDS="300", JOB_EVENTS_HEARTBEAT="300", API_MAX_STREAMS_PER_USER="100")
+    token = api_token_issue(user=user)
+    jobs = [_job(user) for _ in range(20)]
+    writers = [output_writer_open(job_id=str(job.pk), job_type="test_echo", attempt=1) for job in jobs]
+    streams = _open_streams(server.port, token, jobs)
+    bodies, errors = {}, []
+
+    def read_all(i):  # the raw body to its end: a torn event or chunk would show here
+        try:
+            bodies[i] = streams[i].response.read().decode()
+        except Exception as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read_all, args=(i,)) for i in range(len(jobs))]
+    for thread in readers:
+        thread.start()
+    written = 0
+    for n in range(400):  # tokens keep coming while the server stops
+        for writer in writers:
+            writer.write(f"w{n} ")
+        written = n + 1
+        if n == 20:
+            server.signal(signal.SIGTERM)
+        if n > 20 and not any(thread.is_alive() for thread in readers):
+            break
+        time.sleep(0.01)
+    for thread in readers:
+        thread.join(30)
+    assert not errors, errors
+    assert server.wait(20) == 0
+    resumed = web(JOB_EVENTS_MAX_SECONDS="300", JOB_EVENTS_HEARTBEAT="300", API_MAX_STREAMS_PER_USER="100")
+    for job, writer in zip(jobs, writers):
+        writer.close()
+        _finish(job, "done")
+    expected = [f"w{n} " for n in range(written)]
+    for i, job in enumerate(jobs):
+        events = parse(bodies[i].splitlines(keepends=True))
+        assert events[-1] == ": server restarting; reconnect with Last-Event-ID"
+        assert bodies[i].endswith("\n\n")
+        last_id = [e for e in events if isinstance(e, Event) and e.id][-1].id
+        outcome = {"connections": 0, "events": [], "comments": [], "error": None}
+        _follow(resumed.port, token, job, outcome=outcome, last_id=last_id)
+        assert outcome["error"] is None, outcome["error"]
+        texts = [e.data["text"] for e in only(events, "chunk")] + [e.data["text"] for e in only(outcome["events"], "chunk")]
+        assert texts == expected, i

@@ -207,3 +207,35 @@ def test_push_many_in_one_round_trip_keeps_the_turns(redis_conn):
     fair_push_many(conn=redis_conn, queue=Q, items=[("normal", "A", "a0"), ("normal", "A", "a1"),
                                                     ("normal", "B", "b0"), ("high", "C", "c0")], cap=5)
     assert [pop(redis_conn, cap=5) for _ in range(5)] == ["c0", "a0", "b0", "a1", None]
+
+
+def test_pop_many_takes_turns_and_stops_at_the_cap_in_one_round_trip(redis_server, redis_conn):
+    from queues.fairness import afair_pop_many
+
+    for i in range(4):
+        push(redis_conn, "A", f"a{i}")
+    push(redis_conn, "B", "b0")
+
+    async def scenario():
+        conn = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await afair_pop_many(conn=conn, queue=Q, worker="aw", count=10, cap=2)
+        finally:
+            await conn.aclose()
+
+    popped = asyncio.run(scenario())
+    assert [(j.job_id, j.tenant) for j in popped] == [("a0", "A"), ("b0", "B"), ("a1", "A")]
+    assert {s.job_id: s.worker for s in fair_held(conn=redis_conn, queue=Q)} == {"a0": "aw", "b0": "aw", "a1": "aw"}
+
+
+def test_waiting_count_ids_and_heads_follow_the_lines(redis_conn):
+    from queues.fairness import fair_waiting_count, fair_waiting_heads, fair_waiting_ids
+
+    push(redis_conn, "A", "a0")
+    push(redis_conn, "A", "a1")
+    push(redis_conn, "B", "b0", priority="low")
+    assert fair_waiting_count(conn=redis_conn, queue=Q) == 3
+    assert fair_waiting_ids(conn=redis_conn, queue=Q) == {"a0", "a1", "b0"}
+    assert sorted(fair_waiting_heads(conn=redis_conn, queue=Q)[1]) == ["a0", "b0"]
+    assert pop(redis_conn) == "a0" and pop(redis_conn) == "a1"
+    assert fair_waiting_ids(conn=redis_conn, queue=Q) == {"b0"} and fair_waiting_count(conn=redis_conn, queue=Q) == 1
