@@ -6,6 +6,7 @@ Retention lives in audit.retention, reports in audit.reports, the chain in audit
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -109,11 +110,44 @@ def audit_event_record(
                 normalize_ip(event["ip"])
             except ValueError:
                 event["ip"] = None  # a proxy's odd REMOTE_ADDR must not cost the event
-        audit_event_stage(events=[event_clean(event)])
+        cleaned = event_clean(event)
+        batch = _batch.get()
+        if batch is not None:
+            batch.append(cleaned)  # staged with the others when the batch ends
+            return
+        audit_event_stage(events=[cleaned])
     except (serializers.ValidationError, DatabaseError) as exc:
         AUDIT_EVENTS_FAILED.labels(stage="enqueue").inc()
         logger.warning("audit event %s could not be recorded: %s", action, exc,
                        exc_info=isinstance(exc, DatabaseError))
+
+
+_batch: contextvars.ContextVar[list | None] = contextvars.ContextVar("slimy_audit_batch", default=None)
+
+
+@contextlib.contextmanager
+def audit_events_batched():
+    """Events recorded inside (`audit_event_record`) are staged together when the block ends without an
+    error: one statement, one savepoint and one drain request instead of one each. For a writer that
+    records several events in one transaction (the chat reply): open it inside that transaction, and
+    record each event after the write it describes, last in any savepoint that may roll back. Nested
+    batches join the outermost one."""
+    if _batch.get() is not None:
+        yield
+        return
+    events: list[dict] = []
+    token = _batch.set(events)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    if not events:
+        return
+    try:
+        audit_event_stage(events=events)
+    except DatabaseError as exc:
+        AUDIT_EVENTS_FAILED.labels(stage="enqueue").inc(len(events))
+        logger.warning("%s audit event(s) could not be recorded: %s", len(events), exc, exc_info=True)
 
 
 def audit_event_stage(*, events: list[dict]) -> None:

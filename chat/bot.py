@@ -33,19 +33,19 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from audit.services import audit_event_record
-from chat.breaker import breaker_allow, breaker_record_failure, breaker_record_success, breaker_release_probe
+from audit.services import audit_event_record, audit_events_batched
+from chat.breaker import abreaker_allow, abreaker_record_failure, abreaker_record_success, abreaker_release_probe
 from chat.budget import (
     BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
 )
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
-from chat.quotas import aquota_charge, aquota_check
+from chat.quotas import aquota_charge, aquota_check, quota_limit
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
-from chat.services import message_save
+from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
+from chat.services import message_save_many
 from queues.context import JobContext
 from queues.definitions import PermanentJobError, TransientJobError
-from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from queues.output import AsyncOutputWriter, output_writer_aopen
 from queues.connections import get_async_connection
 from queues.services import job_attempt_guard
@@ -93,12 +93,10 @@ def reply_job_id(job_id) -> uuid.UUID:
 
 
 async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation = await context.run_db(_conversation, request)
-    mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
-    messages = await context.run_db(chat_messages_build, request=request, mode=mode, context_job_id=context.job_id)
+    conversation, mode, messages, daily_limit = await context.run_db(_prompt, request, context)
     writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
-        completion, fallback_reason = await _complete(request, messages, writer, context)
+        completion, fallback_reason = await _complete(request, messages, writer, context, daily_limit)
     finally:
         await writer.close()
 
@@ -133,18 +131,29 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
 def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: str | None, has_conversation: bool,
                   details: dict) -> bool | None:
     """The reply's side effects, all or nothing, and only while this attempt is the current one."""
-    with transaction.atomic():
+    # Its audit events (the saved messages', the reply's) are staged in one statement at the end.
+    with transaction.atomic(), audit_events_batched():
         job_attempt_guard(job_id=context.job_id, attempt=context.attempt)  # raises JobCancelled otherwise
         saved = _save(request, context, mode, reply) if has_conversation else None
         _audit(request, context, action="chat_bot_interaction", details=details)
     return saved
 
 
+def _prompt(request: ChatRequest, context: JobContext):
+    """(conversation or None, personality mode, messages for the model, the tenant's daily token limit):
+    one trip to the database pool."""
+    conversation = _conversation(request)
+    mode = request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
+    messages = chat_messages_build(request=request, mode=mode, context_job_id=context.job_id)
+    return conversation, mode, messages, quota_limit(tenant=request.tenant) if request.tenant else None
+
+
 def _conversation(request: ChatRequest):
     if not request.conversation_id:
         return None
     try:
-        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id)
+        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id,
+                                          counted=False)
     except ConversationNotFound as exc:
         raise PermanentJobError("The conversation does not exist or is not yours.",
                                 code="conversation_not_found") from exc
@@ -173,14 +182,14 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     return [{"role": "system", "content": system}, *history, {"role": "user", "content": request.prompt}]
 
 
-async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext
+async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext, limit: int | None
                     ) -> tuple[Completion | None, str]:
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
     redis = get_async_connection()
     estimated = budget_tokens_estimate(prompt_chars=sum(len(m["content"]) for m in messages))
-    quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis)
+    quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis, limit=limit)
     if not quota.allowed:
         # Checked before the breaker: a tenant over quota never takes the half-open probe.
         await context.run_db(_audit_guarded, request, context, action="chat_bot_quota_exceeded", success=False,
@@ -189,7 +198,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             "estimatedTokens": estimated,
         })
         return await _fallback(writer, "quota_exceeded")
-    if not breaker_allow():
+    if not await abreaker_allow(conn=redis):
         return await _fallback(writer, "breaker_open")
     verdict = False  # whether this call told the breaker how the provider is doing
     try:
@@ -215,7 +224,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             if exc.status == 429:
                 # A 429 got through anyway: every worker holds its next call (never less than a second).
                 await budget_backoff(seconds=max(exc.retry_after or 0.0, 1.0), conn=redis)
-            opened = breaker_record_failure() if exc.transient else False
+            opened = await abreaker_record_failure(conn=redis) if exc.transient else False
             verdict = exc.transient
             retrying = exc.transient and context.attempt < context.max_attempts
             logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
@@ -228,7 +237,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             if retrying:
                 raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
             return await _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
-        breaker_record_success()
+        await abreaker_record_success(conn=redis)
         verdict = True
         actual = completion.prompt_tokens + completion.completion_tokens
         await budget_settle(estimated=estimated, actual=actual, conn=redis)
@@ -238,7 +247,7 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
         if not verdict:
             # Cancelled, a 4xx, a timeout or a Redis error: no verdict on the provider, so a half-open
             # probe must not keep its lock (every reply would fall back until it expired).
-            breaker_release_probe()
+            await abreaker_release_probe(conn=redis)
     if not completion.text.strip():
         return completion, (await _fallback(writer, "empty_reply"))[1]
     return completion, ""
@@ -268,13 +277,12 @@ async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
 
 def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
     """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    messages = [(MessageRole.USER, request.prompt, context.job_id)]
+    if reply:
+        messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
     try:
-        message_save(conversation_id=request.conversation_id, owner_id=request.owner_id, role=MessageRole.USER,
-                     content=request.prompt, personality_mode=mode, job_id=context.job_id)
-        if reply:
-            message_save(conversation_id=request.conversation_id, owner_id=request.owner_id,
-                         role=MessageRole.ASSISTANT, content=reply[:MAX_CONTENT_LENGTH], personality_mode=mode,
-                         job_id=reply_job_id(context.job_id))
+        message_save_many(conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages,
+                          personality_mode=mode)
     except ConversationNotFound:
         # The user still gets the answer; there is just nowhere left to keep it.
         logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from chat.metrics import LLM_BREAKER_OPEN
-from queues.connections import get_connection
+from queues.connections import get_async_connection, get_connection
 
 FAILURES_KEY = "slimy:llm:breaker:failures"
 OPEN_KEY = "slimy:llm:breaker:open"
@@ -45,10 +45,10 @@ def _cooldown_ms() -> int:
 
 def breaker_state() -> str:
     conn = get_connection()
-    pipe = conn.pipeline(transaction=False)
-    pipe.exists(OPEN_KEY)
-    pipe.get(FAILURES_KEY)
-    is_open, failures = pipe.execute()
+    return _state(*conn.pipeline(transaction=False).exists(OPEN_KEY).get(FAILURES_KEY).execute())
+
+
+def _state(is_open, failures) -> str:
     if is_open:
         return OPEN
     if failures is not None and int(failures) >= _threshold():
@@ -63,11 +63,13 @@ def breaker_allow() -> bool:
         LLM_BREAKER_OPEN.set(1)
         return False
     if state == HALF_OPEN:
-        # The probe lock expires on its own if its holder dies mid-call.
-        probe_ttl = int(max(settings.OPENAI_STREAM_MAX_SECONDS, settings.OPENAI_TIMEOUT) * 1000) + 1000
-        if not get_connection().set(PROBE_KEY, "1", nx=True, px=probe_ttl):
-            return False
+        return bool(get_connection().set(PROBE_KEY, "1", nx=True, px=_probe_ttl_ms()))
     return True
+
+
+def _probe_ttl_ms() -> int:
+    # The probe lock expires on its own if its holder dies mid-call.
+    return int(max(settings.OPENAI_STREAM_MAX_SECONDS, settings.OPENAI_TIMEOUT) * 1000) + 1000
 
 
 def breaker_record_success() -> None:
@@ -77,14 +79,19 @@ def breaker_record_success() -> None:
 
 def breaker_record_failure() -> bool:
     """Count one transient provider failure; True when this failure opened the breaker."""
+    return _opened(get_connection().eval(_RECORD_FAILURE, 3, *_failure_args()))
+
+
+def _failure_args() -> tuple:
     # Failures older than ten cool-downs (at least 10 minutes) are forgotten.
     memory = max(int(settings.LLM_BREAKER_COOLDOWN * 10), 600)
-    opened = bool(get_connection().eval(
-        _RECORD_FAILURE, 3, FAILURES_KEY, OPEN_KEY, PROBE_KEY, _threshold(), _cooldown_ms(), memory
-    ))
-    if opened:
+    return FAILURES_KEY, OPEN_KEY, PROBE_KEY, _threshold(), _cooldown_ms(), memory
+
+
+def _opened(answer) -> bool:
+    if answer:
         LLM_BREAKER_OPEN.set(1)
-    return opened
+    return bool(answer)
 
 
 def breaker_release_probe() -> None:
@@ -94,3 +101,31 @@ def breaker_release_probe() -> None:
 
 def breaker_reset() -> None:
     breaker_record_success()
+
+
+# The same, for a coroutine (the chat reply on the worker's event loop): `redis.asyncio`, so a reply never
+# blocks the loop, and with it every other reply in flight, on a Redis round trip.
+
+
+async def abreaker_allow(*, conn=None) -> bool:
+    conn = conn or get_async_connection()
+    state = _state(*await conn.pipeline(transaction=False).exists(OPEN_KEY).get(FAILURES_KEY).execute())
+    if state == OPEN:
+        LLM_BREAKER_OPEN.set(1)
+        return False
+    if state == HALF_OPEN:
+        return bool(await conn.set(PROBE_KEY, "1", nx=True, px=_probe_ttl_ms()))
+    return True
+
+
+async def abreaker_record_success(*, conn=None) -> None:
+    await (conn or get_async_connection()).delete(FAILURES_KEY, OPEN_KEY, PROBE_KEY)
+    LLM_BREAKER_OPEN.set(0)
+
+
+async def abreaker_record_failure(*, conn=None) -> bool:
+    return _opened(await (conn or get_async_connection()).eval(_RECORD_FAILURE, 3, *_failure_args()))
+
+
+async def abreaker_release_probe(*, conn=None) -> None:
+    await (conn or get_async_connection()).delete(PROBE_KEY)

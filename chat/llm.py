@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import inspect
+import json
 import math
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx2  # the openai SDK's HTTP client (its connection limits)
 import openai
 from django.conf import settings
 
@@ -53,7 +55,13 @@ class LLMNotConfigured(Exception):
     """No API key: the caller answers with its fallback instead of calling anyone."""
 
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, openai.AsyncOpenAI]]" = (
+# Several clients per loop, used in turn: a client's connection pool scans all its connections on every
+# request it starts or ends (httpcore), so one pool holding a thousand streams costs O(n²) CPU; sixteen
+# pools of ~60 cost a sixteenth of it. Each keeps few idle connections (16 × 8 at most).
+CLIENTS_PER_LOOP = 16
+KEEPALIVE_PER_CLIENT = 8
+
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, list[openai.AsyncOpenAI], list[int]]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -62,20 +70,28 @@ def llm_configured() -> bool:
 
 
 def _client() -> openai.AsyncOpenAI:
-    """The running loop's client for the current configuration, built on first use (never at import)."""
+    """One of the running loop's clients for the current configuration, in turn (built on use, never at import)."""
     if not settings.OPENAI_API_KEY:
         raise LLMNotConfigured("OPENAI_API_KEY is not set")
     loop = asyncio.get_running_loop()
     key = (settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_TIMEOUT)
     cached = _clients.get(loop)
     if cached is None or cached[0] != key:
-        # Settings changed (tests): the stale client's connections close with it.
-        client = openai.AsyncOpenAI(
+        # Settings changed (tests): the stale clients' connections close with them. Each client is built
+        # when its turn first comes.
+        cached = _clients[loop] = (key, [], [0])
+    key, clients, turn = cached
+    index = turn[0]
+    turn[0] = (index + 1) % CLIENTS_PER_LOOP
+    if index == len(clients):
+        clients.append(openai.AsyncOpenAI(
             api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None,
             timeout=settings.OPENAI_TIMEOUT, max_retries=0,
-        )
-        _clients[loop] = cached = (key, client)
-    return cached[1]
+            http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
+                max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+                max_keepalive_connections=KEEPALIVE_PER_CLIENT)),
+        ))
+    return clients[index]
 
 
 async def llm_stream_completion(
@@ -94,31 +110,32 @@ async def llm_stream_completion(
     served_model = model
     headers: dict = {}
     try:
-        # `messages` are the protocol's plain dicts; the SDK types them as TypedDicts of each role.
-        stream = await _client().chat.completions.create(  # type: ignore[call-overload]
+        # The SDK sends the request and maps its errors; the stream's events are read here as plain JSON
+        # (the SDK builds a typed model of every chunk: most of a reply's CPU with a thousand in flight).
+        async with _client().chat.completions.with_streaming_response.create(
             model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
             stream=True, stream_options={"include_usage": True},
-        )
-        headers = _headers(getattr(stream, "response", None))
-        async with stream:
-            async for chunk in stream:
-                served_model = chunk.model or served_model
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
-                        parts.append(choice.delta.content)
-                        answer = on_delta(choice.delta.content)
+        ) as response:
+            headers = _headers(response.http_response)
+            async for chunk in _events(response.http_response):
+                served_model = chunk.get("model") or served_model
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        parts.append(content)
+                        answer = on_delta(content)
                         if inspect.isawaitable(answer):
                             await answer
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
                 if time.monotonic() > deadline:
                     raise LLMError("The reply took longer than OPENAI_STREAM_MAX_SECONDS.",
                                    code="llm_timeout", transient=True)
-    except openai.APITimeoutError as exc:
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
         raise LLMError("The LLM provider timed out.", code="llm_timeout", transient=True) from exc
-    except openai.APIConnectionError as exc:
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
         raise LLMError("The connection to the LLM provider failed.", code="llm_connection_error",
                        transient=True) from exc
     except openai.APIStatusError as exc:
@@ -134,11 +151,36 @@ async def llm_stream_completion(
     return Completion(
         text=text,
         model=served_model,
-        prompt_tokens=usage.prompt_tokens if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
-        completion_tokens=usage.completion_tokens if usage else estimate_tokens(text),
+        prompt_tokens=usage["prompt_tokens"] if usage else estimate_tokens(" ".join(m["content"] for m in messages)),
+        completion_tokens=usage["completion_tokens"] if usage else estimate_tokens(text),
         finish_reason=finish_reason,
         headers=headers,
     )
+
+
+async def _events(response):
+    """The JSON objects of a chat-completions event stream (server-sent events) until `[DONE]`; an error
+    event raises `openai.APIError`, as the SDK's own stream does."""
+    data: list[str] = []
+    done = False
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+            continue
+        if line or not data or done:
+            continue  # other fields (event:, id:, comments), or what follows [DONE] (read for the connection's sake)
+        payload, data = "\n".join(data), []
+        if payload.startswith("[DONE]"):
+            done = True
+            continue
+        event = json.loads(payload)
+        if isinstance(event, dict) and event.get("error"):
+            error = event["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise openai.APIError(message=message if isinstance(message, str) and message else
+                                  "An error occurred during streaming", request=response.request, body=error)
+        if isinstance(event, dict):
+            yield event
 
 
 def _headers(response) -> dict:

@@ -89,12 +89,17 @@ def quota_charge(*, tenant: str, tokens: int, day: dt.date | None = None, conn=N
 
 # --- asyncio twins (the async reply job): the ORM's async API and a redis.asyncio client
 
+_UNKNOWN = object()
 
-async def aquota_check(*, tenant: str, tokens: int = 0, conn, day: dt.date | None = None) -> QuotaDecision:
+
+async def aquota_check(*, tenant: str, tokens: int = 0, conn, day: dt.date | None = None,
+                       limit: int | None | object = _UNKNOWN) -> QuotaDecision:
+    """`limit`: the tenant's `quota_limit`, when the caller read it already (on its database pool)."""
     if not tenant:
         return QuotaDecision(allowed=True, used=0, limit=None, tenant=tenant)
-    row = await TenantQuota.objects.filter(tenant=tenant).values("daily_tokens").afirst()
-    limit = _default_limit() if row is None else row["daily_tokens"]
+    if limit is _UNKNOWN:
+        row = await TenantQuota.objects.filter(tenant=tenant).values("daily_tokens").afirst()
+        limit = _default_limit() if row is None else row["daily_tokens"]
     used = int(await conn.get(_key(tenant, day)) or 0)
     return _decide(tenant, used, limit, tokens)
 

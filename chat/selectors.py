@@ -84,12 +84,16 @@ def conversation_page_for_owner(*, owner_id, limit: int = DEFAULT_PAGE_SIZE, off
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 
-def conversation_get_for_owner(*, conversation_id, owner_id) -> Conversation:
-    """The conversation if `owner_id` owns it, with `message_count`; otherwise ConversationNotFound."""
+def conversation_get_for_owner(*, conversation_id, owner_id, counted: bool = True) -> Conversation:
+    """The conversation if `owner_id` owns it, with `message_count` (unless not `counted`); otherwise
+    ConversationNotFound."""
     pk = uuid_or_none(conversation_id)
     if pk is None or owner_id is None:
         raise ConversationNotFound()
-    conversation = conversation_list_for_owner(owner_id=owner_id).filter(pk=pk).first()
+    if counted:
+        conversation = conversation_list_for_owner(owner_id=owner_id).filter(pk=pk).first()
+    else:
+        conversation = Conversation.objects.filter(owner_id=owner_id, pk=pk).first()
     if conversation is None:
         raise ConversationNotFound()
     return conversation

@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import audit_events_batched
 from chat.models import (
     MAX_CONTENT_LENGTH,
     MAX_TITLE_LENGTH,
@@ -38,12 +39,14 @@ def _clean_mode(mode, field="personality_mode") -> str:
     return mode
 
 
-def _audit(action: str, *, owner_id, conversation_id, details: dict) -> None:
+def _audit(action: str, *, owner_id, conversation_id, details: dict, actor=UNSET) -> None:
     """Record the change in the audit trail, in the writer's transaction (never raises)."""
     from audit.services import audit_event_record
 
+    if actor is UNSET:
+        actor = get_user_model().objects.filter(pk=owner_id).first()
     audit_event_record(action=action, resource_type="conversation", resource_id=str(conversation_id),
-                       actor=get_user_model().objects.filter(pk=owner_id).first(), details=details)
+                       actor=actor, details=details)
 
 
 def _job_uuid(job_id):
@@ -143,46 +146,72 @@ def message_save(
     For a job id that already wrote a message, returns that message and writes nothing. The
     personality mode defaults to the conversation's; user messages are authored by the owner.
     """
-    job_id = _job_uuid(job_id)
-    if role not in MessageRole.values:
-        raise ValidationFailed(details={"role": [f"Must be one of {', '.join(MessageRole.values)}."]})
-    if not isinstance(content, str) or not content.strip():
-        raise ValidationFailed(details={"content": ["This field may not be blank."]})
-    if len(content) > MAX_CONTENT_LENGTH:
-        raise ValidationFailed(details={"content": [f"At most {MAX_CONTENT_LENGTH} characters."]})
+    return message_save_many(conversation_id=conversation_id, owner_id=owner_id,
+                             messages=[(role, content, job_id)], personality_mode=personality_mode)[0]
+
+
+def message_save_many(*, conversation_id, owner_id, messages: list[tuple[str, str, object]],
+                      personality_mode: str | None = None) -> list[Message]:
+    """`message_save` for several (role, content, job id) messages in order, sharing its lookups: one
+    query for the messages the job ids already wrote, one for the conversation, one transaction."""
+    checked = []
+    for role, content, job_id in messages:
+        job_id = _job_uuid(job_id)
+        if role not in MessageRole.values:
+            raise ValidationFailed(details={"role": [f"Must be one of {', '.join(MessageRole.values)}."]})
+        if not isinstance(content, str) or not content.strip():
+            raise ValidationFailed(details={"content": ["This field may not be blank."]})
+        if len(content) > MAX_CONTENT_LENGTH:
+            raise ValidationFailed(details={"content": [f"At most {MAX_CONTENT_LENGTH} characters."]})
+        checked.append((role, content, job_id))
     if personality_mode is not None:
         _clean_mode(personality_mode)
 
-    if job_id is not None:
-        existing = _message_of_job(job_id, owner_id)
-        if existing is not None:
-            return existing
-    conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id)
-    message = Message(
-        conversation_id=conversation.pk,
-        author_id=owner_id if role == MessageRole.USER else None,
-        role=role,
-        content=content,
-        personality_mode=personality_mode or conversation.personality_mode,
-        job_id=job_id,
-    )
+    existing = _messages_of_jobs([job_id for *_, job_id in checked], owner_id)
+    if all(job_id is not None and job_id in existing for *_, job_id in checked):
+        return [existing[job_id] for *_, job_id in checked]
+    conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id, counted=False)
+    new = [
+        Message(
+            conversation_id=conversation.pk,
+            author_id=owner_id if role == MessageRole.USER else None,
+            role=role,
+            content=content,
+            personality_mode=personality_mode or conversation.personality_mode,
+            job_id=job_id,
+        )
+        for role, content, job_id in checked if job_id is None or job_id not in existing
+    ]
     try:
         with transaction.atomic():
-            message.save(force_insert=True)
+            for message in new:  # one at a time: each gets its own, later, created_at
+                message.save(force_insert=True)
             Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
-            _audit("message.saved", owner_id=owner_id, conversation_id=conversation.pk,
-                   details={"messageId": str(message.pk), "role": role, "contentLength": len(content)})
+            actor = get_user_model().objects.filter(pk=owner_id).first()
+            with audit_events_batched():  # one statement for the messages' events
+                for message in new:
+                    _audit("message.saved", owner_id=owner_id, conversation_id=conversation.pk, actor=actor,
+                           details={"messageId": str(message.pk), "role": message.role,
+                                    "contentLength": len(message.content)})
     except IntegrityError:
-        # Two deliveries of the same job raced: the other one's row is the answer.
-        existing = _message_of_job(job_id, owner_id) if job_id else None
-        if existing is None:
+        # Two deliveries of the same job raced: the other one's rows are the answer.
+        existing = _messages_of_jobs([job_id for *_, job_id in checked], owner_id)
+        if not all(job_id is not None and job_id in existing for *_, job_id in checked):
             raise
-        return existing
-    return message
+        return [existing[job_id] for *_, job_id in checked]
+    saved = iter(new)
+    return [existing[job_id] if job_id is not None and job_id in existing else next(saved)
+            for *_, job_id in checked]
 
 
-def _message_of_job(job_id, owner_id) -> Message | None:
-    message = Message.objects.select_related("conversation").filter(job_id=job_id).first()
-    if message is not None and message.conversation.owner_id != owner_id:
-        raise ConversationNotFound()
-    return message
+def _messages_of_jobs(job_ids, owner_id) -> dict:
+    """{job id: message} of the messages these job ids wrote; someone else's is ConversationNotFound."""
+    wanted = [job_id for job_id in job_ids if job_id is not None]
+    if not wanted:
+        return {}
+    found = {}
+    for message in Message.objects.select_related("conversation").filter(job_id__in=wanted):
+        if message.conversation.owner_id != owner_id:
+            raise ConversationNotFound()
+        found[message.job_id] = message
+    return found

@@ -86,13 +86,23 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, *args, process_tag: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.process_tag = process_tag
+        self._second = (None, "")  # the last second formatted (a worker writes hundreds of lines a second)
+
+    def _timestamp(self, record) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, self.formatTime(record, "%Y-%m-%dT%H:%M:%S"))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
 
     def format(self, record):
+        message = record.getMessage()
+        if "\x1b" in message:
+            message = _ANSI.sub("", message)  # RQ colours some of its messages
         line = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": _ANSI.sub("", record.getMessage()),  # RQ colours some of its messages
+            "message": message,
             "pid": record.process,
         }
         if self.process_tag:

@@ -12,3 +12,9 @@ job_finished = Signal()
 # A person or client acted on jobs or queues (admin action, API retry/cancel). The audit app records it.
 # request, action ("admin.job_retry", "job.cancel", ...), resource_type, resource_id, details, success, error_message
 operator_action = Signal()
+
+# A long-lived worker (the runtime): `worker_started` once, then `worker_heartbeat` about once a second
+# from its heartbeat thread, and `worker_stopped` when its work ends (metrics flush what they hold).
+worker_started = Signal()
+worker_heartbeat = Signal()
+worker_stopped = Signal()

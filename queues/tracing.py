@@ -12,9 +12,9 @@ import datetime as dt
 from contextlib import contextmanager
 
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import INVALID_SPAN, SpanKind
 
-from slimy_site.tracing import get_tracer
+from slimy_site.tracing import get_tracer, tracing_active
 
 TRACER = "slimy.queues"
 
@@ -51,6 +51,10 @@ def job_span(record, attempt: int, *, waited_since: dt.datetime | None = None):
     covering the queue wait, so the trace shows wait and run side by side. Exceptions are recorded on the
     span and re-raised.
     """
+    if not tracing_active():
+        # Nothing would record: skip building the spans (a short job costs less than they do).
+        yield INVALID_SPAN
+        return
     tracer = get_tracer(TRACER)
     parent = propagate.extract(record.trace_context or {})
     attributes = job_span_attributes(record, attempt)

@@ -93,6 +93,11 @@ def tracing_shutdown() -> None:
         provider.shutdown()
 
 
+def tracing_active() -> bool:
+    """Whether a span can record at all: our provider, or one installed globally by someone else."""
+    return _state["provider"] is not None or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def get_tracer(name: str):
     """A tracer from our provider when tracing is on, else the API's (no-op unless someone set one)."""
     provider = _state["provider"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -141,16 +142,51 @@ def on_job_finished(sender, job, outcome, duration=None, **kwargs) -> None:
         _count_finished(job.queue)
 
 
+# A long-lived worker process counts finished jobs in memory and writes them about once a second
+# (its heartbeat calls `throughput_flush`): one round trip per second instead of one per job. Elsewhere
+# (a forked work-horse exits right after its job, a web process) each count is written at once.
+_throughput = {"deferred": False, "counts": {}}
+_throughput_lock = threading.Lock()
+
+
+def throughput_defer(deferred: bool = True) -> None:
+    """From now on this process's finished-job counts wait for `throughput_flush` (the worker runtime)."""
+    _throughput["deferred"] = deferred
+
+
 def _count_finished(queue: str) -> None:
-    key = THROUGHPUT_KEY.format(int(time.time()) // THROUGHPUT_BUCKET_SECONDS)
+    bucket = int(time.time()) // THROUGHPUT_BUCKET_SECONDS
+    if _throughput["deferred"]:
+        with _throughput_lock:
+            counts = _throughput["counts"]
+            counts[(bucket, queue)] = counts.get((bucket, queue), 0) + 1
+        return
+    _throughput_write({(bucket, queue): 1})
+
+
+def throughput_flush() -> None:
+    """Write the counts held in memory (one pipeline); kept for the next flush if Redis does not answer."""
+    with _throughput_lock:
+        counts, _throughput["counts"] = _throughput["counts"], {}
+    if counts and not _throughput_write(counts):
+        with _throughput_lock:
+            for key, n in counts.items():
+                _throughput["counts"][key] = _throughput["counts"].get(key, 0) + n
+
+
+def _throughput_write(counts: dict[tuple[int, str], int]) -> bool:
     try:
         pipe = get_connection().pipeline(transaction=False)
-        pipe.hincrby(key, queue, 1)
-        pipe.expire(key, THROUGHPUT_WINDOW_SECONDS * 2)
+        for (bucket, queue), n in counts.items():
+            key = THROUGHPUT_KEY.format(bucket)
+            pipe.hincrby(key, queue, n)
+            pipe.expire(key, THROUGHPUT_WINDOW_SECONDS * 2)
         pipe.execute()
     except (RedisError, OSError):
         # Only the snapshot's throughput figure is affected; the job's outcome is already recorded.
         logger.warning("could not count the finished job for throughput", exc_info=True)
+        return False
+    return True
 
 
 def throughput_per_minute(conn, now: float | None = None) -> dict[str, float]:
@@ -170,10 +206,26 @@ def throughput_per_minute(conn, now: float | None = None) -> dict[str, float]:
     return {queue: n / minutes for queue, n in totals.items()}
 
 
+def on_worker_started(sender, **kwargs) -> None:
+    throughput_defer()
+
+
+def on_worker_heartbeat(sender, **kwargs) -> None:
+    throughput_flush()
+
+
+def on_worker_stopped(sender, **kwargs) -> None:
+    throughput_defer(False)  # a process that ran an in-process worker (a test) counts at once again
+    throughput_flush()
+
+
 def connect_receivers() -> None:
     signals.job_enqueued.connect(on_job_enqueued, dispatch_uid="slimy-metrics-enqueued")
     signals.job_started.connect(on_job_started, dispatch_uid="slimy-metrics-started")
     signals.job_finished.connect(on_job_finished, dispatch_uid="slimy-metrics-finished")
+    signals.worker_started.connect(on_worker_started, dispatch_uid="slimy-metrics-worker-started")
+    signals.worker_heartbeat.connect(on_worker_heartbeat, dispatch_uid="slimy-metrics-worker-heartbeat")
+    signals.worker_stopped.connect(on_worker_stopped, dispatch_uid="slimy-metrics-worker-stopped")
 
 
 @checks.register(checks.Tags.compatibility)

@@ -89,11 +89,24 @@ def job_attempts_superseded(*, attempts: dict[str, int]) -> set[str]:
     """Of {job id: attempt} in flight, the ids whose attempt is no longer current (one query for all)."""
     if not attempts:
         return set()
+    if connection.vendor == "postgresql":
+        # The runtime asks every 0.25 s for every job in flight (a thousand replies): one prepared-shape
+        # statement that returns only the rare superseded ids, no ORM query built each time.
+        with connection.cursor() as cursor:
+            cursor.execute(_SUPERSEDED_SQL, [list(attempts), list(attempts.values()), JobStatus.STARTED])
+            return {str(row[0]) for row in cursor.fetchall()}
     current = set(
         JobRecord.objects.filter(pk__in=list(attempts), status=JobStatus.STARTED)
         .values_list("pk", "attempts")
     )
     return {job_id for job_id, attempt in attempts.items() if (_uuid(job_id), attempt) not in current}
+
+
+_SUPERSEDED_SQL = f"""
+SELECT t.id FROM unnest(%s::uuid[], %s::int[]) AS t(id, attempts)
+  LEFT JOIN {JobRecord._meta.db_table} AS j ON j.id = t.id AND j.status = %s AND j.attempts = t.attempts
+ WHERE j.id IS NULL
+"""
 
 
 def _uuid(value):

@@ -28,21 +28,43 @@ _RECORD = JobRecord._meta.db_table
 _ATTEMPT = JobAttempt._meta.db_table
 _WAITING = sorted(str(s) for s in WAITING_STATUSES)
 
+_FIELDS = JobRecord._meta.concrete_fields
+_COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
+_ATTNAMES = [f.attname for f in _FIELDS]
+_CONVERTERS = [(i, f.from_db_value) for i, f in enumerate(_FIELDS) if hasattr(f, "from_db_value")]
+
+# `heavy` job types (threaded and async jobs) each need a slot of their own; the others run one after
+# another on their queue's lane and share one. With a limit, the ids start in order while the slots they
+# take stay within it (a strict prefix, so the order holds); the rest are left waiting and returned as
+# `deferred`, in order (the caller puts them back at the head of their list). Without one (NULL), every
+# waiting id starts.
 START_SQL = f"""
-WITH started AS (
+WITH candidate AS (
+    SELECT id, job_type = ANY(%(heavy)s::text[]) AS heavy, array_position(%(ids)s::uuid[], id) AS pos
+      FROM {_RECORD}
+     WHERE id = ANY(%(ids)s::uuid[]) AND status = ANY(%(waiting)s::text[])
+       AND (scheduled_for IS NULL OR scheduled_for <= %(due)s)
+), costed AS (
+    SELECT id, pos, sum(heavy::int) OVER upto + max((NOT heavy)::int) OVER upto AS slots
+      FROM candidate WINDOW upto AS (ORDER BY pos ROWS UNBOUNDED PRECEDING)
+), pick AS (
+    SELECT id FROM costed WHERE %(limit)s::int IS NULL OR slots <= %(limit)s::int
+), started AS (
     UPDATE {_RECORD}
-       SET status = %s, attempts = attempts + 1, started_at = %s, worker_name = %s, progress = NULL,
-           updated_at = %s
+       SET status = %(started)s, attempts = attempts + 1, started_at = %(now)s, worker_name = %(worker)s,
+           progress = NULL, updated_at = %(now)s
       FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
-     WHERE id = ANY(%s::uuid[]) AND status = ANY(%s::text[])
-       AND (scheduled_for IS NULL OR scheduled_for <= %s)
- RETURNING *
+     WHERE id IN (SELECT id FROM pick) AND status = ANY(%(waiting)s::text[])
+       AND (scheduled_for IS NULL OR scheduled_for <= %(due)s)
+ RETURNING {_COLUMNS}
 ), attempt AS (
     INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
                             error_traceback)
-    SELECT id, attempts, %s, %s, NULL, %s, '', '' FROM started
+    SELECT id, attempts, %(worker)s, %(now)s, NULL, %(running)s, '', '' FROM started
 )
-SELECT * FROM started
+SELECT (SELECT array_agg(c.id::text ORDER BY c.pos) FROM costed c WHERE c.id NOT IN (SELECT id FROM pick)),
+       started.*
+  FROM (SELECT 1) AS one LEFT JOIN started ON true
 """
 
 COMPLETE_SQL = f"""
@@ -70,19 +92,43 @@ def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
 
     Ids whose record is not waiting (cancelled, finished, taken by another worker) are left out.
     """
+    return job_start_delivery(job_ids=job_ids, worker_name=worker_name)[0]
+
+
+def job_start_delivery(*, job_ids: list[str], worker_name: str, heavy_types=(), heavy_limit: int | None = None,
+                       ) -> tuple[list[JobRecord], list[str]]:
+    """(records started, in the given order; ids left waiting because of `heavy_limit`), one statement.
+
+    `heavy_limit` bounds the slots the started jobs take: one for all the jobs of a type not in
+    `heavy_types` (they run one after another), one for each heavy job; the ids past the first that would
+    exceed it are deferred. Ids whose record is not waiting are in neither list.
+    """
     # The same id twice in one pop (pushed twice, e.g. by two reconcilers) must run once.
     job_ids = list(dict.fromkeys(str(i) for i in job_ids))
     if not job_ids:
-        return []
+        return [], []
     if connection.vendor != "postgresql":
-        return [job for job in (_start_one(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None]
+        return [job for job in (_start_one(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None], []
     now = timezone.now()
-    rows = JobRecord.objects.raw(START_SQL, [
-        JobStatus.STARTED, now, worker_name, now, job_ids, _WAITING, now + DUE_TOLERANCE,
-        worker_name, now, JobAttempt.Outcome.RUNNING,
-    ])
-    by_id = {str(job.pk): job for job in rows}
-    return [by_id[str(i)] for i in job_ids if str(i) in by_id]
+    with connection.cursor() as cursor:
+        cursor.execute(START_SQL, {
+            "heavy": list(heavy_types), "ids": job_ids, "waiting": _WAITING, "due": now + DUE_TOLERANCE,
+            "limit": heavy_limit, "started": JobStatus.STARTED, "now": now, "worker": worker_name,
+            "running": JobAttempt.Outcome.RUNNING,
+        })
+        rows = cursor.fetchall()
+    deferred = list(rows[0][0] or []) if rows else []
+    by_id = {}
+    for row in rows:
+        if row[1] is None:
+            continue  # nothing started: the one row only carries `deferred`
+        values = list(row[1:])
+        for index, convert in _CONVERTERS:
+            values[index] = convert(values[index], None, connection)
+        # Model.from_db, without the per-query set-up of a RawQuerySet.
+        job = JobRecord.from_db(connection.alias, _ATTNAMES, values)
+        by_id[str(job.pk)] = job
+    return [by_id[i] for i in job_ids if i in by_id], deferred
 
 
 def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:

@@ -25,6 +25,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils.module_loading import import_string
 from redis.exceptions import RedisError
 
+from queues import signals
 from queues.keys import HOOKS_LOCK_KEY, RECONCILE_LOCK_KEY, alive_key, slots_key
 from queues.reconcile import queues_reconcile
 
@@ -52,6 +53,7 @@ class Heartbeat:
         for queue, (busy, slots) in self.slots_of().items():
             mapping[f"{queue}:busy"] = busy
             mapping[f"{queue}:slots"] = slots
+        signals.worker_heartbeat.send(sender=type(self.worker), worker=self.worker)  # e.g. buffered metrics
         succeeded, failed = self.worker.take_counts()
         with conn.pipeline(transaction=False) as pipe:
             if succeeded:

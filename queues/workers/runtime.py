@@ -43,6 +43,7 @@ import asyncio
 import collections
 import contextvars
 import functools
+import gc
 import logging
 import queue as queue_module
 import signal
@@ -50,6 +51,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import uvloop
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -61,11 +63,11 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 
-from queues import runner
+from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
 from queues.fairness import afair_pop_many, afair_release, fair_release, fair_wake_key
-from queues.services.batch import job_complete_batch, job_start_batch
+from queues.services.batch import job_complete_batch, job_start_delivery
 from queues.keys import RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
 from queues.workers.executors import DaemonPool, Watchdog
@@ -82,6 +84,8 @@ MAX_BATCH = 100
 DRAIN_BATCH = 100  # stray ids moved from a fair queue's plain list per pass
 BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
+SESSION_CHECK_SECONDS = 1.0  # a database session used within this long is not checked again
+GC_GEN0_THRESHOLD = 10_000
 
 
 def default_concurrency() -> dict[str, int]:
@@ -162,6 +166,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.pools = {n: DaemonPool(s.slots, f"slimy-{n}", on_exit=connections.close_all)
                       for n, s in self.slots.items()}
         self.lanes: dict[str, Lane] = {}
+        # Job types that need a slot each (threaded and async); the others share their lane's one.
+        self.heavy_types = sorted(name for name, d in registry.all().items()
+                                  if d.is_async() or d.blocking or self.blocking_all)
         self.stopping = False
         self.hand_back_now = False
         self.started_jobs = 0
@@ -191,6 +198,8 @@ class SlimyRuntimeWorker(SimpleWorker):
 
         tracing_setup(role="worker")  # a no-op without OTEL_EXPORTER_OTLP_ENDPOINT
         self.bootstrap(logging_level or "INFO", date_format, log_format)
+        signals.worker_started.send(sender=type(self), worker=self)
+        _tune_gc()
         self._release_due()
         heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
         heartbeat.start()
@@ -198,7 +207,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         if reconciler:
             reconciler.start()
         try:
-            asyncio.run(self._main(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time))
+            # uvloop: a thousand streams in flight spend a good part of their CPU in the loop itself.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+                loop_runner.run(self._main(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time))
         finally:
             if reconciler:
                 reconciler.stop()
@@ -209,6 +220,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 pool.shutdown(wait=1.0)
             for lane in self.lanes.values():
                 lane.join(1.0)  # idle lanes close their database sessions
+            signals.worker_stopped.send(sender=type(self), worker=self)
             self.teardown()
         return bool(self.started_jobs)
 
@@ -321,7 +333,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                     continue
                 if max_idle_time is not None and not self.inflight and time.monotonic() - idle_since > max_idle_time:
                     return
-                open_queues = [s for s in active if s.free]
+                open_queues = [s for s in active if self._wants(s)]
                 if not open_queues:
                     await self._sleep(PAUSE_RECHECK_SECONDS)
                     continue
@@ -360,24 +372,38 @@ class SlimyRuntimeWorker(SimpleWorker):
             self._paused_checked = time.monotonic()
         return self._paused
 
+    def _wants(self, slots: QueueSlots) -> int:
+        """How many ids to pop for this queue now (0: none).
+
+        A lane whose jobs run inline takes a batch beyond its free slots (a batch runs one job at a time
+        and holds one slot), with at most one batch waiting beside the one running, so the next is popped
+        and started while the current one runs. Otherwise no more than the free slots.
+        """
+        if not slots.free:
+            return 0
+        lane = self.lanes[slots.name]
+        if lane.inline_seen and slots.name not in self.fair:  # (a fair pop has no list to put ids back on)
+            return max(lane.batch_size() - lane.pending, 0)
+        return min(slots.free, lane.batch_size())
+
     async def _pop_now(self, queues: list[QueueSlots], max_jobs: int | None) -> bool:
-        """Non-blocking: up to each queue's free slots (and its lane's batch size), one round trip per
-        fair queue and one for the others."""
-        counts: list[int] = []
+        """Non-blocking: what each queue wants (`_wants`); one round trip per fair queue and one for the others."""
+        wanted: list[tuple[QueueSlots, int]] = []
         for slots in queues:
-            count = min(slots.free, self.lanes[slots.name].batch_size())
+            count = self._wants(slots)
             if max_jobs is not None:
-                count = min(count, max(max_jobs - self.started_jobs - sum(counts), 0))
-            counts.append(count)
+                count = min(count, max(max_jobs - self.started_jobs - sum(c for _, c in wanted), 0))
+            if count > 0:
+                wanted.append((slots, count))
         took = False
-        for slots, count in zip(queues, counts):
-            if slots.name in self.fair and count > 0:
+        for slots, count in wanted:
+            if slots.name in self.fair:
                 # Round-robin across tenants, high → normal → low, each tenant under its cap (queues.fairness).
                 popped = await afair_pop_many(conn=self.pop_conn, queue=slots.name, worker=self.name, count=count)
                 if popped:
                     self._take(slots, [job.job_id for job in popped])
                     took = True
-        plain = [(s, c) for s, c in zip(queues, counts) if s.name not in self.fair]
+        plain = [(s, c) for s, c in wanted if s.name not in self.fair]
         forgotten = self._take_forgotten()
         if not plain:
             if forgotten:
@@ -386,22 +412,19 @@ class SlimyRuntimeWorker(SimpleWorker):
         if self._lmpop:
             async with self.pop_conn.pipeline(transaction=False) as pipe:
                 for slots, count in plain:
-                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=max(count, 1))
+                    pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=count)
                 if forgotten:
                     pipe.unlink(*[Job.key_for(i) for i in forgotten])
                 answers = (await pipe.execute())[:len(plain)]
         else:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
-            answers = [await self._pop_without_lmpop(slots.keys, max(count, 1)) for slots, count in plain]
-        for (slots, count), answer in zip(plain, answers):
+            answers = [await self._pop_without_lmpop(slots.keys, count) for slots, count in plain]
+        for (slots, _), answer in zip(plain, answers):
             if not answer:
                 continue
             key, items = answer[0].decode(), [i.decode() for i in answer[1]]
-            if count <= 0:
-                await self._push_back(key, items)
-                continue
-            self._take(slots, items)
+            self._take(slots, items, key=key)
             took = True
         return took
 
@@ -448,7 +471,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         if self.stopping or not slots.free or slots.name in self._paused:
             await self._push_back(key, items)
             return False
-        self._take(slots, items)
+        self._take(slots, items, key=key)
         return True
 
     async def _pop_without_lmpop(self, keys: list[str], count: int):
@@ -465,15 +488,19 @@ class SlimyRuntimeWorker(SimpleWorker):
         # To the head, in order: they were first in line and stay so.
         await self.aconn.lpush(key, *reversed(ids))
 
-    def _take(self, slots: QueueSlots, ids: list[str]) -> None:
-        slots.busy += len(ids)
+    def _take(self, slots: QueueSlots, ids: list[str], *, key: str | None = None) -> None:
+        """Hand popped ids to their lane with the slots they may use: up to all the free ones (the lane
+        gives back what its jobs do not need as soon as it has started them)."""
+        reserved = min(max(slots.free, 1), len(ids))
+        slots.busy += reserved
         self.started_jobs += len(ids)
-        self.lanes[slots.name].submit(ids)
+        self.lanes[slots.name].submit(ids, reserved, key)
 
-    def release(self, queue: str, job_ids: list[str]) -> None:
-        """The jobs' outcomes are recorded (or they were skipped, or handed back): their slots are free —
-        this process's and, on a fair queue, their tenants' (shared by every worker). From any thread."""
-        count = len(job_ids)
+    def release(self, queue: str, job_ids: list[str], slots: int | None = None) -> None:
+        """The jobs' outcomes are recorded (or they were skipped, or handed back): `slots` (default: one per
+        job) of this process's queue are free again and, on a fair queue, the jobs' tenants' slots (shared by
+        every worker). Also wakes the loop (a lane's room for the next batch). From any thread."""
+        count = len(job_ids) if slots is None else slots
         if queue in self.fair and job_ids:
             if _running_loop() is self.loop:
                 task = self.loop.create_task(self._fair_release(queue, job_ids))
@@ -648,8 +675,33 @@ def _fair_release_failed(job_ids: list[str], exc: BaseException) -> None:
     logger.warning("fair-dequeue slots of %s job(s) not released (%s); the reconciler frees them", len(job_ids), exc)
 
 
+def _tune_gc() -> None:
+    """The cyclic garbage collector scans every tracked object on a full pass: with Django loaded and a
+    thousand replies in flight, a pass took seconds of the loop. What start-up loaded is kept out of the
+    scans (`gc.freeze`), and young collections run every GC_GEN0_THRESHOLD allocations instead of 700."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
+_session_checked = threading.local()
+
+
+def _check_session() -> None:
+    """This thread's session: replaced when broken or past CONN_MAX_AGE, checked when it was idle for a
+    second or more, or every ten seconds. (With CONN_HEALTH_CHECKS each check costs a `SELECT 1` round
+    trip: not one per call, with a thousand replies in flight.)"""
+    now = time.monotonic()
+    used, checked = getattr(_session_checked, "used", None), getattr(_session_checked, "checked", None)
+    if used is None or now - used >= SESSION_CHECK_SECONDS or now - checked >= 10 * SESSION_CHECK_SECONDS:
+        close_old_connections()
+        _session_checked.checked = now
+    _session_checked.used = now
+
+
 def _db_call(fn, args, kwargs):
-    close_old_connections()  # this pool thread's session: replaced when broken or past CONN_MAX_AGE
+    _check_session()
     try:
         return fn(*args, **kwargs)
     except DatabaseError:
@@ -695,18 +747,38 @@ def _push_retry(job) -> None:
         logger.warning("push of retry for job %s failed; the reconciler pushes it", job.pk, exc_info=True)
 
 
+@dataclass
+class _InlineBatch:
+    """Inline jobs started together: run by a lane's runner thread, recorded by its ledger thread."""
+
+    batch: list  # (job, Inflight) pairs
+    delivered: int  # ids in the delivery they came with (what the batch size adapts to)
+    completions: list = field(default_factory=list)  # (job, Outcome) of the jobs that succeeded
+    finished: list = field(default_factory=list)  # Inflight of the jobs whose outcome is recorded
+    retried: set = field(default_factory=set)  # ids whose RQ copy waits in the scheduled registry
+
+
 class Lane:
-    """A queue's thread: starts its popped ids in one statement, runs inline jobs, dispatches the others."""
+    """A queue's two threads. The ledger thread starts its popped ids in one statement and dispatches
+    threaded and async jobs; the runner thread runs the inline batches, one job after another, and hands
+    each batch's completions to the database pool, which records them in one statement. So while a batch
+    runs, the next one is started and the one before is recorded (the statements wait on PostgreSQL, on
+    two sessions at once, not on the jobs)."""
 
     def __init__(self, worker: SlimyRuntimeWorker, slots: QueueSlots):
         self.worker = worker
         self.queue = slots.name
-        self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        self._pending = 0  # ids handed to this lane and not yet started or skipped
+        self.inbox: queue_module.SimpleQueue = queue_module.SimpleQueue()  # deliveries and completions
+        self.runs: queue_module.SimpleQueue = queue_module.SimpleQueue()  # started inline batches
+        self._pending = 0  # ids handed to this lane whose run has not begun (not started, or inline and waiting)
         self._pending_lock = threading.Lock()
         self._avg_job_seconds: float | None = None
+        self.inline_seen = False  # its last started jobs included inline ones: it may take a batch ahead
+        self._runner_idle = True
         self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
         self._thread.start()
+        self._runner = threading.Thread(target=self._run_main, name=f"slimy-run-{self.queue}", daemon=True)
+        self._runner.start()
 
     @property
     def pending(self) -> int:
@@ -716,15 +788,19 @@ class Lane:
         with self._pending_lock:
             self._pending += n
 
-    def submit(self, ids: list[str]) -> None:
+    def submit(self, ids: list[str], reserved: int, key: str | None) -> None:
+        """Ids popped from `key`, with `reserved` slots of the queue taken for them."""
         self._count(len(ids))
-        self.inbox.put(ids)
+        self.inbox.put((self._batch, (ids, reserved, key)))
 
     def stop(self) -> None:
+        self.runs.put(None)
         self.inbox.put(None)
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        self._runner.join(timeout)
+        self._thread.join(max(deadline - time.monotonic(), 0))
 
     def batch_size(self) -> int:
         if self._avg_job_seconds is None:
@@ -734,11 +810,12 @@ class Lane:
     def _main(self) -> None:
         try:
             while True:
-                ids = self.inbox.get()
-                if ids is None:
+                task = self.inbox.get()
+                if task is None:
                     return
+                fn, args = task
                 try:
-                    self._batch(ids)
+                    fn(*args)
                 except JobTimeoutException:
                     logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
                 except Exception:  # the lane must live on; the ledger and reconciler recover
@@ -747,46 +824,72 @@ class Lane:
         finally:
             connections.close_all()
 
-    def _batch(self, ids: list[str]) -> None:
+    def _batch(self, ids: list[str], reserved: int, key: str | None) -> None:
         worker = self.worker
         try:
-            close_old_connections()  # once per batch: replaces a broken or expired session
-            jobs = job_start_batch(job_ids=ids, worker_name=worker.name)
+            _check_session()
+            jobs, deferred = job_start_delivery(
+                job_ids=ids, worker_name=worker.name, heavy_types=worker.heavy_types,
+                heavy_limit=None if reserved >= len(ids) else reserved)
         except DatabaseError as exc:
             # Still waiting in the ledger: the reconciler pushes them again once PostgreSQL answers.
             logger.error("lane %s: could not start %s job(s): %s", self.queue, len(ids), exc)
             connections.close_all()
             self._count(-len(ids))
-            worker.release(self.queue, ids)
+            worker.release(self.queue, ids, slots=reserved)
             return
-        if len(jobs) < len(ids):
-            skipped = set(ids) - {str(j.pk) for j in jobs}
-            for job_id in skipped:
-                # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
-                logger.info("job %s is not waiting; skipped", job_id)
-            worker.release(self.queue, list(skipped))
-            self._forget(list(skipped))
+        if deferred:
+            self._push_back(key, deferred)
+        started = {str(j.pk) for j in jobs}
+        skipped = [i for i in dict.fromkeys(ids) if i not in started and i not in deferred]
+        for job_id in skipped:
+            # Cancelled, already finished, or run by someone else: a duplicate delivery is harmless.
+            logger.info("job %s is not waiting; skipped", job_id)
+        if skipped:
+            self._forget(skipped)
         if not jobs:
             self._count(-len(ids))
+            worker.release(self.queue, skipped, slots=reserved)
             return
         inline = []
-        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
         items = [worker.track(job, self.queue) for job in jobs]
-        self._count(-len(ids))  # tracked now: `inflight` holds them
+        heavy = 0
         for job, item in zip(jobs, items):
             definition = registry.get(job.job_type)
             if definition is not None and definition.is_async():
                 worker.loop.call_soon_threadsafe(worker.start_async, job, item)
+                heavy += 1
             elif definition is not None and (definition.blocking or worker.blocking_all):
                 worker.pools[self.queue].submit(self._run_blocking, job, item)
+                heavy += 1
             else:
                 inline.append((job, item))
+        self.inline_seen = bool(inline)
+        # Tracked now (`inflight` holds them); inline ones stay pending until the runner takes their batch.
+        self._count(-(len(ids) - len(inline)))
+        # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
+        worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0))
         if inline:
-            self._run_inline(inline, on_ran=lambda: self._observe((time.monotonic() - began) / len(ids)))
+            work = _InlineBatch(inline, delivered=len(ids))
+            if len(inline) == 1 and self._runner_idle and self.runs.empty():
+                # One job and an idle runner (the first job after a quiet spell): run it here, without
+                # waking another thread, for the pickup latency. Batches go to the runner.
+                self._take_batch(work)
+                self._run_inline(work)
+            else:
+                self.runs.put(work)
         else:
-            self._observe((time.monotonic() - began) / len(ids))
-        # (Per delivered id, so that deliveries which cost nothing — skipped duplicates, jobs handed to other
-        # executors, jobs another job already did — let the batch grow.)
+            self._observe(0.0)
+        # (The batch size adapts per delivered id, so that deliveries which cost nothing — skipped duplicates,
+        # jobs handed to other executors, jobs another job already did — let the batch grow.)
+
+    def _push_back(self, key: str | None, ids: list[str]) -> None:
+        """Heavy jobs beyond the slots: back to the head of their list, in order, for the next pop."""
+        try:
+            self.worker.connection.lpush(key, *reversed(ids))
+        except (RedisError, OSError) as exc:
+            # Still queued in the ledger: the reconciler pushes them again.
+            logger.warning("lane %s: could not put %s job(s) back (%s); the reconciler will", self.queue, len(ids), exc)
 
     def _observe(self, seconds: float) -> None:
         avg = self._avg_job_seconds
@@ -795,11 +898,41 @@ class Lane:
     def _limit(self, item: Inflight):
         return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
 
-    def _run_inline(self, batch, on_ran) -> None:
-        worker = self.worker
-        completions, finished, retried = [], [], set()
+    def _run_main(self) -> None:
         try:
-            for job, item in batch:
+            while True:
+                work = self.runs.get()
+                if work is None:
+                    return
+                self._runner_idle = False
+                self._take_batch(work)
+                try:
+                    self._run_inline(work)
+                except JobTimeoutException:
+                    logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
+                except Exception:  # noqa: BLE001 - the runner must live on; the ledger and reconciler recover
+                    logger.exception("lane %s: batch failed", self.queue)
+                    connections.close_all()
+                finally:
+                    self._runner_idle = True
+        finally:
+            connections.close_all()
+
+    def _take_batch(self, work: _InlineBatch) -> None:
+        self._count(-len(work.batch))
+        self.worker.release(self.queue, [], slots=0)  # wakes the loop: room for the next batch
+
+    def _run_inline(self, work: _InlineBatch) -> None:
+        """Run the batch here; its completions go to the ledger thread (`_complete`), which records them."""
+        worker = self.worker
+        began = time.monotonic()  # what the batch size adapts to: the jobs' own time, not the statements'
+        handed_over = False
+        try:
+            _check_session()  # the jobs' own database work uses this thread's session
+            for job, item in work.batch:
+                if item.handed_back:  # at shutdown, while it waited for its turn: recorded as such
+                    work.finished.append(item)
+                    continue
                 try:
                     with runner.job_log_context(job):
                         outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
@@ -808,41 +941,66 @@ class Lane:
                 except Exception as exc:  # the runner could not record it: hand this job back
                     logger.exception("job %s: unexpected error; handing it back", item.job_id)
                     _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
-                    finished.append(item)
+                    work.finished.append(item)
                     continue
                 if outcome.kind is OutcomeKind.SUCCEEDED:
-                    completions.append((job, outcome))
+                    work.completions.append((job, outcome))
                     continue
                 if outcome.retry:
                     _push_retry(job)
-                    retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
-                finished.append(item)
-            on_ran()
-            done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in completions])
-            worker.count_outcomes(succeeded=len(done), failed=len(batch) - len(done))
-            for job, outcome in completions:
-                runner.job_completed(job, outcome.duration, str(job.pk) in done)
-            finished.extend(item for _, item in batch if item not in finished)
+                    work.retried.add(item.job_id)  # its RQ copy now waits in the scheduled registry: keep it
+                work.finished.append(item)
+            self._observe((time.monotonic() - began) / work.delivered)
+            # Recorded on the database pool, beside the next batch's start on the ledger thread.
+            worker.db_pool.submit(self._complete, work)
+            handed_over = True
         except (DatabaseError, RedisError, OSError) as exc:
             logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
             connections.close_all()
-            for _, item in batch:
+            for _, item in work.batch:
                 _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
-            finished = [item for _, item in batch]
+            work.finished = [item for _, item in work.batch]
         finally:
-            recorded = {i.job_id for i in finished}
-            for _, item in batch:
-                if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
-                    _hand_back_item(item, worker.name, "job exceeded its timeout")
-                worker.untrack(item.job_id)
-            worker.release(self.queue, [item.job_id for _, item in batch])
-            self._forget([item.job_id for _, item in batch if item.job_id not in retried and not item.retried])
+            if not handed_over:
+                self._finish(work)
+
+    def _complete(self, work: _InlineBatch) -> None:
+        """On a database pool thread: the batch's completions in one statement, then its slot is free."""
+        worker = self.worker
+        try:
+            _check_session()
+            done = job_complete_batch(outcomes=[(job, outcome.result) for job, outcome in work.completions])
+            worker.count_outcomes(succeeded=len(done), failed=len(work.batch) - len(done))
+            for job, outcome in work.completions:
+                runner.job_completed(job, outcome.duration, str(job.pk) in done)
+            work.finished.extend(item for _, item in work.batch if item not in work.finished)
+        except (DatabaseError, RedisError, OSError) as exc:
+            logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
+            connections.close_all()
+            for _, item in work.batch:
+                _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
+            work.finished = [item for _, item in work.batch]
+        except Exception:  # noqa: BLE001 - a pool thread must never die; the reconciler recovers the jobs
+            logger.exception("lane %s: completions not recorded", self.queue)
+        finally:
+            self._finish(work)
+
+    def _finish(self, work: _InlineBatch) -> None:
+        worker = self.worker
+        recorded = {i.job_id for i in work.finished}
+        for _, item in work.batch:
+            if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
+                _hand_back_item(item, worker.name, "job exceeded its timeout")
+            worker.untrack(item.job_id)
+        worker.release(self.queue, [item.job_id for _, item in work.batch], slots=1)  # the batch held one slot
+        self._forget([item.job_id for _, item in work.batch
+                      if item.job_id not in work.retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
         retried = False
         try:
-            close_old_connections()  # this thread's session: replaced when broken or past CONN_MAX_AGE
+            _check_session()
             with runner.job_log_context(job):
                 outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
                 completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(

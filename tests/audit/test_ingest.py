@@ -383,3 +383,23 @@ def test_append_streamed_in_small_chunks_keeps_order_escapes_and_chain(monkeypat
     assert list(AuditLog.objects.order_by("id").values_list("resource_id", flat=True)) == [str(n) for n in range(20)]
     report = chain_verify()
     assert report.ok and report.checked == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_recorded_in_a_batch_are_staged_together_in_one_statement():
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.services import audit_events_batched
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic(), audit_events_batched():
+        for n in range(3):
+            audit_event_record(action="batched", resource_id=str(n))
+        assert not AuditStagedEvent.objects.exists()  # held until the batch ends
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT INTO audit_auditstagedevent")]
+    assert len(inserts) == 1
+    assert [e.event["resourceId"] for e in AuditStagedEvent.objects.order_by("id")] == ["0", "1", "2"]
+    # A batch left by an error stages nothing (its transaction is rolled back anyway).
+    with pytest.raises(RuntimeError), transaction.atomic(), audit_events_batched():
+        audit_event_record(action="lost")
+        raise RuntimeError("the writer failed")
+    assert AuditStagedEvent.objects.count() == 3

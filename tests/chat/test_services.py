@@ -7,7 +7,13 @@ from django.db import IntegrityError, connection, transaction
 
 from chat.models import Conversation, ConversationTombstone, Message, MessageRole, PersonalityMode
 from chat.selectors import ConversationNotFound
-from chat.services import conversation_create, conversation_delete, conversation_update, message_save
+from chat.services import (
+    conversation_create,
+    conversation_delete,
+    conversation_update,
+    message_save,
+    message_save_many,
+)
 from slimy_site.exceptions import ValidationFailed
 from tests.factories.chat import ConversationFactory, MessageFactory
 
@@ -175,6 +181,29 @@ def test_message_save_rejects_bad_input(user, kwargs, field):
     with pytest.raises(ValidationFailed) as exc:
         message_save(conversation_id=conversation.pk, owner_id=user.pk, job_id=None, **kwargs)
     assert field in exc.value.details
+
+
+def test_message_save_many_writes_in_order_once_per_job_id_sharing_its_lookups(user, django_assert_max_num_queries):
+    from audit.models import AuditStagedEvent
+
+    conversation = ConversationFactory(owner=user, personality_mode="casual")
+    prompt_job, reply_job = uuid.uuid4(), uuid.uuid4()
+    messages = [("user", "question", prompt_job), ("assistant", "answer", reply_job)]
+    # existing messages, conversation, two inserts, the bump, the owner, the audit events (+ savepoints)
+    with django_assert_max_num_queries(11):
+        first = message_save_many(conversation_id=conversation.pk, owner_id=user.pk, messages=messages)
+    rows = list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
+    assert [(m.pk, m.role, m.content, m.job_id, m.personality_mode) for m in rows] == [
+        (first[0].pk, "user", "question", prompt_job, "casual"), (first[1].pk, "assistant", "answer", reply_job, "casual")]
+    assert [e.event["action"] for e in AuditStagedEvent.objects.order_by("id")] == ["message.saved"] * 2
+    # A retry writes nothing and returns the same rows; one written already is returned, the other added.
+    assert [m.pk for m in message_save_many(conversation_id=conversation.pk, owner_id=user.pk,
+                                            messages=messages)] == [m.pk for m in first]
+    later = uuid.uuid4()
+    again = message_save_many(conversation_id=conversation.pk, owner_id=user.pk,
+                              messages=[messages[1], ("assistant", "more", later)])
+    assert again[0].pk == first[1].pk and Message.objects.get(job_id=later).content == "more"
+    assert Message.objects.filter(conversation=conversation).count() == 3
 
 
 def test_message_content_limit_is_enforced_by_the_database_too(user):

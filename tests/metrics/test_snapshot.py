@@ -138,3 +138,25 @@ def test_prepare_multiprocess_dir_empties_it(tmp_path):
     path = prepare_multiprocess_dir(tmp_path / "prom")
     assert [p.name for p in path.iterdir()] == ["started_at"]
     assert metrics_started_at(path) > 0
+
+
+def test_a_worker_runtime_counts_finished_jobs_in_memory_and_writes_them_when_it_beats(redis_conn):
+    from queues import signals
+    from queues.metrics import throughput_defer, throughput_per_minute
+    from queues.models import JobRecord
+
+    job = JobRecord(queue="database", job_type="test_echo")
+    signals.worker_started.send(sender=None)
+    try:
+        for outcome in ("completed", "completed", "failed", "retried"):
+            signals.job_finished.send(sender=JobRecord, job=job, outcome=outcome, duration=0.01)
+        assert throughput_per_minute(redis_conn) == {}  # one round trip per beat, not one per job
+        signals.worker_heartbeat.send(sender=None)
+        assert throughput_per_minute(redis_conn) == {"database": 3 / 5}
+        signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=0.01)
+    finally:
+        signals.worker_stopped.send(sender=None)  # the last count is written, and later ones at once
+        throughput_defer(False)
+    assert throughput_per_minute(redis_conn) == {"database": 4 / 5}
+    signals.job_finished.send(sender=JobRecord, job=job, outcome="completed", duration=0.01)
+    assert throughput_per_minute(redis_conn) == {"database": 5 / 5}

@@ -179,3 +179,53 @@ def test_without_lmpop_an_older_redis_is_served_too(run_batch_worker, redis_conn
     run_batch_worker()
     assert all(_record(job).status == JobStatus.COMPLETED for job in jobs)
     assert [t.decode() for t in redis_conn.lrange("test:order", 0, -1)] == ["high", "low"]
+
+
+def test_a_start_spends_no_more_slots_than_it_is_given_and_defers_the_rest_in_order():
+    from queues.services.batch import job_start_delivery
+
+    def sleeper(tag):
+        return str(job_enqueue(job_type="test_db_sleep", payload={"seconds": 0, "tag": tag}).pk)
+
+    def echo(value):
+        return str(job_enqueue(job_type="test_echo", payload={"value": value}).pk)
+
+    heavy = ["test_db_sleep"]
+    # Inline jobs share one slot, each heavy job takes one: with 3 slots, [e, h, h] start and the rest wait.
+    ids = [echo("1"), sleeper("a"), echo("2"), sleeper("b"), sleeper("c"), echo("3")]
+    started, deferred = job_start_delivery(job_ids=ids, worker_name="w", heavy_types=heavy, heavy_limit=3)
+    assert [str(j.pk) for j in started] == ids[:4] and all(j.status == "started" for j in started)
+    assert deferred == ids[4:]
+    assert [JobRecord.objects.get(pk=i).status for i in deferred] == [JobStatus.QUEUED] * 2
+    # A heavy job first in line with one slot: it starts, and every job behind it waits.
+    ids = [sleeper("d"), echo("4"), echo("5")]
+    started, deferred = job_start_delivery(job_ids=ids, worker_name="w", heavy_types=heavy, heavy_limit=1)
+    assert [str(j.pk) for j in started] == ids[:1] and deferred == ids[1:]
+    # Without a limit every waiting id starts; ids not waiting are in neither list.
+    started, deferred = job_start_delivery(job_ids=ids + ids[:1], worker_name="w", heavy_types=heavy)
+    assert [str(j.pk) for j in started] == ids[1:] and deferred == []
+
+
+def test_inline_batches_run_beyond_the_slots_but_share_one_with_blocking_jobs(redis_conn):
+    from queues.batchworker import SlimyBatchWorker
+    from queues.connections import get_connection
+
+    sleepers = [job_enqueue(job_type="test_db_sleep", payload={"seconds": 0.3, "tag": f"s{i}"}) for i in range(3)]
+    echoes = [job_enqueue(job_type="test_echo", payload={"value": str(i)}) for i in range(60)]
+    for i, sleeper in enumerate(sleepers):  # spread them out among the short jobs
+        redis_conn.lrem("rq:queue:database", 1, str(sleeper.pk))
+        redis_conn.linsert("rq:queue:database", "BEFORE", str(echoes[20 * i + 10].pk), str(sleeper.pk))
+    worker = SlimyBatchWorker([QueueName.DATABASE], connection=get_connection(), concurrency={"database": 1})
+    worker.work(burst=True, logging_level="WARNING")
+    records = [_record(j) for j in sleepers + echoes]
+    assert all(r.status == JobStatus.COMPLETED for r in records)
+    # Short jobs ran in batches larger than the one slot (a batch starts in one statement: one start time)...
+    batches = {}
+    for record in records[len(sleepers):]:
+        batches.setdefault(record.started_at, []).append(record)
+    assert max(len(batch) for batch in batches.values()) > 1
+    # ...yet with one slot, nothing ran beside a blocking job: no batch overlaps a sleeper.
+    for sleeper in records[:len(sleepers)]:
+        for batch in batches.values():
+            start, end = batch[0].started_at, max(r.finished_at for r in batch)
+            assert end <= sleeper.started_at or start >= sleeper.finished_at
