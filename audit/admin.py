@@ -43,8 +43,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditLog)
 class AuditLogAdmin(ReadOnlyAdmin):
-    list_display = ("id", "occurred_at", "action", "resource_type", "resource_id", "actor_label", "actor_ref",
-                    "success", "request_id")
+    list_display = (
+        "id",
+        "occurred_at",
+        "action",
+        "resource_type",
+        "resource_id",
+        "actor_label",
+        "actor_ref",
+        "success",
+        "request_id",
+    )
     list_filter = ("success", "action", "resource_type", ("occurred_at", admin.DateFieldListFilter))
     search_fields = ("=request_id", "=resource_id", "=resource_type", "=action")
     search_help_text = "Exact request id, resource id, resource type or action."
@@ -66,8 +75,13 @@ class AuditLogAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             return redirect("admin:index")
         report = audit_chain_state()
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Audit chain",
-                   "report": report, "checked_at": timezone.now()}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Audit chain",
+            "report": report,
+            "checked_at": timezone.now(),
+        }
         return TemplateResponse(request, "admin/audit/verify.html", context)
 
     def report_view(self, request):
@@ -77,20 +91,31 @@ class AuditLogAdmin(ReadOnlyAdmin):
 
         form = ReportForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            payload = {"occurredFrom": form.cleaned_data["occurred_from"].isoformat(),
-                       "occurredTo": form.cleaned_data["occurred_to"].isoformat()}
+            payload = {
+                "occurredFrom": form.cleaned_data["occurred_from"].isoformat(),
+                "occurredTo": form.cleaned_data["occurred_to"].isoformat(),
+            }
             try:
-                job = job_enqueue(job_type="audit_report", payload=payload, owner=request.user,
-                                  request_id=getattr(request, "request_id", None))
+                job = job_enqueue(
+                    job_type="audit_report",
+                    payload=payload,
+                    owner=request.user,
+                    request_id=getattr(request, "request_id", None),
+                )
             except ApplicationError as exc:
                 messages.error(request, f"The report could not be started: {exc.message} {exc.details or ''}")
             else:
                 messages.success(request, f"Report job {job.pk} started.")
                 return redirect("admin:audit_auditlog_report")
         jobs = JobRecord.objects.filter(job_type="audit_report", owner=request.user).order_by("-created_at")[:20]
-        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Audit reports",
-                   "form": form, "jobs": jobs,
-                   "download_base": reverse("audit-report-detail", kwargs={"job_id": "0"}).rsplit("/", 1)[0]}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Audit reports",
+            "form": form,
+            "jobs": jobs,
+            "download_base": reverse("audit-report-detail", kwargs={"job_id": "0"}).rsplit("/", 1)[0],
+        }
         return TemplateResponse(request, "admin/audit/report.html", context)
 
 

@@ -59,9 +59,27 @@ class AuditLogOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditLog
-        fields = ["id", "eventId", "occurredAt", "recordedAt", "actorId", "actorLabel", "actorExists", "action",
-                  "resourceType", "resourceId", "details", "ip", "userAgent", "sessionId", "requestId", "success",
-                  "errorMessage", "prevHash", "rowHash"]
+        fields = [
+            "id",
+            "eventId",
+            "occurredAt",
+            "recordedAt",
+            "actorId",
+            "actorLabel",
+            "actorExists",
+            "action",
+            "resourceType",
+            "resourceId",
+            "details",
+            "ip",
+            "userAgent",
+            "sessionId",
+            "requestId",
+            "success",
+            "errorMessage",
+            "prevHash",
+            "rowHash",
+        ]
 
     def get_actorExists(self, obj) -> bool:
         return obj.actor_id is not None
@@ -78,7 +96,6 @@ class RangeSerializer(serializers.Serializer):
         }
 
 
-
 def _parse_query(serializer_class, request):
     allowed = set(serializer_class().fields)
     unknown = sorted(set(request.query_params) - allowed - {"format"})
@@ -90,9 +107,14 @@ def _parse_query(serializer_class, request):
     return serializer.validated_data
 
 
-_EVENT_LIST = inline_serializer("AuditEventList", fields={"ok": serializers.BooleanField(),
-                                                           "results": AuditLogOutputSerializer(many=True),
-                                                           "nextCursor": serializers.CharField(allow_null=True)})
+_EVENT_LIST = inline_serializer(
+    "AuditEventList",
+    fields={
+        "ok": serializers.BooleanField(),
+        "results": AuditLogOutputSerializer(many=True),
+        "nextCursor": serializers.CharField(allow_null=True),
+    },
+)
 
 
 class AuditEventsAcceptedSerializer(JobAcceptedSerializer):
@@ -104,6 +126,7 @@ class AuditEventsAcceptedSerializer(JobAcceptedSerializer):
 
 class AuditLogListApi(APIView):
     submit_methods = ("POST",)  # ingest: rate-limited in accept_job's one Redis round trip
+
     class FilterSerializer(RangeSerializer):
         def get_fields(self):
             fields = super().get_fields()
@@ -111,15 +134,19 @@ class AuditLogListApi(APIView):
                 actor=serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1),
                 # An empty value filters nothing (as if the parameter were absent).
                 action=serializers.CharField(required=False, allow_blank=True, max_length=100),
-                resourceType=serializers.CharField(required=False, allow_blank=True, max_length=100,
-                                                   source="resource_type"),
-                resourceId=serializers.CharField(required=False, allow_blank=True, max_length=255,
-                                                 source="resource_id"),
+                resourceType=serializers.CharField(
+                    required=False, allow_blank=True, max_length=100, source="resource_type"
+                ),
+                resourceId=serializers.CharField(
+                    required=False, allow_blank=True, max_length=255, source="resource_id"
+                ),
                 # Only the JSON spellings the schema's boolean allows (DRF would also take "null", "yes", "1").
                 success=serializers.ChoiceField(choices=["true", "false"], required=False),
                 requestId=serializers.CharField(required=False, allow_blank=True, max_length=64, source="request_id"),
                 cursor=serializers.CharField(required=False),
-                limit=serializers.IntegerField(required=False, min_value=1, max_value=MAX_EVENTS, default=DEFAULT_LIMIT),
+                limit=serializers.IntegerField(
+                    required=False, min_value=1, max_value=MAX_EVENTS, default=DEFAULT_LIMIT
+                ),
             )
             return fields
 
@@ -127,19 +154,28 @@ class AuditLogListApi(APIView):
         return [IsService()] if self.request.method == "POST" else [IsStaff()]
 
     @extend_schema(
-        summary="List audit events (staff)", operation_id="audit_log_list",
+        summary="List audit events (staff)",
+        operation_id="audit_log_list",
         responses={200: _EVENT_LIST, **error_responses("validation_error")},
         parameters=[
             OpenApiParameter("actor", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
             OpenApiParameter("action", {"type": "string", "maxLength": 100}),
             OpenApiParameter("resourceType", {"type": "string", "maxLength": 100}),
             OpenApiParameter("resourceId", {"type": "string", "maxLength": 255}),
-            OpenApiParameter("success", OpenApiTypes.BOOL), OpenApiParameter("from", OpenApiTypes.DATETIME),
-            OpenApiParameter("to", OpenApiTypes.DATETIME), OpenApiParameter("requestId", {"type": "string", "maxLength": 64}),
-            OpenApiParameter("cursor", {"type": "string", "pattern": CURSOR_PATTERN},
-                             description="`nextCursor` of the previous page."),
-            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
-                             description=f"1-{MAX_EVENTS}, default {DEFAULT_LIMIT}"),
+            OpenApiParameter("success", OpenApiTypes.BOOL),
+            OpenApiParameter("from", OpenApiTypes.DATETIME),
+            OpenApiParameter("to", OpenApiTypes.DATETIME),
+            OpenApiParameter("requestId", {"type": "string", "maxLength": 64}),
+            OpenApiParameter(
+                "cursor",
+                {"type": "string", "pattern": CURSOR_PATTERN},
+                description="`nextCursor` of the previous page.",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
+                description=f"1-{MAX_EVENTS}, default {DEFAULT_LIMIT}",
+            ),
         ],
     )
     def get(self, request):
@@ -148,12 +184,14 @@ class AuditLogListApi(APIView):
         if "success" in params:
             params["success"] = params["success"] == "true"
         rows, next_cursor = audit_log_page(qs=audit_log_filter(**params), cursor=cursor, limit=limit)
-        return Response({"ok": True, "results": AuditLogOutputSerializer(rows, many=True).data,
-                         "nextCursor": next_cursor})
+        return Response(
+            {"ok": True, "results": AuditLogOutputSerializer(rows, many=True).data, "nextCursor": next_cursor}
+        )
 
     @extend_schema(
         summary="Record one audit event or a list of up to 1,000 (staff or service accounts)",
-        request=EventPayload, responses=submit_responses(AuditEventsAcceptedSerializer, "too_many_events"),
+        request=EventPayload,
+        responses=submit_responses(AuditEventsAcceptedSerializer, "too_many_events"),
     )
     def post(self, request):
         data = request.data
@@ -163,8 +201,11 @@ class AuditLogListApi(APIView):
             if not data:
                 raise ValidationFailed(details={"events": ["Send at least one event."]})
             if len(data) > MAX_EVENTS:
-                raise ValidationFailed(f"At most {MAX_EVENTS} events per request.", code="too_many_events",
-                                       details={"events": [f"At most {MAX_EVENTS} events per request."]})
+                raise ValidationFailed(
+                    f"At most {MAX_EVENTS} events per request.",
+                    code="too_many_events",
+                    details={"events": [f"At most {MAX_EVENTS} events per request."]},
+                )
             job_type, events = "log_events_bulk", data
         else:
             raise ValidationFailed(details={"body": ["Send an event object or a list of events."]})
@@ -181,8 +222,11 @@ class AuditLogListApi(APIView):
 class AuditLogDetailApi(APIView):
     permission_classes = [IsStaff]
 
-    @extend_schema(summary="One audit event (staff)", operation_id="audit_log_detail",
-                   responses={200: AuditLogOutputSerializer, **error_responses("audit_event_not_found")})
+    @extend_schema(
+        summary="One audit event (staff)",
+        operation_id="audit_log_detail",
+        responses={200: AuditLogOutputSerializer, **error_responses("audit_event_not_found")},
+    )
     def get(self, request, event_id: int):
         return Response(AuditLogOutputSerializer(audit_log_get(event_id=event_id)).data)
 
@@ -206,11 +250,11 @@ class AuditReportCreateApi(APIView):
 
     class InputSerializer(StrictSerializer):
         occurredFrom = serializers.DateTimeField(help_text="Start of the range (inclusive).")
-        occurredTo = serializers.DateTimeField(help_text="End of the range (exclusive); not after "
-                                                         "occurredFrom: an empty report.")
+        occurredTo = serializers.DateTimeField(
+            help_text="End of the range (exclusive); not after occurredFrom: an empty report."
+        )
 
-    @extend_schema(summary="Start an audit report job (staff)", request=InputSerializer,
-                   responses=submit_responses())
+    @extend_schema(summary="Start an audit report job (staff)", request=InputSerializer, responses=submit_responses())
     def post(self, request):
         if not isinstance(request.data, dict):
             raise ValidationFailed(details={"body": ["Send a JSON object."]})
@@ -236,10 +280,15 @@ class AuditReportDetailApi(APIView):
 
     @extend_schema(
         summary="An audit report: JSON, or CSV with ?format=csv (only the staff member who asked for it)",
-        parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH),
-                    OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"])],
-        responses={200: OpenApiTypes.OBJECT, 202: JobAcceptedSerializer,
-                   **error_responses("report_not_found", "not_found", "report_not_available")},
+        parameters=[
+            OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH),
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"]),
+        ],
+        responses={
+            200: OpenApiTypes.OBJECT,
+            202: JobAcceptedSerializer,
+            **error_responses("report_not_found", "not_found", "report_not_available"),
+        },
     )
     def get(self, request, job_id: str):
         job = _report_job(job_id=job_id, user=request.user)
@@ -247,8 +296,10 @@ class AuditReportDetailApi(APIView):
             return Response(job_accepted_body(request, job), status=202)
         if job.status != JobStatus.COMPLETED or not isinstance(job.result, dict):
             error = job_error_for_viewer(job=job, viewer=request.user)
-            raise Conflict(f"The report job is {job.status}: {error['message'] if error else 'no result'}.",
-                           code="report_not_available")
+            raise Conflict(
+                f"The report job is {job.status}: {error['message'] if error else 'no result'}.",
+                code="report_not_available",
+            )
         if request.accepted_renderer.format == "csv":
             response = HttpResponse(audit_report_csv(job.result), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="audit-report-{job.id}.csv"'
@@ -266,8 +317,10 @@ def _report_job(*, job_id: str, user) -> JobRecord:
 class AuditChainVerifyApi(APIView):
     permission_classes = [IsStaff]
 
-    @extend_schema(summary="Walk the hash chain; ok=false names the first altered, inserted or removed row (staff)",
-                   responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        summary="Walk the hash chain; ok=false names the first altered, inserted or removed row (staff)",
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request):
         report = audit_chain_state()
         body = report.as_dict()

@@ -29,7 +29,7 @@ class ChainWriteError(ApplicationError):
 
 
 def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 def canonical_json(content: dict) -> str:
@@ -37,23 +37,25 @@ def canonical_json(content: dict) -> str:
 
 
 def canonical(row: AuditLog) -> str:
-    return canonical_json({
-        "eventId": str(row.event_id),
-        "occurredAt": _iso(row.occurred_at),
-        "recordedAt": _iso(row.recorded_at),
-        "actorRef": row.actor_ref,
-        "actorLabel": row.actor_label,
-        "action": row.action,
-        "resourceType": row.resource_type,
-        "resourceId": row.resource_id,
-        "details": row.details,
-        "ip": row.ip,
-        "userAgent": row.user_agent,
-        "sessionId": row.session_id,
-        "requestId": row.request_id,
-        "success": bool(row.success),
-        "errorMessage": row.error_message,
-    })
+    return canonical_json(
+        {
+            "eventId": str(row.event_id),
+            "occurredAt": _iso(row.occurred_at),
+            "recordedAt": _iso(row.recorded_at),
+            "actorRef": row.actor_ref,
+            "actorLabel": row.actor_label,
+            "action": row.action,
+            "resourceType": row.resource_type,
+            "resourceId": row.resource_id,
+            "details": row.details,
+            "ip": row.ip,
+            "userAgent": row.user_agent,
+            "sessionId": row.session_id,
+            "requestId": row.request_id,
+            "success": bool(row.success),
+            "errorMessage": row.error_message,
+        }
+    )
 
 
 def _hash(text: str, prev_hash: str) -> str:
@@ -103,9 +105,24 @@ def _copy_text(value: str) -> str:
 
 
 _NULL = "\\N"
-_MIDDLE = ("event_id", "occurred_at", "recorded_at", "actor_user_id", "actor_ref", "actor_label", "action",
-           "resource_type", "resource_id", "details", "ip", "user_agent", "session_id", "request_id", "success",
-           "error_message")
+_MIDDLE = (
+    "event_id",
+    "occurred_at",
+    "recorded_at",
+    "actor_user_id",
+    "actor_ref",
+    "actor_label",
+    "action",
+    "resource_type",
+    "resource_id",
+    "details",
+    "ip",
+    "user_agent",
+    "session_id",
+    "request_id",
+    "success",
+    "error_message",
+)
 _COLUMNS = ("id", *_MIDDLE, "prev_hash", "row_hash")
 
 
@@ -114,9 +131,24 @@ def timestamp_text(value: dt.datetime) -> str:
     return _iso(value)
 
 
-def new_row(event_id: str, occurred: str, recorded: str, actor_id: int | None, actor_ref: int | None,
-            actor_label: str, action: str, resource_type: str, resource_id: str, details: dict, ip: str | None,
-            user_agent: str, session_id: str, request_id: str, success: bool, error_message: str) -> NewRow:
+def new_row(
+    event_id: str,
+    occurred: str,
+    recorded: str,
+    actor_id: int | None,
+    actor_ref: int | None,
+    actor_label: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    details: dict,
+    ip: str | None,
+    user_agent: str,
+    session_id: str,
+    request_id: str,
+    success: bool,
+    error_message: str,
+) -> NewRow:
     """The row for these values (positional: called once per event). `occurred` and `recorded` are
     `timestamp_text` forms; `event_id` is the canonical UUID text; `ip` as PostgreSQL's inet prints it.
 
@@ -128,27 +160,92 @@ def new_row(event_id: str, occurred: str, recorded: str, actor_id: int | None, a
     details_json = _details_json(details)
     actor_ref_text = "null" if actor_ref is None else str(int(actor_ref))
     canonical = (
-        '{"action":' + q(action) + ',"actorLabel":' + q(actor_label) + ',"actorRef":' + actor_ref_text
-        + ',"details":' + details_json + ',"errorMessage":' + q(error_message)
-        + ',"eventId":"' + event_id + '","ip":' + ("null" if ip is None else q(ip))
-        + ',"occurredAt":"' + occurred + '","recordedAt":"' + recorded + '","requestId":' + q(request_id)
-        + ',"resourceId":' + q(resource_id) + ',"resourceType":' + q(resource_type)
-        + ',"sessionId":' + q(session_id) + ',"success":' + ("true" if success else "false")
-        + ',"userAgent":' + q(user_agent) + "}"
+        '{"action":'
+        + q(action)
+        + ',"actorLabel":'
+        + q(actor_label)
+        + ',"actorRef":'
+        + actor_ref_text
+        + ',"details":'
+        + details_json
+        + ',"errorMessage":'
+        + q(error_message)
+        + ',"eventId":"'
+        + event_id
+        + '","ip":'
+        + ("null" if ip is None else q(ip))
+        + ',"occurredAt":"'
+        + occurred
+        + '","recordedAt":"'
+        + recorded
+        + '","requestId":'
+        + q(request_id)
+        + ',"resourceId":'
+        + q(resource_id)
+        + ',"resourceType":'
+        + q(resource_type)
+        + ',"sessionId":'
+        + q(session_id)
+        + ',"success":'
+        + ("true" if success else "false")
+        + ',"userAgent":'
+        + q(user_agent)
+        + "}"
     )
-    texts: tuple[str, ...] = (actor_label, action, resource_type, resource_id, details_json, user_agent, session_id, request_id,
-             error_message, ip or "")
+    texts: tuple[str, ...] = (
+        actor_label,
+        action,
+        resource_type,
+        resource_id,
+        details_json,
+        user_agent,
+        session_id,
+        request_id,
+        error_message,
+        ip or "",
+    )
     joined = "".join(texts)
     if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
         texts = tuple(map(_copy_text, texts))
     null = _NULL
-    columns = "\t".join((
-        event_id, occurred, recorded, null if actor_id is None else str(int(actor_id)),
-        null if actor_ref is None else actor_ref_text, texts[0], texts[1], texts[2], texts[3], texts[4],
-        null if ip is None else texts[9], texts[5], texts[6], texts[7], "t" if success else "f", texts[8],
-    ))
-    values = (event_id, occurred, recorded, actor_id, actor_ref, actor_label, action, resource_type, resource_id,
-              details, ip, user_agent, session_id, request_id, bool(success), error_message)
+    columns = "\t".join(
+        (
+            event_id,
+            occurred,
+            recorded,
+            null if actor_id is None else str(int(actor_id)),
+            null if actor_ref is None else actor_ref_text,
+            texts[0],
+            texts[1],
+            texts[2],
+            texts[3],
+            texts[4],
+            null if ip is None else texts[9],
+            texts[5],
+            texts[6],
+            texts[7],
+            "t" if success else "f",
+            texts[8],
+        )
+    )
+    values = (
+        event_id,
+        occurred,
+        recorded,
+        actor_id,
+        actor_ref,
+        actor_label,
+        action,
+        resource_type,
+        resource_id,
+        details,
+        ip,
+        user_agent,
+        session_id,
+        request_id,
+        bool(success),
+        error_message,
+    )
     return NewRow(event_id, canonical, columns, values)
 
 
@@ -208,8 +305,9 @@ def _stored_event_ids(event_ids: list[str]) -> set[str]:
 def _copy(rows: list[NewRow], head: AuditChainHead) -> tuple[int, str]:
     with connection.cursor() as cursor:
         # Ids drawn in one statement are increasing; sorted anyway, since the chain order is the id order.
-        cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditlog', 'id')) FROM generate_series(1, %s)",
-                       [len(rows)])
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('audit_auditlog', 'id')) FROM generate_series(1, %s)", [len(rows)]
+        )
         ids = sorted(r[0] for r in cursor.fetchall())
         if ids[0] <= head.last_id:
             raise ChainWriteError(details={"nextId": ids[0], "headId": head.last_id})
@@ -217,7 +315,10 @@ def _copy(rows: list[NewRow], head: AuditChainHead) -> tuple[int, str]:
         # else per row) and sent in chunks, so the server inserts while the next chunk is hashed.
         sha256, prev, lines = hashlib.sha256, head.last_hash, []
         raw = cursor.cursor  # psycopg's own cursor: COPY is not part of the DB-API
-        with connection.wrap_database_errors, raw.copy(f"COPY audit_auditlog ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
+        with (
+            connection.wrap_database_errors,
+            raw.copy(f"COPY audit_auditlog ({', '.join(_COLUMNS)}) FROM STDIN") as copy,
+        ):
             for pk, row in zip(ids, rows):
                 row_hash = sha256((row.canonical + "\n" + prev).encode("utf-8", "surrogatepass")).hexdigest()
                 lines.append(f"{pk}\t{row.columns}\t{prev}\t{row_hash}\n")
@@ -262,16 +363,42 @@ class ChainReport:
     message: str = ""
 
     def as_dict(self) -> dict:
-        body: dict[str, object] = {"ok": self.ok, "checked": self.checked, "checkpoints": self.gaps, "headId": self.head_id}
+        body: dict[str, object] = {
+            "ok": self.ok,
+            "checked": self.checked,
+            "checkpoints": self.gaps,
+            "headId": self.head_id,
+        }
         if not self.ok:
-            body["problem"] = {"kind": self.kind, "rowId": self.row_id, "afterId": self.after_id,
-                               "message": self.message}
+            body["problem"] = {
+                "kind": self.kind,
+                "rowId": self.row_id,
+                "afterId": self.after_id,
+                "message": self.message,
+            }
         return body
 
 
-_FIELDS = ["id", "event_id", "occurred_at", "recorded_at", "actor_ref", "actor_label", "action", "resource_type",
-           "resource_id", "details", "ip", "user_agent", "session_id", "request_id", "success", "error_message",
-           "prev_hash", "row_hash"]
+_FIELDS = [
+    "id",
+    "event_id",
+    "occurred_at",
+    "recorded_at",
+    "actor_ref",
+    "actor_label",
+    "action",
+    "resource_type",
+    "resource_id",
+    "details",
+    "ip",
+    "user_agent",
+    "session_id",
+    "request_id",
+    "success",
+    "error_message",
+    "prev_hash",
+    "row_hash",
+]
 
 
 def _rows(chunk: int):
@@ -305,17 +432,23 @@ def chain_verify(*, chunk: int = 2000) -> ChainReport:
         intact = compute_hash(row, row.prev_hash) == row.row_hash
         linked = row.prev_hash == prev_hash or bridged(prev_id, row)
         if not (intact and linked):
-            if following is not None and not linked and (
-                following.prev_hash == prev_hash or bridged(prev_id, following)
+            if (
+                following is not None
+                and not linked
+                and (following.prev_hash == prev_hash or bridged(prev_id, following))
             ):
                 return fail("inserted", row.id, prev_id, f"Row {row.id} is not part of the chain: it was inserted.")
             if not intact:
                 return fail("altered", row.id, prev_id, f"Row {row.id} does not match its hash: it was altered.")
             if prev_prev_hash is not None and row.prev_hash == prev_prev_hash:
                 return fail("inserted", prev_id, None, f"Row {prev_id} is not part of the chain: it was inserted.")
-            return fail("removed", row.id, prev_id,
-                        f"The chain breaks between rows {prev_id} and {row.id}: rows were removed "
-                        f"(or row {prev_id} was altered and re-hashed).")
+            return fail(
+                "removed",
+                row.id,
+                prev_id,
+                f"The chain breaks between rows {prev_id} and {row.id}: rows were removed "
+                f"(or row {prev_id} was altered and re-hashed).",
+            )
         checked += 1
         prev_id, prev_prev_hash, prev_hash = row.id, prev_hash, row.row_hash
         row = following

@@ -17,8 +17,8 @@ import uuid
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema_field
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from audit.redaction import DetailsError, clean_text, redact
@@ -29,12 +29,27 @@ MAX_DETAILS_CHARS = 32_000
 
 _LIMITS = {"actorLabel": 150, "userAgent": 512, "sessionId": 128, "requestId": 64, "errorMessage": 4000}
 _MAX_LENGTH = {"action": 100, "resourceType": 100, "resourceId": 255}
-_FIELD_SET = frozenset(("eventId", "occurredAt", "action", "resourceType", "resourceId", "actorId", "actorLabel",
-                        "details", "ip", "userAgent", "sessionId", "requestId", "success", "errorMessage"))
+_FIELD_SET = frozenset(
+    (
+        "eventId",
+        "occurredAt",
+        "action",
+        "resourceType",
+        "resourceId",
+        "actorId",
+        "actorLabel",
+        "details",
+        "ip",
+        "userAgent",
+        "sessionId",
+        "requestId",
+        "success",
+        "errorMessage",
+    )
+)
 _NULLABLE = frozenset({"actorId", "ip"})
-_TRUE = frozenset({"t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1", 1, True})
-_FALSE = frozenset({"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0", 0,
-                    0.0, False})
+_TRUE = frozenset({"t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1", 1})
+_FALSE = frozenset({"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0", 0})
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DECIMAL_TAIL = re.compile(r"\.0*\s*$")
 
@@ -49,8 +64,9 @@ def normalize_ip(value: str | None) -> str | None:
     return address.compressed
 
 
-@extend_schema_field({"type": "string", "nullable": True,
-                      "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"maxLength": 0}]})
+@extend_schema_field(
+    {"type": "string", "nullable": True, "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}, {"maxLength": 0}]}
+)
 class IPField(serializers.CharField):
     """An IPv4 or IPv6 address, or empty; checked by EventPayload.validate_ip."""
 
@@ -111,12 +127,16 @@ def _occurred(value) -> str:
         except ValueError:
             when = None
         if when is None:
-            raise _Invalid("Datetime has wrong format. Use one of these formats instead: "
-                           "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].")
+            raise _Invalid(
+                "Datetime has wrong format. Use one of these formats instead: "
+                "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+            )
     else:
-        raise _Invalid("Datetime has wrong format. Use one of these formats instead: "
-                       "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].")
-    when = timezone.make_aware(when, dt.timezone.utc) if timezone.is_naive(when) else when.astimezone(dt.timezone.utc)
+        raise _Invalid(
+            "Datetime has wrong format. Use one of these formats instead: "
+            "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+        )
+    when = timezone.make_aware(when, dt.UTC) if timezone.is_naive(when) else when.astimezone(dt.UTC)
     return iso(when)
 
 
@@ -225,7 +245,8 @@ def event_clean(data) -> dict:
     naming each bad field (the API's 400 details), like the EventPayload serializer would."""
     if not isinstance(data, dict):
         raise serializers.ValidationError(
-            {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]})
+            {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]}
+        )
     if not _FIELD_SET.issuperset(data):
         unknown = sorted(name for name in data if name not in _FIELD_SET)
         raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
@@ -265,7 +286,9 @@ def events_clean(data) -> dict:
     if events is None:
         raise serializers.ValidationError({"events": ["This field is required."]})
     if not isinstance(events, list):
-        raise serializers.ValidationError({"events": [f'Expected a list of items but got type "{type(events).__name__}".']})
+        raise serializers.ValidationError(
+            {"events": [f'Expected a list of items but got type "{type(events).__name__}".']}
+        )
     if not events:
         raise serializers.ValidationError({"events": ["Ensure this field has at least 1 elements."]})
     if len(events) > MAX_EVENTS:
@@ -329,8 +352,17 @@ class EventsPayload(serializers.Serializer):
 
 # --- Payloads as job_enqueue stored them (validated once, when enqueued)
 
-_STORED_TEXT = ("action", "resourceType", "resourceId", "actorLabel", "userAgent", "sessionId", "requestId",
-                "errorMessage", "occurredAt")
+_STORED_TEXT = (
+    "action",
+    "resourceType",
+    "resourceId",
+    "actorLabel",
+    "userAgent",
+    "sessionId",
+    "requestId",
+    "errorMessage",
+    "occurredAt",
+)
 
 
 def event_is_stored_form(event) -> bool:
@@ -346,9 +378,14 @@ def event_is_stored_form(event) -> bool:
         if event[name].__class__ is not str:
             return False
     actor_id, ip, event_id = event["actorId"], event["ip"], event["eventId"]
-    return (event["details"].__class__ is dict and event["success"].__class__ is bool
-            and event_id.__class__ is str and len(event_id) == 36
-            and (actor_id is None or actor_id.__class__ is int) and (ip is None or ip.__class__ is str))
+    return (
+        event["details"].__class__ is dict
+        and event["success"].__class__ is bool
+        and event_id.__class__ is str
+        and len(event_id) == 36
+        and (actor_id is None or actor_id.__class__ is int)
+        and (ip is None or ip.__class__ is str)
+    )
 
 
 def event_stored(payload) -> dict:

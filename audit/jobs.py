@@ -95,8 +95,9 @@ class AuditDrainJob(JobDefinition):
 
 class CleanupPayload(serializers.Serializer):
     retentionDays = serializers.IntegerField(min_value=1, required=False, help_text="Overrides AUDIT_RETENTION_DAYS.")
-    scheduled = serializers.BooleanField(required=False, default=False,
-                                         help_text="A daily run: schedules the next one when it finishes.")
+    scheduled = serializers.BooleanField(
+        required=False, default=False, help_text="A daily run: schedules the next one when it finishes."
+    )
 
 
 class AuditCleanupJob(JobDefinition):
@@ -132,8 +133,9 @@ class AuditReportJob(JobDefinition):
     def run(self, payload, context):
         from audit.reports import audit_report_build
 
-        return audit_report_build(occurred_from=_datetime(payload["occurredFrom"]),
-                                  occurred_to=_datetime(payload["occurredTo"]))
+        return audit_report_build(
+            occurred_from=_datetime(payload["occurredFrom"]), occurred_to=_datetime(payload["occurredTo"])
+        )
 
 
 def _datetime(value: str) -> dt.datetime:

@@ -14,5 +14,8 @@ AUDIT_EVENTS_FAILED = Counter(
     "slimy_audit_events_failed_total", "Audit events that could not be enqueued or written.", ("stage",)
 )
 
-AUDIT_CHAIN_OK = Gauge("slimy_audit_chain_ok", "1 when the last audit chain verification passed, 0 when broken.",
-                       multiprocess_mode="mostrecent")
+AUDIT_CHAIN_OK = Gauge(
+    "slimy_audit_chain_ok",
+    "1 when the last audit chain verification passed, 0 when broken.",
+    multiprocess_mode="mostrecent",
+)

@@ -19,8 +19,12 @@ class AuditLog(models.Model):
     recorded_at = models.DateTimeField()
     # The live link (NULL once the user is deleted) and the id kept for ever as a plain integer.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        db_column="actor_user_id", related_name="audit_events",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        db_column="actor_user_id",
+        related_name="audit_events",
     )
     actor_ref = models.BigIntegerField(null=True, blank=True, help_text="The actor's user id, kept after deletion.")
     actor_label = models.CharField(max_length=150, blank=True, default="", help_text="The actor's username then.")
@@ -44,7 +48,9 @@ class AuditLog(models.Model):
             models.Index(fields=["-occurred_at", "-id"], name="audit_occurred"),
             models.Index(fields=["actor_ref", "-occurred_at", "-id"], name="audit_actor_occurred"),
             models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_occurred"),
-            models.Index(fields=["resource_type", "resource_id", "-occurred_at", "-id"], name="audit_resource_occurred"),
+            models.Index(
+                fields=["resource_type", "resource_id", "-occurred_at", "-id"], name="audit_resource_occurred"
+            ),
             models.Index(fields=["request_id"], name="audit_request_id", condition=~models.Q(request_id="")),
         ]
         verbose_name = "audit log entry"

@@ -2,20 +2,34 @@
 and admin login lock-outs, are recorded."""
 
 
-def record_operator_action(sender, *, request, action, resource_type="", resource_id="", details=None,
-                           success=True, error_message="", **kwargs):
+def record_operator_action(
+    sender, *, request, action, resource_type="", resource_id="", details=None, success=True, error_message="", **kwargs
+):
     from audit.services import audit_event_record
 
-    audit_event_record(action=action, resource_type=resource_type, resource_id=resource_id, details=details,
-                       success=success, error_message=error_message, request=request)
+    audit_event_record(
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        details=details,
+        success=success,
+        error_message=error_message,
+        request=request,
+    )
 
 
 def record_login_locked_out(sender, *, request, username=None, ip_address=None, **kwargs):
     from audit.services import audit_event_record
 
-    audit_event_record(action="auth.login_locked_out", resource_type="user", resource_id=username or "",
-                       details={"username": username or "", "ipAddress": ip_address or ""}, success=False,
-                       error_message="Too many failed logins.", request=request)
+    audit_event_record(
+        action="auth.login_locked_out",
+        resource_type="user",
+        resource_id=username or "",
+        details={"username": username or "", "ipAddress": ip_address or ""},
+        success=False,
+        error_message="Too many failed logins.",
+        request=request,
+    )
 
 
 def connect_receivers():

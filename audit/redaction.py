@@ -46,7 +46,9 @@ _SECRET_VALUE = re.compile(
     re.IGNORECASE,
 )
 # Counters named like secrets ("prompt_tokens", "max_tokens") are kept when they are numbers.
-_COUNT_KEY = re.compile(r"(^|[-_])(prompt|completion|total|max|input|output|cached|reasoning)[-_]?tokens$", re.IGNORECASE)
+_COUNT_KEY = re.compile(
+    r"(^|[-_])(prompt|completion|total|max|input|output|cached|reasoning)[-_]?tokens$", re.IGNORECASE
+)
 # Keys whose text is personal content (what a user asked or was answered): kept as length + hash.
 # `prompt` anywhere in the name (userPrompt, system_prompt, prompts), or a name ending in one of these.
 _DIGEST_KEY = re.compile(r"prompt|(^|[-_]|[a-z](?=[A-Z]))(question|utterance|reply|completion)s?$", re.IGNORECASE)

@@ -17,7 +17,8 @@ MAX_ACTORS = 1000
 
 def _counts(qs, *fields):
     return list(
-        qs.values(*fields).annotate(count=Count("id"), failed=Count("id", filter=Q(success=False)))
+        qs.values(*fields)
+        .annotate(count=Count("id"), failed=Count("id", filter=Q(success=False)))
         .order_by("-count", *fields)
     )
 
@@ -31,19 +32,24 @@ def audit_report_build(*, occurred_from: dt.datetime, occurred_to: dt.datetime) 
     totals = qs.aggregate(total=Count("id"), failed=Count("id", filter=Q(success=False)))
     total, failed = totals["total"], totals["failed"]
     by_action = [{"action": r["action"], "count": r["count"], "failed": r["failed"]} for r in _counts(qs, "action")]
-    by_type = [{"resourceType": r["resource_type"], "count": r["count"], "failed": r["failed"]}
-               for r in _counts(qs, "resource_type")]
+    by_type = [
+        {"resourceType": r["resource_type"], "count": r["count"], "failed": r["failed"]}
+        for r in _counts(qs, "resource_type")
+    ]
     actors: dict = {}
     for r in _counts(qs, "actor_ref", "actor_label"):
-        entry = actors.setdefault(r["actor_ref"], {"actorId": r["actor_ref"], "actorLabel": r["actor_label"],
-                                                   "count": 0, "failed": 0})
+        entry = actors.setdefault(
+            r["actor_ref"], {"actorId": r["actor_ref"], "actorLabel": r["actor_label"], "count": 0, "failed": 0}
+        )
         entry["count"] += r["count"]
         entry["failed"] += r["failed"]
     by_actor = sorted(actors.values(), key=lambda e: (-e["count"], e["actorId"] is None, e["actorId"] or 0))
     per_day = [
         {"date": r["day"].isoformat(), "count": r["count"], "failed": r["failed"]}
-        for r in qs.annotate(day=TruncDate("occurred_at")).values("day")
-        .annotate(count=Count("id"), failed=Count("id", filter=Q(success=False))).order_by("day")
+        for r in qs.annotate(day=TruncDate("occurred_at"))
+        .values("day")
+        .annotate(count=Count("id"), failed=Count("id", filter=Q(success=False)))
+        .order_by("day")
     ]
     return {
         "from": occurred_from.isoformat(),
@@ -81,7 +87,9 @@ def audit_report_csv(report: dict) -> str:
     for name, section in (("actions", "top_action"), ("resourceTypes", "top_resource_type"), ("actors", "top_actor")):
         for row in report["top"][name]:
             key = row.get("action", row.get("resourceType", row.get("actorId")))
-            writer.writerow([section, "" if key is None else key, row.get("actorLabel", ""), row["count"], row["failed"]])
+            writer.writerow(
+                [section, "" if key is None else key, row.get("actorLabel", ""), row["count"], row["failed"]]
+            )
     for row in report["perDay"]:
         writer.writerow(["day", row["date"], "", row["count"], row["failed"]])
     return out.getvalue()

@@ -38,8 +38,13 @@ class CleanupReport:
         return {"cutoff": self.cutoff.isoformat(), "deleted": self.deleted, "batches": self.batches}
 
 
-def audit_cleanup(*, retention_days: int | None = None, keep_actions: list[str] | None = None,
-                  now: dt.datetime | None = None, batch: int = BATCH) -> CleanupReport:
+def audit_cleanup(
+    *,
+    retention_days: int | None = None,
+    keep_actions: list[str] | None = None,
+    now: dt.datetime | None = None,
+    batch: int = BATCH,
+) -> CleanupReport:
     days = settings.AUDIT_RETENTION_DAYS if retention_days is None else retention_days
     keep = list(settings.AUDIT_RETENTION_KEEP_ACTIONS if keep_actions is None else keep_actions)
     report = CleanupReport(cutoff=(now or timezone.now()) - dt.timedelta(days=days))
@@ -58,17 +63,17 @@ def _delete_batch(*, cutoff, keep, after: int, batch: int) -> tuple[int, int]:
     with transaction.atomic():
         lock_head()
         doomed = list(
-            AuditLog.objects.filter(id__gt=after, occurred_at__lt=cutoff).exclude(action__in=keep)
-            .order_by("id").values_list("id", "row_hash")[:batch]
+            AuditLog.objects.filter(id__gt=after, occurred_at__lt=cutoff)
+            .exclude(action__in=keep)
+            .order_by("id")
+            .values_list("id", "row_hash")[:batch]
         )
         if not doomed:
             return 0, after
         hashes = dict(doomed)
         ids = [pk for pk, _ in doomed]
         lo, hi = ids[0], ids[-1]
-        survivors = set(
-            AuditLog.objects.filter(id__gt=lo, id__lt=hi).exclude(id__in=ids).values_list("id", flat=True)
-        )
+        survivors = set(AuditLog.objects.filter(id__gt=lo, id__lt=hi).exclude(id__in=ids).values_list("id", flat=True))
         before = AuditLog.objects.filter(id__lt=lo).aggregate(m=Max("id"))["m"] or 0
         # Group the removed rows by the surviving row that precedes them.
         groups: dict[int, list[int]] = {}
@@ -92,13 +97,15 @@ def _record_gaps(groups: dict[int, list[int]], hashes: dict[int, str]) -> None:
         joined = [older[k] for k in [after_id, *pks] if k in older]
         merged_ids += [gap.pk for gap in joined]
         last_id, last_hash = max([(pks[-1], hashes[pks[-1]])] + [(g.last_deleted_id, g.last_hash) for g in joined])
-        fresh.append(AuditChainGap(
-            after_id=after_id,
-            first_deleted_id=min([pks[0]] + [g.first_deleted_id for g in joined]),
-            last_deleted_id=last_id,
-            last_hash=last_hash,
-            deleted_count=len(pks) + sum(g.deleted_count for g in joined),
-        ))
+        fresh.append(
+            AuditChainGap(
+                after_id=after_id,
+                first_deleted_id=min([pks[0]] + [g.first_deleted_id for g in joined]),
+                last_deleted_id=last_id,
+                last_hash=last_hash,
+                deleted_count=len(pks) + sum(g.deleted_count for g in joined),
+            )
+        )
     AuditChainGap.objects.filter(pk__in=merged_ids).delete()
     AuditChainGap.objects.bulk_create(fresh)
 
@@ -108,7 +115,7 @@ def _record_gaps(groups: dict[int, list[int]], hashes: dict[int, str]) -> None:
 
 def _next_run(now: dt.datetime) -> dt.datetime:
     hour = settings.AUDIT_CLEANUP_HOUR
-    due = now.astimezone(dt.timezone.utc).replace(hour=hour, minute=0, second=0, microsecond=0)
+    due = now.astimezone(dt.UTC).replace(hour=hour, minute=0, second=0, microsecond=0)
     return due if due > now else due + dt.timedelta(days=1)
 
 
@@ -124,9 +131,11 @@ def audit_cleanup_schedule_next(*, now: dt.datetime | None = None):
     now = now or timezone.now()
     with transaction.atomic():
         lock_head()  # serializes concurrent schedulers (cheap: no audit write waits long)
-        waiting = JobRecord.objects.filter(
-            job_type=AUDIT_CLEANUP, status__in=WAITING_STATUSES, payload__scheduled=True
-        ).order_by("scheduled_for").first()
+        waiting = (
+            JobRecord.objects.filter(job_type=AUDIT_CLEANUP, status__in=WAITING_STATUSES, payload__scheduled=True)
+            .order_by("scheduled_for")
+            .first()
+        )
         if waiting is not None:
             return waiting
         return job_enqueue(job_type=AUDIT_CLEANUP, payload={"scheduled": True}, run_at=_next_run(now))

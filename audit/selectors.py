@@ -17,9 +17,17 @@ class AuditEventNotFound(NotFound):
     message = "Audit event not found."
 
 
-def audit_log_filter(*, actor: int | None = None, action: str | None = None, resource_type: str | None = None,
-                     resource_id: str | None = None, success: bool | None = None, occurred_from: dt.datetime | None = None,
-                     occurred_to: dt.datetime | None = None, request_id: str | None = None) -> QuerySet[AuditLog]:
+def audit_log_filter(
+    *,
+    actor: int | None = None,
+    action: str | None = None,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    success: bool | None = None,
+    occurred_from: dt.datetime | None = None,
+    occurred_to: dt.datetime | None = None,
+    request_id: str | None = None,
+) -> QuerySet[AuditLog]:
     """Events matching every given filter, newest first (`from` inclusive, `to` exclusive)."""
     qs = AuditLog.objects.all()
     if actor is not None:
@@ -52,8 +60,9 @@ def encode_cursor(row: AuditLog) -> str:
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
     if not _CURSOR.fullmatch(cursor):
-        raise ValidationFailed("The cursor is not valid.",
-                               details={"cursor": ["Not a cursor returned by this endpoint."]})
+        raise ValidationFailed(
+            "The cursor is not valid.", details={"cursor": ["Not a cursor returned by this endpoint."]}
+        )
     at, pk = cursor.split(".")
     return instant_decode(at), int(pk)
 
@@ -85,7 +94,8 @@ def audit_stats(*, occurred_from: dt.datetime | None = None, occurred_to: dt.dat
     total, failed = totals["total"], totals["failed"]
     by_action = [
         {"action": row["action"], "count": row["n"], "failed": row["failed"]}
-        for row in qs.values("action").annotate(n=Count("id"), failed=Count("id", filter=Q(success=False)))
+        for row in qs.values("action")
+        .annotate(n=Count("id"), failed=Count("id", filter=Q(success=False)))
         .order_by("-n", "action")
     ]
     return {

@@ -22,8 +22,8 @@ from rest_framework import serializers
 
 from audit.chain import chain_append, new_row, timestamp_text
 from audit.events import MAX_EVENTS, event_clean, normalize_ip
-from audit.models import AuditStagedEvent
 from audit.metrics import AUDIT_EVENTS_FAILED, AUDIT_EVENTS_WRITTEN
+from audit.models import AuditStagedEvent
 from queues.connections import get_connection
 from queues.definitions import registry
 from queues.logs import current_request_id
@@ -118,8 +118,7 @@ def audit_event_record(
         audit_event_stage(events=[cleaned])
     except (serializers.ValidationError, DatabaseError) as exc:
         AUDIT_EVENTS_FAILED.labels(stage="enqueue").inc()
-        logger.warning("audit event %s could not be recorded: %s", action, exc,
-                       exc_info=isinstance(exc, DatabaseError))
+        logger.warning("audit event %s could not be recorded: %s", action, exc, exc_info=isinstance(exc, DatabaseError))
 
 
 _batch: contextvars.ContextVar[list | None] = contextvars.ContextVar("slimy_audit_batch", default=None)
@@ -296,8 +295,13 @@ def _occurred_text(value) -> str:
     """A payload's occurredAt as the chain's timestamp text. Payloads carry audit.events.iso's form
     (`2026-01-02T03:04:05.678Z`, or without the fraction), rewritten here without parsing; anything
     else (and what PostgreSQL would read differently from Python: hour 24, second 60) is parsed."""
-    if value.__class__ is str and value[-1:] == "Z" and value[10:11] == "T" and value[11:13] < "24" \
-            and value[17:18] < "6":
+    if (
+        value.__class__ is str
+        and value[-1:] == "Z"
+        and value[10:11] == "T"
+        and value[11:13] < "24"
+        and value[17:18] < "6"
+    ):
         if len(value) == 24 and value[19] == ".":
             return value[:23] + "000+00:00"
         if len(value) == 20:
@@ -316,22 +320,35 @@ def audit_events_write(*, events: list[dict]) -> int:
         return 0
     recorded = timestamp_text(timezone.now())
     actor_ids = {e["actorId"] for e in events if e.get("actorId")}
-    known: dict[Any, str] = dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
+    known: dict[Any, str] = (
+        dict(get_user_model().objects.filter(pk__in=actor_ids).values_list("pk", "username")) if actor_ids else {}
+    )
     rows: list = []
     append = rows.append
     for event in events:
         get = event.get
         actor_id = get("actorId")
         event_id = event["eventId"]
-        append(new_row(
-            event_id if event_id.__class__ is str else str(uuid.UUID(str(event_id))),
-            _occurred_text(event["occurredAt"]), recorded,
-            actor_id if actor_id in known else None, actor_id,
-            get("actorLabel") or known.get(actor_id, "") or "",
-            event["action"], get("resourceType", ""), get("resourceId", ""), get("details") or {},
-            get("ip") or None, get("userAgent", ""), get("sessionId", ""), get("requestId", ""),
-            bool(get("success", True)), get("errorMessage", ""),
-        ))
+        append(
+            new_row(
+                event_id if event_id.__class__ is str else str(uuid.UUID(str(event_id))),
+                _occurred_text(event["occurredAt"]),
+                recorded,
+                actor_id if actor_id in known else None,
+                actor_id,
+                get("actorLabel") or known.get(actor_id, "") or "",
+                event["action"],
+                get("resourceType", ""),
+                get("resourceId", ""),
+                get("details") or {},
+                get("ip") or None,
+                get("userAgent", ""),
+                get("sessionId", ""),
+                get("requestId", ""),
+                bool(get("success", True)),
+                get("errorMessage", ""),
+            )
+        )
     written = chain_append(rows)
     if written:
         count = len(written)
@@ -339,8 +356,9 @@ def audit_events_write(*, events: list[dict]) -> int:
     return len(written)
 
 
-def audit_log_event_run(*, event: dict, job_id: str | None = None, worker_name: str = "",
-                        group_max: int = GROUP_MAX) -> dict:
+def audit_log_event_run(
+    *, event: dict, job_id: str | None = None, worker_name: str = "", group_max: int = GROUP_MAX
+) -> dict:
     """Run one log_event job, taking over other waiting log_event jobs so they are written together.
 
     In one transaction: claim up to `group_max - 1` queued log_event records (FOR UPDATE SKIP LOCKED,

@@ -21,8 +21,13 @@ def audit_create(event: dict):
     from audit.models import AuditLog
 
     AuditLog.objects.create(
-        event_id=event["eventId"], occurred_at=parse_datetime(event["occurredAt"]),
-        recorded_at=parse_datetime(event["occurredAt"]), action=event["action"],
-        resource_type=event["resourceType"], resource_id=event["resourceId"], details=event["details"],
-        prev_hash="", row_hash="",
+        event_id=event["eventId"],
+        occurred_at=parse_datetime(event["occurredAt"]),
+        recorded_at=parse_datetime(event["occurredAt"]),
+        action=event["action"],
+        resource_type=event["resourceType"],
+        resource_id=event["resourceId"],
+        details=event["details"],
+        prev_hash="",
+        row_hash="",
     )

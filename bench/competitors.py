@@ -68,8 +68,11 @@ def window_read(conn) -> tuple[int, float, float]:
     rows = [raw.decode().split() for raw in conn.hgetall(WINDOW_KEY).values()]
     if not rows:
         return 0, 0.0, 0.0
-    return (sum(int(done) for _, _, done in rows), min(float(first) for first, _, _ in rows),
-            max(float(last) for _, last, _ in rows))
+    return (
+        sum(int(done) for _, _, done in rows),
+        min(float(first) for first, _, _ in rows),
+        max(float(last) for _, last, _ in rows),
+    )
 
 
 def dramatiq_setup(url: str):
@@ -85,8 +88,7 @@ def dramatiq_setup(url: str):
         window.started()
         window.finished()
 
-    actor = dramatiq.actor(bench_noop, broker=broker, actor_name="bench_noop", queue_name=DRAMATIQ_QUEUE,
-                           max_retries=0)
+    actor = dramatiq.actor(bench_noop, broker=broker, actor_name="bench_noop", queue_name=DRAMATIQ_QUEUE, max_retries=0)
     return broker, actor
 
 

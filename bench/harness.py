@@ -39,8 +39,13 @@ class BenchEnv:
 
     def process_env(self, **extra) -> dict:
         env = dict(os.environ)
-        env.update(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url, EXTRA_JOB_MODULES="bench.jobs",
-                   PYTHONUNBUFFERED="1", LOG_FORMAT="json")
+        env.update(
+            DATABASE_URL=self.database_url,
+            REDIS_URL=self.redis_url,
+            EXTRA_JOB_MODULES="bench.jobs",
+            PYTHONUNBUFFERED="1",
+            LOG_FORMAT="json",
+        )
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
@@ -62,9 +67,12 @@ class Figure:
 
     def as_dict(self) -> dict:
         return {
-            "name": self.name, "value": round(self.value, 3), "unit": self.unit,
+            "name": self.name,
+            "value": round(self.value, 3),
+            "unit": self.unit,
             "baseline": {"name": self.baseline_name, "value": round(self.baseline_value, 3)},
-            "ratio": ratio(self.value, self.baseline_value), "higher_is_better": self.higher_is_better,
+            "ratio": ratio(self.value, self.baseline_value),
+            "higher_is_better": self.higher_is_better,
             "note": self.note,
         }
 
@@ -87,7 +95,7 @@ class Result:
         return {
             "scenario": self.scenario,
             "smoke": self.env.smoke,
-            "started_at": dt.datetime.fromtimestamp(self.started, dt.timezone.utc).isoformat(),
+            "started_at": dt.datetime.fromtimestamp(self.started, dt.UTC).isoformat(),
             "duration_s": round(time.time() - self.started, 2),
             "machine": machine_info(),
             "params": self.params,
@@ -99,8 +107,15 @@ class Result:
         rows = [("figure", "value", "baseline", "baseline value", "ratio")]
         for f in self.figures:
             r = ratio(f.value, f.baseline_value)
-            rows.append((f.name, f"{f.value:,.2f} {f.unit}", f.baseline_name, f"{f.baseline_value:,.2f} {f.unit}",
-                         f"{r:.2f}x" if r is not None else "-"))
+            rows.append(
+                (
+                    f.name,
+                    f"{f.value:,.2f} {f.unit}",
+                    f.baseline_name,
+                    f"{f.baseline_value:,.2f} {f.unit}",
+                    f"{r:.2f}x" if r is not None else "-",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -112,14 +127,17 @@ class Result:
         (self.env.out_dir / f"{self.scenario}.json").write_text(json.dumps(data, indent=2) + "\n")
         summary = "; ".join(
             f"{f['name']} {f['value']:g} {f['unit']} vs {f['baseline']['name']} {f['baseline']['value']:g}"
-            f" ({f['ratio']}x)" for f in data["figures"]
+            f" ({f['ratio']}x)"
+            for f in data["figures"]
         )
         readme = self.env.out_dir / "README.md"
         if not readme.exists():
             readme.write_text("# Benchmark runs (one line per run, newest last)\n\n")
         with readme.open("a") as fh:
-            fh.write(f"- {data['started_at'][:19]}Z `{self.scenario}`{' smoke' if self.env.smoke else ''}"
-                     f" @{data['machine'].get('commit', '?')}: {summary}\n")
+            fh.write(
+                f"- {data['started_at'][:19]}Z `{self.scenario}`{' smoke' if self.env.smoke else ''}"
+                f" @{data['machine'].get('commit', '?')}: {summary}\n"
+            )
         stdout.write(self.table() + "\n")
         return data
 
@@ -133,8 +151,12 @@ def machine_info() -> dict:
     except ImportError:
         pass
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True, timeout=5).stdout.strip() or "?"
+        info["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "?"
+        )
     except (OSError, subprocess.SubprocessError):
         info["commit"] = "?"
     return info
@@ -144,8 +166,9 @@ def start(env: BenchEnv, argv: list[str], name: str, **extra_env) -> Proc:
     return Proc(argv, env.process_env(**extra_env), env.log_dir / f"{name}.log")
 
 
-def slimy_worker(env: BenchEnv, queues, worker_class: str, *, name: str, burst: bool, scheduler: bool = False,
-                 **extra_env) -> Proc:
+def slimy_worker(
+    env: BenchEnv, queues, worker_class: str, *, name: str, burst: bool, scheduler: bool = False, **extra_env
+) -> Proc:
     argv = [sys.executable, "manage.py", "rqworker", *queues, "--worker-class", worker_class, "--name", name]
     if burst:
         argv.append("--burst")

@@ -33,8 +33,11 @@ class NoopAuditJob(JobDefinition):
         return None
 
 
-NOOP_JOB_TYPES = {QueueName.DATABASE: "bench_noop_database", QueueName.CHAT: "bench_noop_chat",
-                  QueueName.AUDIT: "bench_noop_audit"}
+NOOP_JOB_TYPES = {
+    QueueName.DATABASE: "bench_noop_database",
+    QueueName.CHAT: "bench_noop_chat",
+    QueueName.AUDIT: "bench_noop_audit",
+}
 
 
 class StampPayload(serializers.Serializer):

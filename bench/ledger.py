@@ -16,23 +16,39 @@ from queues.services import job_push
 
 def ledger_clear() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE queues_jobattempt, queues_jobrecord CASCADE" if connection.vendor == "postgresql"
-                       else "DELETE FROM queues_jobattempt")
+        cursor.execute(
+            "TRUNCATE queues_jobattempt, queues_jobrecord CASCADE"
+            if connection.vendor == "postgresql"
+            else "DELETE FROM queues_jobattempt"
+        )
     if connection.vendor != "postgresql":
         JobRecord.objects.all().delete()
 
 
-def ledger_jobs_prepare(*, job_type: str, count: int, payload: dict | None = None, payloads: list[dict] | None = None,
-                        owner=None, push: bool = True) -> list[str]:
+def ledger_jobs_prepare(
+    *,
+    job_type: str,
+    count: int,
+    payload: dict | None = None,
+    payloads: list[dict] | None = None,
+    owner=None,
+    push: bool = True,
+) -> list[str]:
     """Write `count` queued records in bulk, then push each with `job_push` (the service `job_enqueue`
     calls on commit), so the jobs reach Redis exactly as the runtime expects them, whichever it is."""
     definition = registry.get(job_type)
     if payloads is not None and len(payloads) != count:
         raise ValueError("payloads must have `count` items")
     records = [
-        JobRecord(job_type=job_type, queue=definition.queue, owner=owner, payload=body,
-                  max_attempts=definition.retry.max_attempts, status=JobStatus.QUEUED,
-                  tenant=definition.tenant_of(body, owner.pk if owner is not None else None))
+        JobRecord(
+            job_type=job_type,
+            queue=definition.queue,
+            owner=owner,
+            payload=body,
+            max_attempts=definition.retry.max_attempts,
+            status=JobStatus.QUEUED,
+            tenant=definition.tenant_of(body, owner.pk if owner is not None else None),
+        )
         for body in (payloads[i] if payloads is not None else (payload or {}) for i in range(count))
     ]
     JobRecord.objects.bulk_create(records, batch_size=1000)

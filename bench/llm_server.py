@@ -50,7 +50,10 @@ class ProviderProcess:
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "bench.llm_server", "--chunks", str(chunks), "--reply-seconds", str(reply_seconds)],
-            cwd=cwd, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
         )
         line = self.popen.stdout.readline()
         if not line:

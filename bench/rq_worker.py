@@ -1,6 +1,6 @@
 """A plain RQ worker without Django: the baseline every worker figure is compared with.
 
-    python -m bench.rq_worker --url redis://... --queue bench [--fork] [--burst]
+python -m bench.rq_worker --url redis://... --queue bench [--fork] [--burst]
 """
 
 import argparse

@@ -54,8 +54,7 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ("personality_mode",)
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email")
-    fields = ("id", "owner", "title", "personality_mode", "message_count", "created_at", "updated_at",
-              "created_by_job")
+    fields = ("id", "owner", "title", "personality_mode", "message_count", "created_at", "updated_at", "created_by_job")
     readonly_fields = ("id", "owner", "message_count", "created_at", "updated_at", "created_by_job")
     inlines = [MessageInline]
     show_full_result_count = False  # an exact COUNT(*) over every conversation is not worth it

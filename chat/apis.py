@@ -5,7 +5,6 @@ Someone else's conversation or job is a 404 (`conversation_not_found` / `job_not
 
 from __future__ import annotations
 
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -24,8 +23,8 @@ from chat.serializers import (
     message_data,
     pagination_data,
 )
-from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.api.jobs import JobErrorSerializer
+from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.constants import JobStatus
 from queues.selectors import job_error_for_viewer
 from slimy_site.roles import IsMember
@@ -36,8 +35,9 @@ from slimy_site.serializers import NonBlankCharField, StrictQuerySerializer, Str
 
 
 class PageQuerySerializer(StrictQuerySerializer):
-    limit = serializers.IntegerField(min_value=1, max_value=selectors.MAX_PAGE_SIZE,
-                                     default=selectors.DEFAULT_PAGE_SIZE)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=selectors.MAX_PAGE_SIZE, default=selectors.DEFAULT_PAGE_SIZE
+    )
     offset = serializers.IntegerField(min_value=0, max_value=selectors.MAX_OFFSET, default=0)
 
     class Meta:
@@ -78,16 +78,22 @@ class ConversationListCreateApi(APIView):
         class Meta:
             ref_name = "ConversationList"
 
-    @extend_schema(operation_id="chat_conversations_list", tags=["chat"], parameters=[PageQuerySerializer],
-                   responses={200: OutputSerializer, **error_responses("validation_error")})
+    @extend_schema(
+        operation_id="chat_conversations_list",
+        tags=["chat"],
+        parameters=[PageQuerySerializer],
+        responses={200: OutputSerializer, **error_responses("validation_error")},
+    )
     def get(self, request):
         query = validate_input(PageQuerySerializer, request.query_params.dict())
         page = selectors.conversation_page_for_owner(owner_id=request.user.pk, **query)
-        return Response({
-            "ok": True,
-            "conversations": [conversation_data(c) for c in page.items],
-            "pagination": pagination_data(page),
-        })
+        return Response(
+            {
+                "ok": True,
+                "conversations": [conversation_data(c) for c in page.items],
+                "pagination": pagination_data(page),
+            }
+        )
 
     @extend_schema(operation_id="chat_conversations_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED)
     def post(self, request):
@@ -125,22 +131,32 @@ class ConversationDetailApi(APIView):
         class Meta:
             ref_name = "ConversationDetail"
 
-    @extend_schema(operation_id="chat_conversation_retrieve", tags=["chat"],
-                   parameters=[CONVERSATION_ID, PageQuerySerializer],
-                   responses={200: OutputSerializer, **error_responses("validation_error", "conversation_not_found")})
+    @extend_schema(
+        operation_id="chat_conversation_retrieve",
+        tags=["chat"],
+        parameters=[CONVERSATION_ID, PageQuerySerializer],
+        responses={200: OutputSerializer, **error_responses("validation_error", "conversation_not_found")},
+    )
     def get(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
         query = validate_input(PageQuerySerializer, request.query_params.dict())
         page = selectors.message_page(conversation_id=conversation.pk, **query)
-        return Response({
-            "ok": True,
-            "conversation": conversation_data(conversation),
-            "messages": [message_data(m) for m in page.items],
-            "pagination": pagination_data(page),
-        })
+        return Response(
+            {
+                "ok": True,
+                "conversation": conversation_data(conversation),
+                "messages": [message_data(m) for m in page.items],
+                "pagination": pagination_data(page),
+            }
+        )
 
-    @extend_schema(operation_id="chat_conversation_update", tags=["chat"], parameters=[CONVERSATION_ID],
-                   request=UpdateInputSerializer, responses=ACCEPTED_FOR_CONVERSATION)
+    @extend_schema(
+        operation_id="chat_conversation_update",
+        tags=["chat"],
+        parameters=[CONVERSATION_ID],
+        request=UpdateInputSerializer,
+        responses=ACCEPTED_FOR_CONVERSATION,
+    )
     def patch(self, request, conversation_id):
         conversation = selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk)
         data = validate_input(self.UpdateInputSerializer, request.data)
@@ -149,19 +165,35 @@ class ConversationDetailApi(APIView):
             payload["title"] = data["title"] or ""
         if "personalityMode" in data:
             payload["personality_mode"] = data["personalityMode"]
-        return accept_job(request, job_type="update_conversation", payload=payload,
-                          extra_body={"conversationId": str(conversation.pk)})
+        return accept_job(
+            request,
+            job_type="update_conversation",
+            payload=payload,
+            extra_body={"conversationId": str(conversation.pk)},
+        )
 
-    @extend_schema(operation_id="chat_conversation_delete", tags=["chat"], parameters=[CONVERSATION_ID],
-                   request=None, responses=ACCEPTED_FOR_CONVERSATION)
+    @extend_schema(
+        operation_id="chat_conversation_delete",
+        tags=["chat"],
+        parameters=[CONVERSATION_ID],
+        request=None,
+        responses=ACCEPTED_FOR_CONVERSATION,
+    )
     def delete(self, request, conversation_id):
         # An already deleted conversation of this user is accepted too: the job answers with its
         # tombstone, so a client retrying its DELETE (with or without Idempotency-Key) gets a success.
         tombstone = selectors.conversation_tombstone_get(conversation_id=conversation_id, owner_id=request.user.pk)
-        pk = tombstone.conversation_id if tombstone else selectors.conversation_get_for_owner(
-            conversation_id=conversation_id, owner_id=request.user.pk).pk
-        return accept_job(request, job_type="delete_conversation", payload={"conversation_id": str(pk)},
-                          extra_body={"conversationId": str(pk)})
+        pk = (
+            tombstone.conversation_id
+            if tombstone
+            else selectors.conversation_get_for_owner(conversation_id=conversation_id, owner_id=request.user.pk).pk
+        )
+        return accept_job(
+            request,
+            job_type="delete_conversation",
+            payload={"conversation_id": str(pk)},
+            extra_body={"conversationId": str(pk)},
+        )
 
 
 class MessageCreateApi(APIView):
@@ -172,15 +204,16 @@ class MessageCreateApi(APIView):
         conversationId = serializers.UUIDField()
         role = serializers.ChoiceField(choices=MessageRole.choices, required=False, default=MessageRole.USER)
         content = NonBlankCharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
-        personalityMode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False,
-                                                  help_text="Defaults to the conversation's mode.")
+        personalityMode = serializers.ChoiceField(
+            choices=PersonalityMode.choices, required=False, help_text="Defaults to the conversation's mode."
+        )
 
         class Meta:
             ref_name = "MessageCreateInput"
 
-
-    @extend_schema(operation_id="chat_messages_create", tags=["chat"], request=InputSerializer,
-                   responses=ACCEPTED_FOR_CONVERSATION)
+    @extend_schema(
+        operation_id="chat_messages_create", tags=["chat"], request=InputSerializer, responses=ACCEPTED_FOR_CONVERSATION
+    )
     def post(self, request):
         data = validate_input(self.InputSerializer, request.data)
         conversation = selectors.conversation_get_for_owner(
@@ -189,8 +222,9 @@ class MessageCreateApi(APIView):
         payload = {"conversation_id": str(conversation.pk), "role": data["role"], "content": data["content"]}
         if "personalityMode" in data:
             payload["personality_mode"] = data["personalityMode"]
-        return accept_job(request, job_type="save_message", payload=payload,
-                          extra_body={"conversationId": str(conversation.pk)})
+        return accept_job(
+            request, job_type="save_message", payload=payload, extra_body={"conversationId": str(conversation.pk)}
+        )
 
 
 # --- Status of database jobs.
@@ -214,13 +248,21 @@ class DbJobDetailApi(APIView):
         class Meta:
             ref_name = "DbJobStatus"
 
-    @extend_schema(operation_id="chat_db_job_retrieve", tags=["chat"],
-                   parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-                   responses={200: OutputSerializer, **error_responses("job_not_found")})
+    @extend_schema(
+        operation_id="chat_db_job_retrieve",
+        tags=["chat"],
+        parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: OutputSerializer, **error_responses("job_not_found")},
+    )
     def get(self, request, job_id):
         job = selectors.db_job_get_for_owner(job_id=job_id, owner_id=request.user.pk)
-        body = {"ok": True, "status": job.status, "jobId": str(job.pk), "jobType": job.job_type,
-                "createdAt": iso(job.created_at)}
+        body = {
+            "ok": True,
+            "status": job.status,
+            "jobId": str(job.pk),
+            "jobType": job.job_type,
+            "createdAt": iso(job.created_at),
+        }
         if job.status == JobStatus.COMPLETED:
             body.update(result=job.result, completedAt=iso(job.finished_at))
         elif job.status == JobStatus.FAILED:

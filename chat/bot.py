@@ -36,18 +36,23 @@ from django.db import transaction
 from audit.services import audit_event_record, audit_events_batched
 from chat.breaker import abreaker_allow, abreaker_record_failure, abreaker_record_success, abreaker_release_probe
 from chat.budget import (
-    BudgetWaitTooLong, budget_backoff, budget_observe, budget_settle, budget_tokens_estimate, budget_wait,
+    BudgetWaitTooLong,
+    budget_backoff,
+    budget_observe,
+    budget_settle,
+    budget_tokens_estimate,
+    budget_wait,
 )
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
+from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.quotas import aquota_charge, aquota_check, quota_limit
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
-from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from chat.services import message_save_many
+from queues.connections import get_async_connection
 from queues.context import JobContext
 from queues.definitions import PermanentJobError, TransientJobError
 from queues.output import AsyncOutputWriter, output_writer_aopen
-from queues.connections import get_async_connection
 from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)
@@ -116,20 +121,27 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     if fallback_reason:
         result["fallbackReason"] = fallback_reason
     details = {
-        **_prompt_facts(request), "replyLength": len(reply), "usedFallback": bool(fallback_reason),
-        "fallbackReason": fallback_reason or None, "model": model, "usage": usage, "personalityMode": mode,
+        **_prompt_facts(request),
+        "replyLength": len(reply),
+        "usedFallback": bool(fallback_reason),
+        "fallbackReason": fallback_reason or None,
+        "model": model,
+        "usage": usage,
+        "personalityMode": mode,
     }
     if conversation is not None:
         result["conversationId"] = str(conversation.pk)
-    saved = await context.run_db(_record_reply, request, context, mode, None if fallback_reason else reply,
-                                 conversation is not None, details)
+    saved = await context.run_db(
+        _record_reply, request, context, mode, None if fallback_reason else reply, conversation is not None, details
+    )
     if saved is False:
         result["conversationSaved"] = False
     return result
 
 
-def _record_reply(request: ChatRequest, context: JobContext, mode: str, reply: str | None, has_conversation: bool,
-                  details: dict) -> bool | None:
+def _record_reply(
+    request: ChatRequest, context: JobContext, mode: str, reply: str | None, has_conversation: bool, details: dict
+) -> bool | None:
     """The reply's side effects, all or nothing, and only while this attempt is the current one."""
     # Its audit events (the saved messages', the reply's) are staged in one statement at the end.
     with transaction.atomic(), audit_events_batched():
@@ -152,11 +164,13 @@ def _conversation(request: ChatRequest):
     if not request.conversation_id:
         return None
     try:
-        return conversation_get_for_owner(conversation_id=request.conversation_id, owner_id=request.owner_id,
-                                          counted=False)
+        return conversation_get_for_owner(
+            conversation_id=request.conversation_id, owner_id=request.owner_id, counted=False
+        )
     except ConversationNotFound as exc:
-        raise PermanentJobError("The conversation does not exist or is not yours.",
-                                code="conversation_not_found") from exc
+        raise PermanentJobError(
+            "The conversation does not exist or is not yours.", code="conversation_not_found"
+        ) from exc
 
 
 def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None) -> list[dict]:
@@ -168,8 +182,7 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     if request.conversation_id:
         own = {str(context_job_id), str(reply_job_id(context_job_id))} if context_job_id else set()
         budget = settings.CHAT_CONTEXT_TOKEN_BUDGET
-        recent = message_list_recent(conversation_id=request.conversation_id,
-                                     limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+        recent = message_list_recent(conversation_id=request.conversation_id, limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
         for message in reversed(recent):  # newest first until the budget is spent
             if message.job_id is not None and str(message.job_id) in own:
                 continue  # written by an earlier attempt of this very job
@@ -182,8 +195,9 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     return [{"role": "system", "content": system}, *history, {"role": "user", "content": request.prompt}]
 
 
-async def _complete(request, messages, writer: AsyncOutputWriter, context: JobContext, limit: int | None
-                    ) -> tuple[Completion | None, str]:
+async def _complete(
+    request, messages, writer: AsyncOutputWriter, context: JobContext, limit: int | None
+) -> tuple[Completion | None, str]:
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
@@ -192,11 +206,21 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
     quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis, limit=limit)
     if not quota.allowed:
         # Checked before the breaker: a tenant over quota never takes the half-open probe.
-        await context.run_db(_audit_guarded, request, context, action="chat_bot_quota_exceeded", success=False,
-                             error_message="daily token quota exceeded", details={
-            **_prompt_facts(request), "tenant": request.tenant, "used": quota.used, "limit": quota.limit,
-            "estimatedTokens": estimated,
-        })
+        await context.run_db(
+            _audit_guarded,
+            request,
+            context,
+            action="chat_bot_quota_exceeded",
+            success=False,
+            error_message="daily token quota exceeded",
+            details={
+                **_prompt_facts(request),
+                "tenant": request.tenant,
+                "used": quota.used,
+                "limit": quota.limit,
+                "estimatedTokens": estimated,
+            },
+        )
         return await _fallback(writer, "quota_exceeded")
     if not await abreaker_allow(conn=redis):
         return await _fallback(writer, "breaker_open")
@@ -227,13 +251,30 @@ async def _complete(request, messages, writer: AsyncOutputWriter, context: JobCo
             opened = await abreaker_record_failure(conn=redis) if exc.transient else False
             verdict = exc.transient
             retrying = exc.transient and context.attempt < context.max_attempts
-            logger.warning("LLM attempt %s of %s failed: %s (%s)%s", context.attempt, context.max_attempts, exc,
-                           exc.code, "; breaker opened" if opened else "")
-            await context.run_db(_audit_guarded, request, context, action="chat_bot_error", success=False,
-                                 error_message=str(exc), details={
-                **_prompt_facts(request), "code": exc.code, "status": exc.status, "transient": exc.transient,
-                "retrying": retrying, "breakerOpened": opened,
-            })
+            logger.warning(
+                "LLM attempt %s of %s failed: %s (%s)%s",
+                context.attempt,
+                context.max_attempts,
+                exc,
+                exc.code,
+                "; breaker opened" if opened else "",
+            )
+            await context.run_db(
+                _audit_guarded,
+                request,
+                context,
+                action="chat_bot_error",
+                success=False,
+                error_message=str(exc),
+                details={
+                    **_prompt_facts(request),
+                    "code": exc.code,
+                    "status": exc.status,
+                    "transient": exc.transient,
+                    "retrying": retrying,
+                    "breakerOpened": opened,
+                },
+            )
             if retrying:
                 raise TransientJobError(str(exc), code=exc.code, retry_after=exc.retry_after) from exc
             return await _fallback(writer, "provider_error" if exc.transient else "provider_rejected")
@@ -281,8 +322,9 @@ def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | Non
     if reply:
         messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
     try:
-        message_save_many(conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages,
-                          personality_mode=mode)
+        message_save_many(
+            conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages, personality_mode=mode
+        )
     except ConversationNotFound:
         # The user still gets the answer; there is just nowhere left to keep it.
         logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
@@ -305,12 +347,24 @@ def _audit_guarded(request: ChatRequest, context: JobContext, **kwargs) -> None:
         _audit(request, context, **kwargs)
 
 
-def _audit(request: ChatRequest, context: JobContext, *, action: str, details: dict, success: bool = True,
-           error_message: str = "") -> None:
+def _audit(
+    request: ChatRequest,
+    context: JobContext,
+    *,
+    action: str,
+    details: dict,
+    success: bool = True,
+    error_message: str = "",
+) -> None:
     # audit_event_record never raises: an event that cannot be recorded never fails the reply.
     actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
     audit_event_record(
-        action=action, resource_type="chat_job", resource_id=str(context.job_id), actor=actor,
+        action=action,
+        resource_type="chat_job",
+        resource_id=str(context.job_id),
+        actor=actor,
         details={**details, "attempt": context.attempt, "jobId": str(context.job_id)},
-        success=success, error_message=error_message, request_id=context.request_id or None,
+        success=success,
+        error_message=error_message,
+        request_id=context.request_id or None,
     )

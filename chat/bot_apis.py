@@ -12,8 +12,8 @@ from rest_framework.views import APIView
 
 from chat.jobs import ChatBotInteractionJob, ChatBotPayload
 from chat.selectors import conversation_get_for_owner
-from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.api.jobs import JOB_ID_PARAMETER, JobErrorSerializer
+from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.constants import JobStatus
 from queues.selectors import JobNotFound, job_error_for_viewer, job_get_for_user
 from slimy_site.exceptions import ValidationFailed
@@ -34,8 +34,12 @@ class ChatBotApi(APIView):
     permission_classes = [IsMember]
     submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
-    @extend_schema(operation_id="chat_bot_create", tags=["chat"], request=ChatBotPayload,
-                   responses=submit_responses(ChatBotAcceptedSerializer, "conversation_not_found"))
+    @extend_schema(
+        operation_id="chat_bot_create",
+        tags=["chat"],
+        request=ChatBotPayload,
+        responses=submit_responses(ChatBotAcceptedSerializer, "conversation_not_found"),
+    )
     def post(self, request):
         try:
             payload = ChatBotInteractionJob.validate(request.data)
@@ -69,7 +73,8 @@ class ChatBotJobApi(APIView):
         maxAttempts = serializers.IntegerField()
         progress = serializers.JSONField(required=False)
         result = serializers.JSONField(
-            required=False, help_text="{reply, usedFallback, fallbackReason?, model, usage, conversationId?}")
+            required=False, help_text="{reply, usedFallback, fallbackReason?, model, usage, conversationId?}"
+        )
         completedAt = serializers.DateTimeField(required=False)
         failedAt = serializers.DateTimeField(required=False)
         cancelledAt = serializers.DateTimeField(required=False)
@@ -77,8 +82,14 @@ class ChatBotJobApi(APIView):
 
         def to_representation(self, job):
             iso = serializers.DateTimeField().to_representation
-            data = {"ok": True, "status": job.status, "jobId": str(job.pk), "createdAt": iso(job.created_at),
-                    "attempts": job.attempts, "maxAttempts": job.max_attempts}
+            data = {
+                "ok": True,
+                "status": job.status,
+                "jobId": str(job.pk),
+                "createdAt": iso(job.created_at),
+                "attempts": job.attempts,
+                "maxAttempts": job.max_attempts,
+            }
             if job.progress is not None:
                 data["progress"] = job.progress
             finished = iso(job.finished_at) if job.finished_at else None
@@ -94,8 +105,12 @@ class ChatBotJobApi(APIView):
                 data["error"] = job_error_for_viewer(job=job, viewer=self.context.get("user"))
             return data
 
-    @extend_schema(operation_id="chat_bot_job_retrieve", tags=["chat"], parameters=[JOB_ID_PARAMETER],
-                   responses={200: OutputSerializer, **error_responses("job_not_found")})
+    @extend_schema(
+        operation_id="chat_bot_job_retrieve",
+        tags=["chat"],
+        parameters=[JOB_ID_PARAMETER],
+        responses={200: OutputSerializer, **error_responses("job_not_found")},
+    )
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         if job.job_type != ChatBotInteractionJob.name:

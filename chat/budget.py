@@ -120,8 +120,8 @@ return 1
 """
 
 _SOURCES = {"acquire": _ACQUIRE, "settle": _SETTLE, "observe": _OBSERVE, "backoff": _BACKOFF}
-_scripts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_async_clients: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _script(conn, name: str):
@@ -151,7 +151,8 @@ def _async_conn(conn):
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=2.0)
+            settings.REDIS_URL, socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=2.0
+        )
     return client
 
 
@@ -167,8 +168,9 @@ def budget_tokens_estimate(*, prompt_chars: int, max_tokens: int | None = None) 
 # --- sync
 
 
-def budget_acquire_sync(*, tokens: int, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
-                        conn=None) -> float:
+def budget_acquire_sync(
+    *, tokens: int, name: str = "openai", rpm: int | None = None, tpm: int | None = None, conn=None
+) -> float:
     """0.0 when the call may go now (one request and `tokens` charged), else seconds to wait (nothing
     charged). `rpm`/`tpm` default to OPENAI_RPM/OPENAI_TPM; 0 = no such budget."""
     rpm, tpm = _limits(rpm, tpm)
@@ -178,8 +180,17 @@ def budget_acquire_sync(*, tokens: int, name: str = "openai", rpm: int | None = 
     return float(_script(conn, "acquire")(keys=_keys(name), args=[rpm, tpm, int(tokens), SAFETY]))
 
 
-def budget_wait_sync(*, tokens: int, on_wait=None, max_wait: float = 300.0, name: str = "openai",
-                     rpm: int | None = None, tpm: int | None = None, conn=None, sleep=time.sleep) -> float:
+def budget_wait_sync(
+    *,
+    tokens: int,
+    on_wait=None,
+    max_wait: float = 300.0,
+    name: str = "openai",
+    rpm: int | None = None,
+    tpm: int | None = None,
+    conn=None,
+    sleep=time.sleep,
+) -> float:
     """Block until the budget admits the call (and charged it); returns the seconds waited.
 
     `on_wait(seconds)` is called before each sleep (the job shows it in its progress). Raises
@@ -195,8 +206,7 @@ def budget_wait_sync(*, tokens: int, on_wait=None, max_wait: float = 300.0, name
     return waited
 
 
-def budget_settle_sync(*, estimated: int, actual: int, name: str = "openai", tpm: int | None = None,
-                       conn=None) -> None:
+def budget_settle_sync(*, estimated: int, actual: int, name: str = "openai", tpm: int | None = None, conn=None) -> None:
     """Correct the token charge of a finished call with its real usage (refunds or charges the difference)."""
     _, tpm = _limits(None, tpm)
     if tpm <= 0 or actual == estimated:
@@ -204,8 +214,9 @@ def budget_settle_sync(*, estimated: int, actual: int, name: str = "openai", tpm
     _script(_sync_conn(conn), "settle")(keys=_keys(name)[1:2], args=[int(actual) - int(estimated), tpm, SAFETY])
 
 
-def budget_observe_sync(*, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
-                        conn=None) -> bool:
+def budget_observe_sync(
+    *, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None, conn=None
+) -> bool:
     """Tighten the budget from a response's `x-ratelimit-*` headers; False when there were none.
 
     A limit lower than ours is used for OBSERVED_TTL seconds. Nothing remaining holds every caller for
@@ -231,8 +242,9 @@ def budget_backoff_sync(*, seconds: float, name: str = "openai", conn=None) -> N
 # --- asyncio (the async reply job): same scripts, same keys
 
 
-async def budget_acquire(*, tokens: int, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
-                         conn=None) -> float:
+async def budget_acquire(
+    *, tokens: int, name: str = "openai", rpm: int | None = None, tpm: int | None = None, conn=None
+) -> float:
     rpm, tpm = _limits(rpm, tpm)
     if rpm <= 0 and tpm <= 0:
         return 0.0
@@ -240,8 +252,16 @@ async def budget_acquire(*, tokens: int, name: str = "openai", rpm: int | None =
     return float(await _script(conn, "acquire")(keys=_keys(name), args=[rpm, tpm, int(tokens), SAFETY]))
 
 
-async def budget_wait(*, tokens: int, on_wait=None, max_wait: float = 300.0, name: str = "openai",
-                      rpm: int | None = None, tpm: int | None = None, conn=None) -> float:
+async def budget_wait(
+    *,
+    tokens: int,
+    on_wait=None,
+    max_wait: float = 300.0,
+    name: str = "openai",
+    rpm: int | None = None,
+    tpm: int | None = None,
+    conn=None,
+) -> float:
     """Await the budget (see budget_wait_sync); `on_wait(seconds)` may be a plain function or a coroutine."""
     waited = 0.0
     while (wait := await budget_acquire(tokens=tokens, name=name, rpm=rpm, tpm=tpm, conn=conn)) > 0:
@@ -256,17 +276,18 @@ async def budget_wait(*, tokens: int, on_wait=None, max_wait: float = 300.0, nam
     return waited
 
 
-async def budget_settle(*, estimated: int, actual: int, name: str = "openai", tpm: int | None = None,
-                        conn=None) -> None:
+async def budget_settle(
+    *, estimated: int, actual: int, name: str = "openai", tpm: int | None = None, conn=None
+) -> None:
     _, tpm = _limits(None, tpm)
     if tpm <= 0 or actual == estimated:
         return
-    await _script(_async_conn(conn), "settle")(keys=_keys(name)[1:2],
-                                                args=[int(actual) - int(estimated), tpm, SAFETY])
+    await _script(_async_conn(conn), "settle")(keys=_keys(name)[1:2], args=[int(actual) - int(estimated), tpm, SAFETY])
 
 
-async def budget_observe(*, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None,
-                         conn=None) -> bool:
+async def budget_observe(
+    *, headers, name: str = "openai", rpm: int | None = None, tpm: int | None = None, conn=None
+) -> bool:
     args = ratelimit_header_args(headers)
     if args is None:
         return False
@@ -325,6 +346,7 @@ class RateLimitHeaders:
 
 def ratelimit_headers(headers) -> RateLimitHeaders | None:
     """The `x-ratelimit-*` values of a response (any mapping with case-insensitive or lower-case names)."""
+
     def get(name):
         value = headers.get(name)
         return value if value is not None else headers.get(name.title())
@@ -350,5 +372,11 @@ def ratelimit_header_args(headers) -> list[str] | None:
 
     limit_requests = parsed.limit_requests if parsed.limit_requests and parsed.limit_requests > 0 else None
     limit_tokens = parsed.limit_tokens if parsed.limit_tokens and parsed.limit_tokens > 0 else None
-    return [s(limit_requests), s(parsed.remaining_requests), s(parsed.reset_requests),
-            s(limit_tokens), s(parsed.remaining_tokens), s(parsed.reset_tokens)]
+    return [
+        s(limit_requests),
+        s(parsed.remaining_requests),
+        s(parsed.reset_requests),
+        s(limit_tokens),
+        s(parsed.remaining_tokens),
+        s(parsed.reset_tokens),
+    ]

@@ -26,15 +26,22 @@ def check_llm_settings(app_configs=None, **kwargs):
     positive("CHAT_RETRY_ATTEMPTS", "chat.E001")
     positive("JOB_EVENTS_HEARTBEAT", "chat.E001")
     positive("JOB_EVENTS_MAX_SECONDS", "chat.E001")
-    if isinstance(settings.OPENAI_STREAM_MAX_SECONDS, (int, float)) and \
-            settings.OPENAI_STREAM_MAX_SECONDS >= ChatBotInteractionJob.timeout:
-        errors.append(Error(
-            f"OPENAI_STREAM_MAX_SECONDS must be below the chat job's timeout ({ChatBotInteractionJob.timeout} s), "
-            "or the worker kills a slow reply before it can answer the fallback.", id="chat.E002"))
+    if (
+        isinstance(settings.OPENAI_STREAM_MAX_SECONDS, (int, float))
+        and settings.OPENAI_STREAM_MAX_SECONDS >= ChatBotInteractionJob.timeout
+    ):
+        errors.append(
+            Error(
+                f"OPENAI_STREAM_MAX_SECONDS must be below the chat job's timeout ({ChatBotInteractionJob.timeout} s), "
+                "or the worker kills a slow reply before it can answer the fallback.",
+                id="chat.E002",
+            )
+        )
     url = urlparse(settings.OPENAI_BASE_URL or "")
     if url.scheme not in ("http", "https") or not url.netloc:
-        errors.append(Error(f"OPENAI_BASE_URL must be an http(s) URL (got {settings.OPENAI_BASE_URL!r}).",
-                            id="chat.E003"))
+        errors.append(
+            Error(f"OPENAI_BASE_URL must be an http(s) URL (got {settings.OPENAI_BASE_URL!r}).", id="chat.E003")
+        )
     return errors
 
 

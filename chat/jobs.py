@@ -52,14 +52,14 @@ class _DatabaseJob(JobDefinition):
 
 class TitleField(serializers.CharField):
     def __init__(self, **kwargs):
-        super().__init__(max_length=MAX_TITLE_LENGTH, allow_blank=True, allow_null=True, trim_whitespace=True,
-                         **kwargs)
+        super().__init__(max_length=MAX_TITLE_LENGTH, allow_blank=True, allow_null=True, trim_whitespace=True, **kwargs)
 
 
 class CreateConversationPayload(serializers.Serializer):
     title = TitleField(required=False, default=None)
-    personality_mode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False,
-                                               default=PersonalityMode.HELPFUL)
+    personality_mode = serializers.ChoiceField(
+        choices=PersonalityMode.choices, required=False, default=PersonalityMode.HELPFUL
+    )
 
 
 class CreateConversationJob(_DatabaseJob):
@@ -69,7 +69,9 @@ class CreateConversationJob(_DatabaseJob):
     def run(self, payload, context):
         with _as_permanent():
             conversation = services.conversation_create(
-                owner_id=_owner(context), title=payload["title"], personality_mode=payload["personality_mode"],
+                owner_id=_owner(context),
+                title=payload["title"],
+                personality_mode=payload["personality_mode"],
                 job_id=context.job_id,
             )
         return {
@@ -134,8 +136,9 @@ class SaveMessagePayload(serializers.Serializer):
     conversation_id = serializers.UUIDField()
     role = serializers.ChoiceField(choices=MessageRole.choices, required=False, default=MessageRole.USER)
     content = serializers.CharField(max_length=MAX_CONTENT_LENGTH, trim_whitespace=False)
-    personality_mode = serializers.ChoiceField(choices=PersonalityMode.choices, required=False, default=None,
-                                               allow_null=True)
+    personality_mode = serializers.ChoiceField(
+        choices=PersonalityMode.choices, required=False, default=None, allow_null=True
+    )
 
     def validate_content(self, value):
         if not value.strip():
@@ -150,8 +153,12 @@ class SaveMessageJob(_DatabaseJob):
     def run(self, payload, context):
         with _as_permanent():
             message = services.message_save(
-                conversation_id=payload["conversation_id"], owner_id=_owner(context), role=payload["role"],
-                content=payload["content"], personality_mode=payload["personality_mode"], job_id=context.job_id,
+                conversation_id=payload["conversation_id"],
+                owner_id=_owner(context),
+                role=payload["role"],
+                content=payload["content"],
+                personality_mode=payload["personality_mode"],
+                job_id=context.job_id,
             )
         return {
             "messageId": str(message.pk),
@@ -162,8 +169,9 @@ class SaveMessageJob(_DatabaseJob):
 
 
 class PagePayload(serializers.Serializer):
-    limit = serializers.IntegerField(min_value=1, max_value=selectors.MAX_PAGE_SIZE, required=False,
-                                     default=selectors.DEFAULT_PAGE_SIZE)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=selectors.MAX_PAGE_SIZE, required=False, default=selectors.DEFAULT_PAGE_SIZE
+    )
     offset = serializers.IntegerField(min_value=0, required=False, default=0)
 
 
@@ -206,8 +214,9 @@ class _SettingsRetry:
     """The chat reply's retry policy, read from settings when used (CHAT_RETRY_ATTEMPTS/_BACKOFF)."""
 
     def __get__(self, obj, owner) -> RetryPolicy:
-        return RetryPolicy(max_attempts=settings.CHAT_RETRY_ATTEMPTS, backoff_base=settings.CHAT_RETRY_BACKOFF,
-                           backoff_max=60.0)
+        return RetryPolicy(
+            max_attempts=settings.CHAT_RETRY_ATTEMPTS, backoff_base=settings.CHAT_RETRY_BACKOFF, backoff_max=60.0
+        )
 
 
 class ChatBotPayload(TypedSerializer):
@@ -231,8 +240,11 @@ class ChatBotInteractionJob(JobDefinition):
         if context.owner_id is None:
             raise PermanentJobError("A chat reply needs an owner.", code="owner_required")
         request = ChatRequest(
-            prompt=payload["prompt"], owner_id=context.owner_id, guild_id=payload.get("guildId") or "",
-            conversation_id=payload.get("conversationId"), personality_mode=payload.get("personalityMode"),
+            prompt=payload["prompt"],
+            owner_id=context.owner_id,
+            guild_id=payload.get("guildId") or "",
+            conversation_id=payload.get("conversationId"),
+            personality_mode=payload.get("personalityMode"),
             tenant=self.tenant_of(payload, context.owner_id),
         )
         return await chat_bot_reply(request=request, context=context)

@@ -41,8 +41,16 @@ class Completion:
 
 
 class LLMError(Exception):
-    def __init__(self, message: str, *, code: str, transient: bool, status: int | None = None,
-                 retry_after: float | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        transient: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        headers: dict | None = None,
+    ):
         super().__init__(message)
         self.headers = headers or {}
         self.code = code
@@ -61,8 +69,9 @@ class LLMNotConfigured(Exception):
 CLIENTS_PER_LOOP = 16
 KEEPALIVE_PER_CLIENT = 8
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, list[openai.AsyncOpenAI], list[int]]]" = (
-    weakref.WeakKeyDictionary())
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[tuple, list[openai.AsyncOpenAI], list[int]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def llm_configured() -> bool:
@@ -84,18 +93,28 @@ def _client() -> openai.AsyncOpenAI:
     index = turn[0]
     turn[0] = (index + 1) % CLIENTS_PER_LOOP
     if index == len(clients):
-        clients.append(openai.AsyncOpenAI(
-            api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL or None,
-            timeout=settings.OPENAI_TIMEOUT, max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(
-                max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
-                max_keepalive_connections=KEEPALIVE_PER_CLIENT)),
-        ))
+        clients.append(
+            openai.AsyncOpenAI(
+                api_key=settings.OPENAI_API_KEY,
+                base_url=settings.OPENAI_BASE_URL or None,
+                timeout=settings.OPENAI_TIMEOUT,
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    limits=httpx2.Limits(
+                        max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+                        max_keepalive_connections=KEEPALIVE_PER_CLIENT,
+                    )
+                ),
+            )
+        )
     return clients[index]
 
 
 async def llm_stream_completion(
-    *, messages: list[dict], on_delta: Callable[[str], object], model: str | None = None,
+    *,
+    messages: list[dict],
+    on_delta: Callable[[str], object],
+    model: str | None = None,
     max_tokens: int | None = None,
 ) -> Completion:
     """Stream a completion, calling (and awaiting, if async) `on_delta(text)` for every piece as it arrives.
@@ -113,8 +132,11 @@ async def llm_stream_completion(
         # The SDK sends the request and maps its errors; the stream's events are read here as plain JSON
         # (the SDK builds a typed model of every chunk: most of a reply's CPU with a thousand in flight).
         async with _client().chat.completions.with_streaming_response.create(
-            model=model, messages=messages, max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
-            stream=True, stream_options={"include_usage": True},
+            model=model,
+            messages=messages,
+            max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
         ) as response:
             headers = _headers(response.http_response)
             async for chunk in _events(response.http_response):
@@ -131,22 +153,24 @@ async def llm_stream_completion(
                     if choice.get("finish_reason"):
                         finish_reason = choice["finish_reason"]
                 if time.monotonic() > deadline:
-                    raise LLMError("The reply took longer than OPENAI_STREAM_MAX_SECONDS.",
-                                   code="llm_timeout", transient=True)
+                    raise LLMError(
+                        "The reply took longer than OPENAI_STREAM_MAX_SECONDS.", code="llm_timeout", transient=True
+                    )
     except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
         raise LLMError("The LLM provider timed out.", code="llm_timeout", transient=True) from exc
     except (openai.APIConnectionError, httpx2.TransportError) as exc:
-        raise LLMError("The connection to the LLM provider failed.", code="llm_connection_error",
-                       transient=True) from exc
+        raise LLMError(
+            "The connection to the LLM provider failed.", code="llm_connection_error", transient=True
+        ) from exc
     except openai.APIStatusError as exc:
         raise _status_error(exc) from exc
     except openai.APIError as exc:
         # An error event inside the stream: the provider broke down while answering.
-        raise LLMError(f"The LLM provider reported an error: {exc.message}", code="llm_stream_error",
-                       transient=True) from exc
+        raise LLMError(
+            f"The LLM provider reported an error: {exc.message}", code="llm_stream_error", transient=True
+        ) from exc
     if not finish_reason:
-        raise LLMError("The LLM stream ended before the reply was complete.", code="llm_incomplete",
-                       transient=True)
+        raise LLMError("The LLM stream ended before the reply was complete.", code="llm_incomplete", transient=True)
     text = "".join(parts)
     return Completion(
         text=text,
@@ -177,8 +201,11 @@ async def _events(response):
         if isinstance(event, dict) and event.get("error"):
             error = event["error"]
             message = error.get("message") if isinstance(error, dict) else None
-            raise openai.APIError(message=message if isinstance(message, str) and message else
-                                  "An error occurred during streaming", request=response.request, body=error)
+            raise openai.APIError(
+                message=message if isinstance(message, str) and message else "An error occurred during streaming",
+                request=response.request,
+                body=error,
+            )
         if isinstance(event, dict):
             yield event
 
@@ -195,7 +222,10 @@ def _status_error(exc: openai.APIStatusError) -> LLMError:
     transient = status in TRANSIENT_STATUSES or status >= 500
     code = "llm_rate_limited" if status == 429 else "llm_unavailable" if transient else "llm_rejected"
     return LLMError(
-        f"The LLM provider answered HTTP {status}.", code=code, transient=transient, status=status,
+        f"The LLM provider answered HTTP {status}.",
+        code=code,
+        transient=transient,
+        status=status,
         retry_after=parse_retry_after(exc.response.headers) if transient else None,
         headers=_headers(exc.response),
     )

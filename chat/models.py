@@ -31,9 +31,7 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations", db_index=False
     )
     title = models.CharField(max_length=MAX_TITLE_LENGTH, blank=True, default="")
-    personality_mode = models.CharField(
-        max_length=16, choices=PersonalityMode.choices, default=PersonalityMode.HELPFUL
-    )
+    personality_mode = models.CharField(max_length=16, choices=PersonalityMode.choices, default=PersonalityMode.HELPFUL)
     created_at = models.DateTimeField(auto_now_add=True)
     # Bumped by every change and every new message: "newest first" means most recently active.
     updated_at = models.DateTimeField(auto_now=True)
@@ -54,17 +52,13 @@ class Conversation(models.Model):
 class Message(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Not indexed alone: msg_conversation_created leads with conversation.
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
-    )
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="chat_messages"
     )
     role = models.CharField(max_length=16, choices=MessageRole.choices)
     content = models.TextField()
-    personality_mode = models.CharField(
-        max_length=16, choices=PersonalityMode.choices, default=PersonalityMode.HELPFUL
-    )
+    personality_mode = models.CharField(max_length=16, choices=PersonalityMode.choices, default=PersonalityMode.HELPFUL)
     created_at = models.DateTimeField(auto_now_add=True)
     # The job that wrote it; unique, so a retried job returns its message instead of writing it twice.
     job_id = models.UUIDField(null=True, blank=True, unique=True, editable=False)
@@ -111,7 +105,8 @@ class TenantQuota(models.Model):
 
     tenant = models.CharField(max_length=100, unique=True, help_text="Guild id, or user:<id> for direct chats.")
     daily_tokens = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Tokens per UTC day; empty = unlimited, 0 = no LLM replies.")
+        null=True, blank=True, help_text="Tokens per UTC day; empty = unlimited, 0 = no LLM replies."
+    )
     note = models.CharField(max_length=200, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 

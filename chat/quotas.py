@@ -33,7 +33,7 @@ class QuotaDecision:
 
 
 def _day(day: dt.date | None) -> str:
-    return (day or dt.datetime.now(dt.timezone.utc).date()).isoformat()
+    return (day or dt.datetime.now(dt.UTC).date()).isoformat()
 
 
 def _key(tenant: str, day: dt.date | None) -> str:
@@ -45,8 +45,7 @@ def _default_limit() -> int | None:
 
 
 def _decide(tenant: str, used: int, limit: int | None, tokens: int) -> QuotaDecision:
-    return QuotaDecision(allowed=limit is None or used + max(tokens, 0) <= limit, used=used, limit=limit,
-                         tenant=tenant)
+    return QuotaDecision(allowed=limit is None or used + max(tokens, 0) <= limit, used=used, limit=limit, tenant=tenant)
 
 
 def _conn(conn):
@@ -92,8 +91,9 @@ def quota_charge(*, tenant: str, tokens: int, day: dt.date | None = None, conn=N
 _UNKNOWN = object()
 
 
-async def aquota_check(*, tenant: str, tokens: int = 0, conn, day: dt.date | None = None,
-                       limit: int | None | object = _UNKNOWN) -> QuotaDecision:
+async def aquota_check(
+    *, tenant: str, tokens: int = 0, conn, day: dt.date | None = None, limit: int | None | object = _UNKNOWN
+) -> QuotaDecision:
     """`limit`: the tenant's `quota_limit`, when the caller read it already (on its database pool)."""
     if not tenant:
         return QuotaDecision(allowed=True, used=0, limit=None, tenant=tenant)

@@ -20,7 +20,7 @@ from chat.models import (
     MessageRole,
     PersonalityMode,
 )
-from chat.selectors import ConversationNotFound, uuid_or_none, conversation_get_for_owner, conversation_tombstone_get
+from chat.selectors import ConversationNotFound, conversation_get_for_owner, conversation_tombstone_get, uuid_or_none
 from slimy_site.exceptions import ValidationFailed
 
 UNSET = object()
@@ -45,8 +45,9 @@ def _audit(action: str, *, owner_id, conversation_id, details: dict, actor=UNSET
 
     if actor is UNSET:
         actor = get_user_model().objects.filter(pk=owner_id).first()
-    audit_event_record(action=action, resource_type="conversation", resource_id=str(conversation_id),
-                       actor=actor, details=details)
+    audit_event_record(
+        action=action, resource_type="conversation", resource_id=str(conversation_id), actor=actor, details=details
+    )
 
 
 def _job_uuid(job_id):
@@ -75,8 +76,12 @@ def conversation_create(
     try:
         with transaction.atomic():
             conversation.save(force_insert=True)
-            _audit("conversation.created", owner_id=owner_id, conversation_id=conversation.pk,
-                   details={"personalityMode": personality_mode, "titleLength": len(title or "")})
+            _audit(
+                "conversation.created",
+                owner_id=owner_id,
+                conversation_id=conversation.pk,
+                details={"personalityMode": personality_mode, "titleLength": len(title or "")},
+            )
     except IntegrityError:
         # Two deliveries of the same job raced: the other one's row is the answer.
         existing = Conversation.objects.filter(created_by_job_id=job_id).first() if job_id else None
@@ -105,8 +110,12 @@ def conversation_update(*, conversation_id, owner_id, title=UNSET, personality_m
         conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id)
         fields["updated_at"] = timezone.now()
         Conversation.objects.filter(pk=conversation.pk).update(**fields)
-        _audit("conversation.updated", owner_id=owner_id, conversation_id=conversation.pk,
-               details={"fields": sorted(k for k in fields if k != "updated_at")})
+        _audit(
+            "conversation.updated",
+            owner_id=owner_id,
+            conversation_id=conversation.pk,
+            details={"fields": sorted(k for k in fields if k != "updated_at")},
+        )
     return conversation_get_for_owner(conversation_id=conversation.pk, owner_id=owner_id)
 
 
@@ -120,9 +129,7 @@ def conversation_delete(*, conversation_id, owner_id, job_id=None) -> Conversati
     job_id = _job_uuid(job_id)
     with transaction.atomic():
         pk = uuid_or_none(conversation_id)
-        conversation = (
-            Conversation.objects.select_for_update().filter(pk=pk, owner_id=owner_id).first() if pk else None
-        )
+        conversation = Conversation.objects.select_for_update().filter(pk=pk, owner_id=owner_id).first() if pk else None
         if conversation is None:
             tombstone = conversation_tombstone_get(conversation_id=conversation_id, owner_id=owner_id)
             if tombstone is None:
@@ -133,8 +140,12 @@ def conversation_delete(*, conversation_id, owner_id, job_id=None) -> Conversati
             conversation_id=conversation.pk, owner_id=owner_id, deleted_by_job_id=job_id, message_count=count
         )
         conversation.delete()
-        _audit("conversation.deleted", owner_id=owner_id, conversation_id=tombstone.conversation_id,
-               details={"messageCount": count})
+        _audit(
+            "conversation.deleted",
+            owner_id=owner_id,
+            conversation_id=tombstone.conversation_id,
+            details={"messageCount": count},
+        )
     return tombstone
 
 
@@ -146,12 +157,17 @@ def message_save(
     For a job id that already wrote a message, returns that message and writes nothing. The
     personality mode defaults to the conversation's; user messages are authored by the owner.
     """
-    return message_save_many(conversation_id=conversation_id, owner_id=owner_id,
-                             messages=[(role, content, job_id)], personality_mode=personality_mode)[0]
+    return message_save_many(
+        conversation_id=conversation_id,
+        owner_id=owner_id,
+        messages=[(role, content, job_id)],
+        personality_mode=personality_mode,
+    )[0]
 
 
-def message_save_many(*, conversation_id, owner_id, messages: list[tuple[str, str, object]],
-                      personality_mode: str | None = None) -> list[Message]:
+def message_save_many(
+    *, conversation_id, owner_id, messages: list[tuple[str, str, object]], personality_mode: str | None = None
+) -> list[Message]:
     """`message_save` for several (role, content, job id) messages in order, sharing its lookups: one
     query for the messages the job ids already wrote, one for the conversation, one transaction."""
     checked = []
@@ -180,7 +196,8 @@ def message_save_many(*, conversation_id, owner_id, messages: list[tuple[str, st
             personality_mode=personality_mode or conversation.personality_mode,
             job_id=job_id,
         )
-        for role, content, job_id in checked if job_id is None or job_id not in existing
+        for role, content, job_id in checked
+        if job_id is None or job_id not in existing
     ]
     try:
         with transaction.atomic():
@@ -190,9 +207,17 @@ def message_save_many(*, conversation_id, owner_id, messages: list[tuple[str, st
             actor = get_user_model().objects.filter(pk=owner_id).first()
             with audit_events_batched():  # one statement for the messages' events
                 for message in new:
-                    _audit("message.saved", owner_id=owner_id, conversation_id=conversation.pk, actor=actor,
-                           details={"messageId": str(message.pk), "role": message.role,
-                                    "contentLength": len(message.content)})
+                    _audit(
+                        "message.saved",
+                        owner_id=owner_id,
+                        conversation_id=conversation.pk,
+                        actor=actor,
+                        details={
+                            "messageId": str(message.pk),
+                            "role": message.role,
+                            "contentLength": len(message.content),
+                        },
+                    )
     except IntegrityError:
         # Two deliveries of the same job raced: the other one's rows are the answer.
         existing = _messages_of_jobs([job_id for *_, job_id in checked], owner_id)
@@ -200,8 +225,7 @@ def message_save_many(*, conversation_id, owner_id, messages: list[tuple[str, st
             raise
         return [existing[job_id] for *_, job_id in checked]
     saved = iter(new)
-    return [existing[job_id] if job_id is not None and job_id in existing else next(saved)
-            for *_, job_id in checked]
+    return [existing[job_id] if job_id is not None and job_id in existing else next(saved) for *_, job_id in checked]
 
 
 def _messages_of_jobs(job_ids, owner_id) -> dict:

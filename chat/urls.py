@@ -1,7 +1,6 @@
 from django.urls import path
 
-from chat import apis
-from chat import bot_apis
+from chat import apis, bot_apis
 
 urlpatterns = [
     # Conversations and messages (writes are `database` jobs).

@@ -14,10 +14,13 @@ def check_job_definitions(app_configs=None, **kwargs):
     errors = []
     definitions = registry.all()
     for name, first, second in registry.duplicates:
-        errors.append(Error(
-            f"Job type {name!r} is defined twice: {first.__module__}.{first.__qualname__} and "
-            f"{second.__module__}.{second.__qualname__}.", id="queues.E001",
-        ))
+        errors.append(
+            Error(
+                f"Job type {name!r} is defined twice: {first.__module__}.{first.__qualname__} and "
+                f"{second.__module__}.{second.__qualname__}.",
+                id="queues.E001",
+            )
+        )
     for name, definition in definitions.items():
         if definition.queue not in QueueName.values:
             errors.append(Error(f"Job type {name!r} names unknown queue {definition.queue!r}.", id="queues.E002"))
@@ -49,6 +52,7 @@ def check_tenant_settings(app_configs=None, **kwargs):
         errors.append(Error(f"METRICS_TENANT_TOP_N must be an integer >= 0 (got {top!r}).", id="queues.E203"))
     endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT
     if endpoint and not endpoint.startswith(("http://", "https://")):
-        errors.append(Error(f"OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL (got {endpoint!r}).",
-                            id="queues.E204"))
+        errors.append(
+            Error(f"OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL (got {endpoint!r}).", id="queues.E204")
+        )
     return errors

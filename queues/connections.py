@@ -46,8 +46,11 @@ def get_async_connection():
     conn = _async_connections.get(loop)
     if conn is None:
         pool = BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=ASYNC_MAX_CONNECTIONS, timeout=ASYNC_POOL_WAIT_SECONDS,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0),
+            settings.REDIS_URL,
+            max_connections=ASYNC_MAX_CONNECTIONS,
+            timeout=ASYNC_POOL_WAIT_SECONDS,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0),
         )
         conn = _async_connections[loop] = AsyncRedis(connection_pool=pool)
     return conn

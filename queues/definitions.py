@@ -119,7 +119,7 @@ class JobDefinition:
         """Whether a failure should skip the remaining attempts. Override to classify more errors."""
         return isinstance(exc, PermanentJobError)
 
-    def run(self, payload: dict, context: "JobContext") -> Any:  # pragma: no cover - abstract
+    def run(self, payload: dict, context: JobContext) -> Any:  # pragma: no cover - abstract
         """The job's work: a plain method, or `async def run` for I/O-bound jobs (see `is_async`)."""
         raise NotImplementedError
 

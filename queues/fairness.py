@@ -116,7 +116,9 @@ local function release(job, cap)
   return 1
 end
 """
-_RELEASE = _RELEASE_LIB + """
+_RELEASE = (
+    _RELEASE_LIB
+    + """
 local cap, released = tonumber(ARGV[1]), 0
 for i = 3, #ARGV do released = released + release(ARGV[i], cap) end
 if released > 0 then
@@ -125,8 +127,11 @@ if released > 0 then
 end
 return released
 """
+)
 # Same keys; ARGV: cap, wake bound, worker name.  Releases every slot that worker holds.
-_RELEASE_WORKER = _RELEASE_LIB + """
+_RELEASE_WORKER = (
+    _RELEASE_LIB
+    + """
 local cap, released = tonumber(ARGV[1]), 0
 local held = redis.call('HGETALL', KEYS[2])
 for i = 1, #held, 2 do
@@ -139,6 +144,7 @@ if released > 0 then
 end
 return released
 """
+)
 
 # KEYS: tenant list, ring, parked of L. ARGV: job id, tenant.  Takes a waiting job out (cancel, delete).
 _REMOVE = """
@@ -185,9 +191,16 @@ end
 return n
 """
 
-_SOURCES = {"push": _PUSH, "pop": _POP, "release": _RELEASE, "release_worker": _RELEASE_WORKER,
-            "remove": _REMOVE, "stats": _STATS, "waiting": _WAITING}
-_scripts: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SOURCES = {
+    "push": _PUSH,
+    "pop": _POP,
+    "release": _RELEASE,
+    "release_worker": _RELEASE_WORKER,
+    "remove": _REMOVE,
+    "stats": _STATS,
+    "waiting": _WAITING,
+}
+_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _script(conn, name: str):
@@ -250,8 +263,10 @@ def _tenant(tenant: str) -> str:
 def _push_call(queue, priority, tenant, job_id, cap):
     name = rq_queue_name(queue, priority)
     tenant = _tenant(tenant)
-    return ([_k(name, "q:" + tenant), _k(name, "ring"), _k(name, "parked"), _k(queue, "inflight"),
-             _k(queue, "wake")], [job_id, tenant, _cap(cap), WAKE_BOUND])
+    return (
+        [_k(name, "q:" + tenant), _k(name, "ring"), _k(name, "parked"), _k(queue, "inflight"), _k(queue, "wake")],
+        [job_id, tenant, _cap(cap), WAKE_BOUND],
+    )
 
 
 def _pop_call(queue, worker, now, priorities, cap):
@@ -433,8 +448,9 @@ async def afair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int 
     return _pop_result(await _script(conn, "pop")(keys=keys, args=args))
 
 
-async def afair_pop_many(*, conn, queue: str, worker: str, count: int, priorities=None,
-                         cap: int | None = None) -> list[FairJob]:
+async def afair_pop_many(
+    *, conn, queue: str, worker: str, count: int, priorities=None, cap: int | None = None
+) -> list[FairJob]:
     """Up to `count` jobs in one round trip (a pipeline of pops; each pop is atomic on its own)."""
     if count <= 0:
         return []
@@ -466,6 +482,7 @@ def tenant_loads_top(loads: list[TenantLoad], *, top: int) -> list[TenantLoad]:
     ranked = sorted(loads, key=lambda load: (-(load.waiting + load.inflight), load.tenant))
     head, tail = ranked[:top], ranked[top:]
     if tail:
-        head.append(TenantLoad(tenant="other", waiting=sum(t.waiting for t in tail),
-                               inflight=sum(t.inflight for t in tail)))
+        head.append(
+            TenantLoad(tenant="other", waiting=sum(t.waiting for t in tail), inflight=sum(t.inflight for t in tail))
+        )
     return head

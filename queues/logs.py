@@ -122,8 +122,13 @@ class JsonFormatter(logging.Formatter):
 
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"
-_LEVEL_COLOURS = {"DEBUG": "\x1b[2m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31;1m",
-                  "CRITICAL": "\x1b[41;97m"}
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[2m",
+    "INFO": "\x1b[32m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31;1m",
+    "CRITICAL": "\x1b[41;97m",
+}
 _TAG_COLOURS = {"web": "\x1b[36m", "worker": "\x1b[35m", "reconciler": "\x1b[34m"}
 
 
@@ -194,11 +199,19 @@ class AccessLogMiddleware:
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         user = getattr(request, "user", None)
         access_logger.info(
-            "%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms,
-            extra={"fields": {
-                "method": request.method, "path": request.path, "status": response.status_code,
-                "duration_ms": duration_ms,
-                "user_id": user.pk if user is not None and user.is_authenticated else None,
-            }},
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status_code,
+            duration_ms,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": duration_ms,
+                    "user_id": user.pk if user is not None and user.is_authenticated else None,
+                }
+            },
         )
         return response

@@ -21,9 +21,9 @@ from typing import Any
 
 from django.conf import settings
 
+from queues.connections import get_async_connection, get_connection
 from queues.definitions import registry
 from queues.keys import OUTPUT_FENCE_KEY, OUTPUT_KEY
-from queues.connections import get_async_connection, get_connection
 from slimy_site.exceptions import ValidationFailed
 
 # Bound the memory one runaway job can take; older entries are trimmed (approximately).
@@ -184,11 +184,11 @@ class _LoopFlusher:
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._run())
 
-    def mark(self, writer: "AsyncOutputWriter") -> None:
+    def mark(self, writer: AsyncOutputWriter) -> None:
         self.dirty[writer] = None
         self._ensure_running()
 
-    def submit(self, writer: "AsyncOutputWriter", kind: str, args: list | None = None) -> asyncio.Future:
+    def submit(self, writer: AsyncOutputWriter, kind: str, args: list | None = None) -> asyncio.Future:
         """Queue a segment start ("script") or an expiry ("expire") after the writer's pending text."""
         self.dirty.pop(writer, None)
         text = writer._take()
@@ -247,7 +247,7 @@ class _LoopFlusher:
                     future.set_result(answer)
 
 
-_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopFlusher]" = weakref.WeakKeyDictionary()
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopFlusher] = weakref.WeakKeyDictionary()
 
 
 def _flusher() -> _LoopFlusher:
@@ -310,8 +310,11 @@ async def output_writer_aopen(*, job_id: str, job_type: str, attempt: int) -> As
 
 def output_entry(entry_id, fields: dict) -> dict:
     data = {k.decode(): v.decode() for k, v in fields.items()}
-    entry = {"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, "type": data.get("type", CHUNK),
-             "attempt": int(data.get("attempt") or 0)}
+    entry = {
+        "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        "type": data.get("type", CHUNK),
+        "attempt": int(data.get("attempt") or 0),
+    }
     if entry["type"] == SEGMENT:
         entry["label"] = data.get("label", "attempt")
     else:

@@ -25,13 +25,13 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.utils import now, utcformat
 
+from queues.connections import get_connection, get_rq_queue
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.fairness import fair_held, fair_release, fair_release_worker, fair_waiting_ids
+from queues.keys import RECOVER_KEY, alive_key, suspect_key
 from queues.models import JobRecord
-from queues.connections import get_connection, get_rq_queue
 from queues.services import job_push, job_recover_abandoned
 from queues.services.fair import fair_push_ids, queue_is_fair
-from queues.keys import RECOVER_KEY, alive_key, suspect_key
 
 logger = logging.getLogger("queues.reconcile")
 
@@ -47,12 +47,15 @@ class ReconcileReport:
     slots_released: list[str] = field(default_factory=list)  # fair-dequeue slots, by job id or worker
 
     def __str__(self):
-        return (f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s), "
-                f"released {len(self.released)} overdue scheduled job(s)")
+        return (
+            f"requeued {len(self.requeued)} lost job(s), recovered {len(self.recovered)} abandoned job(s), "
+            f"released {len(self.released)} overdue scheduled job(s)"
+        )
 
 
-def queues_reconcile(*, grace_seconds: int | None = None, confirm_seconds: float | None = None,
-                     scheduler_lag: float = SCHEDULER_LAG) -> ReconcileReport:
+def queues_reconcile(
+    *, grace_seconds: int | None = None, confirm_seconds: float | None = None, scheduler_lag: float = SCHEDULER_LAG
+) -> ReconcileReport:
     """One pass. `scheduler_lag` 0: this pass is the scheduler (the runtime runs no RQ scheduler)."""
     report = ReconcileReport()
     _release_overdue(report, scheduler_lag)
@@ -94,8 +97,7 @@ def _release_overdue(report: ReconcileReport, lag: float) -> None:
                 if rq_queue.connection.zrem(registry.key, job.id):
                     if queue_is_fair(queue):
                         # What enqueue_job would record, so queue age figures count from now.
-                        rq_queue.connection.hset(job.key, mapping={"status": "queued",
-                                                                   "enqueued_at": utcformat(now())})
+                        rq_queue.connection.hset(job.key, mapping={"status": "queued", "enqueued_at": utcformat(now())})
                         fair.append((priority, job.id))
                     else:
                         rq_queue.enqueue_job(job)
@@ -111,23 +113,27 @@ def _recover_reported(report: ReconcileReport) -> None:
         job_id, _, worker_name = _text(entry).partition(" ")
         # Only the attempt that worker was running: a record it no longer holds is someone else's now.
         if JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED, worker_name=worker_name).exists():
-            if job_recover_abandoned(job_id=job_id, reason=f"failed on worker {worker_name} while the database "
-                                                           "was unreachable"):
+            if job_recover_abandoned(
+                job_id=job_id, reason=f"failed on worker {worker_name} while the database was unreachable"
+            ):
                 report.recovered.append(job_id)
         conn.srem(RECOVER_KEY, entry)
 
 
 def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
     started = list(
-        JobRecord.objects.filter(status=JobStatus.STARTED).exclude(worker_name="").values_list("id", "worker_name")[:BATCH]
+        JobRecord.objects.filter(status=JobStatus.STARTED)
+        .exclude(worker_name="")
+        .values_list("id", "worker_name")[:BATCH]
     )
     if not started:
         return
     dead = _dead_workers(sorted({name for _, name in started}), confirm)
     for job_id, name in started:
         # At once: the attempt did not fail, its process died, and someone may be watching the reply.
-        if name in dead and job_recover_abandoned(job_id=job_id, reason=f"worker {name} stopped beating",
-                                                  immediate=True):
+        if name in dead and job_recover_abandoned(
+            job_id=job_id, reason=f"worker {name} stopped beating", immediate=True
+        ):
             report.recovered.append(str(job_id))
 
 
@@ -160,8 +166,9 @@ def _dead_workers(names: list[str], confirm: float) -> set[str]:
     return dead
 
 
-def fair_slots_reconcile(*, report: ReconcileReport | None = None, confirm_seconds: float,
-                         grace_seconds: float) -> ReconcileReport:
+def fair_slots_reconcile(
+    *, report: ReconcileReport | None = None, confirm_seconds: float, grace_seconds: float
+) -> ReconcileReport:
     """Release fair-dequeue slots nobody will release: those of workers confirmed dead, and those held
     longer than `grace_seconds` by a job whose record is not running (it ended without its release)."""
     report = report if report is not None else ReconcileReport()
@@ -175,8 +182,12 @@ def fair_slots_reconcile(*, report: ReconcileReport | None = None, confirm_secon
             if fair_release_worker(conn=conn, queue=queue, worker=worker):
                 report.slots_released.append(f"worker:{worker}")
         old = [slot.job_id for slot in held if now - slot.since >= grace_seconds]
-        running = {str(pk) for pk in JobRecord.objects.filter(
-            pk__in=[i for i in old if _is_uuid(i)], status=JobStatus.STARTED).values_list("pk", flat=True)}
+        running = {
+            str(pk)
+            for pk in JobRecord.objects.filter(
+                pk__in=[i for i in old if _is_uuid(i)], status=JobStatus.STARTED
+            ).values_list("pk", flat=True)
+        }
         stale = [job_id for job_id in old if job_id not in running]
         if stale and fair_release(conn=conn, queue=queue, job_ids=stale):
             report.slots_released.extend(stale)

@@ -35,7 +35,11 @@ from rq import Retry, get_current_job
 from queues import signals
 from queues.context import JobContext
 from queues.definitions import (
-    JobCancelled, JobDefinition, PermanentJobError, TransientJobError, registry,
+    JobCancelled,
+    JobDefinition,
+    PermanentJobError,
+    TransientJobError,
+    registry,
 )
 from queues.logs import log_context
 from queues.models import JobRecord
@@ -129,9 +133,15 @@ def _prepare(job: JobRecord, started: float, **context_extra):
         error.__cause__ = exc
         return _failed(job, error, permanent=True, started=started)
     context = JobContext(
-        job_id=str(job.id), job_type=job.job_type, queue=job.queue, attempt=job.attempts,
-        max_attempts=job.max_attempts, owner_id=job.owner_id, request_id=job.request_id,
-        worker_name=job.worker_name, **context_extra,
+        job_id=str(job.id),
+        job_type=job.job_type,
+        queue=job.queue,
+        attempt=job.attempts,
+        max_attempts=job.max_attempts,
+        owner_id=job.owner_id,
+        request_id=job.request_id,
+        worker_name=job.worker_name,
+        **context_extra,
     )
     return definition, payload, context
 

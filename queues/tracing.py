@@ -61,11 +61,13 @@ def job_span(record, attempt: int, *, waited_since: dt.datetime | None = None):
     if waited_since is None and attempt == 1:
         waited_since = getattr(record, "scheduled_for", None) or getattr(record, "created_at", None)
     if waited_since is not None:
-        now_ns = _ns(dt.datetime.now(dt.timezone.utc))
+        now_ns = _ns(dt.datetime.now(dt.UTC))
         start_ns = min(_ns(waited_since), now_ns)
-        wait = tracer.start_span("job.wait", context=parent, kind=SpanKind.INTERNAL, attributes=attributes,
-                                 start_time=start_ns)
+        wait = tracer.start_span(
+            "job.wait", context=parent, kind=SpanKind.INTERNAL, attributes=attributes, start_time=start_ns
+        )
         wait.end(end_time=now_ns)
-    with tracer.start_as_current_span(f"job.run {record.job_type}", context=parent, kind=SpanKind.CONSUMER,
-                                      attributes=attributes) as span:
+    with tracer.start_as_current_span(
+        f"job.run {record.job_type}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as span:
         yield span

@@ -33,9 +33,8 @@ GC_YOUNG_THRESHOLD = 50_000
 
 
 def build_application():
-    from django.core.wsgi import get_wsgi_application
-
     import django as django_package
+    from django.core.wsgi import get_wsgi_application
 
     django_package.setup(set_prefix=False)
     # Before the handler loads its middleware: Django's instrumentation adds one (a no-op unless configured).
@@ -174,7 +173,7 @@ def _environ(scope, body: _Body) -> dict:
     script_name = scope.get("root_path", "").encode("utf8").decode("latin1")
     path_info = scope["path"].encode("utf8").decode("latin1")
     if script_name and path_info.startswith(script_name):
-        path_info = path_info[len(script_name):]
+        path_info = path_info[len(script_name) :]
     server = scope.get("server") or ("localhost", 80)
     environ = {
         "asgi.scope": scope,  # queues.api.output finds the stream handoff here

@@ -22,8 +22,11 @@ def check_api_settings(app_configs=None, **kwargs):
             errors.append(Error(f"API_RATE_LIMITS[{scope!r}] names an unknown role.", id="slimy_site.E002"))
     header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
     if header is not None and (len(header) != 2 or not header[0].startswith("HTTP_") or not header[1]):
-        errors.append(Error("SECURE_PROXY_SSL_HEADER must look like HTTP_X_FORWARDED_PROTO=https (or none).",
-                            id="slimy_site.E004"))
+        errors.append(
+            Error(
+                "SECURE_PROXY_SSL_HEADER must look like HTTP_X_FORWARDED_PROTO=https (or none).", id="slimy_site.E004"
+            )
+        )
     if getattr(settings, "API_MAX_BODY_BYTES", 0) <= 0:
         errors.append(Error("API_MAX_BODY_BYTES must be a positive number of bytes.", id="slimy_site.E003"))
     return errors

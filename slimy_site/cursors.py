@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_MIN = dt.datetime.min.replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=2)  # any zone shift stays in range
-_MAX = dt.datetime.max.replace(tzinfo=dt.timezone.utc) - dt.timedelta(days=2)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN = dt.datetime.min.replace(tzinfo=dt.UTC) + dt.timedelta(days=2)  # any zone shift stays in range
+_MAX = dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(days=2)
 _MIN_MICROS = (_MIN - _EPOCH) // dt.timedelta(microseconds=1)
 _MAX_MICROS = (_MAX - _EPOCH) // dt.timedelta(microseconds=1)
 

@@ -121,8 +121,11 @@ def api_exception_handler(exc, context):
     if isinstance(exc, OperationalError):
         # PostgreSQL unreachable (fault suite, scenario 8): a clear, retryable 503 instead of a 500.
         logger.warning("database unavailable: %s", exc)
-        return Response(error_body("database_unavailable", "The database is unavailable; retry later."),
-                        status=503, headers={"Retry-After": "5"})
+        return Response(
+            error_body("database_unavailable", "The database is unavailable; retry later."),
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -40,7 +40,9 @@ class BodySizeLimitMiddleware:
         limit = body_limit_for(request.path)
         if length > limit:
             return api_error_response(
-                "payload_too_large", f"The request body exceeds {limit} bytes.", 413,
+                "payload_too_large",
+                f"The request body exceeds {limit} bytes.",
+                413,
                 details={"maxBytes": limit, "receivedBytes": length},
             )
         return None

@@ -12,8 +12,10 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
     legacy = models.BooleanField(
-        default=False, editable=False,
-        help_text="Migrated from a plain-text token of an earlier version (no slimy_ prefix); rotate it.")
+        default=False,
+        editable=False,
+        help_text="Migrated from a plain-text token of an earlier version (no slimy_ prefix); rotate it.",
+    )
 
     class Meta:
         verbose_name = "API token"

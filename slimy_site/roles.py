@@ -101,8 +101,9 @@ def connect_role_cache_signals() -> None:
     from django.contrib.auth.models import Group
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
-    m2m_changed.connect(_on_groups_changed, sender=get_user_model().groups.through,
-                        dispatch_uid="slimy_site.roles.groups_changed")
+    m2m_changed.connect(
+        _on_groups_changed, sender=get_user_model().groups.through, dispatch_uid="slimy_site.roles.groups_changed"
+    )
     post_save.connect(_on_group_saved_or_deleted, sender=Group, dispatch_uid="slimy_site.roles.group_saved")
     post_delete.connect(_on_group_saved_or_deleted, sender=Group, dispatch_uid="slimy_site.roles.group_deleted")
 

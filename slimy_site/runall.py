@@ -70,10 +70,28 @@ class EmbeddedRedis:
         directory = self.data_dir / "redis"
         directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--maxmemory-policy", "noeviction", "--logfile", str(directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -163,8 +181,9 @@ class Supervisor:
         self.log("all processes stopped")
 
 
-def build_worker_children(*, processes: int, queues: list[str], python: str = sys.executable,
-                          reconciler_process: bool = False) -> list[Child]:
+def build_worker_children(
+    *, processes: int, queues: list[str], python: str = sys.executable, reconciler_process: bool = False
+) -> list[Child]:
     """`processes` worker runtimes, each serving every queue at its configured slots (queues.workers).
 
     The runtime runs the reconciler in-process (WORKER_RECONCILER); a separate reconciler process is
@@ -177,11 +196,24 @@ def build_worker_children(*, processes: int, queues: list[str], python: str = sy
     return children
 
 
-def build_children(*, host: str, port: int, processes: int = 1, queues: list[str] | None = None,
-                   python: str = sys.executable, reconciler_process: bool = False) -> list[Child]:
-    return [web_child(host=host, port=port, python=python),
-            *build_worker_children(processes=processes, queues=queues or ["chat", "database", "audit"],
-                                   python=python, reconciler_process=reconciler_process)]
+def build_children(
+    *,
+    host: str,
+    port: int,
+    processes: int = 1,
+    queues: list[str] | None = None,
+    python: str = sys.executable,
+    reconciler_process: bool = False,
+) -> list[Child]:
+    return [
+        web_child(host=host, port=port, python=python),
+        *build_worker_children(
+            processes=processes,
+            queues=queues or ["chat", "database", "audit"],
+            python=python,
+            reconciler_process=reconciler_process,
+        ),
+    ]
 
 
 def web_child(*, host: str, port: int, python: str = sys.executable, processes: int | None = None) -> Child:
@@ -189,10 +221,25 @@ def web_child(*, host: str, port: int, python: str = sys.executable, processes: 
     coroutines, the other routes run on WEB_THREADS threads per process (see slimy_site/asgi.py)."""
     from django.conf import settings
 
-    return Child("web", [python, "-m", "gunicorn", "slimy_site.asgi:application",
-                         "--worker-class", "slimy_site.web_worker.SlimyUvicornWorker",
-                         "--workers", str(processes or settings.WEB_PROCESSES), "--bind", f"{host}:{port}",
-                         # Streams end within a second of SIGTERM (they are told to reconnect elsewhere).
-                         "--graceful-timeout", "30", "--timeout", "120",
-                         # gunicorn's control socket has one fixed path: two instances would clash.
-                         "--no-control-socket"])
+    return Child(
+        "web",
+        [
+            python,
+            "-m",
+            "gunicorn",
+            "slimy_site.asgi:application",
+            "--worker-class",
+            "slimy_site.web_worker.SlimyUvicornWorker",
+            "--workers",
+            str(processes or settings.WEB_PROCESSES),
+            "--bind",
+            f"{host}:{port}",
+            # Streams end within a second of SIGTERM (they are told to reconnect elsewhere).
+            "--graceful-timeout",
+            "30",
+            "--timeout",
+            "120",
+            # gunicorn's control socket has one fixed path: two instances would clash.
+            "--no-control-socket",
+        ],
+    )

@@ -46,8 +46,13 @@ ERROR_CODES = {
     "database_unavailable": (503, "The database is unavailable; retry later."),
 }
 
-SUBMIT_ERROR_CODES = ("validation_error", "invalid_idempotency_key", "idempotency_key_reused", "queue_full",
-                      "queues_unavailable")
+SUBMIT_ERROR_CODES = (
+    "validation_error",
+    "invalid_idempotency_key",
+    "idempotency_key_reused",
+    "queue_full",
+    "queues_unavailable",
+)
 
 
 def error_responses(*codes: str) -> dict:
@@ -65,8 +70,12 @@ def _response(status: int, codes: list[str]) -> OpenApiResponse:
         response=ErrorSerializer,
         description="Error codes: " + ", ".join(f"`{c}`" for c in codes),
         examples=[
-            OpenApiExample(code, value={"ok": False, "error": code, "message": ERROR_CODES[code][1]},
-                           response_only=True, status_codes=[str(status)])
+            OpenApiExample(
+                code,
+                value={"ok": False, "error": code, "message": ERROR_CODES[code][1]},
+                response_only=True,
+                status_codes=[str(status)],
+            )
             for code in codes
         ],
     )
@@ -120,8 +129,9 @@ class SlimyAutoSchema(AutoSchema):
         if self._allowed_roles():
             common.append("permission_denied")
         if self.method in ("GET", "HEAD", "DELETE"):
-            common = [c for c in common if c not in ("malformed_request", "payload_too_large",
-                                                      "unsupported_media_type")]
+            common = [
+                c for c in common if c not in ("malformed_request", "payload_too_large", "unsupported_media_type")
+            ]
         if getattr(self.view, "permission_classes", None) and _is_public(self.view):
             common = [c for c in common if c not in ("not_authenticated", "authentication_failed")]
         for status, response in error_responses(*common).items():

@@ -49,8 +49,10 @@ def json_type_errors(fields, data) -> dict:
 
 # A character that is not white space, listed explicitly so that Python and the schema's ECMA-262
 # regexes agree on it: the union of what `str.isspace()` and ECMA's `\s` call white space.
-NON_BLANK_PATTERN = (r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-                     r"\ufeff]")
+NON_BLANK_PATTERN = (
+    r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    r"\ufeff]"
+)
 
 
 class NonBlankCharField(serializers.CharField):

@@ -26,16 +26,19 @@ def api_token_issue(*, user) -> str:
     digest is stored, so this is the one time it can be shown."""
     key = token_generate()
     days = settings.API_TOKEN_TTL_DAYS
-    ApiToken.objects.create(user=user, digest=token_digest(key),
-                            expires_at=timezone.now() + dt.timedelta(days=days) if days > 0 else None)
+    ApiToken.objects.create(
+        user=user, digest=token_digest(key), expires_at=timezone.now() + dt.timedelta(days=days) if days > 0 else None
+    )
     return key
 
 
 def user_create(*, username: str, role: str, email: str = "") -> tuple[AbstractBaseUser, str]:
     """A new user with `role` and an API token. Returns (user, token key); the key is shown once."""
     if role not in Role.values:
-        raise ValidationFailed(f"Unknown role {role!r}; choose one of {', '.join(Role.values)}.",
-                               details={"role": [f"Must be one of {', '.join(Role.values)}."]})
+        raise ValidationFailed(
+            f"Unknown role {role!r}; choose one of {', '.join(Role.values)}.",
+            details={"role": [f"Must be one of {', '.join(Role.values)}."]},
+        )
     User = get_user_model()
     username = (username or "").strip()
     field = cast(models.Field, User._meta.get_field(User.USERNAME_FIELD))  # a concrete field, not a relation
@@ -74,7 +77,8 @@ def token_revoke(*, username: str) -> bool:
     """Delete the user's tokens; True when there was one."""
     User = get_user_model()
     deleted, _ = ApiToken.objects.filter(
-        user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})).delete()
+        user__in=User._default_manager.filter(**{User.USERNAME_FIELD: username})
+    ).delete()
     return bool(deleted)
 
 
@@ -83,13 +87,19 @@ def login_lockouts_clear(*, attempt_ids, request) -> int:
     audit trail (`admin.login_lockout_clear`). Returns how many were cleared."""
     with transaction.atomic():
         attempts = AccessAttempt.objects.select_for_update().filter(pk__in=list(attempt_ids))
-        cleared = [{"username": a.username or "", "ipAddress": a.ip_address or "", "failures": a.failures_since_start}
-                   for a in attempts]
+        cleared = [
+            {"username": a.username or "", "ipAddress": a.ip_address or "", "failures": a.failures_since_start}
+            for a in attempts
+        ]
         attempts.delete()
         if cleared:
             usernames = sorted({c["username"] for c in cleared})
             account_action.send(
-                sender=None, request=request, action="admin.login_lockout_clear", resource_type="user",
-                resource_id=usernames[0] if len(usernames) == 1 else "", details={"cleared": cleared},
+                sender=None,
+                request=request,
+                action="admin.login_lockout_clear",
+                resource_type="user",
+                resource_id=usernames[0] if len(usernames) == 1 else "",
+                details={"cleared": cleared},
             )
     return len(cleared)

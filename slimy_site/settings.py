@@ -49,9 +49,7 @@ SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=HTTPS)
 # "<META header>=<value>" naming the header a TLS-terminating proxy sets (and strips from clients);
 # "none" trusts no header (TLS served by Django's own server).
 _proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", default="HTTP_X_FORWARDED_PROTO=https" if HTTPS else "none")
-SECURE_PROXY_SSL_HEADER = (
-    None if _proxy_ssl_header.lower() in ("", "none") else tuple(_proxy_ssl_header.split("=", 1))
-)
+SECURE_PROXY_SSL_HEADER = None if _proxy_ssl_header.lower() in ("", "none") else tuple(_proxy_ssl_header.split("=", 1))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -182,8 +180,12 @@ JOB_RECORD_RETENTION_DAYS = env.int("JOB_RECORD_RETENTION_DAYS", default=30)
 # drain audit events whose on-demand drain request was lost.
 PERIODIC_HOOKS = env.list(
     "PERIODIC_HOOKS",
-    default=["queues.services.job_records_expire", "audit.retention.audit_cleanup_schedule_next",
-             "audit.selectors.audit_chain_state", "audit.services.audit_drain_ensure"],
+    default=[
+        "queues.services.job_records_expire",
+        "audit.retention.audit_cleanup_schedule_next",
+        "audit.selectors.audit_chain_state",
+        "audit.services.audit_drain_ensure",
+    ],
 )
 PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
 # Extra modules defining job types (tests use it for their own job types).
@@ -228,10 +230,16 @@ API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 API_MAX_BODY_BYTES_BY_PATH = {"/api/audit-log": env.int("AUDIT_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)}
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, *API_MAX_BODY_BYTES_BY_PATH.values(), 2_621_440)
 # Per user and endpoint class (queues.api.throttling): "<scope>=<n>/<period>", "<scope>@<role>=..." per role.
-API_RATE_LIMITS = env.dict("API_RATE_LIMITS", default={
-    "submit": "120/min", "read": "1200/min", "write": "300/min",
-    "submit@service": "6000/min", "write@service": "6000/min",
-})
+API_RATE_LIMITS = env.dict(
+    "API_RATE_LIMITS",
+    default={
+        "submit": "120/min",
+        "read": "1200/min",
+        "write": "300/min",
+        "submit@service": "6000/min",
+        "write@service": "6000/min",
+    },
+)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

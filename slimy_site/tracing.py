@@ -63,6 +63,7 @@ def _traces_url(endpoint: str) -> str:
 
 def _instrument(provider) -> list:
     from opentelemetry.instrumentation.django import DjangoInstrumentor
+
     # The openai package talks HTTP through httpx2 (httpx's successor): that is the client to trace.
     from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor

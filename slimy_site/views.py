@@ -20,7 +20,7 @@ def readme_quick_start(*, path: Path) -> str:
     start = text.find(QUICK_START_HEADING)
     if start < 0:
         return ""
-    body = text[start + len(QUICK_START_HEADING):]
+    body = text[start + len(QUICK_START_HEADING) :]
     end = body.find("\n## ")
     return (body if end < 0 else body[:end]).strip()
 
@@ -57,18 +57,36 @@ def quick_start_blocks(text: str) -> list[dict]:
 
 def front_door(request):
     links = [
-        {"title": "Admin", "url": reverse("admin:index"), "id": "slimy-link-admin",
-         "text": "Jobs, the queue dashboard, conversations and the audit trail (staff accounts)."},
-        {"title": "API docs", "url": reverse("api-docs"), "id": "slimy-link-docs",
-         "text": "Every endpoint with its errors (OpenAPI, Swagger UI); the schema is at "
-                 f"{reverse('api-schema')}."},
-        {"title": "Health", "url": reverse("health-ready"), "id": "slimy-link-health",
-         "text": "Readiness of the database, Redis and migrations (JSON); liveness at "
-                 f"{reverse('health-live')}."},
-        {"title": "Quick start", "url": "#quick-start", "id": "slimy-link-quick-start",
-         "text": "How to run it, and what the first run shows (from README.md)."},
+        {
+            "title": "Admin",
+            "url": reverse("admin:index"),
+            "id": "slimy-link-admin",
+            "text": "Jobs, the queue dashboard, conversations and the audit trail (staff accounts).",
+        },
+        {
+            "title": "API docs",
+            "url": reverse("api-docs"),
+            "id": "slimy-link-docs",
+            "text": f"Every endpoint with its errors (OpenAPI, Swagger UI); the schema is at {reverse('api-schema')}.",
+        },
+        {
+            "title": "Health",
+            "url": reverse("health-ready"),
+            "id": "slimy-link-health",
+            "text": f"Readiness of the database, Redis and migrations (JSON); liveness at {reverse('health-live')}.",
+        },
+        {
+            "title": "Quick start",
+            "url": "#quick-start",
+            "id": "slimy-link-quick-start",
+            "text": "How to run it, and what the first run shows (from README.md).",
+        },
     ]
-    return render(request, "front_door.html", {
-        "links": links,
-        "quick_start": quick_start_blocks(readme_quick_start(path=Path(settings.BASE_DIR) / "README.md")),
-    })
+    return render(
+        request,
+        "front_door.html",
+        {
+            "links": links,
+            "quick_start": quick_start_blocks(readme_quick_start(path=Path(settings.BASE_DIR) / "README.md")),
+        },
+    )

@@ -1,10 +1,9 @@
 import os
 
-import tests.jobs  # noqa: F401  (registers the test job types)
-
 import pytest
 from django.conf import settings
 
+import tests.jobs  # noqa: F401  (registers the test job types)
 from tests.redis_server import RedisServer
 
 
@@ -18,8 +17,8 @@ def redis_server():
 @pytest.fixture(scope="session", autouse=True)
 def _private_redis(redis_server):
     """Point every Redis user (settings, django-rq, subprocesses) at the private server."""
-    from queues.constants import rq_queue_names
     from queues.connections import reset_connections
+    from queues.constants import rq_queue_names
 
     os.environ["REDIS_URL"] = redis_server.url
     settings.REDIS_URL = redis_server.url
@@ -73,8 +72,8 @@ def redis_conn():
 @pytest.fixture
 def run_worker():
     """Run jobs through a real RQ worker in this process until the queues are empty."""
-    from queues.constants import QueueName
     from queues.connections import get_connection
+    from queues.constants import QueueName
     from queues.worker import SlimySimpleWorker
 
     def run(queues=None, *, with_scheduler=True, max_jobs=None):

@@ -71,12 +71,13 @@ class FakeLLM:
         self.rejected = 0
 
     # --- control
-    def start(self) -> "FakeLLM":
+    def start(self) -> FakeLLM:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-llm", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -94,13 +95,13 @@ class FakeLLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def then(self, *behaviours: Behaviour) -> "FakeLLM":
+    def then(self, *behaviours: Behaviour) -> FakeLLM:
         """Answer the next requests with these behaviours, in order; afterwards with `default`."""
         with self._lock:
             self._script.extend(behaviours)
         return self
 
-    def always(self, behaviour: Behaviour) -> "FakeLLM":
+    def always(self, behaviour: Behaviour) -> FakeLLM:
         with self._lock:
             self.default = behaviour
             self._script.clear()
@@ -109,8 +110,9 @@ class FakeLLM:
     def release(self) -> None:
         self._released.set()
 
-    def rate_limit(self, *, requests: int | None = None, tokens: int | None = None, period: float = 60.0,
-                   send_headers: bool = True) -> "FakeLLM":
+    def rate_limit(
+        self, *, requests: int | None = None, tokens: int | None = None, period: float = 60.0, send_headers: bool = True
+    ) -> FakeLLM:
         with self._lock:
             self.limits = {"requests": requests, "tokens": tokens, "period": period, "headers": send_headers}
             self._window.clear()
@@ -127,8 +129,9 @@ class FakeLLM:
                 self._window.popleft()
             used_requests, used_tokens = len(self._window), sum(t for _, t in self._window)
             max_requests, max_tokens = self.limits["requests"], self.limits["tokens"]
-            admitted = (max_requests is None or used_requests + 1 <= max_requests) and \
-                       (max_tokens is None or used_tokens + tokens <= max_tokens)
+            admitted = (max_requests is None or used_requests + 1 <= max_requests) and (
+                max_tokens is None or used_tokens + tokens <= max_tokens
+            )
             if admitted:
                 self._window.append((now, tokens))
                 used_requests, used_tokens = used_requests + 1, used_tokens + tokens
@@ -141,13 +144,21 @@ class FakeLLM:
             per_minute = 60.0 / period  # OpenAI states limits per minute; a shorter test period scales them
             if self.limits["headers"]:
                 if max_requests is not None:
-                    headers.update({"x-ratelimit-limit-requests": str(round(max_requests * per_minute)),
-                                    "x-ratelimit-remaining-requests": str(max(max_requests - used_requests, 0)),
-                                    "x-ratelimit-reset-requests": f"{full_reset:.3f}s"})
+                    headers.update(
+                        {
+                            "x-ratelimit-limit-requests": str(round(max_requests * per_minute)),
+                            "x-ratelimit-remaining-requests": str(max(max_requests - used_requests, 0)),
+                            "x-ratelimit-reset-requests": f"{full_reset:.3f}s",
+                        }
+                    )
                 if max_tokens is not None:
-                    headers.update({"x-ratelimit-limit-tokens": str(round(max_tokens * per_minute)),
-                                    "x-ratelimit-remaining-tokens": str(max(max_tokens - used_tokens, 0)),
-                                    "x-ratelimit-reset-tokens": f"{full_reset:.3f}s"})
+                    headers.update(
+                        {
+                            "x-ratelimit-limit-tokens": str(round(max_tokens * per_minute)),
+                            "x-ratelimit-remaining-tokens": str(max(max_tokens - used_tokens, 0)),
+                            "x-ratelimit-reset-tokens": f"{full_reset:.3f}s",
+                        }
+                    )
             if not admitted:
                 headers["Retry-After"] = f"{max(first_free, 0.001):.3f}"
             return admitted, headers
@@ -187,24 +198,36 @@ class _Handler(BaseHTTPRequestHandler):
         if not admitted:
             with fake._lock:
                 fake._script.appendleft(behaviour)  # the scripted answer is for the next admitted request
-            return self._json(429, {"error": {"message": "Rate limit reached (fake)", "type": "requests",
-                                              "code": "rate_limit_exceeded"}}, limit_headers)
+            return self._json(
+                429,
+                {"error": {"message": "Rate limit reached (fake)", "type": "requests", "code": "rate_limit_exceeded"}},
+                limit_headers,
+            )
         if behaviour.delay_before:
             time.sleep(behaviour.delay_before)
         if behaviour.status != 200:
             headers = {"Retry-After": behaviour.retry_after} if behaviour.retry_after else {}
             headers.update(limit_headers)
-            return self._json(behaviour.status, {"error": {"message": f"fake {behaviour.status}",
-                                                           "type": behaviour.error_type}}, headers)
+            return self._json(
+                behaviour.status,
+                {"error": {"message": f"fake {behaviour.status}", "type": behaviour.error_type}},
+                headers,
+            )
         if body.get("stream"):
             return self._stream(body, behaviour, limit_headers)
         text = "".join(behaviour.deltas())
-        return self._json(200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": behaviour.model or body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": _usage(behaviour, len(behaviour.deltas())),
-        }, limit_headers)
+        return self._json(
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": behaviour.model or body.get("model", "fake"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": _usage(behaviour, len(behaviour.deltas())),
+            },
+            limit_headers,
+        )
 
     def _json(self, status, payload, headers=None):
         data = json.dumps(payload).encode()
@@ -227,8 +250,12 @@ class _Handler(BaseHTTPRequestHandler):
         deltas = behaviour.deltas()
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         try:
-            self._event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "finish_reason": None}]})
+            self._event(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
             for sent, delta in enumerate(deltas):
                 if self._interrupt(behaviour, sent):
                     return
@@ -275,5 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _usage(behaviour: Behaviour, completion_tokens: int) -> dict:
-    return {"prompt_tokens": behaviour.prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": behaviour.prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": behaviour.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": behaviour.prompt_tokens + completion_tokens,
+    }

@@ -141,8 +141,10 @@ class EffectJob(JobDefinition):
         from django.db import connection, transaction
 
         with connection.cursor() as cursor:
-            cursor.execute("INSERT INTO test_fault_run (job_id, attempt, pid) VALUES (%s, %s, %s)",
-                           [context.job_id, context.attempt, os.getpid()])
+            cursor.execute(
+                "INSERT INTO test_fault_run (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                [context.job_id, context.attempt, os.getpid()],
+            )
         deadline = time.monotonic() + payload["seconds"]
         while time.monotonic() < deadline:
             time.sleep(0.05)
@@ -152,8 +154,10 @@ class EffectJob(JobDefinition):
                 cursor.execute("SELECT 1 FROM test_fault_effect WHERE job_id = %s", [context.job_id])
                 if cursor.fetchone():
                     return {"written": False}
-            cursor.execute("INSERT INTO test_fault_effect (job_id, attempt, pid) VALUES (%s, %s, %s)",
-                           [context.job_id, context.attempt, os.getpid()])
+            cursor.execute(
+                "INSERT INTO test_fault_effect (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                [context.job_id, context.attempt, os.getpid()],
+            )
         return {"written": True}
 
 

@@ -17,8 +17,9 @@ def database_url() -> str:
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
-    return (f"postgres://{db.get('USER') or 'root'}@{db.get('HOST') or '127.0.0.1'}:"
-            f"{db.get('PORT') or 5432}/{db['NAME']}")
+    return (
+        f"postgres://{db.get('USER') or 'root'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    )
 
 
 def process_env(redis_url: str, **extra) -> dict:
@@ -40,8 +41,9 @@ class Proc:
     def __init__(self, argv, env, log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -74,8 +76,17 @@ class Proc:
 FORKING = "queues.worker.SlimyWorker"
 
 
-def start_worker(tmp_path, env, queues=("chat", "database", "audit"), *, name=None, simple=False,
-                 scheduler=True, burst=False, worker_class=None) -> Proc:
+def start_worker(
+    tmp_path,
+    env,
+    queues=("chat", "database", "audit"),
+    *,
+    name=None,
+    simple=False,
+    scheduler=True,
+    burst=False,
+    worker_class=None,
+) -> Proc:
     """`manage.py rqworker`: the worker runtime by default; `worker_class=FORKING` for the forking worker."""
     argv = [sys.executable, "manage.py", "rqworker", *queues]
     if worker_class:

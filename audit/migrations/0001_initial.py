@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,62 +14,97 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AuditChainGap',
+            name="AuditChainGap",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('after_id', models.BigIntegerField(unique=True)),
-                ('first_deleted_id', models.BigIntegerField()),
-                ('last_deleted_id', models.BigIntegerField()),
-                ('last_hash', models.CharField(max_length=64)),
-                ('deleted_count', models.BigIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("after_id", models.BigIntegerField(unique=True)),
+                ("first_deleted_id", models.BigIntegerField()),
+                ("last_deleted_id", models.BigIntegerField()),
+                ("last_hash", models.CharField(max_length=64)),
+                ("deleted_count", models.BigIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name': 'audit retention checkpoint',
-                'ordering': ['after_id'],
+                "verbose_name": "audit retention checkpoint",
+                "ordering": ["after_id"],
             },
         ),
         migrations.CreateModel(
-            name='AuditChainHead',
+            name="AuditChainHead",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
-                ('last_id', models.BigIntegerField(default=0)),
-                ('last_hash', models.CharField(default='0000000000000000000000000000000000000000000000000000000000000000', max_length=64)),
-                ('length', models.BigIntegerField(default=0, help_text='Rows ever appended.')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
+                ("last_id", models.BigIntegerField(default=0)),
+                (
+                    "last_hash",
+                    models.CharField(
+                        default="0000000000000000000000000000000000000000000000000000000000000000", max_length=64
+                    ),
+                ),
+                ("length", models.BigIntegerField(default=0, help_text="Rows ever appended.")),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'audit chain head',
+                "verbose_name": "audit chain head",
             },
         ),
         migrations.CreateModel(
-            name='AuditLog',
+            name="AuditLog",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('event_id', models.UUIDField(editable=False, unique=True)),
-                ('occurred_at', models.DateTimeField()),
-                ('recorded_at', models.DateTimeField()),
-                ('actor_ref', models.BigIntegerField(blank=True, help_text="The actor's user id, kept after deletion.", null=True)),
-                ('actor_label', models.CharField(blank=True, default='', help_text="The actor's username then.", max_length=150)),
-                ('action', models.CharField(max_length=100)),
-                ('resource_type', models.CharField(blank=True, default='', max_length=100)),
-                ('resource_id', models.CharField(blank=True, default='', max_length=255)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.CharField(blank=True, default='', max_length=512)),
-                ('session_id', models.CharField(blank=True, default='', max_length=128)),
-                ('request_id', models.CharField(blank=True, default='', max_length=64)),
-                ('success', models.BooleanField(default=True)),
-                ('error_message', models.TextField(blank=True, default='')),
-                ('prev_hash', models.CharField(max_length=64)),
-                ('row_hash', models.CharField(max_length=64)),
-                ('actor', models.ForeignKey(blank=True, db_column='actor_user_id', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audit_events', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("event_id", models.UUIDField(editable=False, unique=True)),
+                ("occurred_at", models.DateTimeField()),
+                ("recorded_at", models.DateTimeField()),
+                (
+                    "actor_ref",
+                    models.BigIntegerField(
+                        blank=True, help_text="The actor's user id, kept after deletion.", null=True
+                    ),
+                ),
+                (
+                    "actor_label",
+                    models.CharField(blank=True, default="", help_text="The actor's username then.", max_length=150),
+                ),
+                ("action", models.CharField(max_length=100)),
+                ("resource_type", models.CharField(blank=True, default="", max_length=100)),
+                ("resource_id", models.CharField(blank=True, default="", max_length=255)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.CharField(blank=True, default="", max_length=512)),
+                ("session_id", models.CharField(blank=True, default="", max_length=128)),
+                ("request_id", models.CharField(blank=True, default="", max_length=64)),
+                ("success", models.BooleanField(default=True)),
+                ("error_message", models.TextField(blank=True, default="")),
+                ("prev_hash", models.CharField(max_length=64)),
+                ("row_hash", models.CharField(max_length=64)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        db_column="actor_user_id",
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="audit_events",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'audit log entry',
-                'verbose_name_plural': 'audit log',
-                'ordering': ['-occurred_at', '-id'],
-                'indexes': [models.Index(fields=['-occurred_at', '-id'], name='audit_occurred'), models.Index(fields=['actor_ref', '-occurred_at', '-id'], name='audit_actor_occurred'), models.Index(fields=['action', '-occurred_at', '-id'], name='audit_action_occurred'), models.Index(fields=['resource_type', 'resource_id', '-occurred_at', '-id'], name='audit_resource_occurred'), models.Index(condition=models.Q(('request_id', ''), _negated=True), fields=['request_id'], name='audit_request_id')],
+                "verbose_name": "audit log entry",
+                "verbose_name_plural": "audit log",
+                "ordering": ["-occurred_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["-occurred_at", "-id"], name="audit_occurred"),
+                    models.Index(fields=["actor_ref", "-occurred_at", "-id"], name="audit_actor_occurred"),
+                    models.Index(fields=["action", "-occurred_at", "-id"], name="audit_action_occurred"),
+                    models.Index(
+                        fields=["resource_type", "resource_id", "-occurred_at", "-id"], name="audit_resource_occurred"
+                    ),
+                    models.Index(
+                        condition=models.Q(("request_id", ""), _negated=True),
+                        fields=["request_id"],
+                        name="audit_request_id",
+                    ),
+                ],
             },
         ),
     ]

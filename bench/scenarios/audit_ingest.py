@@ -35,8 +35,14 @@ WORKER = "queues.batchworker.SlimyBatchWorker"
 
 
 def _event(i: int) -> dict:
-    return {"eventId": str(uuid.uuid4()), "occurredAt": timezone.now().isoformat(), "action": "bench.event",
-            "resourceType": "bench", "resourceId": str(i), "details": {"i": i}}
+    return {
+        "eventId": str(uuid.uuid4()),
+        "occurredAt": timezone.now().isoformat(),
+        "action": "bench.event",
+        "resourceType": "bench",
+        "resourceId": str(i),
+        "details": {"i": i},
+    }
 
 
 def _audit_clear() -> None:
@@ -46,8 +52,18 @@ def _audit_clear() -> None:
 
 
 def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, **_) -> Result:
-    result = Result(NAME, env, params=dict(events=jobs, processes=processes, repeat=repeat, worker=WORKER,
-                                           baseline_events=min(jobs, BASELINE_MAX_EVENTS), bulk_job_size=1000))
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            events=jobs,
+            processes=processes,
+            repeat=repeat,
+            worker=WORKER,
+            baseline_events=min(jobs, BASELINE_MAX_EVENTS),
+            bulk_job_size=1000,
+        ),
+    )
     rounds = {"baseline": [], "copy": [], "record": [], "bulk": [], "record_produce": []}
     for _ in range(repeat):
         rounds["baseline"].append(_baseline_rate(env, min(jobs, BASELINE_MAX_EVENTS), processes))
@@ -63,8 +79,9 @@ def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, **_) -> Result
     result.add("audit_event_record -> rows vs COPY", record, "events/s", COPY_BASELINE, copy)
     result.add("bulk jobs (1,000 events) -> rows vs COPY", bulk, "events/s", COPY_BASELINE, copy)
     result.details["rounds"] = rounds
-    result.details["note"] = ("record_produce = audit_event_record calls/s in one process (the producer side, "
-                              "not part of the figure)")
+    result.details["note"] = (
+        "record_produce = audit_event_record calls/s in one process (the producer side, not part of the figure)"
+    )
     return result
 
 
@@ -108,8 +125,9 @@ def _bulk_rate(env: BenchEnv, events: int, processes: int) -> float:
     ledger_clear()
     _audit_clear()
     for start in range(0, events, 1000):
-        job_enqueue(job_type="log_events_bulk",
-                    payload={"events": [_event(i) for i in range(start, min(start + 1000, events))]})
+        job_enqueue(
+            job_type="log_events_bulk", payload={"events": [_event(i) for i in range(start, min(start + 1000, events))]}
+        )
     return _drain(env, processes, events)
 
 
@@ -125,12 +143,19 @@ def _baseline_rate(env: BenchEnv, events: int, processes: int) -> float:
     ids = []
     for start in range(0, events, 500):
         with conn.pipeline() as pipe:
-            batch = queue.enqueue_many([Queue.prepare_data("bench.baseline.audit_create", args=(_event(i),))
-                                        for i in range(start, min(start + 500, events))], pipeline=pipe)
+            batch = queue.enqueue_many(
+                [
+                    Queue.prepare_data("bench.baseline.audit_create", args=(_event(i),))
+                    for i in range(start, min(start + 500, events))
+                ],
+                pipeline=pipe,
+            )
             pipe.execute()
         ids += [job.id for job in batch]
-    procs = [harness.rq_worker(env, [BASELINE_QUEUE], name=f"audit-rq-{i}", burst=True, django=True)
-             for i in range(processes)]
+    procs = [
+        harness.rq_worker(env, [BASELINE_QUEUE], name=f"audit-rq-{i}", burst=True, django=True)
+        for i in range(processes)
+    ]
     for proc in procs:
         proc.wait(900)
         proc.stop()
@@ -157,15 +182,37 @@ def _copy_rate(events: int) -> float:
 
     _audit_clear()
     now = timezone.now()
-    rows = [(uuid.UUID(e["eventId"]), parse_datetime(e["occurredAt"]), now, None, None, "", e["action"],
-             e["resourceType"], e["resourceId"], json.dumps(e["details"]), None, "", "", "", True, "", "0" * 64,
-             "0" * 64) for e in map(_event, range(events))]
+    rows = [
+        (
+            uuid.UUID(e["eventId"]),
+            parse_datetime(e["occurredAt"]),
+            now,
+            None,
+            None,
+            "",
+            e["action"],
+            e["resourceType"],
+            e["resourceId"],
+            json.dumps(e["details"]),
+            None,
+            "",
+            "",
+            "",
+            True,
+            "",
+            "0" * 64,
+            "0" * 64,
+        )
+        for e in map(_event, range(events))
+    ]
     started = time.perf_counter()
     with transaction.atomic(), connection.cursor() as cursor:
-        with cursor.cursor.copy("COPY audit_auditlog (event_id, occurred_at, recorded_at, actor_user_id, actor_ref, "
-                                "actor_label, action, resource_type, resource_id, details, ip, user_agent, "
-                                "session_id, request_id, success, error_message, prev_hash, row_hash) "
-                                "FROM STDIN") as copy:
+        with cursor.cursor.copy(
+            "COPY audit_auditlog (event_id, occurred_at, recorded_at, actor_user_id, actor_ref, "
+            "actor_label, action, resource_type, resource_id, details, ip, user_agent, "
+            "session_id, request_id, success, error_message, prev_hash, row_hash) "
+            "FROM STDIN"
+        ) as copy:
             for row in rows:
                 copy.write_row(row)
     rate = events / (time.perf_counter() - started)

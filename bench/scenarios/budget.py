@@ -25,8 +25,13 @@ def run(env: BenchEnv, *, jobs: int, seconds: float = 20.0, clients: int = 12, p
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
     limit_per_minute = jobs * 60 / period
-    result = Result(NAME, env, params=dict(provider_limit=f"{jobs} requests / {period:g} s",
-                                           rpm=limit_per_minute, seconds=seconds, clients=clients))
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            provider_limit=f"{jobs} requests / {period:g} s", rpm=limit_per_minute, seconds=seconds, clients=clients
+        ),
+    )
     fake = FakeLLM().start()
     fake.always(Behaviour(text="ok"))
     try:
@@ -35,13 +40,30 @@ def run(env: BenchEnv, *, jobs: int, seconds: float = 20.0, clients: int = 12, p
     finally:
         fake.stop()
     ceiling = jobs / period
-    result.add("answered requests/s", budgeted["ok"] / seconds, "req/s", BASELINE, plain["ok"] / seconds,
-               note=f"the provider's ceiling is {ceiling:g} req/s")
-    result.add("answered requests/s as share of the limit", budgeted["ok"] / seconds / ceiling, "share",
-               BASELINE, plain["ok"] / seconds / ceiling)
+    result.add(
+        "answered requests/s",
+        budgeted["ok"] / seconds,
+        "req/s",
+        BASELINE,
+        plain["ok"] / seconds,
+        note=f"the provider's ceiling is {ceiling:g} req/s",
+    )
+    result.add(
+        "answered requests/s as share of the limit",
+        budgeted["ok"] / seconds / ceiling,
+        "share",
+        BASELINE,
+        plain["ok"] / seconds / ceiling,
+    )
     # +1 so a perfect run (zero 429s) still gives a ratio; the details keep the raw counts.
-    result.add("429s sent by the provider (+1)", budgeted["429"] + 1, "responses", BASELINE, plain["429"] + 1,
-               higher_is_better=False)
+    result.add(
+        "429s sent by the provider (+1)",
+        budgeted["429"] + 1,
+        "responses",
+        BASELINE,
+        plain["429"] + 1,
+        higher_is_better=False,
+    )
     result.details = {"budget": budgeted, BASELINE: plain}
     return result
 
@@ -70,9 +92,11 @@ def _measure(env: BenchEnv, fake, jobs, period, seconds, clients, *, rpm):
                     budget_wait_sync(tokens=1, rpm=rpm, tpm=0, conn=own)
                     if time.monotonic() >= deadline[0]:
                         return
-                response = http.post(f"{fake.base_url}/chat/completions",
-                                     headers={"Authorization": f"Bearer {fake.api_key}"},
-                                     json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                response = http.post(
+                    f"{fake.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {fake.api_key}"},
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                )
                 if rpm:
                     budget_observe_sync(headers=response.headers, rpm=rpm, tpm=0, conn=own)
                 with lock:

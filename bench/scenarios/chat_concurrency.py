@@ -43,30 +43,60 @@ BASELINE = "SlimyThreadWorker, WORKER_THREADS = level"
 def run(env: BenchEnv, *, levels, reply_seconds: float, chunks: int, timeout: float, **_) -> Result:
     from bench.llm_server import ProviderProcess
 
-    provider = ProviderProcess(chunks=chunks, reply_seconds=reply_seconds, cwd=ROOT,
-                               log_path=env.log_dir / "provider.log")
-    result = Result(NAME, env, params=dict(levels=list(levels), reply_seconds=reply_seconds, chunks=chunks,
-                                           timeout_s=timeout, processes=1, baseline=THREADED))
+    provider = ProviderProcess(
+        chunks=chunks, reply_seconds=reply_seconds, cwd=ROOT, log_path=env.log_dir / "provider.log"
+    )
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            levels=list(levels),
+            reply_seconds=reply_seconds,
+            chunks=chunks,
+            timeout_s=timeout,
+            processes=1,
+            baseline=THREADED,
+        ),
+    )
     llm_env = dict(OPENAI_API_KEY=provider.api_key, OPENAI_BASE_URL=provider.base_url, LOG_LEVEL="WARNING")
     try:
         for level in levels:
             # Every reply is the one bench user's (one tenant): its fair-dequeue cap is lifted to the level,
             # this scenario measures one process's concurrency (`fairness` measures the cap).
-            ours = chat_round(env, provider, worker_class=None, level=level, timeout=timeout,
-                              CHAT_CONCURRENCY=level, CHAT_TENANT_CONCURRENCY=level, **llm_env)
-            base = chat_round(env, provider, worker_class=THREADED, level=level, timeout=timeout,
-                              CHAT_CONCURRENCY=level, CHAT_TENANT_CONCURRENCY=level, WORKER_THREADS=level,
-                              **llm_env)
+            ours = chat_round(
+                env,
+                provider,
+                worker_class=None,
+                level=level,
+                timeout=timeout,
+                CHAT_CONCURRENCY=level,
+                CHAT_TENANT_CONCURRENCY=level,
+                **llm_env,
+            )
+            base = chat_round(
+                env,
+                provider,
+                worker_class=THREADED,
+                level=level,
+                timeout=timeout,
+                CHAT_CONCURRENCY=level,
+                CHAT_TENANT_CONCURRENCY=level,
+                WORKER_THREADS=level,
+                **llm_env,
+            )
             result.details[str(level)] = {"default": ours, "baseline": base}
             note = f"{_verdict(ours)}; baseline {_verdict(base)}"
-            for label, key, unit, higher in (("jobs/s", "jobs_per_s", "jobs/s", True),
-                                             ("wall time", "wall_s", "s", False),
-                                             ("peak PostgreSQL sessions", "peak_sessions", "sessions", False),
-                                             ("PostgreSQL sessions opened", "sessions_opened", "sessions", False),
-                                             ("peak PSS", "peak_pss_mb", "MB", False),
-                                             ("CPU per reply", "cpu_ms_per_reply", "ms", False)):
-                result.add(f"{label} at {level}", ours[key], unit, BASELINE, base[key], higher_is_better=higher,
-                           note=note)
+            for label, key, unit, higher in (
+                ("jobs/s", "jobs_per_s", "jobs/s", True),
+                ("wall time", "wall_s", "s", False),
+                ("peak PostgreSQL sessions", "peak_sessions", "sessions", False),
+                ("PostgreSQL sessions opened", "sessions_opened", "sessions", False),
+                ("peak PSS", "peak_pss_mb", "MB", False),
+                ("CPU per reply", "cpu_ms_per_reply", "ms", False),
+            ):
+                result.add(
+                    f"{label} at {level}", ours[key], unit, BASELINE, base[key], higher_is_better=higher, note=note
+                )
     finally:
         provider.stop()
     return result
@@ -76,8 +106,10 @@ def _verdict(round_: dict) -> str:
     if round_["finished"]:
         verdict = f"{round_['correct']}/{round_['jobs']} correct"
     else:
-        verdict = (f"did not finish: {round_['correct']}/{round_['jobs']} correct after {round_['wall_s']:g} s"
-                   f" (bound {round_['timeout_s']:g} s)")
+        verdict = (
+            f"did not finish: {round_['correct']}/{round_['jobs']} correct after {round_['wall_s']:g} s"
+            f" (bound {round_['timeout_s']:g} s)"
+        )
     if round_["jobs"] >= round_["free_connections_before"]:
         verdict += f", PostgreSQL had {round_['free_connections_before']} free connections"
     return verdict
@@ -113,8 +145,9 @@ def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int,
     if worker_class is None:
         proc = harness.default_worker(env, ["chat"], name=name, DATABASE_URL=database_url, **worker_env)
     else:
-        proc = harness.slimy_worker(env, ["chat"], worker_class, name=name, burst=False, DATABASE_URL=database_url,
-                                    **worker_env)
+        proc = harness.slimy_worker(
+            env, ["chat"], worker_class, name=name, burst=False, DATABASE_URL=database_url, **worker_env
+        )
     sampler = None
     free_connections = _free_connections()
     try:
@@ -133,12 +166,21 @@ def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int,
         proc.stop()
     correct, problems = _check(ids, provider.text)
     data = {
-        "worker": worker_class or "default", "jobs": level, "timeout_s": timeout, "finished": outcome["finished"],
-        "correct": correct, "problems": problems[:5], "problem_count": len(problems),
+        "worker": worker_class or "default",
+        "jobs": level,
+        "timeout_s": timeout,
+        "finished": outcome["finished"],
+        "correct": correct,
+        "problems": problems[:5],
+        "problem_count": len(problems),
         "wall_s": round(outcome["wall_s"] if outcome["finished"] else elapsed, 3),
-        "peak_sessions": sampler.peak_sessions, "sessions_opened": sampler.sessions_opened,
-        "peak_pss_mb": round(sampler.peak_pss_mb, 1), "cpu_s": round(cpu, 3), "samples": sampler.samples,
-        "free_connections_before": free_connections, "log": str(proc.log_path),
+        "peak_sessions": sampler.peak_sessions,
+        "sessions_opened": sampler.sessions_opened,
+        "peak_pss_mb": round(sampler.peak_pss_mb, 1),
+        "cpu_s": round(cpu, 3),
+        "samples": sampler.samples,
+        "free_connections_before": free_connections,
+        "log": str(proc.log_path),
     }
     data["jobs_per_s"] = round(correct / data["wall_s"], 3) if data["wall_s"] else 0.0
     data["cpu_ms_per_reply"] = round(cpu * 1000 / correct, 3) if correct else 0.0
@@ -148,8 +190,9 @@ def chat_round(env: BenchEnv, provider, *, worker_class: str | None, level: int,
 def _submit(owner, level: int) -> list[str]:
     from chat.models import Conversation
 
-    conversations = Conversation.objects.bulk_create([Conversation(owner=owner, title=f"bench {i}")
-                                                      for i in range(level)])
+    conversations = Conversation.objects.bulk_create(
+        [Conversation(owner=owner, title=f"bench {i}") for i in range(level)]
+    )
     payloads = [{"prompt": f"hello {i}", "conversationId": str(c.pk)} for i, c in enumerate(conversations)]
     return ledger_jobs_prepare(job_type="chat_bot_interaction", count=level, payloads=payloads, owner=owner)
 
@@ -179,15 +222,20 @@ def _check(ids, text: str) -> tuple[int, list[str]]:
     from queues.constants import JobStatus
     from queues.models import JobRecord
 
-    saved = dict(Message.objects.filter(job_id__in=[reply_job_id(i) for i in ids], role=MessageRole.ASSISTANT)
-                 .values_list("job_id", "content"))
+    saved = dict(
+        Message.objects.filter(job_id__in=[reply_job_id(i) for i in ids], role=MessageRole.ASSISTANT).values_list(
+            "job_id", "content"
+        )
+    )
     correct, problems = 0, []
     for record in JobRecord.objects.filter(pk__in=ids):
         result = record.result or {}
         if record.status != JobStatus.COMPLETED:
             problems.append(f"{record.pk}: {record.status} {record.error_code} {record.error_message[:200]}")
         elif result.get("usedFallback") or result.get("reply") != text:
-            problems.append(f"{record.pk}: reply {result.get('reply')!r:.80} (fallback: {result.get('fallbackReason')})")
+            problems.append(
+                f"{record.pk}: reply {result.get('reply')!r:.80} (fallback: {result.get('fallbackReason')})"
+            )
         elif saved.get(reply_job_id(record.pk)) != text:
             problems.append(f"{record.pk}: saved reply {saved.get(reply_job_id(record.pk))!r:.80}")
         else:

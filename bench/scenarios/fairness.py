@@ -33,36 +33,82 @@ BASELINE = "plain FIFO"
 JOB_TYPE = "bench_guild_reply"
 
 
-def run(env: BenchEnv, *, jobs: int, small: int = 10, guilds: int = 4, processes: int = 2, concurrency: int = 5,
-        reply: float = 0.1, cap: int = 2, timeout: float = 600.0, **_) -> Result:
+def run(
+    env: BenchEnv,
+    *,
+    jobs: int,
+    small: int = 10,
+    guilds: int = 4,
+    processes: int = 2,
+    concurrency: int = 5,
+    reply: float = 0.1,
+    cap: int = 2,
+    timeout: float = 600.0,
+    **_,
+) -> Result:
     payloads = [{"guildId": "A", "seconds": reply} for _ in range(jobs)]
     for g in range(guilds):
         payloads += [{"guildId": chr(ord("B") + g), "seconds": reply} for _ in range(small)]
-    result = Result(NAME, env, params=dict(
-        big_guild_jobs=jobs, small_guilds=guilds, small_guild_jobs=small, worker_processes=processes,
-        chat_concurrency=concurrency, slots=processes * concurrency, reply_s=reply, tenant_cap=cap,
-        workers="manage.py rqworker chat (the runtime), real processes"))
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            big_guild_jobs=jobs,
+            small_guilds=guilds,
+            small_guild_jobs=small,
+            worker_processes=processes,
+            chat_concurrency=concurrency,
+            slots=processes * concurrency,
+            reply_s=reply,
+            tenant_cap=cap,
+            workers="manage.py rqworker chat (the runtime), real processes",
+        ),
+    )
     fifo = _round(env, payloads, fair=False, processes=processes, concurrency=concurrency, cap=cap, timeout=timeout)
     fair = _round(env, payloads, fair=True, processes=processes, concurrency=concurrency, cap=cap, timeout=timeout)
     small_fifo, small_fair = fifo["small"], fair["small"]
-    result.add("small guilds p95 completion", percentile(small_fair, 95), "s", BASELINE,
-               percentile(small_fifo, 95), higher_is_better=False)
-    result.add("small guilds p95 completion in reply-times", percentile(small_fair, 95) / reply, "replies",
-               BASELINE, percentile(small_fifo, 95) / reply, higher_is_better=False)
-    result.add("guild A last completion", max(fair["big"]), "s", BASELINE, max(fifo["big"]), higher_is_better=False,
-               note="the per-tenant cap keeps A to `cap` slots even when others are idle")
+    result.add(
+        "small guilds p95 completion",
+        percentile(small_fair, 95),
+        "s",
+        BASELINE,
+        percentile(small_fifo, 95),
+        higher_is_better=False,
+    )
+    result.add(
+        "small guilds p95 completion in reply-times",
+        percentile(small_fair, 95) / reply,
+        "replies",
+        BASELINE,
+        percentile(small_fifo, 95) / reply,
+        higher_is_better=False,
+    )
+    result.add(
+        "guild A last completion",
+        max(fair["big"]),
+        "s",
+        BASELINE,
+        max(fifo["big"]),
+        higher_is_better=False,
+        note="the per-tenant cap keeps A to `cap` slots even when others are idle",
+    )
     result.details = {"fair": _summary(fair), BASELINE: _summary(fifo)}
     return result
 
 
 def _summary(data: dict) -> dict:
-    return {"small_p50_s": round(percentile(data["small"], 50), 3), "small_max_s": round(max(data["small"]), 3),
-            "big_p50_s": round(percentile(data["big"], 50), 3), "big_most_at_once": data["big_most_at_once"],
-            "submit_s": round(data["submit_s"], 3), "finished": data["finished"], "logs": data["logs"]}
+    return {
+        "small_p50_s": round(percentile(data["small"], 50), 3),
+        "small_max_s": round(max(data["small"]), 3),
+        "big_p50_s": round(percentile(data["big"], 50), 3),
+        "big_most_at_once": data["big_most_at_once"],
+        "submit_s": round(data["submit_s"], 3),
+        "finished": data["finished"],
+        "logs": data["logs"],
+    }
 
 
-def _round(env: BenchEnv, payloads, *, fair: bool, processes: int, concurrency: int, cap: int,
-           timeout: float) -> dict:
+def _round(env: BenchEnv, payloads, *, fair: bool, processes: int, concurrency: int, cap: int, timeout: float) -> dict:
     from queues.constants import JobStatus, QueueName
     from queues.keys import alive_key
     from queues.models import JobRecord
@@ -74,15 +120,26 @@ def _round(env: BenchEnv, payloads, *, fair: bool, processes: int, concurrency: 
     fair_queues = [QueueName.CHAT] if fair else []
     tag = "fair" if fair else "fifo"
     names = [f"fairness-{tag}-{i}" for i in range(processes)]
-    procs = [harness.default_worker(env, ["chat"], name=name, CHAT_CONCURRENCY=concurrency,
-                                    CHAT_TENANT_CONCURRENCY=cap, FAIR_QUEUES=",".join(fair_queues))
-             for name in names]
+    procs = [
+        harness.default_worker(
+            env,
+            ["chat"],
+            name=name,
+            CHAT_CONCURRENCY=concurrency,
+            CHAT_TENANT_CONCURRENCY=cap,
+            FAIR_QUEUES=",".join(fair_queues),
+        )
+        for name in names
+    ]
     try:
         with override_settings(FAIR_QUEUES=fair_queues, CHAT_TENANT_CONCURRENCY=cap):
             harness.wait_until(lambda: all(conn.exists(alive_key(n)) for n in names), 120, "the workers to start")
             warm = job_enqueue(job_type="bench_noop_chat", payload={})
-            harness.wait_until(lambda: JobRecord.objects.filter(pk=warm.pk, status=JobStatus.COMPLETED).exists(),
-                               120, "the warm-up job")
+            harness.wait_until(
+                lambda: JobRecord.objects.filter(pk=warm.pk, status=JobStatus.COMPLETED).exists(),
+                120,
+                "the warm-up job",
+            )
             queue_pause(queue=QueueName.CHAT, reason="bench fairness: submitting")
             time.sleep(1.5)  # workers see a pause within a second
             began = time.monotonic()
@@ -99,13 +156,18 @@ def _round(env: BenchEnv, payloads, *, fair: bool, processes: int, concurrency: 
     finally:
         for proc in procs:
             proc.stop()
-    rows = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.COMPLETED)
-                .values_list("tenant", "started_at", "finished_at"))
+    rows = list(
+        JobRecord.objects.filter(pk__in=ids, status=JobStatus.COMPLETED).values_list(
+            "tenant", "started_at", "finished_at"
+        )
+    )
     t0 = min(started for _, started, _ in rows)
     big = [(s, f) for tenant, s, f in rows if tenant == "A"]
     return {
         "small": [(f - t0).total_seconds() for tenant, _, f in rows if tenant != "A"],
         "big": [(f - t0).total_seconds() for _, f in big],
         "big_most_at_once": max(sum(1 for s, f in big if s <= moment < f) for moment, _ in big),
-        "submit_s": submit_s, "finished": finished, "logs": [str(p.log_path) for p in procs],
+        "submit_s": submit_s,
+        "finished": finished,
+        "logs": [str(p.log_path) for p in procs],
     }

@@ -28,8 +28,9 @@ from bench.probes import tree_cpu_seconds, tree_processes, tree_pss_bytes
 NAME = "footprint"
 DEFAULTS = dict(idle=10.0, ready_timeout=300.0, overrides=None)
 # Smoke checks the machinery, not the figure: one slot per queue keeps it to a few processes.
-SMOKE = dict(idle=1.0, ready_timeout=300.0, overrides={"CHAT_CONCURRENCY": 1, "DATABASE_CONCURRENCY": 1,
-                                                        "AUDIT_CONCURRENCY": 1})
+SMOKE = dict(
+    idle=1.0, ready_timeout=300.0, overrides={"CHAT_CONCURRENCY": 1, "DATABASE_CONCURRENCY": 1, "AUDIT_CONCURRENCY": 1}
+)
 BASELINE = "one web process (gunicorn gthread, 1 worker)"
 
 
@@ -39,31 +40,72 @@ def _not_redis(proc) -> bool:
 
 def run(env: BenchEnv, *, idle: float, ready_timeout: float, overrides: dict | None, **_) -> Result:
     overrides = overrides or {}
-    result = Result(NAME, env, params=dict(idle_s=idle, command="manage.py runall (make run)",
-                                           settings=overrides or "defaults", baseline=BASELINE))
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            idle_s=idle, command="manage.py runall (make run)", settings=overrides or "defaults", baseline=BASELINE
+        ),
+    )
     from bench.ledger import ledger_clear
 
     data_dir = Path(tempfile.mkdtemp(prefix="footprint-", dir=env.log_dir))
     env.redis().flushdb()
     ledger_clear()  # idle means idle: no queued records for the reconciler to push
     port = harness.free_port()
-    system = _measure(env, [sys.executable, "manage.py", "runall", "--port", str(port)], "runall", port, idle,
-                      ready_timeout, DATA_DIR=str(data_dir / "runall"), **overrides)
+    system = _measure(
+        env,
+        [sys.executable, "manage.py", "runall", "--port", str(port)],
+        "runall",
+        port,
+        idle,
+        ready_timeout,
+        DATA_DIR=str(data_dir / "runall"),
+        **overrides,
+    )
     port = harness.free_port()
-    web = _measure(env, [sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
-                         "--workers", "1", "--threads", "8", "--bind", f"127.0.0.1:{port}", "--no-control-socket"],
-                   "web", port, idle, ready_timeout, DATA_DIR=str(data_dir / "web"))
+    web = _measure(
+        env,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "slimy_site.wsgi",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+        ],
+        "web",
+        port,
+        idle,
+        ready_timeout,
+        DATA_DIR=str(data_dir / "web"),
+    )
     result.details = {"make run": system, "web": web}
-    result.add("make run processes (Redis excluded)", system["processes"], "processes", BASELINE, web["processes"],
-               higher_is_better=False)
+    result.add(
+        "make run processes (Redis excluded)",
+        system["processes"],
+        "processes",
+        BASELINE,
+        web["processes"],
+        higher_is_better=False,
+    )
     result.add("make run PSS at idle", system["pss_mb"], "MB", BASELINE, web["pss_mb"], higher_is_better=False)
     return result
 
 
-def _measure(env: BenchEnv, argv: list[str], name: str, port: int, idle: float, ready_timeout: float,
-             **extra_env) -> dict:
+def _measure(
+    env: BenchEnv, argv: list[str], name: str, port: int, idle: float, ready_timeout: float, **extra_env
+) -> dict:
     proc = harness.start(env, argv, f"footprint-{name}", LOG_LEVEL="WARNING", **extra_env)
     try:
+
         def ready():
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.popen.returncode}; see {proc.log_path}")
@@ -79,8 +121,7 @@ def _measure(env: BenchEnv, argv: list[str], name: str, port: int, idle: float, 
         names = sorted(" ".join(p.cmdline()[1:4]) for p in processes if p.is_running())
     finally:
         proc.stop(timeout=60)
-    return {"processes": len(processes), "pss_mb": round(pss / 2**20, 1), "commands": names,
-            "log": str(proc.log_path)}
+    return {"processes": len(processes), "pss_mb": round(pss / 2**20, 1), "commands": names, "log": str(proc.log_path)}
 
 
 def _settled(pid: int, window: float = 2.0):

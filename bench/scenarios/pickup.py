@@ -34,21 +34,35 @@ def run(env: BenchEnv, *, jobs: int, idle: float, idle_samples: int, **_) -> Res
     label = DEFAULT_WORKER
     warm, after_idle = _measure(env, True, jobs, idle, idle_samples)
     result.details[label] = _summary(warm, after_idle)
-    result.add(f"{label} p50", percentile(warm, 50), "ms", BASELINE, percentile(base_warm, 50),
-               higher_is_better=False)
-    result.add(f"{label} p99", percentile(warm, 99), "ms", BASELINE, percentile(base_warm, 99),
-               higher_is_better=False)
-    result.add(f"{label} p50 after {idle:g} s idle", percentile(after_idle, 50), "ms", BASELINE,
-               percentile(base_idle, 50), higher_is_better=False)
-    result.add(f"{label} p99 after {idle:g} s idle", percentile(after_idle, 99), "ms", BASELINE,
-               percentile(base_idle, 99), higher_is_better=False,
-               note=f"{len(after_idle)} samples: p99 is about the maximum")
+    result.add(f"{label} p50", percentile(warm, 50), "ms", BASELINE, percentile(base_warm, 50), higher_is_better=False)
+    result.add(f"{label} p99", percentile(warm, 99), "ms", BASELINE, percentile(base_warm, 99), higher_is_better=False)
+    result.add(
+        f"{label} p50 after {idle:g} s idle",
+        percentile(after_idle, 50),
+        "ms",
+        BASELINE,
+        percentile(base_idle, 50),
+        higher_is_better=False,
+    )
+    result.add(
+        f"{label} p99 after {idle:g} s idle",
+        percentile(after_idle, 99),
+        "ms",
+        BASELINE,
+        percentile(base_idle, 99),
+        higher_is_better=False,
+        note=f"{len(after_idle)} samples: p99 is about the maximum",
+    )
     return result
 
 
 def _summary(warm, after_idle) -> dict:
-    return {"p50_ms": round(percentile(warm, 50), 3), "p99_ms": round(percentile(warm, 99), 3),
-            "max_ms": round(max(warm), 3), "after_idle_ms": [round(v, 3) for v in after_idle]}
+    return {
+        "p50_ms": round(percentile(warm, 50), 3),
+        "p99_ms": round(percentile(warm, 99), 3),
+        "max_ms": round(max(warm), 3),
+        "after_idle_ms": [round(v, 3) for v in after_idle],
+    }
 
 
 def _measure(env: BenchEnv, slimy: bool, samples: int, idle: float, idle_samples: int):

@@ -45,13 +45,35 @@ def run(env: BenchEnv, *, jobs: int, delay: float, **_) -> Result:
     owner = ApiToken.objects.get(digest=token_digest(token)).user
     port = harness.free_port()
     llm = dict(OPENAI_API_KEY=fake.api_key, OPENAI_BASE_URL=fake.base_url, LOG_LEVEL="WARNING")
-    web = harness.start(env, [sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
-                              "--workers", "1", "--threads", "8", "--bind", f"127.0.0.1:{port}",
-                              "--no-control-socket"], "stream-web", API_RATE_LIMITS=UNLIMITED, **llm)
-    worker = harness.slimy_worker(env, ["chat"], "queues.threadworker.SlimyThreadWorker", name="stream-chat",
-                                  burst=False, **llm)
-    result = Result(NAME, env, params=dict(samples=jobs, provider_delay_s=delay, web="gunicorn gthread 1x8",
-                                           worker="SlimyThreadWorker"))
+    web = harness.start(
+        env,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "slimy_site.wsgi",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+        ],
+        "stream-web",
+        API_RATE_LIMITS=UNLIMITED,
+        **llm,
+    )
+    worker = harness.slimy_worker(
+        env, ["chat"], "queues.threadworker.SlimyThreadWorker", name="stream-chat", burst=False, **llm
+    )
+    result = Result(
+        NAME,
+        env,
+        params=dict(samples=jobs, provider_delay_s=delay, web="gunicorn gthread 1x8", worker="SlimyThreadWorker"),
+    )
     try:
         harness.worker_warm(env, worker, job_type="bench_noop_chat")  # any runtime: it ran a chat job
         harness.wait_until(lambda: _status(port, "/health/live") == 200, 60, "web server", interval=0.2)
@@ -61,10 +83,22 @@ def run(env: BenchEnv, *, jobs: int, delay: float, **_) -> Result:
         worker.stop()
         web.stop()
         fake.stop()
-    result.add("first token -> first SSE event p50", percentile(ours, 50), "ms", BASELINE, percentile(direct, 50),
-               higher_is_better=False)
-    result.add("first token -> first SSE event p99", percentile(ours, 99), "ms", BASELINE, percentile(direct, 99),
-               higher_is_better=False)
+    result.add(
+        "first token -> first SSE event p50",
+        percentile(ours, 50),
+        "ms",
+        BASELINE,
+        percentile(direct, 50),
+        higher_is_better=False,
+    )
+    result.add(
+        "first token -> first SSE event p99",
+        percentile(ours, 99),
+        "ms",
+        BASELINE,
+        percentile(direct, 99),
+        higher_is_better=False,
+    )
     result.details = {"sse_ms": [round(v, 3) for v in ours], "direct_ms": [round(v, 3) for v in direct]}
     return result
 
@@ -111,8 +145,12 @@ def _direct_sample(fake, delay, i) -> float:
     marker = f"bench direct {i}"
     conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=30)
     body = json.dumps({"model": "fake", "stream": True, "messages": [{"role": "user", "content": marker}]})
-    conn.request("POST", "/v1/chat/completions", body=body,
-                  headers={"Authorization": f"Bearer {fake.api_key}", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=body,
+        headers={"Authorization": f"Bearer {fake.api_key}", "Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     try:
         while True:

@@ -30,6 +30,7 @@ UNLIMITED = "submit=1000000000/min,read=1000000000/min,write=1000000000/min"
 def _token() -> str:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
+
     from slimy_site.services import api_token_issue
 
     user, _ = get_user_model().objects.get_or_create(username="bench-submit")
@@ -44,11 +45,33 @@ def run(env: BenchEnv, *, jobs: int, processes: int, concurrency: int, **_) -> R
     ledger_clear()
     token = _token()
     port = harness.free_port()
-    server = harness.start(env, [sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread",
-                                 "--workers", str(processes), "--threads", "8", "--bind", f"127.0.0.1:{port}"],
-                           "submit-web", API_RATE_LIMITS=UNLIMITED, LOG_LEVEL="WARNING")
-    result = Result(NAME, env, params=dict(requests=jobs, web_processes=processes, client_concurrency=concurrency,
-                                           server="gunicorn gthread, 8 threads"))
+    server = harness.start(
+        env,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "slimy_site.wsgi",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            str(processes),
+            "--threads",
+            "8",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        "submit-web",
+        API_RATE_LIMITS=UNLIMITED,
+        LOG_LEVEL="WARNING",
+    )
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            requests=jobs, web_processes=processes, client_concurrency=concurrency, server="gunicorn gthread, 8 threads"
+        ),
+    )
     try:
         harness.wait_until(lambda: _get(port, "/health/live") == 200, 60, "web server start", interval=0.2)
         health = _load(port, "GET", "/health/live", None, {}, jobs, concurrency, 200)
@@ -63,12 +86,28 @@ def run(env: BenchEnv, *, jobs: int, processes: int, concurrency: int, **_) -> R
     result.add("POST p50", submit["p50"], "ms", BASELINE, health["p50"], higher_is_better=False)
     result.add("POST p99", submit["p99"], "ms", BASELINE, health["p99"], higher_is_better=False)
     # Before/after for the web server itself: `make run`'s (uvicorn workers, WSGI routes on threads) vs gthread.
-    result.add("make-run server POST submissions", per_process(ours["submit"]["rate"]), "req/s/process",
-               "gthread POST submissions", per_process(submit["rate"]))
-    result.add("make-run server POST p99", ours["submit"]["p99"], "ms", "gthread POST p99", submit["p99"],
-               higher_is_better=False)
-    result.add("make-run server GET /health/live", per_process(ours["health"]["rate"]), "req/s/process",
-               "gthread GET /health/live", per_process(health["rate"]))
+    result.add(
+        "make-run server POST submissions",
+        per_process(ours["submit"]["rate"]),
+        "req/s/process",
+        "gthread POST submissions",
+        per_process(submit["rate"]),
+    )
+    result.add(
+        "make-run server POST p99",
+        ours["submit"]["p99"],
+        "ms",
+        "gthread POST p99",
+        submit["p99"],
+        higher_is_better=False,
+    )
+    result.add(
+        "make-run server GET /health/live",
+        per_process(ours["health"]["rate"]),
+        "req/s/process",
+        "gthread GET /health/live",
+        per_process(health["rate"]),
+    )
     result.details = {"submit": submit, "health": health, "make_run_server": ours}
     return result
 
@@ -137,5 +176,10 @@ def _load(port, method, path, body, headers, total, concurrency, expected) -> di
     window = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"{method} {path}: {len(errors)} unexpected answers, e.g. {errors[:3]}")
-    return {"rate": total / window, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "max": max(latencies), "requests": total}
+    return {
+        "rate": total / window,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies),
+        "requests": total,
+    }

@@ -51,15 +51,21 @@ def huey_label(threads: int) -> str:
 def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, threads: int, timeout: float, **_) -> Result:
     _require_baselines()
     dramatiq, huey = dramatiq_label(threads), huey_label(threads)
-    result = Result(NAME, env, params=dict(jobs=jobs, processes=processes, repeat=repeat, threads=threads,
-                                           job="no-op", slimy_queue="database"))
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            jobs=jobs, processes=processes, repeat=repeat, threads=threads, job="no-op", slimy_queue="database"
+        ),
+    )
     measures = {
         PLAIN_RQ: lambda: plain_rq_rate(env, jobs=jobs, processes=processes, timeout=timeout),
         dramatiq: lambda: dramatiq_rate(env, jobs=jobs, processes=processes, threads=threads, timeout=timeout),
         huey: lambda: huey_rate(env, jobs=jobs, processes=processes, threads=threads, timeout=timeout),
         DEFAULT_WORKER: lambda: slimy_rate(env, worker_class=None, jobs=jobs, processes=processes, timeout=timeout),
-        BATCH_WORKER: lambda: slimy_rate(env, worker_class=BATCH_CLASS, jobs=jobs, processes=processes,
-                                         timeout=timeout),
+        BATCH_WORKER: lambda: slimy_rate(
+            env, worker_class=BATCH_CLASS, jobs=jobs, processes=processes, timeout=timeout
+        ),
     }
     rounds: dict[str, list[float]] = {label: [] for label in measures}
     completed: dict[str, list[int]] = {DEFAULT_WORKER: [], BATCH_WORKER: []}
@@ -72,9 +78,12 @@ def run(env: BenchEnv, *, jobs: int, processes: int, repeat: int, threads: int, 
             rounds[label].append(rate)
     rate = {label: median(values) for label, values in rounds.items()}
     unit = "jobs/s/process"
-    notes = {label: "" if all(d == jobs for d in done) else
-             f"stopped after {timeout:g} s: {', '.join(map(str, done))} of {jobs} jobs completed per round"
-             for label, done in completed.items()}
+    notes = {
+        label: ""
+        if all(d == jobs for d in done)
+        else f"stopped after {timeout:g} s: {', '.join(map(str, done))} of {jobs} jobs completed per round"
+        for label, done in completed.items()
+    }
     for baseline in (dramatiq, huey, PLAIN_RQ):
         result.add(DEFAULT_WORKER, rate[DEFAULT_WORKER], unit, baseline, rate[baseline], note=notes[DEFAULT_WORKER])
     result.add(BATCH_WORKER, rate[BATCH_WORKER], unit, dramatiq, rate[dramatiq], note=notes[BATCH_WORKER])
@@ -90,8 +99,10 @@ def _require_baselines() -> None:
 
     missing = [name for name in ("dramatiq", "huey") if importlib.util.find_spec(name) is None]
     if missing:
-        raise BenchSetupError(f"throughput needs {' and '.join(missing)} (its baselines): "
-                              'pip install -e ".[bench]" (`make install` does).')
+        raise BenchSetupError(
+            f"throughput needs {' and '.join(missing)} (its baselines): "
+            'pip install -e ".[bench]" (`make install` does).'
+        )
 
 
 def _parse(value: bytes) -> dt.datetime:
@@ -105,8 +116,9 @@ def plain_rq_rate(env: BenchEnv, *, jobs: int, processes: int, timeout: float) -
     ids = []
     for start in range(0, jobs, 500):
         with conn.pipeline() as pipe:
-            batch = queue.enqueue_many([Queue.prepare_data("bench.baseline.noop") for _ in range(min(500, jobs - start))],
-                                       pipeline=pipe)
+            batch = queue.enqueue_many(
+                [Queue.prepare_data("bench.baseline.noop") for _ in range(min(500, jobs - start))], pipeline=pipe
+            )
             pipe.execute()
         ids += [job.id for job in batch]
     procs = [harness.rq_worker(env, [BASELINE_QUEUE], name=f"rq-{i}", burst=True) for i in range(processes)]
@@ -130,13 +142,16 @@ def _competitor_rate(env: BenchEnv, name: str, argv: list[str], *, jobs: int, pr
     conn = env.redis()
     procs = [harness.start(env, argv, f"{name}-{i}", BENCH_REDIS_URL=env.redis_url) for i in range(processes)]
     try:
+
         def finished():
             for proc in procs:
                 if proc.popen.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.popen.returncode}; see {proc.log_path}")
             return window_read(conn)[0] >= jobs
 
-        harness.wait_until(finished, STARTUP_TIMEOUT + timeout, f"{name} to run {jobs} jobs (see {procs[0].log_path})", interval=0.1)
+        harness.wait_until(
+            finished, STARTUP_TIMEOUT + timeout, f"{name} to run {jobs} jobs (see {procs[0].log_path})", interval=0.1
+        )
     finally:
         for proc in procs:
             proc.stop()
@@ -154,8 +169,18 @@ def dramatiq_rate(env: BenchEnv, *, jobs: int, processes: int, threads: int, tim
     for _ in range(jobs):
         actor.send()
     # One Dramatiq process (its own supervisor forks `--processes` workers) for all the processes.
-    argv = [sys.executable, "-m", "dramatiq", "bench.dramatiq_app", "--processes", str(processes),
-            "--threads", str(threads), "--queues", DRAMATIQ_QUEUE]
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "bench.dramatiq_app",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--queues",
+        DRAMATIQ_QUEUE,
+    ]
     return _competitor_rate(env, "dramatiq", argv, jobs=jobs, processes=1, timeout=timeout) / processes
 
 
@@ -166,14 +191,24 @@ def huey_rate(env: BenchEnv, *, jobs: int, processes: int, threads: int, timeout
     _, task = huey_setup(env.redis_url)
     for _ in range(jobs):
         task()
-    argv = [sys.executable, "-m", "huey.bin.huey_consumer", "bench.huey_app.huey", "--workers", str(threads),
-            "--worker-type", "thread", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "huey.bin.huey_consumer",
+        "bench.huey_app.huey",
+        "--workers",
+        str(threads),
+        "--worker-type",
+        "thread",
+        "--quiet",
+    ]
     # Huey's rate comes back per consumer process; every consumer is one process.
     return _competitor_rate(env, "huey", argv, jobs=jobs, processes=processes, timeout=timeout)
 
 
-def slimy_rate(env: BenchEnv, *, worker_class: str | None, jobs: int, processes: int,
-               timeout: float) -> tuple[float, int]:
+def slimy_rate(
+    env: BenchEnv, *, worker_class: str | None, jobs: int, processes: int, timeout: float
+) -> tuple[float, int]:
     """(jobs/s/process over the completed jobs, jobs completed) for one round of at most `timeout` s."""
     from queues.constants import JobStatus
     from queues.definitions import registry

@@ -54,24 +54,58 @@ def run(env: BenchEnv, *, jobs: int, baseline_watchers: int, chunks: int, interv
     token = _token()
     ours = _measure(env, token, "ours", watchers, chunks, interval, _ours_argv)
     theirs = _measure(env, token, "gthread", baseline_watchers, chunks, interval, _gthread_argv(baseline_watchers))
-    result = Result(NAME, env, params=dict(
-        watchers=watchers, baseline_watchers=baseline_watchers, chunks_per_job=chunks, round_interval_s=interval,
-        web="gunicorn + SlimyUvicornWorker, 1 process (make run's)",
-        baseline=f"gunicorn gthread, 1 process, {baseline_watchers + 8} threads",
-        producer="output log written directly (queues.output format), ledger rows updated"))
-    result.add("token -> client event p50", ours["delay_p50"], "ms", BASELINE, theirs["delay_p50"],
-               higher_is_better=False)
-    result.add("token -> client event p99", ours["delay_p99"], "ms", BASELINE, theirs["delay_p99"],
-               higher_is_better=False)
-    result.add("/health/live p99 during streams", ours["health_p99"], "ms", BASELINE, theirs["health_p99"],
-               higher_is_better=False)
-    result.add("Redis connections of the web process", ours["redis_connections"], "connections", BASELINE,
-               theirs["redis_connections"], higher_is_better=False,
-               note=f"{watchers} streams vs {baseline_watchers}")
-    result.add("web CPU per delivered chunk", ours["cpu_ms_per_chunk"], "ms", BASELINE, theirs["cpu_ms_per_chunk"],
-               higher_is_better=False)
-    result.add("memory per open stream", ours["kib_per_stream"], "KiB", BASELINE, theirs["kib_per_stream"],
-               higher_is_better=False)
+    result = Result(
+        NAME,
+        env,
+        params=dict(
+            watchers=watchers,
+            baseline_watchers=baseline_watchers,
+            chunks_per_job=chunks,
+            round_interval_s=interval,
+            web="gunicorn + SlimyUvicornWorker, 1 process (make run's)",
+            baseline=f"gunicorn gthread, 1 process, {baseline_watchers + 8} threads",
+            producer="output log written directly (queues.output format), ledger rows updated",
+        ),
+    )
+    result.add(
+        "token -> client event p50", ours["delay_p50"], "ms", BASELINE, theirs["delay_p50"], higher_is_better=False
+    )
+    result.add(
+        "token -> client event p99", ours["delay_p99"], "ms", BASELINE, theirs["delay_p99"], higher_is_better=False
+    )
+    result.add(
+        "/health/live p99 during streams",
+        ours["health_p99"],
+        "ms",
+        BASELINE,
+        theirs["health_p99"],
+        higher_is_better=False,
+    )
+    result.add(
+        "Redis connections of the web process",
+        ours["redis_connections"],
+        "connections",
+        BASELINE,
+        theirs["redis_connections"],
+        higher_is_better=False,
+        note=f"{watchers} streams vs {baseline_watchers}",
+    )
+    result.add(
+        "web CPU per delivered chunk",
+        ours["cpu_ms_per_chunk"],
+        "ms",
+        BASELINE,
+        theirs["cpu_ms_per_chunk"],
+        higher_is_better=False,
+    )
+    result.add(
+        "memory per open stream",
+        ours["kib_per_stream"],
+        "KiB",
+        BASELINE,
+        theirs["kib_per_stream"],
+        higher_is_better=False,
+    )
     result.details = {"ours": ours, "gthread": theirs}
     return result
 
@@ -84,8 +118,21 @@ def _ours_argv(port: int) -> list[str]:
 
 def _gthread_argv(streams: int):
     def argv(port: int) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "slimy_site.wsgi", "--worker-class", "gthread", "--workers", "1",
-                "--threads", str(streams + 8), "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "slimy_site.wsgi",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "1",
+            "--threads",
+            str(streams + 8),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+        ]
 
     return argv
 
@@ -96,8 +143,15 @@ def _measure(env: BenchEnv, token: str, name: str, watchers: int, chunks: int, i
     owner = get_user_model().objects.get(username="bench-submit")
     env.redis().flushdb()  # nothing of the previous server's run (logs, stream slots) stays
     port = harness.free_port()
-    server = harness.start(env, argv(port), f"watchers-{name}", API_RATE_LIMITS=UNLIMITED, LOG_LEVEL="WARNING",
-                           API_MAX_STREAMS_PER_USER=str(watchers + 10), JOB_EVENTS_HEARTBEAT="5")
+    server = harness.start(
+        env,
+        argv(port),
+        f"watchers-{name}",
+        API_RATE_LIMITS=UNLIMITED,
+        LOG_LEVEL="WARNING",
+        API_MAX_STREAMS_PER_USER=str(watchers + 10),
+        JOB_EVENTS_HEARTBEAT="5",
+    )
     try:
         harness.wait_until(lambda: _status(port, "/health/live") == 200, 90, "web server", interval=0.2)
         worker = psutil.Process(server.pid).children()[0]
@@ -115,25 +169,41 @@ def _measure(env: BenchEnv, token: str, name: str, watchers: int, chunks: int, i
         server.stop()
     delays = outcome["delays"]
     return {
-        "watchers": watchers, "chunks_checked": len(delays),
-        "delay_p50": percentile(delays, 50), "delay_p99": percentile(delays, 99), "delay_max": max(delays),
-        "health_p50": percentile(outcome["health"], 50), "health_p99": percentile(outcome["health"], 99),
+        "watchers": watchers,
+        "chunks_checked": len(delays),
+        "delay_p50": percentile(delays, 50),
+        "delay_p99": percentile(delays, 99),
+        "delay_max": max(delays),
+        "health_p50": percentile(outcome["health"], 50),
+        "health_p99": percentile(outcome["health"], 99),
         "health_requests": len(outcome["health"]),
         "redis_connections": outcome["redis_connections"],
-        "rss_idle_mib": round(idle_rss / 2**20, 1), "rss_peak_mib": round(outcome["rss_peak"] / 2**20, 1),
+        "rss_idle_mib": round(idle_rss / 2**20, 1),
+        "rss_peak_mib": round(outcome["rss_peak"] / 2**20, 1),
         "kib_per_stream": max(outcome["rss_peak"] - idle_rss, 1024) / 1024 / watchers,
         "open_seconds": round(outcome["open_seconds"], 2),
         # Web-process CPU for the whole run (opening the streams, every event, the final states) per
         # delivered chunk: less sensitive than latency to what else the machine runs.
-        "cpu_seconds": round(cpu_seconds, 2), "cpu_ms_per_chunk": cpu_seconds * 1000 / len(delays),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "cpu_ms_per_chunk": cpu_seconds * 1000 / len(delays),
     }
 
 
 def _jobs(owner, count: int) -> list[str]:
     from queues.models import JobRecord
 
-    records = [JobRecord(id=uuid.uuid4(), job_type="chat_bot_interaction", queue="chat", owner=owner,
-                         payload={"prompt": "bench"}, status="started", attempts=1) for _ in range(count)]
+    records = [
+        JobRecord(
+            id=uuid.uuid4(),
+            job_type="chat_bot_interaction",
+            queue="chat",
+            owner=owner,
+            payload={"prompt": "bench"},
+            status="started",
+            attempts=1,
+        )
+        for _ in range(count)
+    ]
     JobRecord.objects.bulk_create(records, batch_size=500)
     return [str(r.id) for r in records]
 
@@ -150,8 +220,9 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
     await _until(lambda: all(c.states for c in clients), 120, "every stream's first state")
 
     # The probe runs in its own process: a thread here would wait on this process's GIL (the 1,000 clients).
-    prober = subprocess.Popen([sys.executable, "-c", _PROBE, str(port), str(chunks * interval + 3)],
-                              stdout=subprocess.PIPE, text=True)
+    prober = subprocess.Popen(
+        [sys.executable, "-c", _PROBE, str(port), str(chunks * interval + 3)], stdout=subprocess.PIPE, text=True
+    )
     writers = [output_writer_open(job_id=job_id, job_type="chat_bot_interaction", attempt=1) for job_id in jobs]
     written: dict[tuple[str, int], float] = {}
     conn = env.redis()
@@ -177,13 +248,19 @@ async def _watch(env, port, token, jobs, chunks, interval, worker) -> dict:
     for client in clients:
         texts = [text for text, _ in client.chunks]
         if texts != expected:
-            raise RuntimeError(f"job {client.job_id}: chunks {texts[:5]}... != {expected[:5]}... "
-                               f"({len(texts)} of {len(expected)})")
+            raise RuntimeError(
+                f"job {client.job_id}: chunks {texts[:5]}... != {expected[:5]}... ({len(texts)} of {len(expected)})"
+            )
         if client.states[-1] != "completed":
             raise RuntimeError(f"job {client.job_id} ended in {client.states[-1]!r}")
         delays += [(received - written[(client.job_id, n)]) * 1000 for n, (_, received) in enumerate(client.chunks)]
-    return {"delays": delays, "health": health, "rss_peak": rss_peak, "redis_connections": redis_connections,
-            "open_seconds": opened}
+    return {
+        "delays": delays,
+        "health": health,
+        "rss_peak": rss_peak,
+        "redis_connections": redis_connections,
+        "open_seconds": opened,
+    }
 
 
 def _complete(jobs) -> None:
@@ -202,10 +279,14 @@ def _write_round(conn, writers, jobs, n, written) -> None:
 
     for start in range(0, len(writers), 100):
         pipe = conn.pipeline(transaction=False)
-        batch = list(zip(jobs[start:start + 100], writers[start:start + 100]))
+        batch = list(zip(jobs[start : start + 100], writers[start : start + 100]))
         for _job_id, writer in batch:
-            pipe.xadd(writer.key, {"type": CHUNK, "attempt": writer.attempt, "text": f"r{n} "},
-                      maxlen=MAX_ENTRIES, approximate=True)
+            pipe.xadd(
+                writer.key,
+                {"type": CHUNK, "attempt": writer.attempt, "text": f"r{n} "},
+                maxlen=MAX_ENTRIES,
+                approximate=True,
+            )
         stamp = time.monotonic()
         pipe.execute()
         for job_id, _writer in batch:
@@ -214,8 +295,11 @@ def _write_round(conn, writers, jobs, n, written) -> None:
 
 def _redis_connections(pid: int, env) -> int:
     redis_port = int(env.redis_url.rsplit(":", 1)[1].split("/")[0])
-    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
-               if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED)
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
+    )
 
 
 _PROBE = """
@@ -289,8 +373,12 @@ class _Client(asyncio.Protocol):
         try:
             loop = asyncio.get_running_loop()
             self._transport, _ = await loop.create_connection(lambda: self, "127.0.0.1", self.port)
-            self._transport.write((f"GET /api/jobs/{self.job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                   f"Authorization: Token {self.token}\r\nAccept: text/event-stream\r\n\r\n").encode())
+            self._transport.write(
+                (
+                    f"GET /api/jobs/{self.job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Token {self.token}\r\nAccept: text/event-stream\r\n\r\n"
+                ).encode()
+            )
             await self._closed.wait()
         except asyncio.CancelledError:
             raise
@@ -344,7 +432,7 @@ class _Client(asyncio.Protocol):
                 if len(rest) < size + 2:
                     break
                 self._events += rest[:size]
-                self._body = rest[size + 2:]
+                self._body = rest[size + 2 :]
             while b"\n\n" in self._events:
                 raw, self._events = self._events.split(b"\n\n", 1)
                 self._event(raw.decode(), received)

@@ -4,23 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='TenantQuota',
+            name="TenantQuota",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tenant', models.CharField(help_text='Guild id, or user:<id> for direct chats.', max_length=100, unique=True)),
-                ('daily_tokens', models.PositiveBigIntegerField(blank=True, help_text='Tokens per UTC day; empty = unlimited, 0 = no LLM replies.', null=True)),
-                ('note', models.CharField(blank=True, default='', max_length=200)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "tenant",
+                    models.CharField(help_text="Guild id, or user:<id> for direct chats.", max_length=100, unique=True),
+                ),
+                (
+                    "daily_tokens",
+                    models.PositiveBigIntegerField(
+                        blank=True, help_text="Tokens per UTC day; empty = unlimited, 0 = no LLM replies.", null=True
+                    ),
+                ),
+                ("note", models.CharField(blank=True, default="", max_length=200)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['tenant'],
+                "ordering": ["tenant"],
             },
         ),
     ]

@@ -8,8 +8,8 @@ action, naming every job). Permission checks live in the ModelAdmin; this module
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from django import forms
 from django.contrib import messages
@@ -29,7 +29,9 @@ PREVIEW_JOBS = 50
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(
-        required=False, max_length=500, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
         help_text="Optional; written to the admin log and the audit trail.",
     )
 
@@ -52,19 +54,44 @@ class JobAction:
 ACTIONS: dict[str, JobAction] = {
     a.name: a
     for a in (
-        JobAction("retry", "Retry", "retried", "retry", services.job_retry,
-                  "Failed or cancelled jobs are queued again with a fresh attempt budget. Others are skipped.",
-                  "retry_jobs"),
-        JobAction("cancel", "Cancel", "cancelled", "cancel", services.job_cancel,
-                  "Waiting jobs are removed from their queue; running ones are asked to stop. "
-                  "Finished jobs are skipped.", "cancel_jobs"),
-        JobAction("requeue_copy", "Re-enqueue a copy of", "copied", "retry", services.job_requeue_copy,
-                  "A new job with the same type, payload, owner and priority is created for each; "
-                  "the originals are left unchanged.", "requeue_copies"),
-        JobAction("delete_from_redis", "Delete from Redis and mark cancelled", "deleted from Redis",
-                  "cancel", services.job_delete_from_redis,
-                  "Every trace of the job is removed from Redis (queue, registries, result); "
-                  "jobs that had not finished are marked cancelled.", "delete_from_redis"),
+        JobAction(
+            "retry",
+            "Retry",
+            "retried",
+            "retry",
+            services.job_retry,
+            "Failed or cancelled jobs are queued again with a fresh attempt budget. Others are skipped.",
+            "retry_jobs",
+        ),
+        JobAction(
+            "cancel",
+            "Cancel",
+            "cancelled",
+            "cancel",
+            services.job_cancel,
+            "Waiting jobs are removed from their queue; running ones are asked to stop. Finished jobs are skipped.",
+            "cancel_jobs",
+        ),
+        JobAction(
+            "requeue_copy",
+            "Re-enqueue a copy of",
+            "copied",
+            "retry",
+            services.job_requeue_copy,
+            "A new job with the same type, payload, owner and priority is created for each; "
+            "the originals are left unchanged.",
+            "requeue_copies",
+        ),
+        JobAction(
+            "delete_from_redis",
+            "Delete from Redis and mark cancelled",
+            "deleted from Redis",
+            "cancel",
+            services.job_delete_from_redis,
+            "Every trace of the job is removed from Redis (queue, registries, result); "
+            "jobs that had not finished are marked cancelled.",
+            "delete_from_redis",
+        ),
     )
 }
 
@@ -108,9 +135,12 @@ def _audit(request, action: JobAction, outcome: ActionOutcome, reason: str) -> N
         details["copies"] = outcome.copies
     single = len(job_ids) + len(outcome.skipped) == 1
     audit_record(
-        request, action=f"admin.job_{action.name}", resource_type="job",
+        request,
+        action=f"admin.job_{action.name}",
+        resource_type="job",
         resource_id=(job_ids or list(outcome.skipped))[0] if single else "",
-        details=details, success=bool(job_ids) or not outcome.skipped,
+        details=details,
+        success=bool(job_ids) or not outcome.skipped,
         error_message="; ".join(f"{k}: {v}" for k, v in outcome.skipped.items())[:1000],
     )
 
@@ -124,8 +154,17 @@ def report(request, action: JobAction, outcome: ActionOutcome) -> None:
         messages.warning(request, f"… and {len(outcome.skipped) - 10} more skipped.")
 
 
-def confirmation_response(modeladmin, request, action: JobAction, jobs: list[JobRecord], *, form, total: int,
-                          bulk: bool, select_across: bool = False):
+def confirmation_response(
+    modeladmin,
+    request,
+    action: JobAction,
+    jobs: list[JobRecord],
+    *,
+    form,
+    total: int,
+    bulk: bool,
+    select_across: bool = False,
+):
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
@@ -150,7 +189,8 @@ def bulk_action(modeladmin, request, queryset, name: str):
     jobs = list(queryset.select_related("owner").order_by("-created_at")[: MAX_BULK_JOBS + 1])
     if len(jobs) > MAX_BULK_JOBS:
         modeladmin.message_user(
-            request, f"At most {MAX_BULK_JOBS} jobs per action; narrow the selection with the filters.",
+            request,
+            f"At most {MAX_BULK_JOBS} jobs per action; narrow the selection with the filters.",
             messages.ERROR,
         )
         return None
@@ -163,5 +203,6 @@ def bulk_action(modeladmin, request, queryset, name: str):
             return None
     else:
         form = ReasonForm()
-    return confirmation_response(modeladmin, request, action, jobs, form=form, total=len(jobs), bulk=True,
-                                 select_across=select_across)
+    return confirmation_response(
+        modeladmin, request, action, jobs, form=form, total=len(jobs), bulk=True, select_across=select_across
+    )

@@ -15,7 +15,6 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
@@ -122,7 +121,8 @@ def queue_throughput(*, now: dt.datetime) -> dict[str, dict[dt.datetime, dict[st
     since = now - WINDOW
     rows = (
         JobRecord.objects.filter(
-            created_at__gte=now - LOOKBACK, finished_at__gte=since,
+            created_at__gte=now - LOOKBACK,
+            finished_at__gte=since,
             status__in=[JobStatus.COMPLETED, JobStatus.FAILED],
         )
         .annotate(minute=TruncMinute("finished_at"))
@@ -163,8 +163,9 @@ def queue_latency(*, now: dt.datetime) -> dict[str, dict[str, float | None]]:
     delayed job it includes the requested delay.
     """
     since, lookback = now - WINDOW, now - LOOKBACK
-    out: dict[str, dict[str, float | None]] = {q: {"duration_p50": None, "duration_p95": None, "wait_p50": None, "wait_p95": None}
-           for q in QueueName.values}
+    out: dict[str, dict[str, float | None]] = {
+        q: {"duration_p50": None, "duration_p95": None, "wait_p50": None, "wait_p95": None} for q in QueueName.values
+    }
     tables = {"attempt": JobAttempt._meta.db_table, "job": JobRecord._meta.db_table}
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -176,9 +177,11 @@ def queue_latency(*, now: dt.datetime) -> dict[str, dict[str, float | None]]:
         return out
     attempts = JobAttempt.objects.filter(job__created_at__gte=lookback).select_related(None)
     durations: dict[str, list[float]] = {}
-    for queue, started, finished in attempts.filter(finished_at__gte=since).exclude(
-        outcome=JobAttempt.Outcome.RUNNING
-    ).values_list("job__queue", "started_at", "finished_at")[:PYTHON_PERCENTILE_ROWS]:
+    for queue, started, finished in (
+        attempts.filter(finished_at__gte=since)
+        .exclude(outcome=JobAttempt.Outcome.RUNNING)
+        .values_list("job__queue", "started_at", "finished_at")[:PYTHON_PERCENTILE_ROWS]
+    ):
         if finished is None:  # excluded by the filter; says so to the type checker
             continue
         durations.setdefault(queue, []).append((finished - started).total_seconds())
@@ -224,12 +227,19 @@ def _chart(series: dict[dt.datetime, dict[str, int]], *, now: dt.datetime) -> Ch
         bucket = series.get(minute, {"completed": 0, "failed": 0})
         failed_h = bucket["failed"] * scale
         completed_h = bucket["completed"] * scale
-        bars.append(ChartBar(
-            x=round(PLOT_LEFT + i * step + 0.5, 2), width=round(max(step - 1, 1), 2),
-            failed_h=round(failed_h, 2), failed_y=round(PLOT_BOTTOM - failed_h, 2),
-            completed_h=round(completed_h, 2), completed_y=round(PLOT_BOTTOM - failed_h - completed_h, 2),
-            minute=minute.strftime("%H:%M"), completed=bucket["completed"], failed=bucket["failed"],
-        ))
+        bars.append(
+            ChartBar(
+                x=round(PLOT_LEFT + i * step + 0.5, 2),
+                width=round(max(step - 1, 1), 2),
+                failed_h=round(failed_h, 2),
+                failed_y=round(PLOT_BOTTOM - failed_h, 2),
+                completed_h=round(completed_h, 2),
+                completed_y=round(PLOT_BOTTOM - failed_h - completed_h, 2),
+                minute=minute.strftime("%H:%M"),
+                completed=bucket["completed"],
+                failed=bucket["failed"],
+            )
+        )
     y_ticks = [(round(PLOT_BOTTOM - v * scale, 2), v) for v in sorted({0, y_max // 2 if y_max > 1 else 0, y_max})]
     x_ticks = [(round(PLOT_LEFT + i * step, 2), minutes[i].strftime("%H:%M")) for i in range(0, CHART_MINUTES, 15)]
     x_ticks.append((PLOT_RIGHT, (end + dt.timedelta(minutes=1)).strftime("%H:%M")))
@@ -259,17 +269,25 @@ def queue_dashboard(*, now: dt.datetime | None = None) -> dict:
         series = throughput.get(name, {})
         chart = _chart(series, now=now)
         figures = QueueFigures(
-            name=name, counts=counts[name],
+            name=name,
+            counts=counts[name],
             completed_last_hour=sum(b["completed"] for b in series.values()),
             failed_last_hour=sum(b["failed"] for b in series.values()),
             oldest_queued_age=(now - oldest[name]).total_seconds() if name in oldest else None,
-            paused=paused[name], redis=redis_state.get(name), chart=chart.bars, chart_peak=chart.peak,
-            axes=chart, **latency[name],
+            paused=paused[name],
+            redis=redis_state.get(name),
+            chart=chart.bars,
+            chart_peak=chart.peak,
+            axes=chart,
+            **latency[name],
         )
         queues.append(figures)
     return {
-        "now": now, "queues": queues, "workers": workers,
-        "worker_hosts": _by_host(processes or workers), "workers_report_slots": bool(processes),
+        "now": now,
+        "queues": queues,
+        "workers": workers,
+        "worker_hosts": _by_host(processes or workers),
+        "workers_report_slots": bool(processes),
         "worker_count": len(processes or workers),
         "redis_error": redis_error or slots_error or workers_error,
         "percentiles_in_database": connection.vendor == "postgresql",

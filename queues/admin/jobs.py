@@ -13,7 +13,6 @@ import uuid
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
-from django.db import connection
 from django.db.models import F, Q
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.functional import cached_property
@@ -73,7 +72,8 @@ class InternalJobsFilter(admin.SimpleListFilter):
     def hides(cls, params) -> bool:
         """Whether a list with these query parameters leaves internal jobs out."""
         return params.get(cls.parameter_name) not in (cls.SHOW, cls.ONLY) and not (
-            params.get(JobTypeFilter.parameter_name) or params.get("q"))
+            params.get(JobTypeFilter.parameter_name) or params.get("q")
+        )
 
     def queryset(self, request, queryset):
         if self.value() == self.ONLY:
@@ -141,11 +141,29 @@ def _pretty(value) -> str:
 
 @admin.register(JobRecord)
 class JobRecordAdmin(admin.ModelAdmin):
-    list_display = ("short_id", "job_type", "queue", "coloured_status", "owner_link", "priority",
-                    "attempts_display", "created_at", "duration", "tenant")
+    list_display = (
+        "short_id",
+        "job_type",
+        "queue",
+        "coloured_status",
+        "owner_link",
+        "priority",
+        "attempts_display",
+        "created_at",
+        "duration",
+        "tenant",
+    )
     list_display_links = ("short_id",)
-    list_filter = ("status", "queue", JobTypeFilter, InternalJobsFilter, OwnerFilter, TenantFilter, "priority",
-                   ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        "queue",
+        JobTypeFilter,
+        InternalJobsFilter,
+        OwnerFilter,
+        TenantFilter,
+        "priority",
+        ("created_at", admin.DateFieldListFilter),
+    )
     search_fields = ("id",)  # replaced by get_search_results; declared so the box is shown
     search_help_text = "Exact job id, request id, owner username or idempotency key."
     date_hierarchy = "created_at"
@@ -159,18 +177,66 @@ class JobRecordAdmin(admin.ModelAdmin):
     change_list_template = "admin/queues/jobrecord/change_list.html"
     change_form_template = "admin/queues/jobrecord/change_form.html"
     fieldsets = (
-        (None, {"fields": ("id", "job_type", "queue", "coloured_status", "priority", "owner_link",
-                           "tenant", "attempts_display", "worker_name", "request_id", "idempotency_key")}),
-        ("Timing", {"fields": ("created_at", "scheduled_for", "started_at", "finished_at", "updated_at",
-                               "duration", "progress_pretty")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "job_type",
+                    "queue",
+                    "coloured_status",
+                    "priority",
+                    "owner_link",
+                    "tenant",
+                    "attempts_display",
+                    "worker_name",
+                    "request_id",
+                    "idempotency_key",
+                )
+            },
+        ),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at",
+                    "scheduled_for",
+                    "started_at",
+                    "finished_at",
+                    "updated_at",
+                    "duration",
+                    "progress_pretty",
+                )
+            },
+        ),
         ("Payload and result", {"fields": ("payload_pretty", "result_pretty")}),
         ("Error", {"fields": ("error_code", "error_message", "traceback")}),
     )
-    readonly_fields = ("id", "job_type", "queue", "coloured_status", "priority", "owner_link", "tenant",
-                       "attempts_display",
-                       "worker_name", "request_id", "idempotency_key", "created_at", "scheduled_for", "started_at",
-                       "finished_at", "updated_at", "duration", "progress_pretty", "payload_pretty",
-                       "result_pretty", "error_code", "error_message", "traceback")
+    readonly_fields = (
+        "id",
+        "job_type",
+        "queue",
+        "coloured_status",
+        "priority",
+        "owner_link",
+        "tenant",
+        "attempts_display",
+        "worker_name",
+        "request_id",
+        "idempotency_key",
+        "created_at",
+        "scheduled_for",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "duration",
+        "progress_pretty",
+        "payload_pretty",
+        "result_pretty",
+        "error_code",
+        "error_message",
+        "traceback",
+    )
 
     # --- the list
     def get_queryset(self, request):
@@ -201,7 +267,8 @@ class JobRecordAdmin(admin.ModelAdmin):
         colour = STATUS_COLOURS.get(obj.status, "#333")
         return format_html(
             "<span class='slimy-status' style='color:#fff;background:{};padding:1px 6px;border-radius:8px'>{}</span>",
-            colour, obj.status,
+            colour,
+            obj.status,
         )
 
     @admin.display(description="owner", ordering="owner__username")
@@ -244,9 +311,12 @@ class JobRecordAdmin(admin.ModelAdmin):
         return format_html("<pre class='slimy-trace'>{}</pre>", obj.error_traceback) if obj.error_traceback else "—"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        return super().change_view(request, object_id, form_url,
-                                   extra_context={**(extra_context or {}),
-                                                  **admin_views.job_detail_context(self, request, object_id)})
+        return super().change_view(
+            request,
+            object_id,
+            form_url,
+            extra_context={**(extra_context or {}), **admin_views.job_detail_context(self, request, object_id)},
+        )
 
     def changelist_view(self, request, extra_context=None):
         extra = {"can_manage_queues": self.has_manage_queues_permission(request)}
@@ -303,10 +373,8 @@ class JobRecordAdmin(admin.ModelAdmin):
             path("dashboard/", wrap(admin_views.dashboard_view(self)), name=f"{prefix}_dashboard"),
             path("dashboard/pause/", wrap(admin_views.queue_pause_view(self)), name=f"{prefix}_pause"),
             path("dashboard/resume/", wrap(admin_views.queue_resume_view(self)), name=f"{prefix}_resume"),
-            path("dashboard/retry-failed/", wrap(admin_views.retry_failed_view(self)),
-                 name=f"{prefix}_retry_failed"),
+            path("dashboard/retry-failed/", wrap(admin_views.retry_failed_view(self)), name=f"{prefix}_retry_failed"),
             path("dashboard/clean/", wrap(admin_views.clean_view(self)), name=f"{prefix}_clean"),
-            path("<path:object_id>/act/<str:action>/", wrap(admin_views.job_action_view(self)),
-                 name=f"{prefix}_act"),
+            path("<path:object_id>/act/<str:action>/", wrap(admin_views.job_action_view(self)), name=f"{prefix}_act"),
         ]
         return custom + super().get_urls()

@@ -51,8 +51,11 @@ def gate(view):
 def operation_moved(request, queue_index=None, job_id=None, **kwargs):
     """Stands in for a destructive django-rq view: nothing is changed, the operator is sent to the
     audited equivalent (the job's page for one job, the queue dashboard otherwise)."""
-    messages.warning(request, "Operations on queues and jobs go through Slimy's admin, where they are "
-                              "checked and written to the audit trail; nothing was changed.")
+    messages.warning(
+        request,
+        "Operations on queues and jobs go through Slimy's admin, where they are "
+        "checked and written to the audit trail; nothing was changed.",
+    )
     target = reverse("admin:queues_jobrecord_dashboard")
     if job_id is not None and JobRecord.objects.filter(pk=_uuid_or_none(job_id)).exists():
         target = reverse("admin:queues_jobrecord_change", args=[job_id])

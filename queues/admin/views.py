@@ -47,8 +47,12 @@ def _url(name, *args, query=""):
 
 def _log(request, message: str, *, object_repr: str, flag: int = CHANGE) -> None:
     LogEntry.objects.create(
-        user_id=request.user.pk, content_type=ContentType.objects.get_for_model(JobRecord), object_id="",
-        object_repr=object_repr[:200], action_flag=flag, change_message=message,
+        user_id=request.user.pk,
+        content_type=ContentType.objects.get_for_model(JobRecord),
+        object_id="",
+        object_repr=object_repr[:200],
+        action_flag=flag,
+        change_message=message,
     )
 
 
@@ -75,18 +79,29 @@ def job_related_links(job: JobRecord) -> list[dict]:
     the model, its field and its admin page exist."""
     links = []
     if job.request_id:
-        links.append({"label": f"Jobs of request {job.request_id}",
-                      "url": _url("admin:queues_jobrecord_changelist", query=f"?q={job.request_id}")})
-    ids = {str(v) for k, v in {**(job.payload or {}), **(job.result if isinstance(job.result, dict) else {})}.items()
-           if k in ("conversation_id", "conversationId") and v}
+        links.append(
+            {
+                "label": f"Jobs of request {job.request_id}",
+                "url": _url("admin:queues_jobrecord_changelist", query=f"?q={job.request_id}"),
+            }
+        )
+    ids = {
+        str(v)
+        for k, v in {**(job.payload or {}), **(job.result if isinstance(job.result, dict) else {})}.items()
+        if k in ("conversation_id", "conversationId") and v
+    }
     conversation = _model("chat.Conversation")
     if conversation is not None:
         for conv_id in sorted(ids):
             links.append({"label": f"Conversation {conv_id}", "url": _url("admin:chat_conversation_change", conv_id)})
         if _has_field(conversation, "created_by_job_id"):
             for pk in conversation.objects.filter(created_by_job_id=job.pk).values_list("pk", flat=True)[:5]:
-                links.append({"label": f"Conversation {pk} (created by this job)",
-                              "url": _url("admin:chat_conversation_change", pk)})
+                links.append(
+                    {
+                        "label": f"Conversation {pk} (created by this job)",
+                        "url": _url("admin:chat_conversation_change", pk),
+                    }
+                )
     message = _model("chat.Message")
     if message is not None and _has_field(message, "job_id"):
         for pk in message.objects.filter(job_id=job.pk).values_list("pk", flat=True)[:5]:
@@ -94,11 +109,19 @@ def job_related_links(job: JobRecord) -> list[dict]:
     audit = _model("audit.AuditLog")
     if audit is not None:
         if _has_field(audit, "resource_id"):
-            links.append({"label": "Audit events about this job",
-                          "url": _url("admin:audit_auditlog_changelist", query=f"?resource_id={job.pk}")})
+            links.append(
+                {
+                    "label": "Audit events about this job",
+                    "url": _url("admin:audit_auditlog_changelist", query=f"?resource_id={job.pk}"),
+                }
+            )
         if job.request_id and _has_field(audit, "request_id"):
-            links.append({"label": "Audit events of its request",
-                          "url": _url("admin:audit_auditlog_changelist", query=f"?request_id={job.request_id}")})
+            links.append(
+                {
+                    "label": "Audit events of its request",
+                    "url": _url("admin:audit_auditlog_changelist", query=f"?request_id={job.request_id}"),
+                }
+            )
     return [link for link in links if link["url"]]
 
 
@@ -160,7 +183,9 @@ def job_action_view(modeladmin):
             outcome = admin_actions.job_action_perform(modeladmin, request, spec, [job], form.cleaned_data["reason"])
             admin_actions.report(request, spec, outcome)
             if spec.name == "requeue_copy" and outcome.copies:
-                return HttpResponseRedirect(reverse("admin:queues_jobrecord_change", args=[outcome.copies[str(job.pk)]]))
+                return HttpResponseRedirect(
+                    reverse("admin:queues_jobrecord_change", args=[outcome.copies[str(job.pk)]])
+                )
             return HttpResponseRedirect(change_url)
         response = admin_actions.confirmation_response(modeladmin, request, spec, [job], form=form, total=1, bulk=False)
         response.context_data["cancel_url"] = change_url
@@ -187,8 +212,10 @@ class RetryFailedForm(forms.Form):
 
 
 class CleanForm(forms.Form):
-    before = forms.DateField(help_text="Finished records created and finished before this day (UTC) are deleted.",
-                             widget=forms.DateInput(attrs={"type": "date"}))
+    before = forms.DateField(
+        help_text="Finished records created and finished before this day (UTC) are deleted.",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
     reason = forms.CharField(required=False, max_length=500)
 
     def clean_before(self):
@@ -200,7 +227,7 @@ class CleanForm(forms.Form):
         return before
 
     def cutoff(self) -> dt.datetime:
-        return dt.datetime.combine(self.cleaned_data["before"], dt.time.min, tzinfo=dt.timezone.utc)
+        return dt.datetime.combine(self.cleaned_data["before"], dt.time.min, tzinfo=dt.UTC)
 
 
 def _require(modeladmin, request, *permissions):
@@ -257,8 +284,13 @@ def _queue_op(modeladmin, *, pause: bool):
             text = f"Resumed queue {queue}." if changed else f"Queue {queue} was not paused."
         if changed:
             _log(request, text + (f" Reason: {reason}" if reason else ""), object_repr=f"queue {queue}")
-            admin_actions.audit_record(request, action=f"admin.queue_{'pause' if pause else 'resume'}",
-                                       resource_type="queue", resource_id=queue, details={"reason": reason})
+            admin_actions.audit_record(
+                request,
+                action=f"admin.queue_{'pause' if pause else 'resume'}",
+                resource_type="queue",
+                resource_id=queue,
+                details={"reason": reason},
+            )
         messages.success(request, text)
         return HttpResponseRedirect(reverse("admin:queues_jobrecord_dashboard"))
 
@@ -276,8 +308,13 @@ def queue_resume_view(modeladmin):
 def _confirm_operation(modeladmin, request, *, title, explanation, count, form, url, estimated=False):
     context = {
         **modeladmin.admin_site.each_context(request),
-        "title": title, "opts": modeladmin.model._meta, "explanation": explanation, "count": count,
-        "estimated": estimated, "form": form, "url": url,
+        "title": title,
+        "opts": modeladmin.model._meta,
+        "explanation": explanation,
+        "count": count,
+        "estimated": estimated,
+        "form": form,
+        "url": url,
         "cancel_url": reverse("admin:queues_jobrecord_dashboard"),
     }
     return TemplateResponse(request, "admin/queues/confirm_operation.html", context)
@@ -295,22 +332,32 @@ def retry_failed_view(modeladmin):
         if request.POST.get("confirm") != "yes":
             count = JobRecord.objects.filter(job_type=job_type, status=JobStatus.FAILED).count()
             return _confirm_operation(
-                modeladmin, request, title=f"Retry failed {job_type} jobs?", count=count, form=form,
+                modeladmin,
+                request,
+                title=f"Retry failed {job_type} jobs?",
+                count=count,
+                form=form,
                 explanation=f"Up to {admin_actions.MAX_BULK_JOBS} failed jobs of this type (oldest first) are "
-                            "queued again with a fresh attempt budget.",
+                "queued again with a fresh attempt budget.",
                 url=reverse("admin:queues_jobrecord_retry_failed"),
             )
         try:
-            jobs = services.job_retry_failed_of_type(job_type=job_type, actor=request.user,
-                                                     limit=admin_actions.MAX_BULK_JOBS)
+            jobs = services.job_retry_failed_of_type(
+                job_type=job_type, actor=request.user, limit=admin_actions.MAX_BULK_JOBS
+            )
         except ApplicationError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(reverse("admin:queues_jobrecord_dashboard"))
         for job in jobs:
-            modeladmin.log_change(request, job, "Retried (all failed of its type) via admin."
-                                  + (f" Reason: {reason}" if reason else ""))
-        admin_actions.audit_record(request, action="admin.job_retry_failed_of_type", resource_type="job",
-                                   details={"reason": reason, "jobType": job_type, "jobs": [str(j.pk) for j in jobs]})
+            modeladmin.log_change(
+                request, job, "Retried (all failed of its type) via admin." + (f" Reason: {reason}" if reason else "")
+            )
+        admin_actions.audit_record(
+            request,
+            action="admin.job_retry_failed_of_type",
+            resource_type="job",
+            details={"reason": reason, "jobType": job_type, "jobs": [str(j.pk) for j in jobs]},
+        )
         messages.success(request, f"{len(jobs)} failed {job_type} job(s) retried.")
         return HttpResponseRedirect(reverse("admin:queues_jobrecord_dashboard"))
 
@@ -330,17 +377,30 @@ def clean_view(modeladmin):
             matching = JobRecord.objects.filter(created_at__lt=cutoff, status__in=FINAL_STATUSES)
             count, estimated = queryset_count_estimate(matching)
             return _confirm_operation(
-                modeladmin, request, title=f"Delete finished job records before {cutoff:%Y-%m-%d}?",
-                count=count, estimated=estimated, form=form, url=reverse("admin:queues_jobrecord_clean"),
+                modeladmin,
+                request,
+                title=f"Delete finished job records before {cutoff:%Y-%m-%d}?",
+                count=count,
+                estimated=estimated,
+                form=form,
+                url=reverse("admin:queues_jobrecord_clean"),
                 explanation="Completed, failed and cancelled records created and finished before that day are "
-                            "deleted with their attempt history. Waiting and running jobs are never touched.",
+                "deleted with their attempt history. Waiting and running jobs are never touched.",
             )
         deleted = services.job_records_clean(before=cutoff)
-        _log(request, f"Deleted {deleted} finished job records before {cutoff:%Y-%m-%d}."
-             + (f" Reason: {reason}" if reason else ""), object_repr=f"job records before {cutoff:%Y-%m-%d}",
-             flag=DELETION)
-        admin_actions.audit_record(request, action="admin.job_records_clean", resource_type="job",
-                                   details={"reason": reason, "before": cutoff.isoformat(), "deleted": deleted})
+        _log(
+            request,
+            f"Deleted {deleted} finished job records before {cutoff:%Y-%m-%d}."
+            + (f" Reason: {reason}" if reason else ""),
+            object_repr=f"job records before {cutoff:%Y-%m-%d}",
+            flag=DELETION,
+        )
+        admin_actions.audit_record(
+            request,
+            action="admin.job_records_clean",
+            resource_type="job",
+            details={"reason": reason, "before": cutoff.isoformat(), "deleted": deleted},
+        )
         messages.success(request, f"{deleted} finished job record(s) deleted.")
         return HttpResponseRedirect(reverse("admin:queues_jobrecord_dashboard"))
 

@@ -6,17 +6,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
+from queues import signals
 from queues.api.submit import submission_guard
 from queues.constants import JobStatus, QueueName
 from queues.models import JobRecord
 from queues.selectors import job_error_for_viewer, job_get_for_user, job_list_for_user, user_may_act_on_any_job
-from queues import signals
 from queues.services import job_cancel, job_retry
 from slimy_site.cursors import INSTANT_PATTERN, instant_decode, instant_encode
 from slimy_site.exceptions import ValidationFailed
@@ -45,8 +45,22 @@ class JobItemSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = JobRecord
-        fields = ["jobId", "jobType", "queue", "status", "priority", "tenant", "attempts", "maxAttempts",
-                  "progress", "createdAt", "startedAt", "finishedAt", "result", "error"]
+        fields = [
+            "jobId",
+            "jobType",
+            "queue",
+            "status",
+            "priority",
+            "tenant",
+            "attempts",
+            "maxAttempts",
+            "progress",
+            "createdAt",
+            "startedAt",
+            "finishedAt",
+            "result",
+            "error",
+        ]
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, obj) -> dict | None:
@@ -104,16 +118,20 @@ class JobCursorPagination(CursorPagination):
 
 class JobListApi(APIView):
     class FilterSerializer(StrictQuerySerializer):
-        status = serializers.MultipleChoiceField(choices=JobStatus.values, required=False,
-                                                 help_text="One or more statuses, comma-separated.")
+        status = serializers.MultipleChoiceField(
+            choices=JobStatus.values, required=False, help_text="One or more statuses, comma-separated."
+        )
         type = serializers.CharField(required=False, max_length=100, help_text="Job type.")
         queue = serializers.ChoiceField(choices=QueueName.values, required=False)
         since = serializers.DateTimeField(required=False, help_text="Only jobs created at or after this time.")
-        owner = serializers.CharField(required=False, max_length=150,
-                                      help_text="Staff with `queues.view_jobrecord` only: a username, or `*` "
-                                                "for everyone's jobs.")
-        cursor = serializers.RegexField(JobCursorPagination.CURSOR_PATTERN, required=False,
-                                        help_text="From `next` or `previous`.")
+        owner = serializers.CharField(
+            required=False,
+            max_length=150,
+            help_text="Staff with `queues.view_jobrecord` only: a username, or `*` for everyone's jobs.",
+        )
+        cursor = serializers.RegexField(
+            JobCursorPagination.CURSOR_PATTERN, required=False, help_text="From `next` or `previous`."
+        )
         limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
 
     class OutputSerializer(serializers.Serializer):
@@ -135,12 +153,14 @@ class JobListApi(APIView):
         jobs = _filtered_jobs(user=request.user, filters=filters)
         paginator = JobCursorPagination()
         page: list | None = paginator.paginate_queryset(jobs, request, view=self)
-        return Response({
-            "ok": True,
-            "results": JobItemSerializer(page, many=True, context={"user": request.user}).data,
-            "next": paginator.get_next_link(),
-            "previous": paginator.get_previous_link(),
-        })
+        return Response(
+            {
+                "ok": True,
+                "results": JobItemSerializer(page, many=True, context={"user": request.user}).data,
+                "next": paginator.get_next_link(),
+                "previous": paginator.get_previous_link(),
+            }
+        )
 
 
 def _filtered_jobs(*, user, filters):
@@ -164,8 +184,11 @@ def _filtered_jobs(*, user, filters):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(operation_id="jobs_retrieve", parameters=[JOB_ID_PARAMETER],
-                   responses={200: JobOutputSerializer, **error_responses("job_not_found")})
+    @extend_schema(
+        operation_id="jobs_retrieve",
+        parameters=[JOB_ID_PARAMETER],
+        responses={200: JobOutputSerializer, **error_responses("job_not_found")},
+    )
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         return Response(_job_body(job, request))
@@ -173,32 +196,54 @@ class JobDetailApi(APIView):
 
 class JobRetryApi(APIView):
     @extend_schema(
-        operation_id="jobs_retry", parameters=[JOB_ID_PARAMETER], request=EmptyInputSerializer,
-        responses={202: JobOutputSerializer, **error_responses(
-            "validation_error", "job_not_found", "job_not_retryable", "queue_full", "queues_unavailable")},
+        operation_id="jobs_retry",
+        parameters=[JOB_ID_PARAMETER],
+        request=EmptyInputSerializer,
+        responses={
+            202: JobOutputSerializer,
+            **error_responses(
+                "validation_error", "job_not_found", "job_not_retryable", "queue_full", "queues_unavailable"
+            ),
+        },
     )
     def post(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user, action="retry")
         validate_input(EmptyInputSerializer, request.data)
         submission_guard(request, queue=job.queue)
         job = job_retry(job=job, actor=request.user)
-        signals.operator_action.send(sender=None, request=request, action="job.retry", resource_type="job",
-                                     resource_id=str(job.pk), details={"jobType": job.job_type})
+        signals.operator_action.send(
+            sender=None,
+            request=request,
+            action="job.retry",
+            resource_type="job",
+            resource_id=str(job.pk),
+            details={"jobType": job.job_type},
+        )
         return Response(_job_body(job, request), status=202)
 
 
 class JobCancelApi(APIView):
     @extend_schema(
-        operation_id="jobs_cancel", parameters=[JOB_ID_PARAMETER], request=EmptyInputSerializer,
-        responses={200: JobOutputSerializer, **error_responses("validation_error", "job_not_found",
-                                                                 "job_not_cancellable")},
+        operation_id="jobs_cancel",
+        parameters=[JOB_ID_PARAMETER],
+        request=EmptyInputSerializer,
+        responses={
+            200: JobOutputSerializer,
+            **error_responses("validation_error", "job_not_found", "job_not_cancellable"),
+        },
     )
     def post(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user, action="cancel")
         validate_input(EmptyInputSerializer, request.data)
         job = job_cancel(job=job, actor=request.user)
-        signals.operator_action.send(sender=None, request=request, action="job.cancel", resource_type="job",
-                                     resource_id=str(job.pk), details={"jobType": job.job_type})
+        signals.operator_action.send(
+            sender=None,
+            request=request,
+            action="job.cancel",
+            resource_type="job",
+            resource_id=str(job.pk),
+            details={"jobType": job.job_type},
+        )
         return Response(_job_body(job, request))
 
 
@@ -215,5 +260,6 @@ class MeApi(APIView):
     @extend_schema(operation_id="me_retrieve", responses={200: OutputSerializer})
     def get(self, request):
         user = request.user
-        return Response({"ok": True, "username": user.get_username(), "roles": sorted(user_roles(user)),
-                         "isStaff": user.is_staff})
+        return Response(
+            {"ok": True, "username": user.get_username(), "roles": sorted(user_roles(user)), "isStaff": user.is_staff}
+        )

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -31,12 +30,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from queues.api.jobs import JOB_ID_PARAMETER
+from queues.api.output_watch import iterate_sync, output_hub
+from queues.api.stream_limits import StreamSlot, stream_slot_take
 from queues.constants import FINAL_STATUSES
 from queues.models import JobRecord
 from queues.output import MAX_READ, SEGMENT, output_read, parse_cursor
-from queues.api.output_watch import iterate_sync, output_hub
 from queues.selectors import job_error_for_viewer, job_get_for_user
-from queues.api.stream_limits import StreamSlot, stream_slot_take
 from slimy_site.exceptions import ValidationFailed
 from slimy_site.negotiation import StrictFormatNegotiation
 from slimy_site.schema import error_responses
@@ -53,6 +52,7 @@ class StreamHandoff:
     def __init__(self, loop):
         self.loop = loop
         self.stream: EventStream | None = None
+
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +82,42 @@ def _limit(raw) -> int:
 
 # What parse_cursor accepts (19 digits always fit the 64 bits of a stream id part).
 CURSOR_PATTERN = r"^(0|[0-9]{1,19}(-[0-9]{1,19})?)$"
-AFTER = OpenApiParameter("after", {"type": "string", "pattern": CURSOR_PATTERN}, OpenApiParameter.QUERY,
-                         required=False,
-                         description="A cursor (an entry id) from an earlier answer; omitted: from the start.")
-LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_READ}, OpenApiParameter.QUERY,
-                         required=False,
-                         description=f"Entries per answer, 1-{MAX_READ} (default {DEFAULT_LIMIT}).")
-LAST_EVENT_ID = OpenApiParameter("Last-Event-ID", {"type": "string", "pattern": CURSOR_PATTERN},
-                                 OpenApiParameter.HEADER, required=False,
-                                 description="Resume after this event (sent by EventSource on reconnect).")
+AFTER = OpenApiParameter(
+    "after",
+    {"type": "string", "pattern": CURSOR_PATTERN},
+    OpenApiParameter.QUERY,
+    required=False,
+    description="A cursor (an entry id) from an earlier answer; omitted: from the start.",
+)
+LIMIT = OpenApiParameter(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_READ},
+    OpenApiParameter.QUERY,
+    required=False,
+    description=f"Entries per answer, 1-{MAX_READ} (default {DEFAULT_LIMIT}).",
+)
+LAST_EVENT_ID = OpenApiParameter(
+    "Last-Event-ID",
+    {"type": "string", "pattern": CURSOR_PATTERN},
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Resume after this event (sent by EventSource on reconnect).",
+)
 
 
 def _bad_parameter(*codes) -> OpenApiResponse:
     return OpenApiResponse(
-        response=ErrorSerializer, description="Error codes: " + ", ".join(f"`{c}`" for c in codes),
-        examples=[OpenApiExample(c, response_only=True, status_codes=["400"],
-                                 value={"ok": False, "error": c, "message": "The input is not valid."}) for c in codes],
+        response=ErrorSerializer,
+        description="Error codes: " + ", ".join(f"`{c}`" for c in codes),
+        examples=[
+            OpenApiExample(
+                c,
+                response_only=True,
+                status_codes=["400"],
+                value={"ok": False, "error": c, "message": "The input is not valid."},
+            )
+            for c in codes
+        ],
     )
 
 
@@ -112,9 +132,16 @@ class JobOutputApi(APIView):
         more = serializers.BooleanField()
         done = serializers.BooleanField()
 
-    @extend_schema(operation_id="jobs_output", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LIMIT],
-                   responses={200: OutputSerializer, 400: _bad_parameter("invalid_cursor", "invalid_limit"),
-                              **error_responses("job_not_found")})
+    @extend_schema(
+        operation_id="jobs_output",
+        tags=["jobs"],
+        parameters=[JOB_ID_PARAMETER, AFTER, LIMIT],
+        responses={
+            200: OutputSerializer,
+            400: _bad_parameter("invalid_cursor", "invalid_limit"),
+            **error_responses("job_not_found"),
+        },
+    )
     def get(self, request, job_id):
         job = job_get_for_user(job_id=job_id, user=request.user)
         after = parse_cursor(request.query_params.get("after"))
@@ -122,11 +149,20 @@ class JobOutputApi(APIView):
         # The status is read before the log: a final status then guarantees the log is complete.
         entries = output_read(job_id=job.pk, after=after, limit=limit)
         more = len(entries) == limit
-        return Response(self.OutputSerializer({
-            "ok": True, "jobId": str(job.pk), "status": job.status, "attempt": job.attempts, "chunks": entries,
-            "cursor": entries[-1]["id"] if entries else after, "more": more,
-            "done": job.status in FINAL_STATUSES and not more,
-        }).data)
+        return Response(
+            self.OutputSerializer(
+                {
+                    "ok": True,
+                    "jobId": str(job.pk),
+                    "status": job.status,
+                    "attempt": job.attempts,
+                    "chunks": entries,
+                    "cursor": entries[-1]["id"] if entries else after,
+                    "more": more,
+                    "done": job.status in FINAL_STATUSES and not more,
+                }
+            ).data
+        )
 
 
 class JobEventSerializer(serializers.Serializer):
@@ -144,11 +180,16 @@ class JobEventsApi(APIView):
     content_negotiation_class = StrictFormatNegotiation
 
     @extend_schema(
-        operation_id="jobs_events", tags=["jobs"], parameters=[JOB_ID_PARAMETER, AFTER, LAST_EVENT_ID],
+        operation_id="jobs_events",
+        tags=["jobs"],
+        parameters=[JOB_ID_PARAMETER, AFTER, LAST_EVENT_ID],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                JobEventSerializer, description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it."),
-            400: _bad_parameter("invalid_cursor"), **error_responses("job_not_found", "too_many_streams"),
+                JobEventSerializer,
+                description="Events `state`, `segment`, `chunk` (JSON data); the final state ends it.",
+            ),
+            400: _bad_parameter("invalid_cursor"),
+            **error_responses("job_not_found", "too_many_streams"),
         },
     )
     def get(self, request, job_id):
@@ -158,8 +199,13 @@ class JobEventsApi(APIView):
         cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
         handoff = request.META.get("asgi.scope", {}).get(STREAM_HANDOFF)
         slot = stream_slot_take(user=request.user, loop=handoff.loop if handoff is not None else None)
-        stream = EventStream(job_id=str(job.pk), cursor=cursor, viewer=request.user, slot=slot,
-                             request_id=getattr(request, "request_id", None))
+        stream = EventStream(
+            job_id=str(job.pk),
+            cursor=cursor,
+            viewer=request.user,
+            slot=slot,
+            request_id=getattr(request, "request_id", None),
+        )
         if handoff is not None:
             handoff.stream = stream  # slimy_site.asgi sends it from the event loop once this thread is done
             body = iter(())
@@ -227,8 +273,9 @@ class EventStream:
     async def aclose(self, *, client_gone: bool = False) -> None:
         if client_gone:
             # The request's log context is gone once the view returned: the line names the request id.
-            logger.info("event stream: the client went away",
-                        extra={"request_id": self.request_id, "job_id": self.job_id})
+            logger.info(
+                "event stream: the client went away", extra={"request_id": self.request_id, "job_id": self.job_id}
+            )
         await self.slot.arelease()
 
     async def _events(self):

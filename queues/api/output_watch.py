@@ -30,11 +30,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
@@ -122,8 +121,13 @@ class OutputHub:
     def commands(self) -> aioredis.Redis:
         if self._commands is None:
             pool = aioredis.BlockingConnectionPool.from_url(
-                self.redis_url, max_connections=COMMAND_CONNECTIONS, timeout=10, client_name="slimy-web-streams",
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=2.0)
+                self.redis_url,
+                max_connections=COMMAND_CONNECTIONS,
+                timeout=10,
+                client_name="slimy-web-streams",
+                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=2.0,
+            )
             self._commands = aioredis.Redis(connection_pool=pool)
         return self._commands
 
@@ -131,8 +135,13 @@ class OutputHub:
         if self._reader is None:
             # No socket timeout: the read blocks up to BLOCK_MS on purpose (redis-py's default 5 s would
             # still be fine, but a timeout shorter than a block would turn every idle wait into an error).
-            self._reader = aioredis.Redis.from_url(self.redis_url, single_connection_client=True, client_name="slimy-web-streams-reader",
-                                                   socket_timeout=None, socket_connect_timeout=2.0)
+            self._reader = aioredis.Redis.from_url(
+                self.redis_url,
+                single_connection_client=True,
+                client_name="slimy-web-streams-reader",
+                socket_timeout=None,
+                socket_connect_timeout=2.0,
+            )
             self._reader_id = await self._reader.client_id()
         return self._reader
 
@@ -281,8 +290,7 @@ class OutputHub:
             ids = {w.job_id for w in watches}
             known = {job_id: self._records[job_id][0] for job_id in ids if job_id in self._records}
             try:
-                signatures, records = await asyncio.get_running_loop().run_in_executor(
-                    self._db, _read_jobs, ids, known)
+                signatures, records = await asyncio.get_running_loop().run_in_executor(self._db, _read_jobs, ids, known)
             except DatabaseError as exc:
                 logger.warning("job state poller: database failed (%s)", exc)
                 await asyncio.sleep(1.0)
@@ -401,8 +409,9 @@ def _read_jobs(job_ids, known: dict) -> tuple[dict, dict]:
     table = connection.ops.quote_name(JobRecord._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(name) for name in _STATE_FIELDS)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id::text, md5(ROW({columns})::text) FROM {table} WHERE id = ANY(%s::uuid[])",
-                       [list(job_ids)])
+        cursor.execute(
+            f"SELECT id::text, md5(ROW({columns})::text) FROM {table} WHERE id = ANY(%s::uuid[])", [list(job_ids)]
+        )
         signatures = dict(cursor.fetchall())
     changed = [job_id for job_id, signature in signatures.items() if known.get(job_id) != signature]
     records = {}

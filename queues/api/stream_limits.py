@@ -19,9 +19,9 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from queues.api.output_watch import output_hub
+from queues.connections import connection_for
 from queues.keys import STREAM_SLOTS_KEY
 from queues.metrics import OPEN_STREAMS
-from queues.connections import connection_for
 from slimy_site.exceptions import RateLimited
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class StreamSlot:
         """Give the slot back (idempotent), from synchronous code."""
         if self._give_back():
             try:
-                connection_for(settings.REDIS_URL, REDIS_TIMEOUT).zrem(STREAM_SLOTS_KEY.format(self.user_id), self.slot_id)
+                connection_for(settings.REDIS_URL, REDIS_TIMEOUT).zrem(
+                    STREAM_SLOTS_KEY.format(self.user_id), self.slot_id
+                )
             except RedisError as exc:
                 logger.warning("could not release a stream slot (it lapses by itself): %s", exc)
 
@@ -90,12 +92,20 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
     """
     with _lock:
         if _open["count"] >= settings.API_MAX_STREAMS_PER_PROCESS:
-            raise TooManyStreams(details={"limit": settings.API_MAX_STREAMS_PER_PROCESS, "scope": "process"},
-                                 headers={"Retry-After": "5"})
+            raise TooManyStreams(
+                details={"limit": settings.API_MAX_STREAMS_PER_PROCESS, "scope": "process"},
+                headers={"Retry-After": "5"},
+            )
         _open["count"] += 1
     slot_id = uuid.uuid4().hex
-    args = (_TAKE, 1, STREAM_SLOTS_KEY.format(user.pk), settings.API_MAX_STREAMS_PER_USER, slot_id,
-            settings.JOB_EVENTS_MAX_SECONDS + LAPSE_MARGIN_SECONDS)
+    args = (
+        _TAKE,
+        1,
+        STREAM_SLOTS_KEY.format(user.pk),
+        settings.API_MAX_STREAMS_PER_USER,
+        slot_id,
+        settings.JOB_EVENTS_MAX_SECONDS + LAPSE_MARGIN_SECONDS,
+    )
     try:
         if loop is not None:
             taken = asyncio.run_coroutine_threadsafe(_take_on_hub(args), loop).result(REDIS_TIMEOUT * 4)
@@ -109,8 +119,9 @@ def stream_slot_take(*, user, loop: asyncio.AbstractEventLoop | None = None) -> 
     if not taken:
         with _lock:
             _open["count"] -= 1
-        raise TooManyStreams(details={"limit": settings.API_MAX_STREAMS_PER_USER, "scope": "user"},
-                             headers={"Retry-After": "5"})
+        raise TooManyStreams(
+            details={"limit": settings.API_MAX_STREAMS_PER_USER, "scope": "user"}, headers={"Retry-After": "5"}
+        )
     OPEN_STREAMS.inc()
     return StreamSlot(user_id=user.pk, slot_id=slot_id, user_slot=user_slot)
 

@@ -28,16 +28,20 @@ from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from queues.api.throttling import (
+    rate_limit_connection,
+    rate_limit_queue,
+    rate_limit_take_deferred,
+    rate_limit_wait,
+    rate_limited,
+)
+from queues.connections import get_connection, get_rq_queue
 from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
 from queues.fairness import fair_waiting_count
 from queues.keys import IDEMPOTENCY_REPLAY_KEY
 from queues.models import JobRecord
-from queues.connections import get_connection, get_rq_queue
 from queues.services import IDEMPOTENCY_WINDOW, UnknownJobType, job_enqueue
-from queues.api.throttling import (
-    rate_limit_connection, rate_limit_queue, rate_limit_take_deferred, rate_limit_wait, rate_limited,
-)
 from slimy_site.exceptions import ServiceUnavailable, ValidationFailed
 from slimy_site.schema import SUBMIT_ERROR_CODES, error_responses
 
@@ -132,8 +136,11 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
         with rate_limit_connection().pipeline(transaction=False) as pipe:
             pipe.ping()
             # The view's own scope first (left here by the DRF throttle: see rate_limit_defer), then `submit`.
-            charged = [scope for scope in (*rate_limit_take_deferred(request), "submit")
-                       if rate_limit_queue(pipe, request, scope=scope)]
+            charged = [
+                scope
+                for scope in (*rate_limit_take_deferred(request), "submit")
+                if rate_limit_queue(pipe, request, scope=scope)
+            ]
             if not replay:
                 for priority in PRIORITY_ORDER:
                     pipe.llen(get_rq_queue(queue, priority).key)
@@ -152,12 +159,16 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
     backlog = sum(int(n) for n in replies)
     if backlog > settings.QUEUE_MAX_BACKLOG:
         logger.warning("queue %s is full (%s waiting); submission refused", queue, backlog)
-        raise QueueFull(f"The {queue} queue is full; retry later.", details={"queue": queue},
-                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        raise QueueFull(
+            f"The {queue} queue is full; retry later.",
+            details={"queue": queue},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
 
-def accept_job(request, *, job_type: str, payload: dict, priority: str = "normal", delay=None, run_at=None,
-               extra_body=None) -> Response:
+def accept_job(
+    request, *, job_type: str, payload: dict, priority: str = "normal", delay=None, run_at=None, extra_body=None
+) -> Response:
     definition = registry.get(job_type)
     if definition is None:
         raise UnknownJobType(f"Unknown job type: {job_type!r}.")
@@ -194,8 +205,9 @@ def _key_in_use(owner, key: str) -> bool:
 def _remember_body(job, body: dict) -> None:
     """Keep the 202 body for replays (24 h). Best effort: without it a replay rebuilds the body."""
     try:
-        get_connection().set(IDEMPOTENCY_REPLAY_KEY.format(job_id=job.id), json.dumps(body),
-                             ex=int(IDEMPOTENCY_WINDOW.total_seconds()))
+        get_connection().set(
+            IDEMPOTENCY_REPLAY_KEY.format(job_id=job.id), json.dumps(body), ex=int(IDEMPOTENCY_WINDOW.total_seconds())
+        )
     except (RedisError, OSError):
         logger.warning("could not store the Idempotency-Key answer of job %s", job.id)
 

@@ -31,8 +31,18 @@ logger = logging.getLogger(__name__)
 
 # A rate-limit check must never make a request wait on a sick Redis.
 REDIS_TIMEOUT = 0.5
-_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
-            "d": 86400, "day": 86400}
+_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
 _ROLE_ORDER = (Role.STAFF, Role.SERVICE, Role.CLUB, Role.MEMBER)
 
@@ -92,8 +102,9 @@ def _connection() -> Redis:
     url = settings.REDIS_URL
     conn = _connections.get(url)
     if conn is None:
-        conn = _connections[url] = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
-                                                  socket_connect_timeout=REDIS_TIMEOUT)
+        conn = _connections[url] = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
     return conn
 
 
@@ -105,7 +116,9 @@ def rate_limit_connection() -> Redis:
 def rate_limit_hit(*, scope: str, ident: str, rate: Rate) -> float:
     """Count one request; 0 when allowed, else the seconds to wait. Raises RedisError when Redis fails."""
     conn = _connection()
-    reply = conn.register_script(_GCRA)(keys=[f"{RATELIMIT_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000])
+    reply = conn.register_script(_GCRA)(
+        keys=[f"{RATELIMIT_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000]
+    )
     return rate_limit_wait(reply)
 
 
@@ -133,7 +146,7 @@ def _first_charge(request, scope: str) -> bool:
     charged = getattr(request, "_slimy_rate_scopes", None)
     if charged is None:
         charged = set()
-        setattr(request, "_slimy_rate_scopes", charged)
+        request._slimy_rate_scopes = charged
     if scope in charged:
         return False
     charged.add(scope)
@@ -173,8 +186,11 @@ def rate_limit_enforce(request, *, scope: str) -> None:
 
 def rate_limited(*, scope: str, wait: float) -> RateLimited:
     seconds = max(1, math.ceil(wait))
-    return RateLimited(f"Too many requests; retry in {seconds} seconds.",
-                       details={"scope": scope, "retryAfter": seconds}, headers={"Retry-After": str(seconds)})
+    return RateLimited(
+        f"Too many requests; retry in {seconds} seconds.",
+        details={"scope": scope, "retryAfter": seconds},
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def rate_limit_defer(request, *, scope: str) -> None:

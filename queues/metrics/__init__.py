@@ -94,17 +94,19 @@ OUTCOMES = ("completed", "failed", "retried", "cancelled")
 
 JOBS_ENQUEUED = Counter("slimy_jobs_enqueued_total", "Jobs accepted into a queue.", JOB_LABELS)
 JOBS_FINISHED = Counter(
-    "slimy_jobs_finished_total", "Job attempts finished, by outcome (completed/failed/retried/cancelled).",
+    "slimy_jobs_finished_total",
+    "Job attempts finished, by outcome (completed/failed/retried/cancelled).",
     JOB_LABELS + ("outcome",),
 )
-JOB_DURATION = Histogram("slimy_job_duration_seconds", "Run time of one attempt.", JOB_LABELS,
-                         buckets=DURATION_BUCKETS)
-JOB_WAIT = Histogram("slimy_job_wait_seconds", "Time from due to start of an attempt.", JOB_LABELS,
-                     buckets=DURATION_BUCKETS)
+JOB_DURATION = Histogram("slimy_job_duration_seconds", "Run time of one attempt.", JOB_LABELS, buckets=DURATION_BUCKETS)
+JOB_WAIT = Histogram(
+    "slimy_job_wait_seconds", "Time from due to start of an attempt.", JOB_LABELS, buckets=DURATION_BUCKETS
+)
 
 
-OPEN_STREAMS = Gauge("slimy_web_open_streams", "Event streams (SSE) open in web processes.",
-                     multiprocess_mode="livesum")
+OPEN_STREAMS = Gauge(
+    "slimy_web_open_streams", "Event streams (SSE) open in web processes.", multiprocess_mode="livesum"
+)
 
 
 # Gauges computed at scrape time by queues.metrics.collector (listed here so every name lives in one place).
@@ -114,8 +116,8 @@ SCRAPE_GAUGES = {
     "slimy_queue_workers": "Workers listening on the queue.",
     "slimy_workers": "RQ workers by state.",
     "slimy_redis_up": "1 when Redis answered the scrape.",
-    "slimy_tenant_inflight_jobs": "Jobs of a tenant running on a fair-shared queue (top tenants, the rest as \"other\").",
-    "slimy_tenant_waiting_jobs": "Jobs of a tenant waiting their turn on a fair-shared queue (top tenants, rest \"other\").",
+    "slimy_tenant_inflight_jobs": 'Jobs of a tenant running on a fair-shared queue (top tenants, the rest as "other").',
+    "slimy_tenant_waiting_jobs": 'Jobs of a tenant waiting their turn on a fair-shared queue (top tenants, rest "other").',
 }
 
 # Finished-job counts per 10 s bucket in Redis: the snapshot's "jobs per minute over 5 minutes",
@@ -232,9 +234,11 @@ def connect_receivers() -> None:
 def check_multiprocess_dir(app_configs=None, **kwargs):
     path = settings.PROMETHEUS_MULTIPROC_DIR
     if path and not (os.path.isdir(path) and os.access(path, os.W_OK)):
-        return [checks.Error(
-            f"PROMETHEUS_MULTIPROC_DIR {path!r} is not a writable directory.",
-            hint="Create it empty before starting the processes (queues.metrics.prepare_multiprocess_dir).",
-            id="queues.E101",
-        )]
+        return [
+            checks.Error(
+                f"PROMETHEUS_MULTIPROC_DIR {path!r} is not a writable directory.",
+                hint="Create it empty before starting the processes (queues.metrics.prepare_multiprocess_dir).",
+                id="queues.E101",
+            )
+        ]
     return []

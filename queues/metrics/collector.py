@@ -14,11 +14,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 
+from queues.connections import get_connection, redis_ping
 from queues.metrics import SCRAPE_GAUGES
 from queues.selectors.queue_state import QUEUE_STATES, queue_depths
-from queues.connections import get_connection, redis_ping
 
 logger = logging.getLogger(__name__)
+
 
 class QueueCollector:
     """slimy_queue_jobs{queue,state}, slimy_queue_oldest_job_age_seconds, slimy_queue_workers, slimy_workers."""
@@ -36,8 +37,9 @@ class QueueCollector:
         if depths is None:
             return
         jobs = GaugeMetricFamily("slimy_queue_jobs", SCRAPE_GAUGES["slimy_queue_jobs"], labels=["queue", "state"])
-        age = GaugeMetricFamily("slimy_queue_oldest_job_age_seconds",
-                                SCRAPE_GAUGES["slimy_queue_oldest_job_age_seconds"], labels=["queue"])
+        age = GaugeMetricFamily(
+            "slimy_queue_oldest_job_age_seconds", SCRAPE_GAUGES["slimy_queue_oldest_job_age_seconds"], labels=["queue"]
+        )
         served = GaugeMetricFamily("slimy_queue_workers", SCRAPE_GAUGES["slimy_queue_workers"], labels=["queue"])
         for queue, figures in depths["queues"].items():
             for state in QUEUE_STATES:
@@ -56,10 +58,12 @@ def tenant_gauges(conn) -> list:
     METRICS_TENANT_TOP_N busiest tenants per queue by name, every other one summed as tenant="other"."""
     from queues.fairness import fair_tenant_loads, tenant_loads_top
 
-    inflight = GaugeMetricFamily("slimy_tenant_inflight_jobs", SCRAPE_GAUGES["slimy_tenant_inflight_jobs"],
-                                 labels=["queue", "tenant"])
-    waiting = GaugeMetricFamily("slimy_tenant_waiting_jobs", SCRAPE_GAUGES["slimy_tenant_waiting_jobs"],
-                                labels=["queue", "tenant"])
+    inflight = GaugeMetricFamily(
+        "slimy_tenant_inflight_jobs", SCRAPE_GAUGES["slimy_tenant_inflight_jobs"], labels=["queue", "tenant"]
+    )
+    waiting = GaugeMetricFamily(
+        "slimy_tenant_waiting_jobs", SCRAPE_GAUGES["slimy_tenant_waiting_jobs"], labels=["queue", "tenant"]
+    )
     try:
         for queue in settings.FAIR_QUEUES:
             loads = fair_tenant_loads(conn=conn, queue=queue)

@@ -11,21 +11,21 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import math
-from typing import Any
 import os
 import sys
 import threading
 import time
+from typing import Any
 
 import psutil
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from queues.connections import get_connection, redis_ping
 from queues.constants import QueueName
 from queues.metrics import metrics_started_at, throughput_per_minute
 from queues.metrics.collector import recorded_samples
 from queues.selectors.queue_state import queue_depths
-from queues.connections import get_connection, redis_ping
 
 _PROCESS = psutil.Process()
 
@@ -68,8 +68,10 @@ def _jobs(samples, depths, throughput) -> dict:
     queues = {}
     totals: dict[str, Any] = {"queued": 0, "scheduled": 0, "active": 0, "completed": 0, "failed": 0, "retried": 0}
     for queue in QueueName.values:
-        finished = {o: _sum(samples, "slimy_jobs_finished_total", queue=queue, outcome=o)
-                    for o in ("completed", "failed", "retried", "cancelled")}
+        finished = {
+            o: _sum(samples, "slimy_jobs_finished_total", queue=queue, outcome=o)
+            for o in ("completed", "failed", "retried", "cancelled")
+        }
         runs = _sum(samples, "slimy_job_duration_seconds_count", queue=queue)
         run_time = _sum(samples, "slimy_job_duration_seconds_sum", queue=queue)
         waits = _sum(samples, "slimy_job_wait_seconds_count", queue=queue)
@@ -93,8 +95,14 @@ def _jobs(samples, depths, throughput) -> dict:
             "throughput": round(throughput.get(queue, 0.0), 3) if throughput is not None else None,
         }
         queues[queue] = figures
-        for key, source in (("queued", "queued"), ("scheduled", "scheduled"), ("active", "active"),
-                            ("completed", "completed"), ("failed", "failed"), ("retried", "retried")):
+        for key, source in (
+            ("queued", "queued"),
+            ("scheduled", "scheduled"),
+            ("active", "active"),
+            ("completed", "completed"),
+            ("failed", "failed"),
+            ("retried", "retried"),
+        ):
             totals[key] += figures[source] or 0
     totals["successRate"] = _ratio(totals["completed"], totals["completed"] + totals["failed"])
     return {"queues": queues, "totals": totals}
@@ -152,10 +160,16 @@ def _process() -> dict:
         "uptimeSeconds": round(uptime, 3),
         "memory": {"rss": memory.rss, "vms": memory.vms, "shared": getattr(memory, "shared", None)},
         # Python has no JS-style heap; these are the interpreter's allocator and collector figures.
-        "heap": {"allocatedBlocks": sys.getallocatedblocks(), "gcCounts": list(gc.get_count()),
-                 "gcCollections": [s["collections"] for s in gc.get_stats()]},
-        "cpu": {"userSeconds": round(cpu.user, 3), "systemSeconds": round(cpu.system, 3),
-                "percentSinceStart": round((cpu.user + cpu.system) / uptime * 100, 2)},
+        "heap": {
+            "allocatedBlocks": sys.getallocatedblocks(),
+            "gcCounts": list(gc.get_count()),
+            "gcCollections": [s["collections"] for s in gc.get_stats()],
+        },
+        "cpu": {
+            "userSeconds": round(cpu.user, 3),
+            "systemSeconds": round(cpu.system, 3),
+            "percentSinceStart": round((cpu.user + cpu.system) / uptime * 100, 2),
+        },
         "threads": threads or threading.active_count(),
         "openFiles": fds,
     }
@@ -188,8 +202,8 @@ def metrics_snapshot() -> dict:
     elapsed = (now - since) if since else None
     return {
         "ok": True,
-        "generatedAt": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
-        "countingSince": dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat() if since else None,
+        "generatedAt": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
+        "countingSince": dt.datetime.fromtimestamp(since, dt.UTC).isoformat() if since else None,
         "multiprocess": bool(path),
         "redis": depths is not None,
         "jobs": _jobs(samples, depths, throughput),

@@ -5,15 +5,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('queues', '0001_initial'),
+        ("queues", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='jobrecord',
-            index=models.Index(fields=['status', '-finished_at'], name='job_status_finished'),
+            model_name="jobrecord",
+            index=models.Index(fields=["status", "-finished_at"], name="job_status_finished"),
         ),
     ]

@@ -24,23 +24,23 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('queues', '0002_job_status_finished_index'),
+        ("queues", "0002_job_status_finished_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='jobrecord',
-            name='tenant',
-            field=models.CharField(blank=True, default='', max_length=100),
+            model_name="jobrecord",
+            name="tenant",
+            field=models.CharField(blank=True, default="", max_length=100),
         ),
         migrations.AddField(
-            model_name='jobrecord',
-            name='trace_context',
+            model_name="jobrecord",
+            name="trace_context",
             field=models.JSONField(blank=True, default=dict),
         ),
         AddIndexConcurrentlyOnPostgres(
-            model_name='jobrecord',
-            index=models.Index(fields=['tenant', '-created_at'], name='job_tenant_created'),
+            model_name="jobrecord",
+            index=models.Index(fields=["tenant", "-created_at"], name="job_tenant_created"),
         ),
     ]

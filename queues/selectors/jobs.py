@@ -96,8 +96,7 @@ def job_attempts_superseded(*, attempts: dict[str, int]) -> set[str]:
             cursor.execute(_SUPERSEDED_SQL, [list(attempts), list(attempts.values()), JobStatus.STARTED])
             return {str(row[0]) for row in cursor.fetchall()}
     current = set(
-        JobRecord.objects.filter(pk__in=list(attempts), status=JobStatus.STARTED)
-        .values_list("pk", "attempts")
+        JobRecord.objects.filter(pk__in=list(attempts), status=JobStatus.STARTED).values_list("pk", "attempts")
     )
     return {job_id for job_id, attempt in attempts.items() if (_uuid(job_id), attempt) not in current}
 

@@ -33,8 +33,7 @@ def queryset_periods_with_rows(*, queryset: QuerySet, field: str, periods: list[
     base = queryset.order_by()
     # Compiled once with two marker values, then repeated per period (compiling 31 querysets costs
     # more than running them); per-period compiling if the markers do not come out once each.
-    marks = (dt.datetime(1901, 2, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc),
-             dt.datetime(1901, 2, 3, 4, 5, 6, 8, tzinfo=dt.timezone.utc))
+    marks = (dt.datetime(1901, 2, 3, 4, 5, 6, 7, tzinfo=dt.UTC), dt.datetime(1901, 2, 3, 4, 5, 6, 8, tzinfo=dt.UTC))
     sql, template = _probe_sql(base, field, marks)
     positions = [template.index(mark) if template.count(mark) == 1 else None for mark in marks]
     parts, params = [], []
@@ -58,8 +57,9 @@ def _probe_sql(base: QuerySet, field: str, period: tuple) -> tuple[str, list]:
     return sql, list(params)
 
 
-def queryset_dates_with_rows(*, queryset: QuerySet, field: str, kind: Literal["year", "month", "day"], starts: list[dt.date],
-                             end: dt.date) -> list[dt.date]:
+def queryset_dates_with_rows(
+    *, queryset: QuerySet, field: str, kind: Literal["year", "month", "day"], starts: list[dt.date], end: dt.date
+) -> list[dt.date]:
     """The `starts` (first days of days, months or years: `kind`) whose period holds rows of `queryset`;
     each period runs to the next start, the last to `end`. Periods are in the current time zone.
 

@@ -60,8 +60,9 @@ def queue_depths(conn, *, with_workers: bool = True) -> dict:
             pipe.lindex(_queue_key(name), 0)
             plan.append((queue, "head"))
             # Scheduled jobs whose due time has passed wait for the scheduler: they count as waiting too.
-            pipe.zrangebyscore(_REGISTRY_TEMPLATES["scheduled"].format(name), "-inf", now, start=0, num=1,
-                               withscores=True)
+            pipe.zrangebyscore(
+                _REGISTRY_TEMPLATES["scheduled"].format(name), "-inf", now, start=0, num=1, withscores=True
+            )
             plan.append((queue, "overdue"))
     result = {q: {s: 0 for s in QUEUE_STATES} | {"oldestAgeSeconds": 0.0, "workers": 0} for q in lists}
     heads = []
@@ -101,18 +102,24 @@ def queue_depths(conn, *, with_workers: bool = True) -> dict:
         for queue in served:
             if queue in result:
                 result[queue]["workers"] += 1
-        worker_list.append({
-            "name": worker.name, "state": state, "queues": served, "pid": worker.pid,
-            "hostname": worker.hostname, "currentJob": worker.get_current_job_id(),
-            "successfulJobs": worker.successful_job_count, "failedJobs": worker.failed_job_count,
-            "lastHeartbeat": _iso(worker.last_heartbeat),
-        })
+        worker_list.append(
+            {
+                "name": worker.name,
+                "state": state,
+                "queues": served,
+                "pid": worker.pid,
+                "hostname": worker.hostname,
+                "currentJob": worker.get_current_job_id(),
+                "successfulJobs": worker.successful_job_count,
+                "failedJobs": worker.failed_job_count,
+                "lastHeartbeat": _iso(worker.last_heartbeat),
+            }
+        )
     return {"queues": result, "workers": by_state, "workerList": worker_list}
 
 
 def _iso(value) -> str | None:
-    return value.astimezone(dt.timezone.utc).isoformat() if value else None
-
+    return value.astimezone(dt.UTC).isoformat() if value else None
 
 
 def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
@@ -126,8 +133,12 @@ def queue_redis_state() -> tuple[dict[str, dict], dict[str, dict | None], str]:
     except (RedisError, OSError) as exc:
         return {}, paused, f"Redis is unreachable: {exc}"
     state = {
-        name: {"waiting": figures["queued"], "scheduled": figures["scheduled"], "started": figures["started"],
-               "failed": figures["failed"]}
+        name: {
+            "waiting": figures["queued"],
+            "scheduled": figures["scheduled"],
+            "started": figures["started"],
+            "failed": figures["failed"],
+        }
         for name, figures in depths.items()
     }
     return state, paused, ""
@@ -158,20 +169,22 @@ def worker_list() -> tuple[list[dict], str]:
         for worker in sorted(workers, key=lambda w: w.name):
             heartbeat = worker.last_heartbeat
             if heartbeat is not None and timezone.is_naive(heartbeat):
-                heartbeat = timezone.make_aware(heartbeat, dt.timezone.utc)
-            rows.append({
-                "name": worker.name,
-                "host": worker.hostname or "",
-                "pid": worker.pid,
-                "state": worker.get_state(),
-                "current_job": worker.get_current_job_id() or "",
-                "last_heartbeat": heartbeat,
-                "heartbeat_age": (now - heartbeat).total_seconds() if heartbeat else None,
-                "alive": bool(conn.exists(alive_key(worker.name))),
-                "queues": sorted({base_queue_name(n) for n in worker.queue_names()}),
-                "successful": worker.successful_job_count,
-                "failed": worker.failed_job_count,
-            })
+                heartbeat = timezone.make_aware(heartbeat, dt.UTC)
+            rows.append(
+                {
+                    "name": worker.name,
+                    "host": worker.hostname or "",
+                    "pid": worker.pid,
+                    "state": worker.get_state(),
+                    "current_job": worker.get_current_job_id() or "",
+                    "last_heartbeat": heartbeat,
+                    "heartbeat_age": (now - heartbeat).total_seconds() if heartbeat else None,
+                    "alive": bool(conn.exists(alive_key(worker.name))),
+                    "queues": sorted({base_queue_name(n) for n in worker.queue_names()}),
+                    "successful": worker.successful_job_count,
+                    "failed": worker.failed_job_count,
+                }
+            )
     except (RedisError, OSError) as exc:
         return [], f"Redis is unreachable: {exc}"
     return rows, ""
@@ -215,13 +228,15 @@ def worker_slots() -> tuple[list[dict], str]:
         ordered = [queues.pop(q) for q in QueueName.values if q in queues] + [queues[q] for q in sorted(queues)]
         for entry in ordered:
             entry["percent"] = round(100 * min(entry["busy"], entry["slots"]) / entry["slots"]) if entry["slots"] else 0
-        rows.append({
-            "name": key.decode(errors="replace")[len(prefix):],
-            "host": fields.get("host", ""),
-            "pid": _int(fields.get("pid")),
-            "queues": ordered,
-            "busy": sum(e["busy"] for e in ordered),
-            "slots": sum(e["slots"] for e in ordered),
-        })
+        rows.append(
+            {
+                "name": key.decode(errors="replace")[len(prefix) :],
+                "host": fields.get("host", ""),
+                "pid": _int(fields.get("pid")),
+                "queues": ordered,
+                "busy": sum(e["busy"] for e in ordered),
+                "slots": sum(e["slots"] for e in ordered),
+            }
+        )
     rows.sort(key=lambda r: (r["host"], r["name"]))
     return rows, ""

@@ -95,8 +95,13 @@ def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
     return job_start_delivery(job_ids=job_ids, worker_name=worker_name)[0]
 
 
-def job_start_delivery(*, job_ids: list[str], worker_name: str, heavy_types=(), heavy_limit: int | None = None,
-                       ) -> tuple[list[JobRecord], list[str]]:
+def job_start_delivery(
+    *,
+    job_ids: list[str],
+    worker_name: str,
+    heavy_types=(),
+    heavy_limit: int | None = None,
+) -> tuple[list[JobRecord], list[str]]:
     """(records started, in the given order; ids left waiting because of `heavy_limit`), one statement.
 
     `heavy_limit` bounds the slots the started jobs take: one for all the jobs of a type not in
@@ -111,11 +116,20 @@ def job_start_delivery(*, job_ids: list[str], worker_name: str, heavy_types=(), 
         return [job for job in (_start_one(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None], []
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(START_SQL, {
-            "heavy": list(heavy_types), "ids": job_ids, "waiting": _WAITING, "due": now + DUE_TOLERANCE,
-            "limit": heavy_limit, "started": JobStatus.STARTED, "now": now, "worker": worker_name,
-            "running": JobAttempt.Outcome.RUNNING,
-        })
+        cursor.execute(
+            START_SQL,
+            {
+                "heavy": list(heavy_types),
+                "ids": job_ids,
+                "waiting": _WAITING,
+                "due": now + DUE_TOLERANCE,
+                "limit": heavy_limit,
+                "started": JobStatus.STARTED,
+                "now": now,
+                "worker": worker_name,
+                "running": JobAttempt.Outcome.RUNNING,
+            },
+        )
         rows = cursor.fetchall()
     deferred = list(rows[0][0] or []) if rows else []
     by_id = {}
@@ -142,13 +156,22 @@ def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
         return {str(job.pk) for job, result in outcomes if _complete_one(job=job, result=result)}
     now = timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(COMPLETE_SQL, [
-            [str(job.pk) for job, _ in outcomes], [job.attempts for job, _ in outcomes],
-            # SQL NULL for None, like JSONField(null=True) stores it.
-            [None if result is None else json.dumps(result) for _, result in outcomes],
-            JobStatus.COMPLETED, now, JobStatus.STARTED,
-            JobAttempt.Outcome.CANCELLED, JobAttempt.Outcome.COMPLETED, now, JobAttempt.Outcome.RUNNING,
-        ])
+        cursor.execute(
+            COMPLETE_SQL,
+            [
+                [str(job.pk) for job, _ in outcomes],
+                [job.attempts for job, _ in outcomes],
+                # SQL NULL for None, like JSONField(null=True) stores it.
+                [None if result is None else json.dumps(result) for _, result in outcomes],
+                JobStatus.COMPLETED,
+                now,
+                JobStatus.STARTED,
+                JobAttempt.Outcome.CANCELLED,
+                JobAttempt.Outcome.COMPLETED,
+                now,
+                JobAttempt.Outcome.RUNNING,
+            ],
+        )
         done = {str(row[0]) for row in cursor.fetchall()}
     for job, result in outcomes:
         if str(job.pk) in done:

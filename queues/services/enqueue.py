@@ -18,16 +18,15 @@ from rest_framework import serializers
 from rq.utils import now as rq_now
 
 from queues import signals
+from queues.connections import get_rq_queue
 from queues.constants import JobStatus, Priority
 from queues.definitions import JobDefinition, registry
+from queues.fairness import fair_push_many
 from queues.logs import current_request_id
 from queues.models import JobRecord
-from queues.fairness import fair_push_many
-from queues.connections import get_rq_queue
 from queues.services.fair import queue_is_fair
 from queues.tracing import job_trace_context_capture
 from slimy_site.exceptions import ApplicationError, ValidationFailed
-
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +189,9 @@ def job_push(*, job: JobRecord) -> None:
         # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
         if job.scheduled_for and job.scheduled_for > timezone.now():
             # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
-            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(seconds=1 if job.scheduled_for.microsecond else 0)
+            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(
+                seconds=1 if job.scheduled_for.microsecond else 0
+            )
             queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
         elif queue_is_fair(job.queue):
             # The RQ job is written as `enqueue` would, but its id waits in its tenant's line.
@@ -198,8 +199,9 @@ def job_push(*, job: JobRecord) -> None:
             rq_job = queue.create_job(RUNNER, args=(str(job.id),), timeout=timeout, **options)
             rq_job.enqueued_at = rq_now()
             rq_job.save(pipeline=pipe)
-            fair_push_many(conn=queue.connection, pipeline=pipe, queue=job.queue,
-                           items=[(job.priority, job.tenant, str(job.id))])
+            fair_push_many(
+                conn=queue.connection, pipeline=pipe, queue=job.queue, items=[(job.priority, job.tenant, str(job.id))]
+            )
         else:
             queue.enqueue(RUNNER, str(job.id), pipeline=pipe, **options)
         queue.failed_job_registry.remove(str(job.id), pipeline=pipe)

@@ -17,14 +17,13 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from queues import signals
+from queues.connections import get_connection
 from queues.constants import FINAL_STATUSES, JobStatus, QueueName
 from queues.keys import paused_key
 from queues.models import JobAttempt, JobRecord
-from queues.connections import get_connection
-from slimy_site.exceptions import Conflict, ValidationFailed
-
 from queues.services.enqueue import job_definition_get, job_enqueue, job_push_safely
 from queues.services.fair import fair_job_remove, queue_is_fair
+from slimy_site.exceptions import Conflict, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +32,7 @@ def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
     """Run a failed or cancelled job again with a fresh attempt budget."""
     definition = job_definition_get(job.job_type)
     with transaction.atomic():
-        updated = JobRecord.objects.filter(
-            pk=job.pk, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]
-        ).update(
+        updated = JobRecord.objects.filter(pk=job.pk, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]).update(
             status=JobStatus.QUEUED,
             max_attempts=F("attempts") + definition.retry.max_attempts,
             scheduled_for=None,
@@ -47,8 +44,9 @@ def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
             updated_at=timezone.now(),
         )
         if not updated:
-            raise Conflict(f"Only failed or cancelled jobs can be retried; this one is {job.status}.",
-                           code="job_not_retryable")
+            raise Conflict(
+                f"Only failed or cancelled jobs can be retried; this one is {job.status}.", code="job_not_retryable"
+            )
         transaction.on_commit(lambda: job_push_safely(job.pk))
     job.refresh_from_db()
     signals.job_enqueued.send(sender=JobRecord, job=job)
@@ -145,13 +143,19 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
     with transaction.atomic():
         ids = list(
             JobRecord.objects.filter(job_type=job_type, status=JobStatus.FAILED)
-            .order_by("created_at").values_list("pk", flat=True)[:limit]
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:limit]
         )
         JobRecord.objects.filter(pk__in=ids, status=JobStatus.FAILED).update(
             status=JobStatus.QUEUED,
             max_attempts=F("attempts") + definition.retry.max_attempts,
-            scheduled_for=None, finished_at=None, error_code="", error_message="", error_traceback="",
-            result=None, updated_at=timezone.now(),
+            scheduled_for=None,
+            finished_at=None,
+            error_code="",
+            error_message="",
+            error_traceback="",
+            result=None,
+            updated_at=timezone.now(),
         )
         jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
         for job in jobs:
@@ -177,8 +181,10 @@ def job_records_clean(*, before: dt.datetime, batch_size: int = 5000) -> int:
             return deleted
         with transaction.atomic():
             JobAttempt.objects.filter(job_id__in=ids).delete()
-            deleted += JobRecord.objects.filter(pk__in=ids, status__in=FINAL_STATUSES).delete()[1].get(
-                JobRecord._meta.label, 0
+            deleted += (
+                JobRecord.objects.filter(pk__in=ids, status__in=FINAL_STATUSES)
+                .delete()[1]
+                .get(JobRecord._meta.label, 0)
             )
 
 

@@ -39,8 +39,7 @@ def job_attempt_guard(*, job_id, attempt: int) -> None:
     """Inside the caller's transaction: lock the record; raise JobCancelled unless `attempt` is the running
     one. A job's side effects written after this commit only for the current attempt (the fence), and a
     cancel or a recovery of the record waits for them (and vice versa)."""
-    if not JobRecord.objects.select_for_update().filter(pk=job_id, status=JobStatus.STARTED,
-                                                         attempts=attempt).exists():
+    if not JobRecord.objects.select_for_update().filter(pk=job_id, status=JobStatus.STARTED, attempts=attempt).exists():
         raise JobCancelled(str(job_id))
 
 
@@ -56,8 +55,14 @@ def job_complete(*, job: JobRecord, result) -> bool:
 
 
 def job_attempt_failed(
-    *, job: JobRecord, exc: BaseException, permanent: bool, retry_after: float | None = None,
-    attempt_outcome: str | None = None, traceback_text: str | None = None, immediate: bool = False,
+    *,
+    job: JobRecord,
+    exc: BaseException,
+    permanent: bool,
+    retry_after: float | None = None,
+    attempt_outcome: str | None = None,
+    traceback_text: str | None = None,
+    immediate: bool = False,
 ) -> float | None:
     """Record a failed attempt. Returns the delay before the next attempt, or None when final.
 
@@ -74,8 +79,11 @@ def job_attempt_failed(
     if not permanent and policy is not None and job.attempts < job.max_attempts:
         # A provider's Retry-After is honoured, but never beyond what the policy itself could wait.
         hint = retry_after if retry_after is not None and math.isfinite(retry_after) else 0.0
-        delay = 0.0 if immediate else max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)),
-                                          policy.delay_after(job.attempts))
+        delay = (
+            0.0
+            if immediate
+            else max(min(hint, max(policy.backoff_max, MAX_RETRY_AFTER)), policy.delay_after(job.attempts))
+        )
     retry = delay is not None
     with transaction.atomic():
         fields: dict[str, Any] = dict(
@@ -111,8 +119,12 @@ def job_recover_abandoned(*, job_id, reason: str, immediate: bool = False) -> st
     if job is None:
         return None
     delay = job_attempt_failed(
-        job=job, exc=RuntimeError(reason), permanent=False, attempt_outcome=JobAttempt.Outcome.ABANDONED,
-        traceback_text="", immediate=immediate,
+        job=job,
+        exc=RuntimeError(reason),
+        permanent=False,
+        attempt_outcome=JobAttempt.Outcome.ABANDONED,
+        traceback_text="",
+        immediate=immediate,
     )
     # The abandoned attempt may still be alive (frozen, partitioned): its output writes are refused from now on.
     try:
@@ -165,15 +177,31 @@ def job_complete_waiting(*, job_ids, result, worker_name: str = "") -> list:
             return []
         ids = [pk for pk, _ in waiting]
         JobRecord.objects.filter(pk__in=ids).update(
-            status=JobStatus.COMPLETED, attempts=F("attempts") + 1, started_at=now, finished_at=now,
-            result=result, worker_name=worker_name, scheduled_for=None, progress=None,
-            error_code="", error_message="", error_traceback="",
+            status=JobStatus.COMPLETED,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            finished_at=now,
+            result=result,
+            worker_name=worker_name,
+            scheduled_for=None,
+            progress=None,
+            error_code="",
+            error_message="",
+            error_traceback="",
         )
-        JobAttempt.objects.bulk_create([
-            JobAttempt(job_id=pk, number=attempts + 1, worker_name=worker_name, started_at=now, finished_at=now,
-                       outcome=JobAttempt.Outcome.COMPLETED)
-            for pk, attempts in waiting
-        ])
+        JobAttempt.objects.bulk_create(
+            [
+                JobAttempt(
+                    job_id=pk,
+                    number=attempts + 1,
+                    worker_name=worker_name,
+                    started_at=now,
+                    finished_at=now,
+                    outcome=JobAttempt.Outcome.COMPLETED,
+                )
+                for pk, attempts in waiting
+            ]
+        )
 
         def finished():
             for job in JobRecord.objects.filter(pk__in=ids):

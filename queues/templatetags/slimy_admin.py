@@ -63,10 +63,14 @@ def cheap_date_hierarchy(cl):
             return {"show": False}
         first, last = timezone.localtime(bounds["first"]), timezone.localtime(bounds["last"])
         if first.year != last.year:
-            years = having_rows([dt.date(y, 1, 1) for y in range(first.year, last.year + 1)],
-                                dt.date(last.year + 1, 1, 1), "year")
-            return {"show": True, "back": None,
-                    "choices": [{"link": link({year_f: str(y.year)}), "title": str(y.year)} for y in years]}
+            years = having_rows(
+                [dt.date(y, 1, 1) for y in range(first.year, last.year + 1)], dt.date(last.year + 1, 1, 1), "year"
+            )
+            return {
+                "show": True,
+                "back": None,
+                "choices": [{"link": link({year_f: str(y.year)}), "title": str(y.year)} for y in years],
+            }
         year = first.year
         if first.month == last.month:
             month = first.month
@@ -76,20 +80,43 @@ def cheap_date_hierarchy(cl):
             if month is None:
                 raise ValueError("a day without its month")
             date = dt.date(year, month, day)
-            return {"show": True,
-                    "back": {"link": link({year_f: year, month_f: month}),
-                             "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT"))},
-                    "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}]}
+            return {
+                "show": True,
+                "back": {
+                    "link": link({year_f: year, month_f: month}),
+                    "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT")),
+                },
+                "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}],
+            }
         if month:
             last_day = calendar.monthrange(year, month)[1]
-            days = having_rows([dt.date(year, month, d) for d in range(1, last_day + 1)],
-                               dt.date(year, month, last_day) + dt.timedelta(days=1), "day")
-            return {"show": True, "back": {"link": link({year_f: year}), "title": str(year)},
-                    "choices": [{"link": link({year_f: year, month_f: month, day_f: d.day}),
-                                 "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT"))} for d in days]}
+            days = having_rows(
+                [dt.date(year, month, d) for d in range(1, last_day + 1)],
+                dt.date(year, month, last_day) + dt.timedelta(days=1),
+                "day",
+            )
+            return {
+                "show": True,
+                "back": {"link": link({year_f: year}), "title": str(year)},
+                "choices": [
+                    {
+                        "link": link({year_f: year, month_f: month, day_f: d.day}),
+                        "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT")),
+                    }
+                    for d in days
+                ],
+            }
         months = having_rows([dt.date(year, m, 1) for m in range(1, 13)], dt.date(year + 1, 1, 1), "month")
-        return {"show": True, "back": {"link": link({}), "title": "All dates"},
-                "choices": [{"link": link({year_f: year, month_f: m.month}),
-                             "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT"))} for m in months]}
+        return {
+            "show": True,
+            "back": {"link": link({}), "title": "All dates"},
+            "choices": [
+                {
+                    "link": link({year_f: year, month_f: m.month}),
+                    "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT")),
+                }
+                for m in months
+            ],
+        }
     except (ValueError, OverflowError):
         return {"show": False}

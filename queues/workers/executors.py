@@ -118,7 +118,6 @@ class Watchdog:
                     continue
                 del self._running[job_id]  # once per job
                 logger.warning("job %s exceeded its %s s timeout; interrupting its thread", job_id, seconds)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(
-                    JobTimeoutException))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeoutException))
                 fired.append(job_id)
         return fired

@@ -33,7 +33,15 @@ from rq.worker import WorkerStatus
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.fairness import fair_pop, fair_release, fair_wake_key
 from queues.keys import (  # noqa: F401 - re-exported: these names were imported from here
-    ALIVE_KEY, PAUSED_KEY, RECOVER_KEY, SLOTS_KEY, SUSPECT_KEY, alive_key, paused_key, slots_key, suspect_key,
+    ALIVE_KEY,
+    PAUSED_KEY,
+    RECOVER_KEY,
+    SLOTS_KEY,
+    SUSPECT_KEY,
+    alive_key,
+    paused_key,
+    slots_key,
+    suspect_key,
 )
 from queues.metrics import enter_work_horse
 from queues.services import job_recover_abandoned
@@ -66,8 +74,11 @@ def expand_priorities(queues: list[Queue]) -> list[Queue]:
         for item in base:
             if isinstance(item, str):
                 # Same class as the caller's queues (django-rq passes its DjangoRQ subclass).
-                expanded.append(type(queues[0])(rq_queue_name(item, priority), connection=queues[0].connection,
-                                                serializer=queues[0].serializer))
+                expanded.append(
+                    type(queues[0])(
+                        rq_queue_name(item, priority), connection=queues[0].connection, serializer=queues[0].serializer
+                    )
+                )
             elif priority == PRIORITY_ORDER[0]:
                 expanded.append(item)
     return expanded
@@ -117,8 +128,9 @@ class LedgerWorkerMixin(_WorkerBase):
 
     # --- fair-shared queues (FAIR_QUEUES): popped from their tenants' lines, one job at a time
     def _split_fair(self, active: list[Queue]) -> tuple[list[str], list[Queue]]:
-        fair = list(dict.fromkeys(base_queue_name(q.name) for q in active
-                                  if base_queue_name(q.name) in settings.FAIR_QUEUES))
+        fair = list(
+            dict.fromkeys(base_queue_name(q.name) for q in active if base_queue_name(q.name) in settings.FAIR_QUEUES)
+        )
         return fair, [q for q in active if base_queue_name(q.name) not in fair]
 
     def _fair_dequeue(self, names: list[str]):
@@ -129,8 +141,13 @@ class LedgerWorkerMixin(_WorkerBase):
             while (popped := fair_pop(conn=self.connection, queue=name, worker=self.name)) is not None:
                 key = Queue.redis_queue_namespace_prefix + rq_queue_name(name, popped.priority)
                 result = self.queue_class._fetch_dequeued_job(
-                    self.connection, key, popped.job_id, job_class=self.job_class, serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class)
+                    self.connection,
+                    key,
+                    popped.job_id,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
                 if result is None:  # RQ's copy is gone (deleted): nothing to run here
                     fair_release(conn=self.connection, queue=name, job_ids=[popped.job_id])
                     continue
@@ -147,8 +164,9 @@ class LedgerWorkerMixin(_WorkerBase):
                 try:
                     fair_release(conn=self.connection, queue=slot[0], job_ids=[slot[1]])
                 except (RedisError, OSError):
-                    logger.warning("worker %s: fair slot of job %s not released; the reconciler frees it",
-                                   self.name, slot[1])
+                    logger.warning(
+                        "worker %s: fair slot of job %s not released; the reconciler frees it", self.name, slot[1]
+                    )
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """RQ's dequeue, restricted to the queues not paused; fair-shared queues first, from their tenants'
@@ -229,8 +247,9 @@ class LedgerWorkerMixin(_WorkerBase):
 
     # --- recovery of jobs whose process died
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        super().handle_job_failure(job, queue, started_job_registry=started_job_registry,
-                                   exc_string=exc_string, execution=execution)
+        super().handle_job_failure(
+            job, queue, started_job_registry=started_job_registry, exc_string=exc_string, execution=execution
+        )
         self._recover(job.id, exc_string.strip().splitlines()[-1] if exc_string.strip() else "work-horse died")
 
     def _recover(self, job_id: str, reason: str) -> None:

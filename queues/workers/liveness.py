@@ -113,8 +113,9 @@ class InProcessReconciler:
                 if self.connection.set(RECONCILE_LOCK_KEY, self.name, nx=True, px=max(int(interval * 900), 100)):
                     close_old_connections()
                     queues_reconcile(scheduler_lag=0)
-                if hooks and self.connection.set(HOOKS_LOCK_KEY, self.name, nx=True,
-                                                 ex=max(int(settings.PERIODIC_HOOKS_INTERVAL), 1)):
+                if hooks and self.connection.set(
+                    HOOKS_LOCK_KEY, self.name, nx=True, ex=max(int(settings.PERIODIC_HOOKS_INTERVAL), 1)
+                ):
                     for hook in hooks:
                         hook()
             except (RedisError, OSError, DatabaseError) as exc:

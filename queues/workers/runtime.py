@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import functools
 import gc
 import logging
 import queue as queue_module
@@ -67,9 +66,9 @@ from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
 from queues.fairness import afair_pop_many, afair_release, fair_release, fair_wake_key
-from queues.services.batch import job_complete_batch, job_start_delivery
 from queues.keys import RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
+from queues.services.batch import job_complete_batch, job_start_delivery
 from queues.workers.executors import DaemonPool, Watchdog
 from queues.workers.liveness import Heartbeat, InProcessReconciler
 
@@ -147,12 +146,20 @@ class SlimyRuntimeWorker(SimpleWorker):
             connection = kwargs["connection"] = get_connection()
         # The caller's queue class (django-rq passes its DjangoRQ subclass, which RQ then insists on).
         queue_class = type(queues[0]) if isinstance(queues[0], Queue) else Queue
-        super().__init__([queue_class(rq_queue_name(n, p), connection=connection)
-                          for p in PRIORITY_ORDER for n in names], *args, **kwargs)
+        super().__init__(
+            [queue_class(rq_queue_name(n, p), connection=connection) for p in PRIORITY_ORDER for n in names],
+            *args,
+            **kwargs,
+        )
         wanted = {**default_concurrency(), **(concurrency or {})}
-        self.slots = {n: QueueSlots(n, max(int(wanted[n]), 1),
-                                    [Queue.redis_queue_namespace_prefix + rq_queue_name(n, p) for p in PRIORITY_ORDER])
-                      for n in names}
+        self.slots = {
+            n: QueueSlots(
+                n,
+                max(int(wanted[n]), 1),
+                [Queue.redis_queue_namespace_prefix + rq_queue_name(n, p) for p in PRIORITY_ORDER],
+            )
+            for n in names
+        }
         self._queue_of_key = {key: s for s in self.slots.values() for key in s.keys}
         # Fair-shared queues (FAIR_QUEUES) are popped from their tenants' lines, not their plain lists.
         self.fair = {n for n in names if n in settings.FAIR_QUEUES}
@@ -163,12 +170,14 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.inflight_lock = threading.Lock()
         self.watchdog = Watchdog()
         self.db_pool = DaemonPool(settings.WORKER_DB_THREADS, "slimy-db", on_exit=connections.close_all)
-        self.pools = {n: DaemonPool(s.slots, f"slimy-{n}", on_exit=connections.close_all)
-                      for n, s in self.slots.items()}
+        self.pools = {
+            n: DaemonPool(s.slots, f"slimy-{n}", on_exit=connections.close_all) for n, s in self.slots.items()
+        }
         self.lanes: dict[str, Lane] = {}
         # Job types that need a slot each (threaded and async); the others share their lane's one.
-        self.heavy_types = sorted(name for name, d in registry.all().items()
-                                  if d.is_async() or d.blocking or self.blocking_all)
+        self.heavy_types = sorted(
+            name for name, d in registry.all().items() if d.is_async() or d.blocking or self.blocking_all
+        )
         self.stopping = False
         self.hand_back_now = False
         self.started_jobs = 0
@@ -182,9 +191,17 @@ class SlimyRuntimeWorker(SimpleWorker):
         self._completion_timer: asyncio.TimerHandle | None = None
 
     # --- RQ's entry point
-    def work(self, burst=False, logging_level=None, date_format=DEFAULT_LOGGING_DATE_FORMAT,
-             log_format=DEFAULT_LOGGING_FORMAT, max_jobs=None, max_idle_time=None, with_scheduler=False,
-             dequeue_strategy=None) -> bool:
+    def work(
+        self,
+        burst=False,
+        logging_level=None,
+        date_format=DEFAULT_LOGGING_DATE_FORMAT,
+        log_format=DEFAULT_LOGGING_FORMAT,
+        max_jobs=None,
+        max_idle_time=None,
+        with_scheduler=False,
+        dequeue_strategy=None,
+    ) -> bool:
         """Run until stopped (or, with `burst`, until the queues are empty and nothing runs).
 
         `with_scheduler` is accepted for the command line's sake: due retries are released by the
@@ -258,8 +275,10 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.pop_conn = self._blocking_connection()
         self._lmpop = await self._supports_lmpop()
         self.set_state(WorkerStatus.IDLE)
-        guards = [asyncio.create_task(self._every(FENCE_SECONDS, self._check_fence)),
-                  asyncio.create_task(self._every(WATCHDOG_SECONDS, self._enforce_timeouts))]
+        guards = [
+            asyncio.create_task(self._every(FENCE_SECONDS, self._check_fence)),
+            asyncio.create_task(self._every(WATCHDOG_SECONDS, self._enforce_timeouts)),
+        ]
         try:
             await self._dispatch(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time)
             await self._drain()
@@ -302,8 +321,11 @@ class SlimyRuntimeWorker(SimpleWorker):
         # Pops get connections of their own (a blocking pop must not hold one of the output writers') with a
         # long read timeout: a pop the server answered but the client gave up on (a loop busy for seconds)
         # would lose its ids until the reconciler's grace has passed.
-        return AsyncRedis.from_url(settings.REDIS_URL, socket_timeout=POP_READ_TIMEOUT,
-                                   socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0))
+        return AsyncRedis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=POP_READ_TIMEOUT,
+            socket_connect_timeout=min(settings.REDIS_SOCKET_TIMEOUT, 2.0),
+        )
 
     async def _every(self, seconds: float, fn) -> None:
         while True:
@@ -415,7 +437,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                     pipe.lmpop(len(slots.keys), *slots.keys, direction="LEFT", count=count)
                 if forgotten:
                     pipe.unlink(*[Job.key_for(i) for i in forgotten])
-                answers = (await pipe.execute())[:len(plain)]
+                answers = (await pipe.execute())[: len(plain)]
         else:
             if forgotten:
                 await self.aconn.unlink(*[Job.key_for(i) for i in forgotten])
@@ -450,7 +472,9 @@ class SlimyRuntimeWorker(SimpleWorker):
 
     async def _block(self, queues: list[QueueSlots]) -> bool:
         """Wait for one job on any open queue; a queue filled meanwhile gets its pop pushed back."""
-        keys = [key for priority in range(len(PRIORITY_ORDER)) for s in queues for key in s.keys[priority:priority + 1]]
+        keys = [
+            key for priority in range(len(PRIORITY_ORDER)) for s in queues for key in s.keys[priority : priority + 1]
+        ]
         # A fair queue's pushes and releases drop a token on its wake list (after the plain lists: those
         # of a fair queue only ever hold strays, moved to their tenants' lines when popped here).
         keys += [fair_wake_key(s.name) for s in queues if s.name in self.fair]
@@ -555,8 +579,9 @@ class SlimyRuntimeWorker(SimpleWorker):
         from queues.selectors import job_attempts_superseded
 
         with self.inflight_lock:
-            attempts = {i.job_id: i.attempt for i in self.inflight.values()
-                        if not i.superseded.is_set() and not i.recording}
+            attempts = {
+                i.job_id: i.attempt for i in self.inflight.values() if not i.superseded.is_set() and not i.recording
+            }
         if not attempts:
             return
         for job_id in await self.db(job_attempts_superseded, attempts=attempts):
@@ -624,7 +649,8 @@ class SlimyRuntimeWorker(SimpleWorker):
             self._completions.append((job, outcome, future))
             if self._completion_timer is None:
                 self._completion_timer = self.loop.call_later(
-                    COMPLETE_BATCH_DELAY, lambda: self.loop.create_task(self._flush_completions()))
+                    COMPLETE_BATCH_DELAY, lambda: self.loop.create_task(self._flush_completions())
+                )
             await future
         else:
             self.count_outcomes(failed=1)
@@ -829,8 +855,11 @@ class Lane:
         try:
             _check_session()
             jobs, deferred = job_start_delivery(
-                job_ids=ids, worker_name=worker.name, heavy_types=worker.heavy_types,
-                heavy_limit=None if reserved >= len(ids) else reserved)
+                job_ids=ids,
+                worker_name=worker.name,
+                heavy_types=worker.heavy_types,
+                heavy_limit=None if reserved >= len(ids) else reserved,
+            )
         except DatabaseError as exc:
             # Still waiting in the ledger: the reconciler pushes them again once PostgreSQL answers.
             logger.error("lane %s: could not start %s job(s): %s", self.queue, len(ids), exc)
@@ -910,7 +939,7 @@ class Lane:
                     self._run_inline(work)
                 except JobTimeoutException:
                     logger.warning("lane %s: a timeout landed outside a job; its jobs were handed back", self.queue)
-                except Exception:  # noqa: BLE001 - the runner must live on; the ledger and reconciler recover
+                except Exception:
                     logger.exception("lane %s: batch failed", self.queue)
                     connections.close_all()
                 finally:
@@ -980,7 +1009,7 @@ class Lane:
             for _, item in work.batch:
                 _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
             work.finished = [item for _, item in work.batch]
-        except Exception:  # noqa: BLE001 - a pool thread must never die; the reconciler recovers the jobs
+        except Exception:
             logger.exception("lane %s: completions not recorded", self.queue)
         finally:
             self._finish(work)
@@ -993,8 +1022,7 @@ class Lane:
                 _hand_back_item(item, worker.name, "job exceeded its timeout")
             worker.untrack(item.job_id)
         worker.release(self.queue, [item.job_id for _, item in work.batch], slots=1)  # the batch held one slot
-        self._forget([item.job_id for _, item in work.batch
-                      if item.job_id not in work.retried and not item.retried])
+        self._forget([item.job_id for _, item in work.batch if item.job_id not in work.retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
@@ -1004,7 +1032,8 @@ class Lane:
             with runner.job_log_context(job):
                 outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
                 completed = outcome.kind is OutcomeKind.SUCCEEDED and bool(
-                    job_complete_batch(outcomes=[(job, outcome.result)]))
+                    job_complete_batch(outcomes=[(job, outcome.result)])
+                )
                 worker.count_outcomes(succeeded=int(completed), failed=int(not completed))
                 if outcome.kind is OutcomeKind.SUCCEEDED:
                     runner.job_completed(job, outcome.duration, completed)

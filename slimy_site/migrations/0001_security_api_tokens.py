@@ -25,8 +25,12 @@ def hash_legacy_tokens(apps, schema_editor):
         cursor.execute(f"SELECT key, user_id, created FROM {table}")
         rows = cursor.fetchall()
         ApiToken.objects.bulk_create(
-            [ApiToken(digest=hashlib.sha256(key.encode()).hexdigest(), user_id=user_id, created_at=created,
-                      legacy=True) for key, user_id, created in rows],
+            [
+                ApiToken(
+                    digest=hashlib.sha256(key.encode()).hexdigest(), user_id=user_id, created_at=created, legacy=True
+                )
+                for key, user_id, created in rows
+            ],
             ignore_conflicts=True,
         )
         cursor.execute(f"DELETE FROM {table}")
@@ -45,11 +49,22 @@ class Migration(migrations.Migration):
                 ("digest", models.CharField(editable=False, max_length=64, unique=True)),
                 ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ("expires_at", models.DateTimeField(blank=True, help_text="Empty: never expires.", null=True)),
-                ("legacy", models.BooleanField(
-                    default=False, editable=False,
-                    help_text="Migrated from a plain-text token of an earlier version (no slimy_ prefix); rotate it.")),
-                ("user", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="api_tokens",
-                                           to=settings.AUTH_USER_MODEL)),
+                (
+                    "legacy",
+                    models.BooleanField(
+                        default=False,
+                        editable=False,
+                        help_text="Migrated from a plain-text token of an earlier version (no slimy_ prefix); rotate it.",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={"verbose_name": "API token", "ordering": ["-created_at"]},
         ),

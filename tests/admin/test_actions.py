@@ -6,9 +6,9 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 from rq.job import Job
 
+from queues.connections import get_rq_queue
 from queues.constants import JobStatus
 from queues.models import JobRecord
-from queues.connections import get_rq_queue
 from queues.services import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -141,7 +141,9 @@ def test_actions_are_gated_by_their_own_permission(make_staff, admin_client_for,
     assert _record(failed).status == JobStatus.QUEUED
 
     viewer = admin_client_for(make_staff("view"))
-    assert viewer.post(reverse("admin:queues_jobrecord_act", args=[failed.pk, "delete_from_redis"]), {}).status_code == 403
+    assert (
+        viewer.post(reverse("admin:queues_jobrecord_act", args=[failed.pk, "delete_from_redis"]), {}).status_code == 403
+    )
     assert viewer.get(reverse("admin:queues_jobrecord_act", args=[failed.pk, "retry"])).status_code == 403
 
 

@@ -38,8 +38,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--window-size=1280,900", "--hide-scrollbars"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=1280,900",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.implicitly_wait(5)
@@ -50,23 +56,26 @@ def browser():
 
 def _viewport(driver, width):
     """Emulate a screen `width` CSS pixels wide (a phone below 400: touch, mobile viewport)."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": 900 if width > 400 else 844, "deviceScaleFactor": 1, "mobile": width < 400})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 900 if width > 400 else 844, "deviceScaleFactor": 1, "mobile": width < 400},
+    )
 
 
 def _shot(driver, name, width):
     # The whole page, not only the first screen: resize the emulated screen to the document's height.
     height = driver.execute_script("return Math.max(document.documentElement.scrollHeight, 600)")
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": width, "height": min(height, 4000), "deviceScaleFactor": 1, "mobile": width < 400})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": min(height, 4000), "deviceScaleFactor": 1, "mobile": width < 400},
+    )
     driver.save_screenshot(str(ARTIFACTS / f"ops-{name}-{width}.png"))
     _viewport(driver, width)
 
 
 def _overflow(driver) -> int:
     """CSS pixels the page is wider than the screen (0 = no horizontal scrolling)."""
-    return driver.execute_script(
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    return driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
 
 
 def _rect(element):
@@ -119,14 +128,27 @@ def _busy_queues(redis_conn):
     now = timezone.now()
     for minutes_ago, n in ((2, 6), (7, 3), (18, 9), (41, 2)):
         for _ in range(n):
-            FinishedJobFactory(queue=QueueName.DATABASE, job_type="test_echo",
-                               finished_at=now - dt.timedelta(minutes=minutes_ago))
-    FinishedJobFactory(queue=QueueName.CHAT, job_type="test_sleep", status=JobStatus.FAILED,
-                       finished_at=now - dt.timedelta(minutes=3))
+            FinishedJobFactory(
+                queue=QueueName.DATABASE, job_type="test_echo", finished_at=now - dt.timedelta(minutes=minutes_ago)
+            )
+    FinishedJobFactory(
+        queue=QueueName.CHAT, job_type="test_sleep", status=JobStatus.FAILED, finished_at=now - dt.timedelta(minutes=3)
+    )
     JobRecordFactory.create_batch(4, queue=QueueName.AUDIT, job_type="test_record", status=JobStatus.QUEUED)
     for name, host, pid, fields in (
-        ("laptop.1201", "laptop", 1201, {"chat:busy": 3, "chat:slots": 5, "database:busy": 7, "database:slots": 10,
-                                         "audit:busy": 0, "audit:slots": 2}),
+        (
+            "laptop.1201",
+            "laptop",
+            1201,
+            {
+                "chat:busy": 3,
+                "chat:slots": 5,
+                "database:busy": 7,
+                "database:slots": 10,
+                "audit:busy": 0,
+                "audit:slots": 2,
+            },
+        ),
         ("box-2.88", "box-2", 88, {"database:busy": 10, "database:slots": 10}),
     ):
         redis_conn.hset(SLOTS_KEY.format(name), mapping={"host": host, "pid": pid, **fields})
@@ -217,8 +239,10 @@ def test_dashboard_refreshes_its_figures_without_reloading(browser, live_server,
     assert browser.find_element(By.CSS_SELECTOR, failed).text == "2"
 
     # A form error re-renders the dashboard from the operation's POST-only address; it still refreshes.
-    browser.execute_script("document.querySelector('#slimy-clean input[name=before]').value = '2999-01-01';"
-                           "document.getElementById('slimy-clean').submit();")
+    browser.execute_script(
+        "document.querySelector('#slimy-clean input[name=before]').value = '2999-01-01';"
+        "document.getElementById('slimy-clean').submit();"
+    )
     WebDriverWait(browser, 20).until(lambda d: "/dashboard/clean/" in d.current_url)
     assert "The date is in the future." in browser.find_element(By.ID, "slimy-clean").text
     assert browser.find_element(By.CSS_SELECTOR, failed).text == "3"
@@ -226,9 +250,7 @@ def test_dashboard_refreshes_its_figures_without_reloading(browser, live_server,
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.CSS_SELECTOR, failed).text == "4")
 
 
-def test_job_list_hides_internal_jobs_and_drills_down_to_days_with_jobs(
-    browser, live_server, django_user_model
-):
+def test_job_list_hides_internal_jobs_and_drills_down_to_days_with_jobs(browser, live_server, django_user_model):
     from selenium.webdriver.common.by import By
 
     today = timezone.now()

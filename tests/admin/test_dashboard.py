@@ -9,9 +9,9 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.urls import reverse
 from django.utils import timezone
 
+from queues.connections import get_connection
 from queues.constants import JobStatus, QueueName
 from queues.models import JobAttempt, JobRecord
-from queues.connections import get_connection
 from queues.services import job_enqueue
 from queues.worker import SlimySimpleWorker, paused_key
 from tests.factories.admin import FinishedJobFactory, JobAttemptFactory, JobRecordFactory
@@ -33,13 +33,18 @@ def test_dashboard_shows_ledger_counts_throughput_latency_and_oldest_job(superus
     # Four attempts finished in the last hour, running 1, 2, 3 and 4 s, each started 0.5 s after creation.
     for seconds in (1, 2, 3, 4):
         started = now - dt.timedelta(minutes=5)
-        job = FinishedJobFactory(queue=QueueName.CHAT, job_type="test_sleep", started_at=started,
-                                 finished_at=started + dt.timedelta(seconds=seconds))
+        job = FinishedJobFactory(
+            queue=QueueName.CHAT,
+            job_type="test_sleep",
+            started_at=started,
+            finished_at=started + dt.timedelta(seconds=seconds),
+        )
         JobRecord.objects.filter(pk=job.pk).update(created_at=started - dt.timedelta(seconds=0.5))
         JobAttemptFactory(job=job, started_at=started, finished_at=started + dt.timedelta(seconds=seconds))
     failed = FinishedJobFactory(queue=QueueName.CHAT, job_type="test_sleep", status=JobStatus.FAILED)
-    JobAttemptFactory(job=failed, outcome=JobAttempt.Outcome.FAILED, started_at=now - dt.timedelta(seconds=10),
-                      finished_at=now)
+    JobAttemptFactory(
+        job=failed, outcome=JobAttempt.Outcome.FAILED, started_at=now - dt.timedelta(seconds=10), finished_at=now
+    )
     FinishedJobFactory(queue=QueueName.CHAT, job_type="test_sleep", finished_at=now - dt.timedelta(hours=2))
 
     response = admin_client_for(superuser).get(reverse(DASHBOARD))
@@ -139,8 +144,11 @@ def test_clean_validates_the_date_and_deletes_only_old_finished_records(superuse
     client = admin_client_for(superuser)
     url = reverse("admin:queues_jobrecord_clean")
     tomorrow = (timezone.now() + dt.timedelta(days=1)).date().isoformat()
-    for value, error in ((tomorrow, "The date is in the future."), ("not-a-date", "Enter a valid date."),
-                         (timezone.now().date().isoformat(), "Choose a day before today")):
+    for value, error in (
+        (tomorrow, "The date is in the future."),
+        ("not-a-date", "Enter a valid date."),
+        (timezone.now().date().isoformat(), "Choose a day before today"),
+    ):
         response = client.post(url, {"before": value})
         assert response.status_code == 200
         assert error in response.context["clean_form"].errors["before"][0]

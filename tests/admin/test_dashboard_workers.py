@@ -7,8 +7,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from queues.constants import JobStatus, QueueName
 from queues.admin.dashboard import PLOT_BOTTOM, PLOT_TOP, _chart, _nice_ceiling
+from queues.constants import JobStatus, QueueName
 from queues.keys import SLOTS_KEY
 from queues.worker import SlimySimpleWorker
 from tests.factories.admin import FinishedJobFactory
@@ -24,8 +24,18 @@ def _slots(redis_conn, name, ttl=30, **fields):
 
 
 def test_workers_are_grouped_by_host_with_slots_in_use_per_queue(superuser, admin_client_for, redis_conn):
-    _slots(redis_conn, "web-1.slimy.12", host="web-1", pid=12, chat__busy=3, chat__slots=8, database__busy=1,
-           database__slots=4, audit__busy=0, audit__slots=2)
+    _slots(
+        redis_conn,
+        "web-1.slimy.12",
+        host="web-1",
+        pid=12,
+        chat__busy=3,
+        chat__slots=8,
+        database__busy=1,
+        database__slots=4,
+        audit__busy=0,
+        audit__slots=2,
+    )
     _slots(redis_conn, "web-1.slimy.13", host="web-1", pid=13, database__busy=4, database__slots=4)
     _slots(redis_conn, "web-2.slimy.7", host="web-2", pid=7, chat__busy=0, chat__slots=8)
     rq_worker = SlimySimpleWorker([QueueName.CHAT], connection=redis_conn, name="rq-only-worker")
@@ -40,7 +50,10 @@ def test_workers_are_grouped_by_host_with_slots_in_use_per_queue(superuser, admi
     first = hosts[0]["processes"][0]
     assert (first["name"], first["pid"], first["busy"], first["slots"]) == ("web-1.slimy.12", 12, 4, 14)
     assert [(q["queue"], q["busy"], q["slots"]) for q in first["queues"]] == [
-        ("chat", 3, 8), ("database", 1, 4), ("audit", 0, 2)]
+        ("chat", 3, 8),
+        ("database", 1, 4),
+        ("audit", 0, 2),
+    ]
     page = response.content.decode()
     assert "Workers (3 processes)" in page
     assert re.search(r'data-queue="chat">.*?chat 3/8</span>', page)
@@ -63,8 +76,17 @@ def test_without_the_runtimes_report_the_dashboard_shows_rqs_workers(superuser, 
 
 
 def test_malformed_slot_fields_are_skipped_not_fatal(superuser, admin_client_for, redis_conn):
-    _slots(redis_conn, "odd", host="h", pid="not-a-pid", chat__busy="many", chat__slots=4, database__busy=-1,
-           database__slots=2, nonsense="x")
+    _slots(
+        redis_conn,
+        "odd",
+        host="h",
+        pid="not-a-pid",
+        chat__busy="many",
+        chat__slots=4,
+        database__busy=-1,
+        database__slots=2,
+        nonsense="x",
+    )
     response = admin_client_for(superuser).get(reverse(DASHBOARD))
     assert response.status_code == 200
     process = response.context["worker_hosts"][0]["processes"][0]
@@ -73,7 +95,7 @@ def test_malformed_slot_fields_are_skipped_not_fatal(superuser, admin_client_for
 
 
 def test_chart_has_round_y_axis_and_quarter_hour_x_axis():
-    now = dt.datetime(2026, 11, 28, 9, 30, 20, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 28, 9, 30, 20, tzinfo=dt.UTC)
     minute = now.replace(second=0) - dt.timedelta(minutes=5)
     chart = _chart({minute: {"completed": 31, "failed": 6}}, now=now)
     assert chart.peak == 37 and chart.y_max == 50

@@ -60,8 +60,14 @@ def test_staff_without_view_permission_is_refused(make_staff, admin_client_for):
 
 def test_detail_shows_payload_result_error_attempts_and_owner(superuser, admin_client_for, user):
     job = JobRecordFactory(
-        owner=user, status=JobStatus.FAILED, attempts=2, max_attempts=2, payload={"value": "payload-marker"},
-        error_code="never_works", error_message="it broke", error_traceback="Traceback (most recent call last):\n  boom",
+        owner=user,
+        status=JobStatus.FAILED,
+        attempts=2,
+        max_attempts=2,
+        payload={"value": "payload-marker"},
+        error_code="never_works",
+        error_message="it broke",
+        error_traceback="Traceback (most recent call last):\n  boom",
         request_id="req-123",
     )
     JobAttemptFactory(job=job, number=1, outcome=JobAttempt.Outcome.RETRIED, error_message="first try broke")
@@ -78,8 +84,9 @@ def test_detail_shows_payload_result_error_attempts_and_owner(superuser, admin_c
 
 
 def test_chat_job_page_has_an_output_panel_that_degrades_without_the_endpoint(superuser, admin_client_for):
-    job = JobRecordFactory(job_type="test_sleep", queue=QueueName.CHAT, status=JobStatus.STARTED,
-                           payload={"seconds": 1})
+    job = JobRecordFactory(
+        job_type="test_sleep", queue=QueueName.CHAT, status=JobStatus.STARTED, payload={"seconds": 1}
+    )
     page = admin_client_for(superuser).get(reverse("admin:queues_jobrecord_change", args=[job.pk])).content.decode()
     assert 'id="slimy-output-panel"' in page
     from django.urls import Resolver404, resolve

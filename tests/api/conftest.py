@@ -19,8 +19,11 @@ def staff(db):
     from django.contrib.auth.models import Permission
 
     user = UserFactory(username="stella", role="staff")
-    user.user_permissions.set(Permission.objects.filter(
-        content_type__app_label="queues", codename__in=["view_jobrecord", "retry_jobrecord", "cancel_jobrecord"]))
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="queues", codename__in=["view_jobrecord", "retry_jobrecord", "cancel_jobrecord"]
+        )
+    )
     return user
 
 

@@ -25,8 +25,11 @@ def _user_add(*args):
 def test_missing_credentials_are_401_with_www_authenticate():
     response = APIClient().get("/api/jobs")
     assert response.status_code == 401
-    assert response.json() == {"ok": False, "error": "not_authenticated",
-                               "message": "Authentication credentials were not provided."}
+    assert response.json() == {
+        "ok": False,
+        "error": "not_authenticated",
+        "message": "Authentication credentials were not provided.",
+    }
     assert response["WWW-Authenticate"] == "Token"
 
 
@@ -51,11 +54,14 @@ def test_user_add_staff_sets_is_staff():
     assert _token_client(key).get("/api/me").json()["isStaff"] is True
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["dave", "--role", "admin"], "invalid choice"),
-    (["dave"], "--role"),
-    (["bad name!", "--role", "member"], "Invalid username"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["dave", "--role", "admin"], "invalid choice"),
+        (["dave"], "--role"),
+        (["bad name!", "--role", "member"], "Invalid username"),
+    ],
+)
 def test_user_add_refuses_bad_input(args, fragment):
     with pytest.raises(CommandError, match=fragment):
         _user_add(*args)

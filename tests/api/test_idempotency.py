@@ -16,8 +16,9 @@ def _post(client, body, key):
     return client.post(ECHO, body, format="json", HTTP_IDEMPOTENCY_KEY=key)
 
 
-def test_same_key_and_body_returns_the_original_answer_even_after_the_job_ran(member, make_api_client,
-                                                                              run_worker, redis_conn):
+def test_same_key_and_body_returns_the_original_answer_even_after_the_job_ran(
+    member, make_api_client, run_worker, redis_conn
+):
     client = make_api_client(member)
     first = _post(client, {"value": "once"}, "order-17")
     assert first.status_code == 202

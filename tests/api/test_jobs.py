@@ -22,10 +22,21 @@ def test_job_detail_has_the_documented_shape(member, make_api_client, run_worker
     run_worker()
     body = make_api_client(member).get(f"/api/jobs/{job.id}").json()
     assert body == {
-        "ok": True, "jobId": str(job.id), "jobType": "test_echo", "queue": "database", "status": "completed",
-        "priority": "normal", "tenant": f"user:{member.pk}", "attempts": 1, "maxAttempts": 3, "progress": None,
-        "createdAt": body["createdAt"], "startedAt": body["startedAt"], "finishedAt": body["finishedAt"],
-        "result": {"echo": "hello"}, "error": None,
+        "ok": True,
+        "jobId": str(job.id),
+        "jobType": "test_echo",
+        "queue": "database",
+        "status": "completed",
+        "priority": "normal",
+        "tenant": f"user:{member.pk}",
+        "attempts": 1,
+        "maxAttempts": 3,
+        "progress": None,
+        "createdAt": body["createdAt"],
+        "startedAt": body["startedAt"],
+        "finishedAt": body["finishedAt"],
+        "result": {"echo": "hello"},
+        "error": None,
     }
     assert body["createdAt"] <= body["startedAt"] <= body["finishedAt"]
 
@@ -41,11 +52,14 @@ def test_failed_job_error_has_code_and_message_but_no_traceback(member, make_api
 
 def test_untyped_error_messages_are_hidden_from_owners_but_not_staff(member, staff, make_api_client):
     job = _job(member)
-    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error_code="OperationalError",
-                                               error_message="could not connect to db.internal:5432")
+    JobRecord.objects.filter(pk=job.pk).update(
+        status=JobStatus.FAILED, error_code="OperationalError", error_message="could not connect to db.internal:5432"
+    )
     owner_view = make_api_client(member).get(f"/api/jobs/{job.id}").json()
-    assert owner_view["error"] == {"code": "OperationalError",
-                                   "message": "The job failed because of an internal error."}
+    assert owner_view["error"] == {
+        "code": "OperationalError",
+        "message": "The job failed because of an internal error.",
+    }
     staff_view = make_api_client(staff).get(f"/api/jobs/{job.id}").json()
     assert staff_view["error"]["message"] == "could not connect to db.internal:5432"
 
@@ -93,10 +107,17 @@ def test_list_paginates_with_a_cursor(member, make_api_client):
     assert seen == [str(j.id) for j in reversed(jobs)]
 
 
-@pytest.mark.parametrize("query, field", [
-    ({"status": "exploded"}, "status"), ({"queue": "nope"}, "queue"), ({"since": "yesterday"}, "since"),
-    ({"limit": "1000"}, "limit"), ({"cursor": "garbage"}, "cursor"), ({"sort": "asc"}, "sort"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"status": "exploded"}, "status"),
+        ({"queue": "nope"}, "queue"),
+        ({"since": "yesterday"}, "since"),
+        ({"limit": "1000"}, "limit"),
+        ({"cursor": "garbage"}, "cursor"),
+        ({"sort": "asc"}, "sort"),
+    ],
+)
 def test_list_rejects_bad_and_unknown_query_parameters(member, make_api_client, query, field):
     response = make_api_client(member).get("/api/jobs", query)
     assert response.status_code == 400
@@ -155,7 +176,11 @@ def test_staff_can_read_retry_and_cancel_any_job(member, staff, make_api_client,
 
 def test_me_names_the_caller_and_roles(member, staff, make_api_client):
     assert make_api_client(member).get("/api/me").json() == {
-        "ok": True, "username": "mia", "roles": ["member"], "isStaff": False}
+        "ok": True,
+        "username": "mia",
+        "roles": ["member"],
+        "isStaff": False,
+    }
     assert make_api_client(staff).get("/api/me").json()["roles"] == ["staff"]
 
 
@@ -167,8 +192,10 @@ def test_retry_and_cancel_over_the_api_are_audited(make_api_client, user, run_wo
     client = make_api_client(user)
     failed = job_enqueue(job_type="test_permanent", payload={"tag": "audited"}, owner=user)
     run_worker(["database"])
-    assert client.post(f"/api/jobs/{failed.pk}/retry", {}, format="json",
-                       HTTP_X_REQUEST_ID="req-audit-retry").status_code == 202
+    assert (
+        client.post(f"/api/jobs/{failed.pk}/retry", {}, format="json", HTTP_X_REQUEST_ID="req-audit-retry").status_code
+        == 202
+    )
     waiting = job_enqueue(job_type="test_echo", payload={"value": "x"}, owner=user, delay=60)
     assert client.post(f"/api/jobs/{waiting.pk}/cancel", {}, format="json").status_code == 200
     run_worker(["audit"])

@@ -14,12 +14,15 @@ def _error(response):
     return response.status_code, response.json()["error"]
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("get", "/api/chat/conversations/{id}", None),
-    ("patch", "/api/chat/conversations/{id}", {"title": "mine now"}),
-    ("delete", "/api/chat/conversations/{id}", None),
-    ("post", "/api/chat/messages", {"conversationId": "{id}", "role": "user", "content": "hi"}),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("get", "/api/chat/conversations/{id}", None),
+        ("patch", "/api/chat/conversations/{id}", {"title": "mine now"}),
+        ("delete", "/api/chat/conversations/{id}", None),
+        ("post", "/api/chat/messages", {"conversationId": "{id}", "role": "user", "content": "hi"}),
+    ],
+)
 def test_another_users_conversation_is_404(member, other_member, make_api_client, method, path, body):
     conversation = ConversationFactory(owner=other_member)
     if body is not None:
@@ -35,8 +38,11 @@ def test_another_users_conversation_db_job_is_404(member, other_member, make_api
 
 def test_reports_are_staff_only_and_only_their_requesters(member, make_api_client):
     requester, other_staff = UserFactory(role="staff"), UserFactory(role="staff")
-    job = job_enqueue(job_type="audit_report", owner=requester, payload={
-        "occurredFrom": "2025-01-01T00:00:00Z", "occurredTo": "2025-01-02T00:00:00Z"})
+    job = job_enqueue(
+        job_type="audit_report",
+        owner=requester,
+        payload={"occurredFrom": "2025-01-01T00:00:00Z", "occurredTo": "2025-01-02T00:00:00Z"},
+    )
     url = f"/api/audit-log/reports/{job.id}"
     assert _error(make_api_client(member).get(url)) == (403, "permission_denied")
     assert _error(make_api_client(other_staff).get(url)) == (404, "report_not_found")

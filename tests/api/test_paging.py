@@ -70,10 +70,18 @@ def test_the_largest_offset_allowed_is_an_empty_page(user, make_api_client):
     assert body["conversations"] == [] and body["pagination"]["offset"] == 1_000_000
 
 
-@pytest.mark.parametrize("cursor", [
-    base64.urlsafe_b64encode(b'["9999-12-31T23:59:59-23:00",5]').decode(),  # the old format, out of range
-    "garbage", "1.2.3", "12.", ".5", "1." + "9" * 19, "1.5 2",
-])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        base64.urlsafe_b64encode(b'["9999-12-31T23:59:59-23:00",5]').decode(),  # the old format, out of range
+        "garbage",
+        "1.2.3",
+        "12.",
+        ".5",
+        "1." + "9" * 19,
+        "1.5 2",
+    ],
+)
 def test_a_tampered_audit_cursor_is_400(audit_staff, make_api_client, cursor):
     _assert_400(make_api_client(audit_staff).get("/api/audit-log", {"cursor": cursor}), "cursor")
 
@@ -86,8 +94,10 @@ def test_any_audit_cursor_of_the_documented_form_is_a_page(audit_staff, make_api
 
 
 def test_audit_cursor_pages_are_in_order_across_equal_instants(audit_staff, make_api_client):
-    rows = write_events(*[EventFactory(occurredAt="2026-01-01T10:00:00Z") for _ in range(3)],
-                        EventFactory(occurredAt="2026-01-02T10:00:00Z"))
+    rows = write_events(
+        *[EventFactory(occurredAt="2026-01-01T10:00:00Z") for _ in range(3)],
+        EventFactory(occurredAt="2026-01-02T10:00:00Z"),
+    )
     client, seen, url = make_api_client(audit_staff), [], "/api/audit-log?limit=1"
     while url:
         body = client.get(url).json()
@@ -96,10 +106,14 @@ def test_audit_cursor_pages_are_in_order_across_equal_instants(audit_staff, make
     assert seen == [rows[3].id, rows[2].id, rows[1].id, rows[0].id]
 
 
-@pytest.mark.parametrize("query, field", [
-    ({"actor": TOO_BIG}, "actor"), ({"from": "0001-01-01T00:00:00+01:00"}, "from"),
-    ({"to": "9999-12-31T23:59:59-23:00"}, "to"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"actor": TOO_BIG}, "actor"),
+        ({"from": "0001-01-01T00:00:00+01:00"}, "from"),
+        ({"to": "9999-12-31T23:59:59-23:00"}, "to"),
+    ],
+)
 def test_out_of_range_audit_filters_are_400(audit_staff, make_api_client, query, field):
     _assert_400(make_api_client(audit_staff).get("/api/audit-log", query), field)
 
@@ -114,28 +128,37 @@ def test_a_null_body_is_400_not_an_empty_request(user, make_api_client):
     assert response.status_code == 400 and response.json()["error"] == "validation_error"
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/api/chat/conversations", {"title": 0}, "title"),
-    ("/api/chat/conversations", {"personalityMode": 1}, "personalityMode"),
-    ("/api/chat/bot", {"prompt": "hi", "guildId": 0}, "guildId"),
-    ("/api/chat/bot", {"prompt": 5}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/api/chat/conversations", {"title": 0}, "title"),
+        ("/api/chat/conversations", {"personalityMode": 1}, "personalityMode"),
+        ("/api/chat/bot", {"prompt": "hi", "guildId": 0}, "guildId"),
+        ("/api/chat/bot", {"prompt": 5}, "prompt"),
+    ],
+)
 def test_member_bodies_take_strings_only_where_strings_are_declared(user, make_api_client, path, body, field):
     _assert_400(make_api_client(user).post(path, body, format="json"), field)
 
 
 def test_message_content_must_be_a_string(user, make_api_client):
     conversation = ConversationFactory(owner=user)
-    response = make_api_client(user).post("/api/chat/messages", {"conversationId": str(conversation.pk),
-                                                                 "content": 0}, format="json")
+    response = make_api_client(user).post(
+        "/api/chat/messages", {"conversationId": str(conversation.pk), "content": 0}, format="json"
+    )
     _assert_400(response, "content")
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"action": "x", "errorMessage": 0}, "errorMessage"), ({"action": 1}, "action"),
-    ({"action": "x", "success": "yes"}, "success"), ({"action": "x", "actorId": "7"}, "actorId"),
-    ({"action": "x", "details": []}, "details"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"action": "x", "errorMessage": 0}, "errorMessage"),
+        ({"action": 1}, "action"),
+        ({"action": "x", "success": "yes"}, "success"),
+        ({"action": "x", "actorId": "7"}, "actorId"),
+        ({"action": "x", "details": []}, "details"),
+    ],
+)
 def test_audit_event_fields_take_their_declared_json_types(django_user_model, make_api_client, body, field):
     service = django_user_model.objects.create_user(username="svc-typed")
     service.groups.add(Group.objects.get_or_create(name="service")[0])
@@ -145,19 +168,21 @@ def test_audit_event_fields_take_their_declared_json_types(django_user_model, ma
 @pytest.mark.parametrize("later", [0, -1])
 def test_a_report_over_an_empty_range_is_accepted(audit_staff, make_api_client, later):
     # The schema cannot state "to after from", so no request it allows may be refused: the range is empty.
-    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     body = {"occurredFrom": at.isoformat(), "occurredTo": (at + dt.timedelta(days=later)).isoformat()}
     response = make_api_client(audit_staff).post("/api/audit-log/reports", body, format="json")
     assert response.status_code == 202, response.content
     far = {"occurredFrom": "2000-01-01T00:00:00Z", "occurredTo": "2500-01-01T00:00:00Z"}
     assert make_api_client(audit_staff).post("/api/audit-log/reports", far, format="json").status_code == 202
-    bad = make_api_client(audit_staff).post("/api/audit-log/reports", {"occurredFrom": at, "occurredTo": 0},
-                                            format="json")
+    bad = make_api_client(audit_staff).post(
+        "/api/audit-log/reports", {"occurredFrom": at, "occurredTo": 0}, format="json"
+    )
     _assert_400(bad, "occurredTo")
 
 
-@pytest.mark.parametrize("query", ["from=2026-01-02T00:00:00Z&to=2026-01-02T00:00:00Z",
-                                   "from=2026-01-03T00:00:00Z&to=2026-01-02T00:00:00Z"])
+@pytest.mark.parametrize(
+    "query", ["from=2026-01-02T00:00:00Z&to=2026-01-02T00:00:00Z", "from=2026-01-03T00:00:00Z&to=2026-01-02T00:00:00Z"]
+)
 def test_an_empty_audit_range_is_an_empty_answer(audit_staff, make_api_client, query):
     write_events(EventFactory(occurredAt="2026-01-02T00:00:00Z"))
     client = make_api_client(audit_staff)
@@ -171,11 +196,14 @@ def test_empty_audit_filters_filter_nothing(audit_staff, make_api_client):
     assert response.status_code == 200 and len(response.json()["results"]) == 1
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/api/chat/bot", {"prompt": "\u001e \t"}, "prompt"),
-    ("/api/audit-log", {"action": "\u001f"}, "action"),
-    ("/api/audit-log", {"action": "x", "ip": " 10.0.0.1"}, "ip"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/api/chat/bot", {"prompt": "\u001e \t"}, "prompt"),
+        ("/api/audit-log", {"action": "\u001f"}, "action"),
+        ("/api/audit-log", {"action": "x", "ip": " 10.0.0.1"}, "ip"),
+    ],
+)
 def test_blank_text_is_refused_as_the_schema_pattern_says(django_user_model, make_api_client, path, body, field):
     user = UserFactory(username="blank", role="staff")
     _assert_400(make_api_client(user).post(path, body, format="json"), field)

@@ -4,7 +4,6 @@ import uuid
 
 import pytest
 import yaml
-from django.contrib.auth.models import Group
 
 from queues.services import job_enqueue
 from slimy_site import roles
@@ -23,12 +22,15 @@ def _call(client, method, path, body=None):
     return getattr(client, method)(path, body, format="json") if body is not None else getattr(client, method)(path)
 
 
-@pytest.mark.parametrize("method, path, body", [
-    *CHAT_SUBMISSIONS,
-    ("get", "/api/chat/conversations", None),
-    ("get", "/api/jobs", None),
-    ("post", "/api/audit-log", {"action": "x"}),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        *CHAT_SUBMISSIONS,
+        ("get", "/api/chat/conversations", None),
+        ("get", "/api/jobs", None),
+        ("post", "/api/audit-log", {"action": "x"}),
+    ],
+)
 def test_a_user_without_a_role_is_403_permission_denied(make_api_client, method, path, body):
     nobody = UserFactory(username="norole")
     response = _call(make_api_client(nobody), method, path, body)
@@ -49,10 +51,13 @@ def test_removing_every_role_suspends_a_member(make_api_client):
     assert client.get("/api/chat/conversations").status_code == 200
     assert client.post("/api/chat/conversations", {"title": "a"}, format="json").status_code == 202
     member.groups.clear()
-    for method, path, body in [*CHAT_SUBMISSIONS, ("get", f"/api/chat/conversations/{conversation.pk}", None),
-                               ("post", "/api/chat/messages", {"conversationId": str(conversation.pk),
-                                                               "content": "x"}),
-                               ("get", f"/api/jobs/{job.pk}", None), ("post", f"/api/jobs/{job.pk}/cancel", {})]:
+    for method, path, body in [
+        *CHAT_SUBMISSIONS,
+        ("get", f"/api/chat/conversations/{conversation.pk}", None),
+        ("post", "/api/chat/messages", {"conversationId": str(conversation.pk), "content": "x"}),
+        ("get", f"/api/jobs/{job.pk}", None),
+        ("post", f"/api/jobs/{job.pk}/cancel", {}),
+    ]:
         response = _call(client, method, path, body)
         assert response.status_code == 403, (method, path, response.content)
 
@@ -100,13 +105,19 @@ def test_the_schema_names_the_roles_of_every_operation(schema):
     for path, want in expected.items():
         for operation in schema["paths"][path].values():
             assert set(operation["x-roles"]) == want, path
-            codes = {e["value"]["error"] for e in operation["responses"]["403"]["content"]["application/json"]
-                     ["examples"].values()}
+            codes = {
+                e["value"]["error"]
+                for e in operation["responses"]["403"]["content"]["application/json"]["examples"].values()
+            }
             assert "permission_denied" in codes and "Roles:" in operation["description"]
     assert set(schema["paths"]["/api/audit-log"]["post"]["x-roles"]) == {"service", "staff"}
     assert "x-roles" not in schema["paths"]["/api/me"]["get"]
-    roleless = [f"{m} {p}" for p, ops in schema["paths"].items() for m, op in ops.items()
-                if "x-roles" not in op and p not in ("/api/me", "/api/metrics")]
+    roleless = [
+        f"{m} {p}"
+        for p, ops in schema["paths"].items()
+        for m, op in ops.items()
+        if "x-roles" not in op and p not in ("/api/me", "/api/metrics")
+    ]
     assert roleless == []
 
 

@@ -12,8 +12,15 @@ pytestmark = pytest.mark.django_db
 
 def test_schema_generation_has_no_warnings_and_validates(tmp_path):
     # Fails on any warning or on a schema that is not valid OpenAPI 3.
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"),
-                 stdout=io.StringIO(), stderr=io.StringIO())
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--file",
+        str(tmp_path / "schema.yaml"),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+    )
     assert yaml.safe_load((tmp_path / "schema.yaml").read_text())["openapi"].startswith("3.")
 
 
@@ -35,8 +42,9 @@ def test_every_operation_lists_the_shared_error_codes(schema):
     for operation in operations:
         assert {"not_authenticated", "authentication_failed"} <= _codes(operation, 401), operation["operationId"]
         # Event streams may also be refused for too many open streams.
-        expected_429 = {"rate_limited", "too_many_streams"} if operation["operationId"] == "jobs_events" else {
-            "rate_limited"}
+        expected_429 = (
+            {"rate_limited", "too_many_streams"} if operation["operationId"] == "jobs_events" else {"rate_limited"}
+        )
         assert _codes(operation, 429) == expected_429, operation["operationId"]
         assert _codes(operation, 500) == {"internal_error"}
 
@@ -63,8 +71,13 @@ def test_swagger_ui_is_served_without_a_cdn(client):
 
 # Operations that create a job through queues.api.submit.accept_job (issue 19, item 5).
 SUBMITTING = {
-    "chat_conversations_create", "chat_conversation_update", "chat_conversation_delete", "chat_messages_create",
-    "chat_bot_create", "api_audit_log_create", "api_audit_log_reports_create",
+    "chat_conversations_create",
+    "chat_conversation_update",
+    "chat_conversation_delete",
+    "chat_messages_create",
+    "chat_bot_create",
+    "api_audit_log_create",
+    "api_audit_log_reports_create",
 }
 
 
@@ -97,7 +110,6 @@ def test_request_bodies_are_closed(schema):
 
 def test_chat_reuses_the_shared_error_and_accepted_serializers():
     import chat.apis
-
     from chat.jobs import TitleField
     from queues.api.submit import JobAcceptedSerializer
 

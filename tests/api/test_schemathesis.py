@@ -32,13 +32,25 @@ def test_schemathesis_run_finds_no_failure(live_server, no_limits, role, tmp_pat
     user = UserFactory(username=f"st-{role}", role=role)
     token = api_token_issue(user=user)
     command = [
-        _schemathesis(), "run", f"{live_server.url}/api/schema/",
-        "--header", f"Authorization: Token {token}",
-        "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
-        "--generation-database", "none", "--generation-allow-x00", "false",
+        _schemathesis(),
+        "run",
+        f"{live_server.url}/api/schema/",
+        "--header",
+        f"Authorization: Token {token}",
+        "--seed",
+        str(SEED),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--generation-allow-x00",
+        "false",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=840, cwd=tmp_path,
-                            env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=840, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"}
+    )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-20000:]
     assert "24 selected" in report or "selected / " in report  # it really ran the operations

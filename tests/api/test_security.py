@@ -32,6 +32,7 @@ def _assert_error(response, status, code):
 
 # --- Object-level access: another user's job is a 404 on every job endpoint.
 
+
 @pytest.mark.parametrize("method, suffix", [("get", ""), ("post", "/retry"), ("post", "/cancel")])
 def test_another_users_job_is_404_on_every_job_endpoint(member, other_member, make_api_client, method, suffix):
     job = job_enqueue(job_type="test_permanent", payload={"tag": "x"}, owner=other_member)
@@ -50,9 +51,17 @@ def test_malformed_job_ids_are_404(member, make_api_client, job_id):
 
 # --- Unknown fields and job-option injection.
 
+
 def test_clients_cannot_set_job_options(member, make_api_client):
-    body = {"value": "x", "attempts": 9, "max_attempts": 1, "timeout": 1, "queue": "chat",
-            "jobId": "0c6a1bde-0000-4000-8000-000000000000", "job_type": "test_sleep"}
+    body = {
+        "value": "x",
+        "attempts": 9,
+        "max_attempts": 1,
+        "timeout": 1,
+        "queue": "chat",
+        "jobId": "0c6a1bde-0000-4000-8000-000000000000",
+        "job_type": "test_sleep",
+    }
     error = _assert_error(make_api_client(member).post(ECHO, body, format="json"), 400, "validation_error")
     assert error["details"] == {k: ["Unknown field."] for k in body if k != "value"}
     assert JobRecord.objects.count() == 0
@@ -65,10 +74,15 @@ def test_action_endpoints_refuse_any_body_field(member, make_api_client, suffix)
     assert _assert_error(response, 400, "validation_error")["details"] == {"attempts": ["Unknown field."]}
 
 
-@pytest.mark.parametrize("extra, field", [
-    ({"priority": "urgent"}, "priority"), ({"delay": 10**9}, "delay"), ({"delay": -1}, "delay"),
-    ({"count": 11}, "count"),
-])
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"priority": "urgent"}, "priority"),
+        ({"delay": 10**9}, "delay"),
+        ({"delay": -1}, "delay"),
+        ({"count": 11}, "count"),
+    ],
+)
 def test_priority_and_delay_only_within_limits(member, make_api_client, extra, field):
     response = make_api_client(member).post(ECHO, {"value": "x", **extra}, format="json")
     assert field in _assert_error(response, 400, "validation_error")["details"]
@@ -82,6 +96,7 @@ def test_offered_priority_and_delay_are_applied(member, make_api_client):
 
 
 # --- Body size.
+
 
 def test_oversized_body_is_413_before_anything_runs(member, make_api_client, settings):
     settings.API_MAX_BODY_BYTES = 1024
@@ -98,6 +113,7 @@ def test_default_body_limit_is_64_kib(member, make_api_client):
 
 
 # --- Rate limits, shared through Redis.
+
 
 def test_rate_limit_holds_across_two_clients_of_one_user(member, other_member, make_api_client, settings):
     settings.API_RATE_LIMITS = {"submit": "3/min"}
@@ -125,14 +141,21 @@ def test_rate_limit_is_shared_with_another_process(member, make_api_client, sett
         f"print([rate_limit_hit(scope='read', ident='user:{member.pk}', rate=Rate(2, 60)) for _ in range(2)])\n"
     )
     env = {**os.environ, "REDIS_URL": redis_server.url, "DJANGO_SETTINGS_MODULE": "slimy_site.settings"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0.0, 0.0]"  # the other process spent this user's two reads
     _assert_error(make_api_client(member).get("/api/me"), 429, "rate_limited")
 
 
 # --- Backpressure and Redis outages.
+
 
 @on_commit
 def test_full_queue_refuses_submissions_with_retry_after(member, make_api_client, settings):
@@ -171,6 +194,7 @@ def test_redis_down_refuses_submissions_at_once_but_reads_work(member, make_api_
 
 # --- One error shape everywhere.
 
+
 def test_unknown_api_urls_are_404_in_the_error_shape(member, make_api_client):
     _assert_error(make_api_client(member).get("/api/no/such/thing"), 404, "not_found")
     _assert_error(APIClient().get("/api/no/such/thing"), 404, "not_found")
@@ -187,10 +211,19 @@ def test_non_json_body_is_415(member, make_api_client):
     _assert_error(response, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"value": "x"', b"\xff\xfe", b'{"value": NaN}', b'{"value": 1e999}', b'{"value": "a\\u0000b"}',
-    b'{"value": "\\ud800"}', b"[" * 5000 + b"]" * 5000, b'{"\\u0000": 1}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"value": "x"',
+        b"\xff\xfe",
+        b'{"value": NaN}',
+        b'{"value": 1e999}',
+        b'{"value": "a\\u0000b"}',
+        b'{"value": "\\ud800"}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"\\u0000": 1}',
+    ],
+)
 def test_malformed_or_unstorable_json_is_400(member, make_api_client, raw):
     response = make_api_client(member).generic("POST", ECHO, raw, content_type="application/json")
     _assert_error(response, 400, "malformed_request")
@@ -218,8 +251,9 @@ def test_request_id_is_echoed_or_generated(member, make_api_client):
 def test_request_id_reaches_every_log_line_of_the_request_and_its_job(member, make_api_client, run_worker, caplog):
     caplog.handler.addFilter(ContextFilter())  # what the configured log handlers do
     caplog.set_level(logging.INFO)
-    response = make_api_client(member).post(ECHO, {"value": "traced"}, format="json",
-                                            HTTP_X_REQUEST_ID="trace-req-42424242")
+    response = make_api_client(member).post(
+        ECHO, {"value": "traced"}, format="json", HTTP_X_REQUEST_ID="trace-req-42424242"
+    )
     job_id = response.json()["jobId"]
     request_lines = [r for r in caplog.records if r.name == "queues.api.submit"]
     assert request_lines and {r.request_id for r in request_lines} == {"trace-req-42424242"}
@@ -235,14 +269,14 @@ def test_request_id_reaches_every_log_line_of_the_request_and_its_job(member, ma
 
 # --- The JSON parser decodes UTF-8 only: codec "charsets" (bz2, zlib, hex, rot13) never run.
 
+
 @pytest.mark.parametrize("charset", ["bz2_codec", "zlib_codec", "hex_codec", "rot13", "latin-1", "utf-16"])
 def test_non_utf8_charsets_are_refused_before_decoding(member, make_api_client, no_limits, charset):
     import bz2
 
     # 75 bytes of bz2 that would expand to a 10 MB document if the codec ran.
     body = bz2.compress(json.dumps({"value": "x" * 10_000_000}).encode())
-    response = make_api_client(member).generic(
-        "POST", ECHO, body, content_type=f"application/json; charset={charset}")
+    response = make_api_client(member).generic("POST", ECHO, body, content_type=f"application/json; charset={charset}")
     _assert_error(response, 415, "unsupported_media_type")
     assert not JobRecord.objects.exists()
 
@@ -250,7 +284,8 @@ def test_non_utf8_charsets_are_refused_before_decoding(member, make_api_client, 
 @pytest.mark.parametrize("charset", ["utf-8", "UTF8", '"utf-8"'])
 def test_utf8_charset_spellings_are_accepted(member, make_api_client, no_limits, charset):
     response = make_api_client(member).generic(
-        "POST", ECHO, json.dumps({"value": "ü"}).encode(), content_type=f"application/json; charset={charset}")
+        "POST", ECHO, json.dumps({"value": "ü"}).encode(), content_type=f"application/json; charset={charset}"
+    )
     assert response.status_code == 202, response.content
 
 

@@ -25,8 +25,12 @@ def test_staff_without_permissions_are_ordinary_owners(member, bare_staff, make_
     theirs = job_enqueue(job_type="test_echo", payload={"value": "x"}, owner=member, delay=60)
     failed = _failed_job(member)
     client = make_api_client(bare_staff)
-    for response in (client.get(f"/api/jobs/{theirs.pk}"), client.post(f"/api/jobs/{theirs.pk}/cancel"),
-                     client.post(f"/api/jobs/{failed.pk}/retry"), client.get(f"/api/jobs/{theirs.pk}/output")):
+    for response in (
+        client.get(f"/api/jobs/{theirs.pk}"),
+        client.post(f"/api/jobs/{theirs.pk}/cancel"),
+        client.post(f"/api/jobs/{failed.pk}/retry"),
+        client.get(f"/api/jobs/{theirs.pk}/output"),
+    ):
         assert response.status_code == 404 and response.json()["error"] == "job_not_found"
     assert JobRecord.objects.get(pk=theirs.pk).status == JobStatus.SCHEDULED
     assert JobRecord.objects.get(pk=failed.pk).status == JobStatus.FAILED
@@ -43,7 +47,9 @@ def test_view_permission_reads_but_does_not_cancel_or_retry(member, bare_staff, 
     client = make_api_client(_grant(bare_staff, "view_jobrecord"))
     assert client.get(f"/api/jobs/{waiting.pk}").status_code == 200
     assert {j["jobId"] for j in client.get("/api/jobs", {"owner": "mia"}).json()["results"]} == {
-        str(waiting.pk), str(failed.pk)}
+        str(waiting.pk),
+        str(failed.pk),
+    }
     assert client.post(f"/api/jobs/{waiting.pk}/cancel").status_code == 404
     assert client.post(f"/api/jobs/{failed.pk}/retry").status_code == 404
     assert JobRecord.objects.get(pk=waiting.pk).status == JobStatus.SCHEDULED

@@ -24,7 +24,8 @@ def _member_client(make_api_client, django_user_model, name):
 
 
 def test_write_limit_of_a_submitting_view_is_charged_in_the_guards_round_trip(
-        make_api_client, django_user_model, settings, redis_conn):
+    make_api_client, django_user_model, settings, redis_conn
+):
     """The DRF throttle leaves a submitting method's scope to the guard's pipeline: no call of its own."""
     from queues.models import JobRecord
 

@@ -8,10 +8,18 @@ from tests.factories.api import UserFactory
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.api.urls")]
 
 
-@pytest.mark.parametrize("text, rate", [
-    ("30/min", Rate(30, 60)), ("5/10s", Rate(5, 10)), ("1000/hour", Rate(1000, 3600)), ("2/day", Rate(2, 86400)),
-    ("none", None), ("", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "text, rate",
+    [
+        ("30/min", Rate(30, 60)),
+        ("5/10s", Rate(5, 10)),
+        ("1000/hour", Rate(1000, 3600)),
+        ("2/day", Rate(2, 86400)),
+        ("none", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_parse_rate(text, rate):
     assert parse_rate(text) == rate
 
@@ -30,9 +38,13 @@ def test_role_overrides_give_service_clients_their_own_rate(settings, make_api_c
     assert [service.get("/api/me").status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
-@pytest.mark.parametrize("limits, fragment", [
-    ({"submit": "lots"}, "Invalid rate"), ({"read@wizard": "1/min"}, "unknown role"),
-])
+@pytest.mark.parametrize(
+    "limits, fragment",
+    [
+        ({"submit": "lots"}, "Invalid rate"),
+        ({"read@wizard": "1/min"}, "unknown role"),
+    ],
+)
 def test_bad_rate_settings_are_system_check_errors(settings, limits, fragment):
     from slimy_site.checks import check_api_settings
 

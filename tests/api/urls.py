@@ -1,9 +1,9 @@
 """The site's URLs plus test-only endpoints: a job-submitting view over accept_job and role probes."""
 
 from django.urls import path
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework import serializers
 
 from queues.api.submit import DelayField, PriorityField, accept_job
 from slimy_site.roles import IsMember, IsService, IsStaff
@@ -23,8 +23,14 @@ class EchoSubmitApi(APIView):
     def post(self, request):
         data = validate_input(self.InputSerializer, request.data)
         payload = {"value": data["value"], **({"count": data["count"]} if "count" in data else {})}
-        return accept_job(request, job_type="test_echo", payload=payload, priority=data["priority"],
-                          delay=data["delay"], extra_body=lambda job: {"echoOf": data["value"]})
+        return accept_job(
+            request,
+            job_type="test_echo",
+            payload=payload,
+            priority=data["priority"],
+            delay=data["delay"],
+            extra_body=lambda job: {"echoOf": data["value"]},
+        )
 
 
 class BoomApi(APIView):

@@ -25,9 +25,17 @@ def test_permissions(make_api_client, user, staff, service_user):
 
 def test_post_one_event_enqueues_log_event_with_redacted_details(make_api_client, service_user):
     response = make_api_client(service_user).post(
-        "/api/audit-log", {"action": "invoice.pay", "resourceType": "invoice", "resourceId": "INV-1",
-                           "details": {"card": {"token": "tok_123"}}, "actorId": 77}, format="json",
-        HTTP_X_REQUEST_ID="req-from-client")
+        "/api/audit-log",
+        {
+            "action": "invoice.pay",
+            "resourceType": "invoice",
+            "resourceId": "INV-1",
+            "details": {"card": {"token": "tok_123"}},
+            "actorId": 77,
+        },
+        format="json",
+        HTTP_X_REQUEST_ID="req-from-client",
+    )
     assert response.status_code == 202
     body = response.json()
     job = JobRecord.objects.get(pk=body["jobId"])
@@ -52,11 +60,18 @@ def test_post_list_enqueues_one_bulk_job_and_limits_its_size(make_api_client, se
     assert client.post("/api/audit-log", [], format="json").status_code == 400
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "action"), ({"action": ""}, "action"), ({"action": "x", "colour": 1}, "colour"),
-    ({"action": "x", "ip": "999.1.1.1"}, "ip"), ({"action": "x", "occurredAt": "yesterday"}, "occurredAt"),
-    ({"action": "x", "details": ["not", "a", "dict"]}, "details"), ("just a string", "body"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "action"),
+        ({"action": ""}, "action"),
+        ({"action": "x", "colour": 1}, "colour"),
+        ({"action": "x", "ip": "999.1.1.1"}, "ip"),
+        ({"action": "x", "occurredAt": "yesterday"}, "occurredAt"),
+        ({"action": "x", "details": ["not", "a", "dict"]}, "details"),
+        ("just a string", "body"),
+    ],
+)
 def test_bad_events_are_400_with_field_errors(make_api_client, service_user, body, field):
     response = make_api_client(service_user).post("/api/audit-log", body, format="json")
     assert response.status_code == 400, response.content
@@ -94,8 +109,10 @@ def test_list_filters_and_newest_first(make_api_client, staff, user):
 
 
 def test_cursor_pagination_walks_every_row_once(make_api_client, staff):
-    write_events(*[EventFactory(occurredAt="2026-01-01T10:00:00Z") for _ in range(5)],
-                 *[EventFactory(occurredAt=f"2026-01-0{d}T10:00:00Z") for d in range(2, 9)])
+    write_events(
+        *[EventFactory(occurredAt="2026-01-01T10:00:00Z") for _ in range(5)],
+        *[EventFactory(occurredAt=f"2026-01-0{d}T10:00:00Z") for d in range(2, 9)],
+    )
     client = make_api_client(staff)
     seen, url = [], "/api/audit-log?limit=5"
     while url:
@@ -106,10 +123,17 @@ def test_cursor_pagination_walks_every_row_once(make_api_client, staff):
     assert seen == expected and len(seen) == 12
 
 
-@pytest.mark.parametrize("query, field", [
-    ("?limit=1001", "limit"), ("?limit=0", "limit"), ("?cursor=garbage", "cursor"), ("?actor=bob", "actor"),
-    ("?actor=0", "actor"), ("?colour=red", "colour"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("?limit=1001", "limit"),
+        ("?limit=0", "limit"),
+        ("?cursor=garbage", "cursor"),
+        ("?actor=bob", "actor"),
+        ("?actor=0", "actor"),
+        ("?colour=red", "colour"),
+    ],
+)
 def test_bad_list_queries_are_400(make_api_client, staff, query, field):
     response = make_api_client(staff).get(f"/api/audit-log{query}")
     assert response.status_code == 400 and field in response.json()["details"]
@@ -127,9 +151,14 @@ def test_detail_not_found_and_stats(make_api_client, staff):
 
 
 def test_a_full_batch_of_1000_realistic_events_fits_the_body_limit(make_api_client, service_user, settings):
-    event = {"action": "invoice.paid", "resourceType": "invoice", "resourceId": "inv-000000000001",
-             "details": {"amount": 1999, "currency": "EUR", "note": "x" * 120}, "ip": "203.0.113.7",
-             "userAgent": "billing-service/2.3 (+https://example.invalid)"}
+    event = {
+        "action": "invoice.paid",
+        "resourceType": "invoice",
+        "resourceId": "inv-000000000001",
+        "details": {"amount": 1999, "currency": "EUR", "note": "x" * 120},
+        "ip": "203.0.113.7",
+        "userAgent": "billing-service/2.3 (+https://example.invalid)",
+    }
     client = make_api_client(service_user)
     body = [event] * 1000
     response = client.post("/api/audit-log", body, format="json")

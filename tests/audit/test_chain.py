@@ -70,8 +70,9 @@ def test_deleted_last_row_is_reported_as_removed():
 def _forge(pk, prev_hash):
     """A row inserted behind the writer's back, hashed correctly onto its predecessor."""
     now = timezone.now()
-    row = AuditLog(id=pk, event_id=uuid.uuid4(), occurred_at=now, recorded_at=now, action="forged",
-                   details={}, prev_hash=prev_hash)
+    row = AuditLog(
+        id=pk, event_id=uuid.uuid4(), occurred_at=now, recorded_at=now, action="forged", details={}, prev_hash=prev_hash
+    )
     row.row_hash = compute_hash(row, prev_hash)
     AuditLog.objects.bulk_create([row])
     return row
@@ -115,9 +116,15 @@ def test_verify_api_reports_the_problem(make_api_client, staff):
 
 
 TRICKY = [
-    {"action": 'quote " back\\slash', "resourceId": "tab\there", "actorLabel": "ünïcødé ✓ 🙂",
-     "userAgent": "line\nbreak\r\n", "errorMessage": "\\N looks like NULL", "ip": "2001:db8::1",
-     "details": {"z": [1, 2.5, None, True], "a": {"nested": "tab\t\\ \"q\" é"}, "big": 10 ** 20, "": "empty key"}},
+    {
+        "action": 'quote " back\\slash',
+        "resourceId": "tab\there",
+        "actorLabel": "ünïcødé ✓ 🙂",
+        "userAgent": "line\nbreak\r\n",
+        "errorMessage": "\\N looks like NULL",
+        "ip": "2001:db8::1",
+        "details": {"z": [1, 2.5, None, True], "a": {"nested": 'tab\t\\ "q" é'}, "big": 10**20, "": "empty key"},
+    },
     {"action": "plain", "actorId": 987654, "actorLabel": "gone", "success": False, "ip": "10.0.0.1", "details": {}},
 ]
 
@@ -127,15 +134,37 @@ def test_rows_with_escapes_and_unicode_are_stored_exactly_and_verify():
 
     rows = write_events(*TRICKY)
     assert [(r.action, r.resource_id, r.actor_label, r.user_agent, r.error_message, r.details) for r in rows] == [
-        (e["action"], e.get("resourceId", ""), e["actorLabel"], e.get("userAgent", ""), e.get("errorMessage", ""),
-         e["details"]) for e in TRICKY]
+        (
+            e["action"],
+            e.get("resourceId", ""),
+            e["actorLabel"],
+            e.get("userAgent", ""),
+            e.get("errorMessage", ""),
+            e["details"],
+        )
+        for e in TRICKY
+    ]
     assert (rows[1].actor_ref, rows[1].actor_id, rows[1].success, rows[1].ip) == (987654, None, False, "10.0.0.1")
     assert chain_verify().ok
     # The hash is built from parts; it must be the canonical JSON of the row the database gives back.
     for row in rows:
-        built = new_row(str(row.event_id), timestamp_text(row.occurred_at), timestamp_text(row.recorded_at),
-                        row.actor_id, row.actor_ref, row.actor_label, row.action, row.resource_type,
-                        row.resource_id, row.details, row.ip, row.user_agent, row.session_id, row.request_id,
-                        row.success, row.error_message)
+        built = new_row(
+            str(row.event_id),
+            timestamp_text(row.occurred_at),
+            timestamp_text(row.recorded_at),
+            row.actor_id,
+            row.actor_ref,
+            row.actor_label,
+            row.action,
+            row.resource_type,
+            row.resource_id,
+            row.details,
+            row.ip,
+            row.user_agent,
+            row.session_id,
+            row.request_id,
+            row.success,
+            row.error_message,
+        )
         assert built.canonical == canonical(row)
         assert compute_hash(row, row.prev_hash) == row.row_hash

@@ -44,8 +44,13 @@ def test_recorded_event_is_written_by_the_worker_with_request_context(run_worker
     request.user, request.request_id = user, "req-123"
     before = _written()
     with transaction.atomic():
-        audit_event_record(action="conversation.create", resource_type="conversation", resource_id=42,
-                           details={"title": "hi", "api_key": "k"}, request=request)
+        audit_event_record(
+            action="conversation.create",
+            resource_type="conversation",
+            resource_id=42,
+            details={"title": "hi", "api_key": "k"},
+            request=request,
+        )
     staged = AuditStagedEvent.objects.get()
     assert staged.event["details"] == {"title": "hi", "api_key": "[redacted]"}  # redacted before staging
     job = JobRecord.objects.get(job_type="audit_drain")  # requested on commit
@@ -170,12 +175,25 @@ def test_concurrent_writers_keep_one_chain_and_lose_nothing():
 
 def _worker_env():
     db = settings.DATABASES["default"]
-    return dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-                REDIS_URL=settings.REDIS_URL, EXTRA_JOB_MODULES="tests.jobs", RQ_LOG_LEVEL="ERROR", LOG_LEVEL="ERROR")
+    return dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        EXTRA_JOB_MODULES="tests.jobs",
+        RQ_LOG_LEVEL="ERROR",
+        LOG_LEVEL="ERROR",
+    )
 
 
-WORKER_CMD = [sys.executable, "manage.py", "rqworker", "audit", "--burst", "--worker-class",
-              "queues.worker.SlimySimpleWorker"]
+WORKER_CMD = [
+    sys.executable,
+    "manage.py",
+    "rqworker",
+    "audit",
+    "--burst",
+    "--worker-class",
+    "queues.worker.SlimySimpleWorker",
+]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -183,8 +201,10 @@ def test_two_worker_processes_group_without_losing_or_doubling_events():
     with transaction.atomic():
         for n in range(400):
             job_enqueue(job_type="log_event", payload={"action": "load", "resourceId": str(n)})
-    workers = [subprocess.Popen(WORKER_CMD, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE) for _ in range(2)]
+    workers = [
+        subprocess.Popen(WORKER_CMD, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err.decode()[-2000:]
@@ -275,11 +295,20 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn, worker_cmd):
     blocker.ensure_connection()
     blocker.set_autocommit(False)
     with blocker.cursor() as cursor:
-        cursor.execute("INSERT INTO audit_auditchainhead (id, last_id, last_hash, length, updated_at) "
-                       "VALUES (1, 0, %s, 0, now()) ON CONFLICT DO NOTHING", ["0" * 64])
+        cursor.execute(
+            "INSERT INTO audit_auditchainhead (id, last_id, last_hash, length, updated_at) "
+            "VALUES (1, 0, %s, 0, now()) ON CONFLICT DO NOTHING",
+            ["0" * 64],
+        )
         cursor.execute("SELECT 1 FROM audit_auditchainhead WHERE id = 1 FOR UPDATE")
-    worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=_worker_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        worker_cmd,
+        cwd=ROOT,
+        env=_worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180  # a worker process starts slowly on a loaded machine
         while True:  # the batch is locked by the worker: a SKIP LOCKED read sees none of it
@@ -320,7 +349,8 @@ def test_prompt_digested_when_enqueued_is_stored_as_that_digest_not_digested_aga
     run_worker(["audit"])
     stored = {row.action + str(sorted(row.details)): row.details for row in AuditLog.objects.all()}
     assert sorted(stored.values(), key=str) == sorted(
-        [{"prompt": text_digest("hi")}, {"userPrompt": text_digest("hello")}], key=str)
+        [{"prompt": text_digest("hi")}, {"userPrompt": text_digest("hello")}], key=str
+    )
     assert chain_verify().ok
 
 
@@ -329,10 +359,17 @@ def test_record_not_in_the_stored_form_is_validated_and_redacted_when_run(run_wo
     """A record job_enqueue did not write (by hand, an older release): the worker validates it fully."""
     from queues.services import job_push
 
-    raw = JobRecord.objects.create(job_type="log_events_bulk", queue="audit", max_attempts=1, payload={
-        "events": [{"action": "  padded  ", "details": {"password": "hunter2", "n": 2.0}, "ip": "::ffff:10.0.0.1"}]})
-    bad = JobRecord.objects.create(job_type="log_events_bulk", queue="audit", max_attempts=5,
-                                   payload={"events": [{"action": "x" * 101}]})
+    raw = JobRecord.objects.create(
+        job_type="log_events_bulk",
+        queue="audit",
+        max_attempts=1,
+        payload={
+            "events": [{"action": "  padded  ", "details": {"password": "hunter2", "n": 2.0}, "ip": "::ffff:10.0.0.1"}]
+        },
+    )
+    bad = JobRecord.objects.create(
+        job_type="log_events_bulk", queue="audit", max_attempts=5, payload={"events": [{"action": "x" * 101}]}
+    )
     job_push(job=raw)
     job_push(job=bad)
     run_worker(["audit"])
@@ -357,10 +394,17 @@ def test_stored_form_is_what_validation_returns_and_is_taken_as_it_is():
     assert events_stored(partial) == stored  # another shape: validated again, same result
 
 
-@pytest.mark.parametrize("value", [
-    "2026-11-28T11:15:00.123Z", "2026-11-28T11:15:00Z", "2026-11-28T23:59:59.999Z", "2026-11-28T11:15:00+02:00",
-    "2026-11-28T11:15:00.123456+00:00", "2026-11-28T11:15:00.5Z",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-28T11:15:00.123Z",
+        "2026-11-28T11:15:00Z",
+        "2026-11-28T23:59:59.999Z",
+        "2026-11-28T11:15:00+02:00",
+        "2026-11-28T11:15:00.123456+00:00",
+        "2026-11-28T11:15:00.5Z",
+    ],
+)
 def test_occurred_text_fast_path_matches_parsing(value):
     from audit.chain import timestamp_text
     from audit.services import _occurred_text, _parse_occurred

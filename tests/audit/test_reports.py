@@ -14,7 +14,12 @@ FROM, TO = "2026-03-01T00:00:00Z", "2026-03-04T00:00:00Z"
 
 def _fixture_events(alice, bob):
     e = lambda at, action, rtype, actor, ok=True: {  # noqa: E731
-        "occurredAt": at, "action": action, "resourceType": rtype, "actorId": actor, "success": ok}
+        "occurredAt": at,
+        "action": action,
+        "resourceType": rtype,
+        "actorId": actor,
+        "success": ok,
+    }
     return [
         e("2026-03-01T10:00:00Z", "login", "user", alice.pk),
         e("2026-03-01T11:00:00Z", "login", "user", alice.pk, ok=False),
@@ -76,12 +81,19 @@ def test_report_job_matches_hand_computed_counts(run_worker, make_api_client, st
 
 @pytest.mark.django_db(transaction=True)
 def test_top_ten_and_empty_range(run_worker, make_api_client, staff):
-    write_events(*[{"occurredAt": "2026-03-01T10:00:00Z", "action": f"a{n:02d}"} for n in range(12) for _ in range(n + 1)])
+    write_events(
+        *[{"occurredAt": "2026-03-01T10:00:00Z", "action": f"a{n:02d}"} for n in range(12) for _ in range(n + 1)]
+    )
     assert AuditLog.objects.count() == sum(range(1, 13))
     client = make_api_client(staff)
-    job_id = client.post("/api/audit-log/reports", {"occurredFrom": FROM, "occurredTo": TO}, format="json").json()["jobId"]
-    empty_id = client.post("/api/audit-log/reports", {"occurredFrom": "2020-01-01T00:00:00Z",
-                                                       "occurredTo": "2020-01-02T00:00:00Z"}, format="json").json()["jobId"]
+    job_id = client.post("/api/audit-log/reports", {"occurredFrom": FROM, "occurredTo": TO}, format="json").json()[
+        "jobId"
+    ]
+    empty_id = client.post(
+        "/api/audit-log/reports",
+        {"occurredFrom": "2020-01-01T00:00:00Z", "occurredTo": "2020-01-02T00:00:00Z"},
+        format="json",
+    ).json()["jobId"]
     run_worker(["audit"])
     report = client.get(f"/api/audit-log/reports/{job_id}").json()["report"]
     assert [a["action"] for a in report["top"]["actions"]] == [f"a{n:02d}" for n in range(11, 1, -1)]
@@ -96,10 +108,14 @@ def test_report_requests_are_validated_and_private(make_api_client, staff, djang
     bad = client.post("/api/audit-log/reports", {"occurredFrom": FROM, "occurredTo": "tomorrow"}, format="json")
     assert bad.status_code == 400 and "occurredTo" in bad.json()["details"]
     # A reversed range is an empty one (the schema cannot state the order): accepted, an empty report.
-    assert client.post("/api/audit-log/reports", {"occurredFrom": TO, "occurredTo": FROM},
-                       format="json").status_code == 202
+    assert (
+        client.post("/api/audit-log/reports", {"occurredFrom": TO, "occurredTo": FROM}, format="json").status_code
+        == 202
+    )
     assert client.post("/api/audit-log/reports", {"occurredFrom": FROM}, format="json").status_code == 400
-    job_id = client.post("/api/audit-log/reports", {"occurredFrom": FROM, "occurredTo": TO}, format="json").json()["jobId"]
+    job_id = client.post("/api/audit-log/reports", {"occurredFrom": FROM, "occurredTo": TO}, format="json").json()[
+        "jobId"
+    ]
     other_staff = django_user_model.objects.create_user(username="other-staff", is_staff=True)
     other = make_api_client(other_staff).get(f"/api/audit-log/reports/{job_id}")
     assert other.status_code == 404 and other.json()["error"] == "report_not_found"

@@ -24,8 +24,16 @@ def _event(days_ago, action="page.view"):
 
 def _layout():
     """old, old(kept), old, new, old, old, new, old(kept) — in id order."""
-    spec = [(400, "page.view"), (400, "user.delete"), (399, "page.view"), (1, "page.view"),
-            (380, "page.view"), (370, "page.view"), (2, "page.view"), (366, "user.delete")]
+    spec = [
+        (400, "page.view"),
+        (400, "user.delete"),
+        (399, "page.view"),
+        (1, "page.view"),
+        (380, "page.view"),
+        (370, "page.view"),
+        (2, "page.view"),
+        (366, "user.delete"),
+    ]
     return write_events(*[_event(days, action) for days, action in spec])
 
 
@@ -38,8 +46,11 @@ def test_cleanup_removes_old_rows_except_kept_actions_and_verification_still_pas
     survivors = list(AuditLog.objects.order_by("id").values_list("id", flat=True))
     assert survivors == [rows[i].id for i in (1, 3, 6, 7)]
     gaps = {g.after_id: (g.first_deleted_id, g.last_deleted_id, g.deleted_count) for g in AuditChainGap.objects.all()}
-    assert gaps == {0: (rows[0].id, rows[0].id, 1), rows[1].id: (rows[2].id, rows[2].id, 1),
-                    rows[3].id: (rows[4].id, rows[5].id, 2)}
+    assert gaps == {
+        0: (rows[0].id, rows[0].id, 1),
+        rows[1].id: (rows[2].id, rows[2].id, 1),
+        rows[3].id: (rows[4].id, rows[5].id, 2),
+    }
     assert chain_verify().ok
     # The chain goes on after a clean-up.
     write_events(*EventFactory.build_batch(2))
@@ -66,7 +77,12 @@ def test_repeated_cleanups_merge_checkpoints_and_the_end_of_the_chain_can_go():
     audit_cleanup(now=NOW + dt.timedelta(days=364), retention_days=365)  # now rows[1] and rows[3] are old too
     assert not AuditLog.objects.exists()
     gap = AuditChainGap.objects.get()
-    assert (gap.after_id, gap.first_deleted_id, gap.last_deleted_id, gap.deleted_count) == (0, rows[0].id, rows[3].id, 4)
+    assert (gap.after_id, gap.first_deleted_id, gap.last_deleted_id, gap.deleted_count) == (
+        0,
+        rows[0].id,
+        rows[3].id,
+        4,
+    )
     assert chain_verify().ok
     write_events(_event(0))
     assert chain_verify().ok
@@ -96,7 +112,7 @@ def test_on_demand_cleanup_job_reports_its_count(run_worker):
 @pytest.mark.django_db(transaction=True)
 @override_settings(AUDIT_CLEANUP_HOUR=3)
 def test_daily_schedule_is_idempotent_and_each_run_schedules_the_next(run_worker):
-    noon = timezone.now().astimezone(dt.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0)
+    noon = timezone.now().astimezone(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     first = audit_cleanup_schedule_next(now=noon)
     again = audit_cleanup_schedule_next()
     assert again.pk == first.pk and JobRecord.objects.filter(job_type="audit_cleanup").count() == 1

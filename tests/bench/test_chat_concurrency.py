@@ -13,13 +13,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def test_a_round_past_its_bound_is_stopped_and_reported(tmp_path, redis_server):
     import bench.jobs  # noqa: F401  (the warm-up job type, in this process too)
 
-    env = BenchEnv(database_url=database_url(), redis_url=redis_server.url, out_dir=tmp_path, smoke=True,
-                   log_dir=tmp_path)
+    env = BenchEnv(
+        database_url=database_url(), redis_url=redis_server.url, out_dir=tmp_path, smoke=True, log_dir=tmp_path
+    )
     # Replies take 60 s; the round may take 1 s after submission.
     provider = ProviderProcess(chunks=2, reply_seconds=60, cwd=ROOT, log_path=tmp_path / "provider.log")
     try:
-        data = chat_round(env, provider, worker_class=THREADED, level=2, timeout=1.0, WORKER_THREADS=2,
-                          OPENAI_API_KEY=provider.api_key, OPENAI_BASE_URL=provider.base_url)
+        data = chat_round(
+            env,
+            provider,
+            worker_class=THREADED,
+            level=2,
+            timeout=1.0,
+            WORKER_THREADS=2,
+            OPENAI_API_KEY=provider.api_key,
+            OPENAI_BASE_URL=provider.base_url,
+        )
     finally:
         provider.stop()
     assert data["finished"] is False

@@ -37,8 +37,10 @@ def _end(proc: subprocess.Popen) -> None:
 
 
 def test_tree_pss_includes_children():
-    tree = _spawn_tree("import sys, time\nblock = bytearray(80 * 2**20)\nfor i in range(0, len(block), 4096): block[i] = 1\n"
-                       "print('ready', flush=True)\ntime.sleep(60)")
+    tree = _spawn_tree(
+        "import sys, time\nblock = bytearray(80 * 2**20)\nfor i in range(0, len(block), 4096): block[i] = 1\n"
+        "print('ready', flush=True)\ntime.sleep(60)"
+    )
     try:
         child_pid, state = tree.stdout.readline().decode().split()
         assert state == "ready"
@@ -83,12 +85,20 @@ def test_session_counter_matches_application_name_and_client_ports():
     # Two sessions of the test process under the tag: matched by application_name.
     tagged = [psycopg.connect(url, application_name="slimy-bench-probe-test") for _ in range(2)]
     # One session of another process, no tag: matched through its client port.
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, psycopg
         conn = psycopg.connect({url!r})
         print("ready", flush=True)
         sys.stdin.read()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     counter = SessionCounter(url, "slimy-bench-probe-test", child.pid)
     try:
         assert child.stdout.readline().strip() == b"ready"
@@ -115,8 +125,11 @@ def test_job_windows_of_several_processes_add_up(redis_conn):
             window.finished()
     assert window_read(redis_conn) == (0, 0.0, 0.0)
     # The publishing threads write what they saw; stand in for Redis with what they published.
-    wait_for(lambda: published.get("a", "").endswith(" 3") and published.get("b", "").endswith(" 2"), 10,
-             "both windows to publish")
+    wait_for(
+        lambda: published.get("a", "").endswith(" 3") and published.get("b", "").endswith(" 2"),
+        10,
+        "both windows to publish",
+    )
     redis_conn.hset(WINDOW_KEY, mapping=published)
     done, start, end = window_read(redis_conn)
     assert done == 5

@@ -22,7 +22,9 @@ def parse(lines) -> list[Event | str]:
         line = raw.rstrip("\r\n")
         if line == "":
             if "event" in fields or "data" in fields:
-                out.append(Event(fields.get("event", "message"), json.loads(fields.get("data", "{}")), fields.get("id")))
+                out.append(
+                    Event(fields.get("event", "message"), json.loads(fields.get("data", "{}")), fields.get("id"))
+                )
             fields = {}
         elif line.startswith(":"):
             out.append(line)

@@ -41,8 +41,9 @@ def test_conversation_lifecycle_end_to_end(client, run_worker, user):
     conversation_id = status["result"]["conversationId"]
 
     for text in ("first", "second"):
-        accepted = client.post(f"{URL}/messages", {"conversationId": conversation_id, "role": "user",
-                                                   "content": text}, format="json")
+        accepted = client.post(
+            f"{URL}/messages", {"conversationId": conversation_id, "role": "user", "content": text}, format="json"
+        )
         assert accepted.json()["conversationId"] == conversation_id
         assert _poll(client, run_worker, accepted)["status"] == "completed"
     accepted = client.patch(f"{URL}/conversations/{conversation_id}", {"title": "Long weekend"}, format="json")
@@ -53,7 +54,9 @@ def test_conversation_lifecycle_end_to_end(client, run_worker, user):
     assert detail["conversation"]["personalityMode"] == "casual"
     assert detail["conversation"]["messageCount"] == 2
     assert [(m["role"], m["content"], m["authorId"]) for m in detail["messages"]] == [
-        ("user", "first", user.pk), ("user", "second", user.pk)]
+        ("user", "first", user.pk),
+        ("user", "second", user.pk),
+    ]
     listing = client.get(f"{URL}/conversations").json()
     assert [(c["conversationId"], c["messageCount"]) for c in listing["conversations"]] == [(conversation_id, 2)]
 
@@ -68,8 +71,9 @@ def test_conversation_lifecycle_end_to_end(client, run_worker, user):
 @pytest.mark.django_db(transaction=True)
 def test_failed_job_status_shows_error_and_failed_at(client, run_worker, user):
     conversation = ConversationFactory(owner=user)
-    accepted = client.post(f"{URL}/messages", {"conversationId": str(conversation.pk), "content": "late"},
-                           format="json")
+    accepted = client.post(
+        f"{URL}/messages", {"conversationId": str(conversation.pk), "content": "late"}, format="json"
+    )
     conversation.delete()  # gone before a worker picked the job up
     status = _poll(client, run_worker, accepted)
     assert status["status"] == "failed"
@@ -143,12 +147,15 @@ def test_unauthenticated_requests_are_refused(make_api_client):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("body, field", [
-    ({"title": "x" * 201}, "title"),
-    ({"personalityMode": "grumpy"}, "personalityMode"),
-    ({"title": "ok", "owner": 1}, "owner"),
-    ({"personality_mode": "casual"}, "personality_mode"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"title": "x" * 201}, "title"),
+        ({"personalityMode": "grumpy"}, "personalityMode"),
+        ({"title": "ok", "owner": 1}, "owner"),
+        ({"personality_mode": "casual"}, "personality_mode"),
+    ],
+)
 def test_create_conversation_validation(client, body, field):
     response = client.post(f"{URL}/conversations", body, format="json")
     assert response.status_code == 400
@@ -158,13 +165,16 @@ def test_create_conversation_validation(client, body, field):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("body, field", [
-    ({"content": "x" * 10_001}, "content"),
-    ({"content": "   "}, "content"),
-    ({}, "content"),
-    ({"content": "hi", "role": "robot"}, "role"),
-    ({"content": "hi", "jobId": "x"}, "jobId"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"content": "x" * 10_001}, "content"),
+        ({"content": "   "}, "content"),
+        ({}, "content"),
+        ({"content": "hi", "role": "robot"}, "role"),
+        ({"content": "hi", "jobId": "x"}, "jobId"),
+    ],
+)
 def test_save_message_validation(client, user, body, field):
     conversation = ConversationFactory(owner=user)
     response = client.post(f"{URL}/messages", {"conversationId": str(conversation.pk), **body}, format="json")
@@ -190,10 +200,16 @@ def test_update_conversation_validation(client, user, body):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("query, field", [
-    ({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "ten"}, "limit"),
-    ({"offset": -1}, "offset"), ({"page": 2}, "page"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"page": 2}, "page"),
+    ],
+)
 def test_pagination_parameters_are_validated(client, user, query, field):
     conversation = ConversationFactory(owner=user)
     for url in (f"{URL}/conversations", f"{URL}/conversations/{conversation.pk}"):
@@ -222,7 +238,8 @@ def test_openapi_schema_for_the_chat_endpoints_has_no_warnings():
     schema = SchemaGenerator(patterns=urlpatterns).get_schema(request=None, public=True)
     assert not GENERATOR_STATS, dict(GENERATOR_STATS._warn_cache) | dict(GENERATOR_STATS._error_cache)
     assert {"/conversations", "/conversations/{conversation_id}", "/messages", "/db-jobs/{job_id}"} <= set(
-        schema["paths"])
+        schema["paths"]
+    )
 
 
 @pytest.mark.django_db
@@ -232,10 +249,15 @@ def test_db_job_status_hides_untyped_errors_like_the_job_endpoint(client, user):
     from queues.services import job_enqueue
 
     job = job_enqueue(job_type="create_conversation", payload={}, owner=user)
-    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error_code="OperationalError",
-                                               error_message='connection to "db.internal" as "slimy" failed')
+    JobRecord.objects.filter(pk=job.pk).update(
+        status=JobStatus.FAILED,
+        error_code="OperationalError",
+        error_message='connection to "db.internal" as "slimy" failed',
+    )
     body = client.get(f"{URL}/db-jobs/{job.pk}").json()
     assert body["error"] == {"code": "OperationalError", "message": "The job failed because of an internal error."}
     assert body == {**body, **{k: v for k, v in client.get(f"/api/jobs/{job.pk}").json().items() if k == "error"}}
-    JobRecord.objects.filter(pk=job.pk).update(error_code="conversation_not_found", error_message="Conversation not found.")
+    JobRecord.objects.filter(pk=job.pk).update(
+        error_code="conversation_not_found", error_message="Conversation not found."
+    )
     assert client.get(f"{URL}/db-jobs/{job.pk}").json()["error"]["message"] == "Conversation not found."

@@ -18,8 +18,11 @@ def test_each_conversation_change_is_audited_once(run_worker, user):
     create = job_enqueue(job_type="create_conversation", payload={"title": "Plans"}, owner=user)
     run_worker(["database"])
     conversation_id = JobRecord.objects.get(pk=create.pk).result["conversationId"]
-    job_enqueue(job_type="save_message", owner=user,
-                payload={"conversation_id": conversation_id, "role": "user", "content": "password=hunter2 hi"})
+    job_enqueue(
+        job_type="save_message",
+        owner=user,
+        payload={"conversation_id": conversation_id, "role": "user", "content": "password=hunter2 hi"},
+    )
     job_enqueue(job_type="update_conversation", owner=user, payload={"conversation_id": conversation_id, "title": "X"})
     run_worker(["database"])
     job_enqueue(job_type="delete_conversation", owner=user, payload={"conversation_id": conversation_id})

@@ -43,16 +43,19 @@ def test_submit_answers_202_with_links_and_the_worker_replies(fake_llm, user, ma
     assert "error" not in status and "failedAt" not in status
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": " \n "}, "prompt"),
-    ({"prompt": "x" * 2001}, "prompt"),
-    ({"guildId": "1"}, "prompt"),
-    ({"prompt": "hi", "personalityMode": "evil"}, "personalityMode"),
-    ({"prompt": "hi", "conversationId": "123"}, "conversationId"),
-    ({"prompt": "hi", "model": "gpt-5"}, "model"),
-    ({"prompt": ["a"]}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": " \n "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"guildId": "1"}, "prompt"),
+        ({"prompt": "hi", "personalityMode": "evil"}, "personalityMode"),
+        ({"prompt": "hi", "conversationId": "123"}, "conversationId"),
+        ({"prompt": "hi", "model": "gpt-5"}, "model"),
+        ({"prompt": ["a"]}, "prompt"),
+    ],
+)
 def test_invalid_input_is_a_400_naming_the_field(user, make_api_client, body, field):
     response = _post(make_api_client(user), body)
     assert response.status_code == 400
@@ -141,11 +144,16 @@ def test_output_endpoint_pages_by_cursor(fake_llm, user, make_api_client, drain)
     assert after_end["chunks"] == [] and after_end["cursor"] == rest["cursor"] and after_end["done"] is True
 
 
-@pytest.mark.parametrize("params, code", [({"after": "yesterday"}, "invalid_cursor"),
-                                          ({"after": "1-2-3"}, "invalid_cursor"),
-                                          ({"limit": "0"}, "invalid_limit"),
-                                          ({"limit": "many"}, "invalid_limit"),
-                                          ({"limit": "1001"}, "invalid_limit")])
+@pytest.mark.parametrize(
+    "params, code",
+    [
+        ({"after": "yesterday"}, "invalid_cursor"),
+        ({"after": "1-2-3"}, "invalid_cursor"),
+        ({"limit": "0"}, "invalid_limit"),
+        ({"limit": "many"}, "invalid_limit"),
+        ({"limit": "1001"}, "invalid_limit"),
+    ],
+)
 def test_output_endpoint_rejects_bad_parameters(user, make_api_client, params, code):
     client = make_api_client(user)
     job_id = _post(client, {"prompt": "hi"}).json()["jobId"]

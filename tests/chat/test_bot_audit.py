@@ -15,8 +15,7 @@ PROMPT = "My secret plan is to paint the shed green."
 
 
 def _ask(user, prompt=PROMPT):
-    return job_enqueue(job_type="chat_bot_interaction", payload={"prompt": prompt}, owner=user,
-                       request_id="req-chat-1")
+    return job_enqueue(job_type="chat_bot_interaction", payload={"prompt": prompt}, owner=user, request_id="req-chat-1")
 
 
 def _events(action):

@@ -5,7 +5,13 @@ import time
 import pytest
 
 from chat.breaker import (
-    CLOSED, HALF_OPEN, OPEN, breaker_allow, breaker_record_failure, breaker_record_success, breaker_state,
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    breaker_allow,
+    breaker_record_failure,
+    breaker_record_success,
+    breaker_state,
 )
 from queues.constants import JobStatus
 from queues.services import job_enqueue
@@ -123,8 +129,15 @@ def test_a_probe_cancelled_before_it_calls_the_provider_frees_the_probe_lock(fak
     job = _ask(user)
     job_start(job_id=job.pk, worker_name="w")
     job_cancel(job=JobRecord.objects.get(pk=job.pk))
-    context = JobContext(job_id=str(job.pk), job_type=job.job_type, queue=job.queue, attempt=1, max_attempts=3,
-                         owner_id=user.pk, request_id="")
+    context = JobContext(
+        job_id=str(job.pk),
+        job_type=job.job_type,
+        queue=job.queue,
+        attempt=1,
+        max_attempts=3,
+        owner_id=user.pk,
+        request_id="",
+    )
     with pytest.raises(JobCancelled):
         async_to_sync(chat_bot_reply)(request=ChatRequest(prompt="hello", owner_id=user.pk), context=context)
     assert not redis_conn.exists("slimy:llm:breaker:probe")

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _ask(user, conversation, prompt="And what about tomorrow?", **payload):
-    return job_enqueue(job_type="chat_bot_interaction",
-                       payload={"prompt": prompt, "conversationId": str(conversation.pk), **payload}, owner=user)
+    return job_enqueue(
+        job_type="chat_bot_interaction",
+        payload={"prompt": prompt, "conversationId": str(conversation.pk), **payload},
+        owner=user,
+    )
 
 
 def _history(conversation, *pairs):
@@ -47,7 +50,9 @@ def test_recent_messages_are_the_context_and_both_sides_are_saved(fake_llm, user
     ]
     saved = list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
     assert [(m.role, m.content) for m in saved[2:]] == [
-        ("user", "And what about tomorrow?"), ("assistant", "Sunny tomorrow.")]
+        ("user", "And what about tomorrow?"),
+        ("assistant", "Sunny tomorrow."),
+    ]
     prompt, reply = saved[2:]
     assert prompt.job_id == record.pk and prompt.author == user
     assert reply.job_id == reply_job_id(record.pk)
@@ -69,8 +74,11 @@ def test_personality_defaults_to_the_conversation_and_can_be_overridden(fake_llm
     first, second = fake_llm.completion_requests
     assert first.body["messages"][0]["content"] == SYSTEM_PROMPTS[PersonalityMode.CREATIVE]
     assert second.body["messages"][0]["content"] == SYSTEM_PROMPTS[PersonalityMode.PROFESSIONAL]
-    modes = list(Message.objects.filter(conversation=conversation).order_by("created_at", "id")
-                 .values_list("content", "personality_mode"))
+    modes = list(
+        Message.objects.filter(conversation=conversation)
+        .order_by("created_at", "id")
+        .values_list("content", "personality_mode")
+    )
     assert modes[0] == ("first", "creative") and modes[2] == ("second", "professional")
 
 
@@ -84,8 +92,15 @@ def test_a_rerun_of_the_same_job_saves_nothing_twice(fake_llm, user):
     for attempt in (1, 2):
         started = job_start(job_id=job.pk, worker_name="w")
         assert started.attempts == attempt
-        context = JobContext(job_id=str(job.pk), job_type=job.job_type, queue=job.queue, attempt=attempt,
-                             max_attempts=3, owner_id=user.pk, request_id="")
+        context = JobContext(
+            job_id=str(job.pk),
+            job_type=job.job_type,
+            queue=job.queue,
+            attempt=attempt,
+            max_attempts=3,
+            owner_id=user.pk,
+            request_id="",
+        )
         result = async_to_sync(chat_bot_reply)(request=request, context=context)
         assert result["reply"] == "Here is more."
         if attempt == 1:  # the worker died before recording the completion
@@ -103,7 +118,8 @@ def test_fallback_saves_the_prompt_but_not_the_canned_reply(fake_llm, user, drai
     record = drain(_ask(user, conversation, "anyone there?"))
     assert record.result["usedFallback"] is True and record.result["conversationId"] == str(conversation.pk)
     assert list(Message.objects.filter(conversation=conversation).values_list("role", "content")) == [
-        ("user", "anyone there?")]
+        ("user", "anyone there?")
+    ]
 
 
 def test_someone_elses_conversation_fails_the_job_permanently(fake_llm, user, other_user, drain):

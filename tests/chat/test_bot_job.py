@@ -24,7 +24,9 @@ def test_reply_completes_with_text_usage_and_output_log(fake_llm, user, drain, m
     record = drain(_ask(user))
     assert record.status == JobStatus.COMPLETED
     assert record.result == {
-        "reply": "A slime mold is a protist.", "usedFallback": False, "model": "gpt-4o-mini",
+        "reply": "A slime mold is a protist.",
+        "usedFallback": False,
+        "model": "gpt-4o-mini",
         "usage": {"promptTokens": 21, "completionTokens": 3},
     }
     assert record.attempts == 1
@@ -45,14 +47,17 @@ def test_the_prompt_reaches_the_provider_with_personality_and_guild(fake_llm, us
     assert question == {"role": "user", "content": "tell me a joke"}  # trimmed
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": "x" * 2001}, "prompt"),
-    ({}, "prompt"),
-    ({"prompt": "hi", "personalityMode": "grumpy"}, "personalityMode"),
-    ({"prompt": "hi", "conversationId": "not-a-uuid"}, "conversationId"),
-    ({"prompt": "hi", "temperature": 2}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": "hi", "personalityMode": "grumpy"}, "personalityMode"),
+        ({"prompt": "hi", "conversationId": "not-a-uuid"}, "conversationId"),
+        ({"prompt": "hi", "temperature": 2}, "temperature"),
+    ],
+)
 def test_invalid_payload_is_refused_at_enqueue(user, payload, field):
     with pytest.raises(ValidationFailed) as err:
         job_enqueue(job_type="chat_bot_interaction", payload=payload, owner=user)
@@ -103,8 +108,8 @@ def test_stream_cut_midway_is_retried_and_the_new_attempt_gets_a_new_segment(fak
     # Each attempt starts a segment of its own; tokens within the coalescing window may share an entry.
     segments = [(e["attempt"], i) for i, e in enumerate(entries) if e["type"] == "segment"]
     assert [a for a, _ in segments] == [1, 2]
-    first = "".join(e["text"] for e in entries[segments[0][1] + 1:segments[1][1]])
-    second = entries[segments[1][1] + 1:]
+    first = "".join(e["text"] for e in entries[segments[0][1] + 1 : segments[1][1]])
+    second = entries[segments[1][1] + 1 :]
     assert first == "partial" and all(e["type"] == "chunk" and e["attempt"] == 2 for e in second)
     assert "".join(e["text"] for e in second) == "full answer"
 
@@ -135,8 +140,11 @@ def test_last_attempt_failing_answers_the_fallback(fake_llm, user, drain, metric
     record = drain(_ask(user))
     assert record.status == JobStatus.COMPLETED
     assert record.result == {
-        "reply": FALLBACK_REPLIES["provider_error"], "usedFallback": True, "fallbackReason": "provider_error",
-        "model": "", "usage": {"promptTokens": 0, "completionTokens": 0},
+        "reply": FALLBACK_REPLIES["provider_error"],
+        "usedFallback": True,
+        "fallbackReason": "provider_error",
+        "model": "",
+        "usage": {"promptTokens": 0, "completionTokens": 0},
     }
     assert record.attempts == 3 and len(fake_llm.completion_requests) == 3
     assert [a.outcome for a in record.attempt_history.all()] == ["retried", "retried", "completed"]

@@ -14,8 +14,9 @@ MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content
 
 def _complete(deltas=None):
     # The stream is read with AsyncOpenAI: each call runs on an event loop of its own, as a job does.
-    return asyncio.run(llm_stream_completion(messages=MESSAGES,
-                                             on_delta=(deltas.append if deltas is not None else lambda t: None)))
+    return asyncio.run(
+        llm_stream_completion(messages=MESSAGES, on_delta=(deltas.append if deltas is not None else lambda t: None))
+    )
 
 
 def test_streams_deltas_and_reports_usage_and_model(fake_llm, settings):
@@ -38,8 +39,10 @@ def test_streams_deltas_and_reports_usage_and_model(fake_llm, settings):
     assert request.body["messages"] == MESSAGES
 
 
-@pytest.mark.parametrize("status, code", [(500, "llm_unavailable"), (503, "llm_unavailable"),
-                                          (429, "llm_rate_limited"), (408, "llm_unavailable")])
+@pytest.mark.parametrize(
+    "status, code",
+    [(500, "llm_unavailable"), (503, "llm_unavailable"), (429, "llm_rate_limited"), (408, "llm_unavailable")],
+)
 def test_server_errors_and_rate_limits_are_transient(fake_llm, status, code):
     fake_llm.then(Behaviour(status=status, retry_after="7" if status == 429 else None))
     with pytest.raises(LLMError) as err:
@@ -142,7 +145,7 @@ def test_retry_after_parsing():
     assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert parse_retry_after({}) is None
     assert parse_retry_after({"retry-after": "soon"}) is None
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=120)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
     seconds = parse_retry_after({"retry-after": email.utils.format_datetime(later, usegmt=True)})
     assert 100 < seconds <= 120
 

@@ -15,8 +15,8 @@ import pytest
 from queues.models import JobRecord
 from queues.output import FLUSH_SECONDS
 from queues.services import job_enqueue
-from slimy_site.services import api_token_issue
 from slimy_site.runall import web_child
+from slimy_site.services import api_token_issue
 from tests.chat.sse import Event, LiveStream, events_of, only
 from tests.fake_llm import Behaviour
 from tests.processes import Proc, process_env, wait_for
@@ -106,8 +106,11 @@ def web(redis_server, tmp_path):
     def start(threads=4, **env):
         port = free_port()
         argv = web_child(host="127.0.0.1", port=port, python=sys.executable, processes=1).argv
-        proc = Proc(argv, process_env(redis_server.url, JOB_EVENTS_HEARTBEAT="0.5", WEB_THREADS=str(threads), **env),
-                    tmp_path / f"web-{port}.log")
+        proc = Proc(
+            argv,
+            process_env(redis_server.url, JOB_EVENTS_HEARTBEAT="0.5", WEB_THREADS=str(threads), **env),
+            tmp_path / f"web-{port}.log",
+        )
         started.append(proc)
         wait_for(lambda: _live(port), timeout=30, message="the web server to answer")
         return port
@@ -129,8 +132,9 @@ def _live(port) -> bool:
 def test_live_stream_under_the_web_server_with_a_reconnect_in_the_middle(fake_llm, user, run_worker, web):
     port = web(threads=4)
     token = api_token_issue(user=user)
-    fake_llm.then(Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3,
-                            delay_per_chunk=SPACED))
+    fake_llm.then(
+        Behaviour(chunks=["one ", "two ", "three ", "four ", "five ", "six"], hold_after=3, delay_per_chunk=SPACED)
+    )
     job = _ask(user)
     path = f"/api/jobs/{job.pk}/events"
     seen = {"first": [], "second": [], "error": None}
@@ -185,8 +189,9 @@ def test_open_streams_hold_no_server_thread(user, web):
     for stream in streams:
         assert isinstance(stream.next(), Event)
     # Under gthread 16 open streams took every thread; here the one thread for other routes is free.
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/{jobs[0].pk}/output",
-                                     headers={"Authorization": f"Token {token}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/jobs/{jobs[0].pk}/output", headers={"Authorization": f"Token {token}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
     for stream in streams:

@@ -83,8 +83,7 @@ def test_a_budget_wait_shows_in_progress_and_is_no_attempt(fake_llm, user, drain
     assert [a.outcome for a in done.attempt_history.all()] == ["completed"]
 
 
-def test_no_429_reaches_the_breaker_when_the_budget_is_below_the_providers_limit(fake_llm, user, drain,
-                                                                                  settings):
+def test_no_429_reaches_the_breaker_when_the_budget_is_below_the_providers_limit(fake_llm, user, drain, settings):
     fake_llm.always(Behaviour(text="ok"))
     # Control: no budget, the same burst, the provider answers 429s (the check below can fail).
     settings.CHAT_RETRY_ATTEMPTS = 1
@@ -94,6 +93,7 @@ def test_no_429_reaches_the_breaker_when_the_budget_is_below_the_providers_limit
     assert fake_llm.rejected > 0
 
     from queues.connections import get_connection
+
     get_connection().flushdb()  # a fresh breaker and budget
     settings.CHAT_RETRY_ATTEMPTS = 3
     settings.OPENAI_RPM = 50
@@ -103,5 +103,4 @@ def test_no_429_reaches_the_breaker_when_the_budget_is_below_the_providers_limit
         drain(job)
     records = JobRecord.objects.filter(pk__in=[j.pk for j in jobs])
     assert fake_llm.rejected == 0
-    assert all(r.status == JobStatus.COMPLETED and r.attempts == 1 and not r.result["usedFallback"]
-               for r in records)
+    assert all(r.status == JobStatus.COMPLETED and r.attempts == 1 and not r.result["usedFallback"] for r in records)

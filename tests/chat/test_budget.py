@@ -8,8 +8,18 @@ import redis
 import redis.asyncio as aioredis
 
 from chat.budget import (
-    SAFETY, BudgetWaitTooLong, budget_acquire, budget_acquire_sync, budget_backoff_sync, budget_observe,
-    budget_observe_sync, budget_settle_sync, budget_tokens_estimate, budget_wait, budget_wait_sync, parse_reset,
+    SAFETY,
+    BudgetWaitTooLong,
+    budget_acquire,
+    budget_acquire_sync,
+    budget_backoff_sync,
+    budget_observe,
+    budget_observe_sync,
+    budget_settle_sync,
+    budget_tokens_estimate,
+    budget_wait,
+    budget_wait_sync,
+    parse_reset,
     ratelimit_headers,
 )
 from tests.fake_llm import Behaviour, FakeLLM
@@ -68,22 +78,29 @@ def test_nothing_left_and_no_known_limit_holds_calls_until_the_reset(redis_conn,
 
 
 def test_nothing_left_with_a_known_limit_holds_for_one_calls_share(redis_conn):
-    headers = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
-               "x-ratelimit-reset-requests": "50s"}
+    headers = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "50s",
+    }
     budget_observe_sync(headers=headers, rpm=600)
     assert 0.9 < budget_acquire_sync(tokens=1, rpm=600, tpm=0) <= SPACING  # 60/min: one call a second
 
 
 def test_tokens_nothing_left_holds_for_a_typical_calls_share(redis_conn, settings):
     settings.OPENAI_MAX_TOKENS = 100
-    budget_observe_sync(headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "30s"},
-                        tpm=6000)
+    budget_observe_sync(headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "30s"}, tpm=6000)
     assert 0.9 < budget_acquire_sync(tokens=1, rpm=0, tpm=6000) <= SPACING  # 100 of 6000 tokens/min
 
 
 def test_a_lower_limit_in_the_headers_tightens_the_configured_one(redis_conn):
-    budget_observe_sync(headers={"x-ratelimit-limit-requests": "30", "x-ratelimit-remaining-requests": "29",
-                                 "x-ratelimit-reset-requests": "2s"})
+    budget_observe_sync(
+        headers={
+            "x-ratelimit-limit-requests": "30",
+            "x-ratelimit-remaining-requests": "29",
+            "x-ratelimit-reset-requests": "2s",
+        }
+    )
     assert budget_acquire_sync(tokens=1, rpm=6000, tpm=0) == 0.0
     assert 1.9 < budget_acquire_sync(tokens=1, rpm=6000, tpm=0) <= 2 * SPACING
 
@@ -105,10 +122,21 @@ def test_backoff_after_a_429_holds_everyone(redis_conn):
     assert 3.5 < budget_acquire_sync(tokens=1, rpm=1000, tpm=0) <= 4
 
 
-@pytest.mark.parametrize("value,seconds", [
-    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5), ("0.250s", 0.25),
-    ("soon", None), ("", None), (None, None), ("5x", None),
-])
+@pytest.mark.parametrize(
+    "value,seconds",
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        ("2.5", 2.5),
+        ("0.250s", 0.25),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("5x", None),
+    ],
+)
 def test_reset_durations(value, seconds):
     assert parse_reset(value) == (pytest.approx(seconds) if seconds is not None else None)
 
@@ -125,6 +153,7 @@ def test_wait_loops_reporting_each_wait_and_charges_once_admitted(redis_conn):
         slept.append(seconds)
         budget_backoff_sync(seconds=0)  # nothing: time passes only through the real clock below
         import time
+
         time.sleep(seconds)
 
     assert budget_acquire_sync(tokens=1, rpm=120, tpm=0) == 0.0
@@ -175,8 +204,11 @@ def test_the_default_async_client_follows_settings(redis_conn):
 
 
 def _complete(client, fake):
-    return client.post(f"{fake.base_url}/chat/completions", headers={"Authorization": f"Bearer {fake.api_key}"},
-                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    return client.post(
+        f"{fake.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {fake.api_key}"},
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
 
 
 @pytest.fixture
@@ -215,6 +247,7 @@ def test_budget_keeps_every_call_under_the_providers_limit(limited_llm, redis_co
         unbudgeted = [_complete(client, limited_llm).status_code for _ in range(25)]
         assert unbudgeted.count(429) > 0
         import time
+
         time.sleep(1.1)
         limited_llm.rate_limit(requests=10, period=1.0)
         for _ in range(25):

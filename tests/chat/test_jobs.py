@@ -32,8 +32,9 @@ def _drain(run_worker, job, timeout=20.0):
 
 
 def test_create_conversation(run_worker, user):
-    job = job_enqueue(job_type="create_conversation", payload={"title": "Ideas", "personality_mode": "creative"},
-                      owner=user)
+    job = job_enqueue(
+        job_type="create_conversation", payload={"title": "Ideas", "personality_mode": "creative"}, owner=user
+    )
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     conversation = Conversation.objects.get()
@@ -46,21 +47,33 @@ def test_create_conversation(run_worker, user):
 
 def test_save_message(run_worker, user):
     conversation = ConversationFactory(owner=user, personality_mode="professional")
-    job = job_enqueue(job_type="save_message", owner=user,
-                      payload={"conversation_id": str(conversation.pk), "role": "user", "content": "hello"})
+    job = job_enqueue(
+        job_type="save_message",
+        owner=user,
+        payload={"conversation_id": str(conversation.pk), "role": "user", "content": "hello"},
+    )
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     message = Message.objects.get()
     assert (message.content, message.job_id, message.author_id, message.personality_mode) == (
-        "hello", job.pk, user.pk, "professional")
-    assert record.result == {"messageId": str(message.pk), "conversationId": str(conversation.pk),
-                             "role": "user", "createdAt": record.result["createdAt"]}
+        "hello",
+        job.pk,
+        user.pk,
+        "professional",
+    )
+    assert record.result == {
+        "messageId": str(message.pk),
+        "conversationId": str(conversation.pk),
+        "role": "user",
+        "createdAt": record.result["createdAt"],
+    }
 
 
 def test_update_conversation(run_worker, user):
     conversation = ConversationFactory(owner=user, title="old")
-    job = job_enqueue(job_type="update_conversation", owner=user,
-                      payload={"conversation_id": str(conversation.pk), "title": "new"})
+    job = job_enqueue(
+        job_type="update_conversation", owner=user, payload={"conversation_id": str(conversation.pk), "title": "new"}
+    )
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     assert Conversation.objects.get().title == "new"
@@ -87,15 +100,18 @@ def test_get_conversations_returns_real_counts_paginated(run_worker, user, other
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     assert [(c["conversationId"], c["messageCount"]) for c in record.result["conversations"]] == [
-        (str(second.pk), 0), (str(first.pk), 3)]
+        (str(second.pk), 0),
+        (str(first.pk), 3),
+    ]
     assert record.result["pagination"] == {"limit": 2, "offset": 1, "total": 3, "hasMore": False}
 
 
 def test_get_messages_returns_messages_in_order_paginated(run_worker, user):
     conversation = ConversationFactory(owner=user)
     messages = [MessageFactory(conversation=conversation, content=f"m{i}") for i in range(4)]
-    job = job_enqueue(job_type="get_messages", owner=user,
-                      payload={"conversation_id": str(conversation.pk), "limit": 3})
+    job = job_enqueue(
+        job_type="get_messages", owner=user, payload={"conversation_id": str(conversation.pk), "limit": 3}
+    )
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     assert [m["content"] for m in record.result["messages"]] == ["m0", "m1", "m2"]
@@ -103,12 +119,15 @@ def test_get_messages_returns_messages_in_order_paginated(run_worker, user):
     assert record.result["pagination"] == {"limit": 3, "offset": 0, "total": 4, "hasMore": True}
 
 
-@pytest.mark.parametrize("job_type, payload", [
-    ("save_message", {"role": "user", "content": "sneaky"}),
-    ("update_conversation", {"title": "mine now"}),
-    ("delete_conversation", {}),
-    ("get_messages", {}),
-])
+@pytest.mark.parametrize(
+    "job_type, payload",
+    [
+        ("save_message", {"role": "user", "content": "sneaky"}),
+        ("update_conversation", {"title": "mine now"}),
+        ("delete_conversation", {}),
+        ("get_messages", {}),
+    ],
+)
 def test_a_job_naming_someone_elses_conversation_fails_permanently(run_worker, user, other_user, job_type, payload):
     theirs = ConversationFactory(owner=other_user, title="theirs")
     MessageFactory(conversation=theirs, content="private")
@@ -133,11 +152,15 @@ def test_a_job_without_an_owner_fails_permanently(run_worker):
 
 def test_save_message_rerun_after_its_write_committed_writes_nothing_new(run_worker, user):
     conversation = ConversationFactory(owner=user)
-    job = job_enqueue(job_type="save_message", owner=user,
-                      payload={"conversation_id": str(conversation.pk), "role": "user", "content": "once"})
+    job = job_enqueue(
+        job_type="save_message",
+        owner=user,
+        payload={"conversation_id": str(conversation.pk), "role": "user", "content": "once"},
+    )
     # The first attempt's write committed, then the worker died before marking the job completed.
-    written = services.message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user",
-                                    content="once", job_id=job.pk)
+    written = services.message_save(
+        conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once", job_id=job.pk
+    )
     record = _run(run_worker, job)
     assert record.status == JobStatus.COMPLETED
     assert list(Message.objects.values_list("pk", flat=True)) == [written.pk]
@@ -166,12 +189,14 @@ def test_delete_conversation_rerun_after_its_write_committed_still_succeeds(run_
 def test_save_message_attempt_abandoned_by_a_dead_worker_is_retried_without_a_second_row(run_worker, user):
     """The whole path: attempt 1 starts and writes, its worker dies, the reconciler hands the job back."""
     conversation = ConversationFactory(owner=user)
-    job = job_enqueue(job_type="save_message", owner=user,
-                      payload={"conversation_id": str(conversation.pk), "role": "user", "content": "once"})
+    job = job_enqueue(
+        job_type="save_message",
+        owner=user,
+        payload={"conversation_id": str(conversation.pk), "role": "user", "content": "once"},
+    )
     # Attempt 1 as a worker that then died: started, wrote, never finished.
     assert job_start(job_id=job.pk, worker_name="dead-worker") is not None
-    services.message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once",
-                          job_id=job.pk)
+    services.message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once", job_id=job.pk)
     assert job_recover_abandoned(job_id=job.pk, reason="worker died") == JobStatus.RETRYING
 
     record = _drain(run_worker, job)

@@ -91,8 +91,9 @@ def admin_client(client, django_user_model):
 
 
 def test_staff_set_a_quota_in_the_admin_and_see_todays_usage(admin_client, redis_conn):
-    response = admin_client.post(reverse("admin:chat_tenantquota_add"),
-                                 {"tenant": "guild-5", "daily_tokens": "2000", "note": "trial"})
+    response = admin_client.post(
+        reverse("admin:chat_tenantquota_add"), {"tenant": "guild-5", "daily_tokens": "2000", "note": "trial"}
+    )
     assert response.status_code == 302
     quota = TenantQuota.objects.get(tenant="guild-5")
     assert quota.daily_tokens == 2000
@@ -101,11 +102,14 @@ def test_staff_set_a_quota_in_the_admin_and_see_todays_usage(admin_client, redis
     assert "guild-5" in page and "123" in page
 
 
-@pytest.mark.parametrize("data,field", [
-    ({"tenant": "g", "daily_tokens": "-5"}, "daily_tokens"),
-    ({"tenant": "g", "daily_tokens": "lots"}, "daily_tokens"),
-    ({"tenant": "", "daily_tokens": "5"}, "tenant"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"tenant": "g", "daily_tokens": "-5"}, "daily_tokens"),
+        ({"tenant": "g", "daily_tokens": "lots"}, "daily_tokens"),
+        ({"tenant": "", "daily_tokens": "5"}, "tenant"),
+    ],
+)
 def test_bad_quota_input_is_a_form_error(admin_client, data, field):
     response = admin_client.post(reverse("admin:chat_tenantquota_add"), data)
     assert response.status_code == 200

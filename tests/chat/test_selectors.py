@@ -22,7 +22,8 @@ pytestmark = pytest.mark.django_db
 
 def _set_updated(conversation, minutes_ago):
     Conversation.objects.filter(pk=conversation.pk).update(
-        updated_at=timezone.now() - dt.timedelta(minutes=minutes_ago))
+        updated_at=timezone.now() - dt.timedelta(minutes=minutes_ago)
+    )
 
 
 def test_conversation_page_is_mine_newest_first_with_real_message_counts(user, other_user):

@@ -25,11 +25,16 @@ pytestmark = pytest.mark.django_db
 
 def test_conversation_create_stores_owner_title_mode_and_job(user):
     job_id = uuid.uuid4()
-    conversation = conversation_create(owner_id=user.pk, title="  Trip plans ", personality_mode="creative",
-                                       job_id=job_id)
+    conversation = conversation_create(
+        owner_id=user.pk, title="  Trip plans ", personality_mode="creative", job_id=job_id
+    )
     row = Conversation.objects.get(pk=conversation.pk)
     assert (row.owner_id, row.title, row.personality_mode, row.created_by_job_id) == (
-        user.pk, "Trip plans", PersonalityMode.CREATIVE, job_id)
+        user.pk,
+        "Trip plans",
+        PersonalityMode.CREATIVE,
+        job_id,
+    )
 
 
 def test_conversation_create_defaults_to_helpful_and_empty_title(user):
@@ -53,11 +58,14 @@ def test_conversation_create_with_another_owners_job_id_is_not_found(user, other
         conversation_create(owner_id=other_user.pk, job_id=job_id)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"title": "x" * 201}, "title"),
-    ({"personality_mode": "grumpy"}, "personality_mode"),
-    ({"job_id": "not-a-uuid"}, "job_id"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"title": "x" * 201}, "title"),
+        ({"personality_mode": "grumpy"}, "personality_mode"),
+        ({"job_id": "not-a-uuid"}, "job_id"),
+    ],
+)
 def test_conversation_create_rejects_bad_input(user, kwargs, field):
     kwargs = {"job_id": None, **kwargs}
     with pytest.raises(ValidationFailed) as exc:
@@ -71,8 +79,9 @@ def test_conversation_create_rejects_bad_input(user, kwargs, field):
 
 def test_conversation_update_changes_fields_and_bumps_updated_at(user):
     conversation = ConversationFactory(owner=user, title="old")
-    updated = conversation_update(conversation_id=conversation.pk, owner_id=user.pk, title="new",
-                                  personality_mode="casual")
+    updated = conversation_update(
+        conversation_id=conversation.pk, owner_id=user.pk, title="new", personality_mode="casual"
+    )
     assert (updated.title, updated.personality_mode) == ("new", "casual")
     assert updated.updated_at > conversation.updated_at
     # only what is given changes
@@ -126,28 +135,38 @@ def test_conversation_delete_of_someone_elses_or_unknown_conversation_is_not_fou
 def test_message_save_appends_and_bumps_the_conversation(user):
     conversation = ConversationFactory(owner=user, personality_mode="creative")
     before = conversation.updated_at
-    message = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="hello",
-                           job_id=uuid.uuid4())
+    message = message_save(
+        conversation_id=conversation.pk, owner_id=user.pk, role="user", content="hello", job_id=uuid.uuid4()
+    )
     row = Message.objects.get(pk=message.pk)
     assert (row.conversation_id, row.author_id, row.role, row.content, row.personality_mode) == (
-        conversation.pk, user.pk, MessageRole.USER, "hello", "creative")
+        conversation.pk,
+        user.pk,
+        MessageRole.USER,
+        "hello",
+        "creative",
+    )
     assert Conversation.objects.get(pk=conversation.pk).updated_at > before
 
 
 def test_message_save_assistant_message_has_no_author_and_its_own_mode(user):
     conversation = ConversationFactory(owner=user)
-    message = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="assistant", content="hi!",
-                           personality_mode="casual", job_id=None)
+    message = message_save(
+        conversation_id=conversation.pk,
+        owner_id=user.pk,
+        role="assistant",
+        content="hi!",
+        personality_mode="casual",
+        job_id=None,
+    )
     assert (message.author_id, message.personality_mode) == (None, "casual")
 
 
 def test_message_save_is_idempotent_per_job_id(user):
     conversation = ConversationFactory(owner=user)
     job_id = uuid.uuid4()
-    first = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once",
-                         job_id=job_id)
-    again = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once",
-                         job_id=job_id)
+    first = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once", job_id=job_id)
+    again = message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user", content="once", job_id=job_id)
     assert again.pk == first.pk
     assert Message.objects.filter(conversation=conversation).count() == 1
 
@@ -169,12 +188,15 @@ def test_message_save_replay_of_someone_elses_job_is_not_found(user, other_user)
         message_save(conversation_id=theirs.pk, owner_id=user.pk, role="user", content="hi", job_id=job_id)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"content": "x" * 10_001}, "content"),
-    ({"content": "   "}, "content"),
-    ({"role": "robot"}, "role"),
-    ({"personality_mode": "grumpy"}, "personality_mode"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"content": "x" * 10_001}, "content"),
+        ({"content": "   "}, "content"),
+        ({"role": "robot"}, "role"),
+        ({"personality_mode": "grumpy"}, "personality_mode"),
+    ],
+)
 def test_message_save_rejects_bad_input(user, kwargs, field):
     conversation = ConversationFactory(owner=user)
     kwargs = {"role": "user", "content": "ok", **kwargs}
@@ -194,14 +216,18 @@ def test_message_save_many_writes_in_order_once_per_job_id_sharing_its_lookups(u
         first = message_save_many(conversation_id=conversation.pk, owner_id=user.pk, messages=messages)
     rows = list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
     assert [(m.pk, m.role, m.content, m.job_id, m.personality_mode) for m in rows] == [
-        (first[0].pk, "user", "question", prompt_job, "casual"), (first[1].pk, "assistant", "answer", reply_job, "casual")]
+        (first[0].pk, "user", "question", prompt_job, "casual"),
+        (first[1].pk, "assistant", "answer", reply_job, "casual"),
+    ]
     assert [e.event["action"] for e in AuditStagedEvent.objects.order_by("id")] == ["message.saved"] * 2
     # A retry writes nothing and returns the same rows; one written already is returned, the other added.
-    assert [m.pk for m in message_save_many(conversation_id=conversation.pk, owner_id=user.pk,
-                                            messages=messages)] == [m.pk for m in first]
+    assert [m.pk for m in message_save_many(conversation_id=conversation.pk, owner_id=user.pk, messages=messages)] == [
+        m.pk for m in first
+    ]
     later = uuid.uuid4()
-    again = message_save_many(conversation_id=conversation.pk, owner_id=user.pk,
-                              messages=[messages[1], ("assistant", "more", later)])
+    again = message_save_many(
+        conversation_id=conversation.pk, owner_id=user.pk, messages=[messages[1], ("assistant", "more", later)]
+    )
     assert again[0].pk == first[1].pk and Message.objects.get(job_id=later).content == "more"
     assert Message.objects.filter(conversation=conversation).count() == 3
 
@@ -222,14 +248,18 @@ def test_message_save_concurrent_delivery_of_the_same_job_writes_once(user):
 
     def second_delivery():
         try:
-            results.append(message_save(conversation_id=conversation.pk, owner_id=user.pk, role="user",
-                                        content="race", job_id=job_id))
+            results.append(
+                message_save(
+                    conversation_id=conversation.pk, owner_id=user.pk, role="user", content="race", job_id=job_id
+                )
+            )
         finally:
             connection.close()
 
     with transaction.atomic():
-        winner = Message.objects.create(conversation=conversation, role="user", content="race", job_id=job_id,
-                                        author=user)
+        winner = Message.objects.create(
+            conversation=conversation, role="user", content="race", job_id=job_id, author=user
+        )
         thread = threading.Thread(target=second_delivery)
         thread.start()
         time.sleep(0.5)  # the other delivery now waits on the unique index for this transaction

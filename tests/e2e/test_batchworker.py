@@ -73,8 +73,9 @@ def test_killed_worker_job_is_recovered_by_the_reconciler(tmp_path, env, redis_c
     first.wait(10)
     first.stop()
     second = start_worker(tmp_path, env, ["chat"], name="bsecond")
-    reconciler = Proc([sys.executable, "manage.py", "queues_reconcile", "--loop", "--interval", "1"], env,
-                      tmp_path / "reconciler.log")
+    reconciler = Proc(
+        [sys.executable, "manage.py", "queues_reconcile", "--loop", "--interval", "1"], env, tmp_path / "reconciler.log"
+    )
     try:
         wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=40, message="completion")
     finally:
@@ -86,10 +87,13 @@ def test_killed_worker_job_is_recovered_by_the_reconciler(tmp_path, env, redis_c
 
 
 def test_thread_worker_cold_shutdown_hands_back_every_job_in_flight(tmp_path, redis_server, redis_conn):
-    env = process_env(redis_server.url, WORKER_TTL=3, RQ_WORKER_CLASS="queues.threadworker.SlimyThreadWorker",
-                      WORKER_THREADS=4)
-    jobs = [job_enqueue(job_type="test_sleep", payload={"seconds": 30, "tag": f"tcold{i}", "cooperative": False})
-            for i in range(3)]
+    env = process_env(
+        redis_server.url, WORKER_TTL=3, RQ_WORKER_CLASS="queues.threadworker.SlimyThreadWorker", WORKER_THREADS=4
+    )
+    jobs = [
+        job_enqueue(job_type="test_sleep", payload={"seconds": 30, "tag": f"tcold{i}", "cooperative": False})
+        for i in range(3)
+    ]
     worker = start_worker(tmp_path, env, ["chat"])
     wait_for(lambda: all(redis_conn.llen(f"test:started:tcold{i}") for i in range(3)), message="jobs start")
     pids = {redis_conn.lrange(f"test:started:tcold{i}", 0, -1)[0].split(b":")[0] for i in range(3)}

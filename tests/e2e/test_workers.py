@@ -74,8 +74,11 @@ def test_killed_worker_job_is_taken_over_by_another_worker(tmp_path, env, redis_
         os.killpg(first.pid, signal.SIGKILL)  # the worker and everything it runs
         first.wait(10)
         second = start_worker(tmp_path, env, ["chat"], name="second")
-        reconciler = Proc([sys.executable, "manage.py", "queues_reconcile", "--loop", "--interval", "1"], env,
-                          tmp_path / "reconciler.log")
+        reconciler = Proc(
+            [sys.executable, "manage.py", "queues_reconcile", "--loop", "--interval", "1"],
+            env,
+            tmp_path / "reconciler.log",
+        )
         try:
             # The reconciler notices the missing liveness beat (WORKER_TTL=3 s here) and, since the dead
             # worker's scheduler still holds RQ's lock, also moves the due retry to the queue.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+
 import pytest
 from django.conf import settings
 
@@ -21,8 +22,12 @@ _rows: list[dict] = []
 
 
 def pytest_addoption(parser):
-    parser.addoption("--run-faults", action="store_true", default=False,
-                     help="run the fault scenarios at full length and write bench/results/faults.md")
+    parser.addoption(
+        "--run-faults",
+        action="store_true",
+        default=False,
+        help="run the fault scenarios at full length and write bench/results/faults.md",
+    )
 
 
 @dataclass(frozen=True)
@@ -48,20 +53,33 @@ def record_figures(fault_mode):
     """Add one row to the report: record_figures(scenario, ledger_report, recovery=..., notes=...)."""
 
     def record(scenario: str, rep, *, recovery: float | None, notes: str = "") -> None:
-        _rows.append(dict(scenario=scenario, mode=fault_mode.name, accepted=rep.accepted, completed=rep.completed,
-                          failed=rep.failed, duplicated=rep.duplicated, lost=rep.lost,
-                          recovery="" if recovery is None else f"{recovery:.1f}", notes=notes))
+        _rows.append(
+            dict(
+                scenario=scenario,
+                mode=fault_mode.name,
+                accepted=rep.accepted,
+                completed=rep.completed,
+                failed=rep.failed,
+                duplicated=rep.duplicated,
+                lost=rep.lost,
+                recovery="" if recovery is None else f"{recovery:.1f}",
+                notes=notes,
+            )
+        )
 
     return record
 
 
-HEADER = ["| scenario | mode | jobs accepted | completed | failed | duplicated | lost | recovery s | notes |",
-          "|---|---|---|---|---|---|---|---|---|"]
+HEADER = [
+    "| scenario | mode | jobs accepted | completed | failed | duplicated | lost | recovery s | notes |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
 
 
 def _line(row: dict) -> str:
-    return ("| {scenario} | {mode} | {accepted} | {completed} | {failed} | {duplicated} | {lost} | "
-            "{recovery} | {notes} |").format(**row)
+    return (
+        "| {scenario} | {mode} | {accepted} | {completed} | {failed} | {duplicated} | {lost} | {recovery} | {notes} |"
+    ).format(**row)
 
 
 def _order(scenario: str) -> int:
@@ -87,7 +105,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if config.getoption("--run-faults", default=False):
         REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
         previous = REPORT_PATH.read_text() if REPORT_PATH.is_file() else ""
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         REPORT_PATH.write_text(
             "# Fault scenarios\n\n"
             f"`make faults` on {stamp} ({os.cpu_count()} cores), real processes: gunicorn (gthread), "
@@ -97,7 +115,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "*duplicated*: jobs whose side-effect row was written more than once; *lost*: jobs that got "
             "accepted but never reached a final state, or completed without their side effect; "
             "*recovery*: seconds from the end of the fault (or the kill) to the figure named in the notes.\n\n"
-            + _table(previous) + "\n")
+            + _table(previous)
+            + "\n"
+        )
         terminalreporter.write_line(f"written to {REPORT_PATH}")
 
 
@@ -107,14 +127,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture
 def fault_redis():
     """A private append-only Redis for one scenario (it gets killed, paused, flushed); settings point at it."""
-    from queues.constants import rq_queue_names
     from queues.connections import reset_connections
+    from queues.constants import rq_queue_names
 
     server = RedisServer(appendonly=True).start()
     saved = settings.REDIS_URL, settings.RQ_QUEUES
     settings.REDIS_URL = server.url
-    settings.RQ_QUEUES = {name: {"URL": server.url, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": 5}
-                          for name in rq_queue_names()}
+    settings.RQ_QUEUES = {
+        name: {"URL": server.url, "DEFAULT_TIMEOUT": 600, "SOCKET_TIMEOUT": 5} for name in rq_queue_names()
+    }
     reset_connections()
     yield server
     if server.proc and server.proc.poll() is None:
@@ -132,8 +153,11 @@ def fault_env(fault_redis):
         extra.setdefault("LOG_FORMAT", "text")
         # Machine clients of the scenarios post chat messages as a club account (chat endpoints take
         # members and clubs), with a service's limits so the rate limit stays out of the way.
-        extra.setdefault("API_RATE_LIMITS", "submit=120/min,read=1200/min,write=300/min,submit@service=6000/min,"
-                                            "write@service=6000/min,submit@club=6000/min,write@club=6000/min")
+        extra.setdefault(
+            "API_RATE_LIMITS",
+            "submit=120/min,read=1200/min,write=300/min,submit@service=6000/min,"
+            "write@service=6000/min,submit@club=6000/min,write@club=6000/min",
+        )
         return process_env(fault_redis.url, **extra)
 
     return make

@@ -76,8 +76,9 @@ class LoggingSupervisor(Supervisor):
     def _spawn(self, child: Child) -> None:
         n = self.starts[child.name] = self.starts.get(child.name, 0) + 1
         out = open(self.log_dir / f"{child.name}.{n}.log", "wb")
-        child.proc = subprocess.Popen(child.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        child.proc = subprocess.Popen(
+            child.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         out.close()
         self.log(f"started {child.name} (pid {child.proc.pid})")
 
@@ -85,8 +86,16 @@ class LoggingSupervisor(Supervisor):
 class Fleet:
     """`workers` rqworker processes (+ reconciler, + web) supervised and restarted when they exit."""
 
-    def __init__(self, tmp_path: Path, env: dict, *, workers: int = 2, reconcile_interval: int = 1,
-                 web: bool = False, worker_class: str | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        env: dict,
+        *,
+        workers: int = 2,
+        reconcile_interval: int = 1,
+        web: bool = False,
+        worker_class: str | None = None,
+    ):
         self.log_dir = tmp_path / "logs"
         self.log_dir.mkdir(exist_ok=True)
         self.env = env
@@ -98,12 +107,33 @@ class Fleet:
             if worker_class:
                 argv += ["--worker-class", worker_class]
             children.append(Child(f"worker-{i + 1}", argv))
-        children.append(Child("reconciler", [py, "manage.py", "queues_reconcile", "--loop",
-                                             "--interval", str(reconcile_interval)]))
+        children.append(
+            Child("reconciler", [py, "manage.py", "queues_reconcile", "--loop", "--interval", str(reconcile_interval)])
+        )
         if web:
-            children.append(Child("web", [py, "-m", "gunicorn", "slimy_site.wsgi", "-k", "gthread", "--workers", "2",
-                                          "--threads", "4", "--bind", f"127.0.0.1:{self.web_port}",
-                                          "--graceful-timeout", "10", "--timeout", "60"]))
+            children.append(
+                Child(
+                    "web",
+                    [
+                        py,
+                        "-m",
+                        "gunicorn",
+                        "slimy_site.wsgi",
+                        "-k",
+                        "gthread",
+                        "--workers",
+                        "2",
+                        "--threads",
+                        "4",
+                        "--bind",
+                        f"127.0.0.1:{self.web_port}",
+                        "--graceful-timeout",
+                        "10",
+                        "--timeout",
+                        "60",
+                    ],
+                )
+            )
         self.supervisor = LoggingSupervisor(children, env, self.log_dir, stop_timeout=40)
         self._thread = threading.Thread(target=self.supervisor.run, name="fleet", daemon=True)
 
@@ -111,7 +141,7 @@ class Fleet:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         self._thread.start()
         return self
 
@@ -204,28 +234,41 @@ class Ledger:
             time.sleep(0.25)
         statuses = self.statuses(ids)
         stuck = {i: s for i, s in statuses.items() if s not in FINAL}
-        raise AssertionError(f"{len(stuck)} of {len(ids)} job(s) not final after {timeout:.0f} s: "
-                             f"{list(stuck.items())[:5]}; missing {len(set(ids) - set(statuses))}")
+        raise AssertionError(
+            f"{len(stuck)} of {len(ids)} job(s) not final after {timeout:.0f} s: "
+            f"{list(stuck.items())[:5]}; missing {len(set(ids) - set(statuses))}"
+        )
 
     EFFECTS = {
         # kind: (rows written per job, body runs per job)
-        "test": ("SELECT job_id::text, count(*) FROM test_fault_effect WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
-                 "SELECT job_id::text, count(DISTINCT attempt) FROM test_fault_run WHERE job_id = ANY(%s::uuid[]) "
-                 "GROUP BY 1"),
+        "test": (
+            "SELECT job_id::text, count(*) FROM test_fault_effect WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
+            "SELECT job_id::text, count(DISTINCT attempt) FROM test_fault_run WHERE job_id = ANY(%s::uuid[]) "
+            "GROUP BY 1",
+        ),
         # conversations: one message row per save_message job, keyed by its job id
-        "message": ("SELECT job_id::text, count(*) FROM chat_message WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
-                    "SELECT job_id::text, count(*) FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) "
-                    "GROUP BY 1"),
+        "message": (
+            "SELECT job_id::text, count(*) FROM chat_message WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
+            "SELECT job_id::text, count(*) FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) GROUP BY 1",
+        ),
     }
 
     def report(self, ids: list[str], *, effect: bool | str = True) -> LedgerReport:
         kind = "test" if effect is True else effect
         rep = LedgerReport(accepted=len(ids))
         records = self._rows(
-            "SELECT id::text, status, attempts, max_attempts FROM queues_jobrecord WHERE id = ANY(%s::uuid[])", [ids])
-        history = dict(((i, (n, r, m)) for i, n, r, m in self._rows(
-            "SELECT job_id::text, count(*), count(*) FILTER (WHERE outcome = 'running'), max(number) "
-            "FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id", [ids])))
+            "SELECT id::text, status, attempts, max_attempts FROM queues_jobrecord WHERE id = ANY(%s::uuid[])", [ids]
+        )
+        history = dict(
+            (
+                (i, (n, r, m))
+                for i, n, r, m in self._rows(
+                    "SELECT job_id::text, count(*), count(*) FILTER (WHERE outcome = 'running'), max(number) "
+                    "FROM queues_jobattempt WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id",
+                    [ids],
+                )
+            )
+        )
         effects = dict(self._rows(self.EFFECTS[kind][0], [ids])) if kind else {}
         runs = dict(self._rows(self.EFFECTS[kind][1], [ids])) if kind else {}
         rep.missing = len(ids) - len(records)
@@ -266,8 +309,11 @@ class Api:
     def post(self, path: str, body: dict, timeout: float = 30.0) -> tuple[int | None, dict | None, float]:
         """(status, body, seconds); status None when the connection failed."""
         request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Token {self.token}"})
+            self.base_url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Token {self.token}"},
+        )
         began = time.monotonic()
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -322,8 +368,13 @@ class PrivatePostgres:
             self._as = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *argv, timeout=60):
-        done = subprocess.run(self._as + [str(self.bin / argv[0]), *argv[1:]], capture_output=True, text=True,
-                              timeout=timeout, cwd=self.dir)
+        done = subprocess.run(
+            self._as + [str(self.bin / argv[0]), *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.dir,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout}\n{done.stderr}")
         return done
@@ -334,22 +385,29 @@ class PrivatePostgres:
     def url(self, db: str = "slimy") -> str:
         return f"postgres://root@127.0.0.1:{self.port}/{db}"
 
-    def init(self) -> "PrivatePostgres":
+    def init(self) -> PrivatePostgres:
         self._run("initdb", "-D", str(self.data), "-U", "root", "-A", "trust", "-E", "UTF8", "--no-sync")
         return self
 
     def start(self) -> None:
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='{self.dir}' "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start",
-                  timeout=90)
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories='{self.dir}' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o", opts, "-w", "-t", "60", "start", timeout=90
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", timeout=90)
 
     def running(self) -> bool:
-        return subprocess.run(self._as + [str(self.bin / "pg_ctl"), "-D", str(self.data), "status"],
-                              capture_output=True).returncode == 0
+        return (
+            subprocess.run(
+                self._as + [str(self.bin / "pg_ctl"), "-D", str(self.data), "status"], capture_output=True
+            ).returncode
+            == 0
+        )
 
     def create_database(self, name: str = "slimy") -> None:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
@@ -365,8 +423,9 @@ class PrivatePostgres:
 
 
 def manage(env: dict, *args, timeout: float = 120) -> str:
-    done = subprocess.run([sys.executable, "manage.py", *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     if done.returncode != 0:
         raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout

@@ -22,8 +22,11 @@ class Burst(threading.Thread):
     def run(self):
         deadline = time.monotonic() + self.seconds
         while time.monotonic() < deadline and len(self.answers) < self.limit:
-            status, body, _ = self.api.post("/api/chat/messages", {
-                "conversationId": self.conversation_id, "content": f"burst {len(self.answers)}"}, timeout=30)
+            status, body, _ = self.api.post(
+                "/api/chat/messages",
+                {"conversationId": self.conversation_id, "content": f"burst {len(self.answers)}"},
+                timeout=30,
+            )
             body = body or {}
             self.answers.append((status, body.get("error"), body.get("jobId") if status == 202 else None))
             if status == 429:
@@ -39,11 +42,14 @@ def test_scenario_10_submission_burst(tmp_path, fault_redis, fault_env, fault_mo
     service = api_user(role="club", username="club")
     # A short burst: a member limit of 10 a minute shows it within seconds (the default is 120).
     member_limit = fault_mode.pick("10/min", "120/min")
-    extra = {"QUEUE_MAX_BACKLOG": backlog_cap,
-             # CI mode: one database slot per worker, so the short burst outruns the drain and meets the cap.
-             "DATABASE_CONCURRENCY": fault_mode.pick(1, 10),
-             "API_RATE_LIMITS": (f"submit={member_limit},read=1200/min,write=300/min,submit@club=6000/min,"
-                                 "write@club=6000/min")}
+    extra = {
+        "QUEUE_MAX_BACKLOG": backlog_cap,
+        # CI mode: one database slot per worker, so the short burst outruns the drain and meets the cap.
+        "DATABASE_CONCURRENCY": fault_mode.pick(1, 10),
+        "API_RATE_LIMITS": (
+            f"submit={member_limit},read=1200/min,write=300/min,submit@club=6000/min,write@club=6000/min"
+        ),
+    }
     fleet = Fleet(tmp_path, fault_env(**extra), workers=2, web=True).start()
     client = redis.Redis.from_url(fault_redis.url)
     samples: list[tuple[int, int]] = []  # (database backlog, Redis used_memory)
@@ -71,7 +77,7 @@ def test_scenario_10_submission_burst(tmp_path, fault_redis, fault_env, fault_mo
     codes = {(a[0], a[1]) for a in answers}
     assert codes <= {(202, None), (429, "rate_limited"), (503, "queue_full")}, codes  # never a 500 or a hang
     assert (429, "rate_limited") in codes and (503, "queue_full") in codes
-    member_answers = [a for b in bursts[:len(members)] for a in b.answers]
+    member_answers = [a for b in bursts[: len(members)] for a in b.answers]
     assert any(a[0] == 429 for a in member_answers)
     peak_backlog = max(s[0] for s in samples)
     # The cap is checked before each push, so concurrent requests (2 web processes x 4 threads) may overshoot by a few.
@@ -82,9 +88,13 @@ def test_scenario_10_submission_burst(tmp_path, fault_redis, fault_env, fault_mo
     counts = {k: sum(1 for a in answers if (a[0], a[1]) == k) for k in sorted(codes, key=str)}
     rate = len(answers) / seconds
     drain_rate = len(ids) / (seconds + drained)  # what two workers got through
-    record_figures("10 submission burst", rep, recovery=drained,
-                   notes=f"{len(answers)} requests in {seconds} s ({rate:.0f}/s, {rate / drain_rate:.0f}x what 2 workers "
-                         f"drain) by {len(bursts)} clients: "
-                         f"{counts.get((202, None), 0)}x202, {counts.get((429, 'rate_limited'), 0)}x429, "
-                         f"{counts.get((503, 'queue_full'), 0)}x503 queue_full; backlog peak {peak_backlog} "
-                         f"(cap {backlog_cap}), Redis peak {peak_mb:.1f} MiB; s to drain after the burst")
+    record_figures(
+        "10 submission burst",
+        rep,
+        recovery=drained,
+        notes=f"{len(answers)} requests in {seconds} s ({rate:.0f}/s, {rate / drain_rate:.0f}x what 2 workers "
+        f"drain) by {len(bursts)} clients: "
+        f"{counts.get((202, None), 0)}x202, {counts.get((429, 'rate_limited'), 0)}x429, "
+        f"{counts.get((503, 'queue_full'), 0)}x503 queue_full; backlog peak {peak_backlog} "
+        f"(cap {backlog_cap}), Redis peak {peak_mb:.1f} MiB; s to drain after the burst",
+    )

@@ -62,8 +62,9 @@ def test_scenario_8_postgres_stopped(tmp_path, private_pg, fault_env, fault_mode
         assert status == 503 and body["checks"]["database"] == "unavailable", (status, body)
         assert body["error"] == "not_ready" and "database" in body["message"]
         # A submission cannot be written to the ledger: a clear 503, not a 500.
-        http_status, http_body, http_took = api.post("/api/chat/messages", {
-            "conversationId": conversation, "content": "while PostgreSQL is down"}, timeout=30)
+        http_status, http_body, http_took = api.post(
+            "/api/chat/messages", {"conversationId": conversation, "content": "while PostgreSQL is down"}, timeout=30
+        )
         assert http_status == 503 and http_body["error"] == "database_unavailable", (http_status, http_body)
         time.sleep(max(outage - (time.monotonic() - stopped_at), 0))
         private_pg.start()
@@ -76,10 +77,14 @@ def test_scenario_8_postgres_stopped(tmp_path, private_pg, fault_env, fault_mode
         fleet.stop()
     rep = ledger.report(ids)
     assert not rep.problems(), (rep, fleet.logs())
-    record_figures("8 PostgreSQL stopped (private cluster)", rep, recovery=recovery,
-                   notes=f"down {outage} s; /health/ready said 503 database in {probe:.1f} s and 200 again "
-                         f"{ready_again:.1f} s after the restart; POST /api/chat/messages 503 database_unavailable "
-                         f"in {http_took:.1f} s; "
-                         f"{rep.reexecuted} job(s) re-ran (idempotent "
-                         f"writes, no duplicate row); {fleet.restarts('worker')} worker restart(s); s from the "
-                         "restart to every job final")
+    record_figures(
+        "8 PostgreSQL stopped (private cluster)",
+        rep,
+        recovery=recovery,
+        notes=f"down {outage} s; /health/ready said 503 database in {probe:.1f} s and 200 again "
+        f"{ready_again:.1f} s after the restart; POST /api/chat/messages 503 database_unavailable "
+        f"in {http_took:.1f} s; "
+        f"{rep.reexecuted} job(s) re-ran (idempotent "
+        f"writes, no duplicate row); {fleet.restarts('worker')} worker restart(s); s from the "
+        "restart to every job final",
+    )

@@ -25,8 +25,16 @@ def provider():
 
 
 def _ask(user, conversation, n, tag):
-    return [str(job_enqueue(job_type="chat_bot_interaction", owner=user,
-                            payload={"prompt": f"{tag} {i}", "conversationId": conversation}).pk) for i in range(n)]
+    return [
+        str(
+            job_enqueue(
+                job_type="chat_bot_interaction",
+                owner=user,
+                payload={"prompt": f"{tag} {i}", "conversationId": conversation},
+            ).pk
+        )
+        for i in range(n)
+    ]
 
 
 def _results(ids):
@@ -39,12 +47,22 @@ def test_scenario_9_llm_provider_failing(tmp_path, provider, fault_env, fault_mo
     _, conversation = api_user(username="chatter")
     user = get_user_model().objects.get(username="chatter")
     cooldown = fault_mode.pick(4, 15)
-    env = fault_env(OPENAI_API_KEY=provider.api_key, OPENAI_BASE_URL=provider.base_url, OPENAI_TIMEOUT=1,
-                    OPENAI_STREAM_MAX_SECONDS=5, CHAT_RETRY_ATTEMPTS=ATTEMPTS, CHAT_RETRY_BACKOFF=1,
-                    LLM_BREAKER_FAILURES=FAILURES_TO_OPEN, LLM_BREAKER_COOLDOWN=cooldown)
+    env = fault_env(
+        OPENAI_API_KEY=provider.api_key,
+        OPENAI_BASE_URL=provider.base_url,
+        OPENAI_TIMEOUT=1,
+        OPENAI_STREAM_MAX_SECONDS=5,
+        CHAT_RETRY_ATTEMPTS=ATTEMPTS,
+        CHAT_RETRY_BACKOFF=1,
+        LLM_BREAKER_FAILURES=FAILURES_TO_OPEN,
+        LLM_BREAKER_COOLDOWN=cooldown,
+    )
     # Every way a provider fails: server errors, a stall past the client's timeout, a stream cut mid-body.
-    failing = [Behaviour(status=500), Behaviour(chunks=["partial", " answer"], stall_after=1, stall_seconds=3),
-               Behaviour(chunks=["cut", " short", " here"], cut_after=1)]
+    failing = [
+        Behaviour(status=500),
+        Behaviour(chunks=["partial", " answer"], stall_after=1, stall_seconds=3),
+        Behaviour(chunks=["cut", " short", " here"], cut_after=1),
+    ]
     provider.always(failing[0])
     provider.then(*(failing * 200))
     fleet = Fleet(tmp_path, env, workers=2).start()
@@ -82,9 +100,13 @@ def test_scenario_9_llm_provider_failing(tmp_path, provider, fault_env, fault_mo
     real = [i for i, r in _results(ids).items() if not r.get("usedFallback")]
     replies = Message.objects.filter(job_id__in=[reply_job_id(i) for i in ids])
     assert replies.count() == len(real) == len(after) + 1  # one saved reply per real answer, none for a fallback
-    record_figures("9 LLM provider failing", rep, recovery=recovery,
-                   notes=f"500s, {1}-s timeouts, cut streams: {len(outage)} replies were fallbacks "
-                         f"({reasons.count('breaker_open')} by the open breaker) after {calls_during_outage} "
-                         f"provider calls (at most {len(outage) * ATTEMPTS} without the breaker); breaker "
-                         f"cool-down {cooldown} s; {len(probes) - 1} fallback(s) while it stayed open; s from provider "
-                         "healthy to the first real reply")
+    record_figures(
+        "9 LLM provider failing",
+        rep,
+        recovery=recovery,
+        notes=f"500s, {1}-s timeouts, cut streams: {len(outage)} replies were fallbacks "
+        f"({reasons.count('breaker_open')} by the open breaker) after {calls_during_outage} "
+        f"provider calls (at most {len(outage) * ATTEMPTS} without the breaker); breaker "
+        f"cool-down {cooldown} s; {len(probes) - 1} fallback(s) while it stayed open; s from provider "
+        "healthy to the first real reply",
+    )

@@ -60,8 +60,11 @@ class HttpSubmitter(threading.Thread):
     def run(self):
         while not self.stopped.is_set() and len(self.answers) < self.limit:
             began = time.monotonic()
-            status, body, took = self.api.post("/api/chat/messages", {
-                "conversationId": self.conversation_id, "content": f"message {len(self.answers)}"}, timeout=15)
+            status, body, took = self.api.post(
+                "/api/chat/messages",
+                {"conversationId": self.conversation_id, "content": f"message {len(self.answers)}"},
+                timeout=15,
+            )
             body = body or {}
             self.answers.append((began, status, body.get("error"), took, body.get("jobId") if status == 202 else None))
             self.stopped.wait(self.interval)
@@ -112,24 +115,33 @@ def test_scenario_5_redis_restarted_with_aof(tmp_path, fault_redis, fault_env, f
     restarts = fleet.restarts("worker")
     refused = sum(a[1] == 503 for a in submitter.answers)
     slowest = max(a[3] for a in during)
-    record_figures("5 Redis kill -9 + restart (AOF everysec)", rep, recovery=recovery,
-                   notes=f"HTTP message submissions; Redis down {downtime} s: {refused} refused with 503 "
-                         f"queues_unavailable (slowest answer {slowest:.2f} s); {restarts} worker restart(s) by "
-                         "the supervisor; s from Redis back to every accepted message written once")
+    record_figures(
+        "5 Redis kill -9 + restart (AOF everysec)",
+        rep,
+        recovery=recovery,
+        notes=f"HTTP message submissions; Redis down {downtime} s: {refused} refused with 503 "
+        f"queues_unavailable (slowest answer {slowest:.2f} s); {restarts} worker restart(s) by "
+        "the supervisor; s from Redis back to every accepted message written once",
+    )
 
 
 def test_scenario_6_redis_flushall(tmp_path, fault_redis, fault_env, fault_mode, ledger, record_figures):
     grace = fault_mode.pick(5, 30)
     # Liveness keys vanish with the flush; the workers beat again within WORKER_TTL/3 (10 s here), and
     # a reconciler pass in between must not take their running jobs away from them.
-    fleet = Fleet(tmp_path, fault_env(RECONCILE_GRACE_SECONDS=grace, WORKER_TTL=30), workers=2,
-                  reconcile_interval=fault_mode.pick(1, 15)).start()
+    fleet = Fleet(
+        tmp_path,
+        fault_env(RECONCILE_GRACE_SECONDS=grace, WORKER_TTL=30),
+        workers=2,
+        reconcile_interval=fault_mode.pick(1, 15),
+    ).start()
     try:
         ids = _submit(2, seconds=fault_mode.pick(12, 25))  # one long job per worker, running at the flush
         ids += _submit(fault_mode.pick(30, 120), seconds=0.5)
         ids += _submit(fault_mode.pick(5, 20), seconds=0.2)
-        wait_until(lambda: sum(s == "started" for s in ledger.statuses(ids[:2]).values()) == 2, 60,
-                   "the long jobs to start")
+        wait_until(
+            lambda: sum(s == "started" for s in ledger.statuses(ids[:2]).values()) == 2, 60, "the long jobs to start"
+        )
         wait_until(lambda: sum(s == "completed" for s in ledger.statuses(ids).values()) >= 2, 60, "work to flow")
         fault_redis_client = __import__("redis").Redis.from_url(fault_redis.url)
         fault_redis_client.flushall()  # the operator's mistake: queues, registries, liveness keys, all gone
@@ -140,8 +152,12 @@ def test_scenario_6_redis_flushall(tmp_path, fault_redis, fault_env, fault_mode,
         fleet.stop()
     rep = ledger.report(ids)
     assert not rep.problems(), (rep, fleet.logs())
-    record_figures("6 Redis FLUSHALL", rep, recovery=recovery,
-                   notes=f"RECONCILE_GRACE_SECONDS {grace}; s from the flush to every job final")
+    record_figures(
+        "6 Redis FLUSHALL",
+        rep,
+        recovery=recovery,
+        notes=f"RECONCILE_GRACE_SECONDS {grace}; s from the flush to every job final",
+    )
 
 
 def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, ledger, record_figures):
@@ -165,8 +181,9 @@ def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, l
             probe = time.monotonic() - began
             assert status == 503 and body["checks"]["redis"] == "unavailable"
             # the API refuses submissions at once rather than hanging on Redis
-            http_status, http_body, http_took = api.post("/api/chat/messages", {
-                "conversationId": conversation, "content": "while Redis hangs"}, timeout=30)
+            http_status, http_body, http_took = api.post(
+                "/api/chat/messages", {"conversationId": conversation, "content": "while Redis hangs"}, timeout=30
+            )
             assert http_status == 503 and http_body["error"] == "queues_unavailable", (http_status, http_body)
             # jobs accepted while Redis hangs: the record is written, the push times out, the reconciler pushes
             began = time.monotonic()
@@ -183,8 +200,12 @@ def test_scenario_7_redis_paused(tmp_path, fault_redis, fault_env, fault_mode, l
         fleet.stop()
     rep = ledger.report(ids)
     assert not rep.problems(), (rep, fleet.logs())
-    record_figures("7 Redis SIGSTOP", rep, recovery=recovery,
-                   notes=f"paused {pause_for} s; during the pause readiness answered 503 in {probe:.1f} s, "
-                         f"POST /api/chat/messages 503 queues_unavailable in {http_took:.1f} s, and job_enqueue "
-                         f"(no API guard) took {submit_took:.1f} s (socket timeout), its job pushed later; "
-                         f"{fleet.restarts('worker')} worker restart(s); s from resume to every job final")
+    record_figures(
+        "7 Redis SIGSTOP",
+        rep,
+        recovery=recovery,
+        notes=f"paused {pause_for} s; during the pause readiness answered 503 in {probe:.1f} s, "
+        f"POST /api/chat/messages 503 queues_unavailable in {http_took:.1f} s, and job_enqueue "
+        f"(no API guard) took {submit_took:.1f} s (socket timeout), its job pushed later; "
+        f"{fleet.restarts('worker')} worker restart(s); s from resume to every job final",
+    )

@@ -23,7 +23,8 @@ def _running(ledger, exclude=()):
     with psycopg.connect(ledger.dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT r.job_id::text, r.pid FROM test_fault_run r JOIN queues_jobrecord j ON j.id = r.job_id "
-            "WHERE j.status = 'started' AND j.attempts = r.attempt ORDER BY r.at").fetchall()
+            "WHERE j.status = 'started' AND j.attempts = r.attempt ORDER BY r.at"
+        ).fetchall()
     for job_id, pid in rows:
         if job_id not in exclude and process_alive(pid):
             return job_id, pid
@@ -32,8 +33,12 @@ def _running(ledger, exclude=()):
 
 def _outcomes(ledger, job_id):
     with psycopg.connect(ledger.dsn, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT outcome FROM queues_jobattempt WHERE job_id = %s ORDER BY number", [job_id]).fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT outcome FROM queues_jobattempt WHERE job_id = %s ORDER BY number", [job_id]
+            ).fetchall()
+        ]
 
 
 def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, record_figures):
@@ -49,7 +54,9 @@ def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, r
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             killed.append(job_id)
-            wait_until(lambda job_id=job_id: ledger.statuses([job_id])[job_id] == "completed", 60, "the killed job to complete")
+            wait_until(
+                lambda job_id=job_id: ledger.statuses([job_id])[job_id] == "completed", 60, "the killed job to complete"
+            )
             recoveries.append(time.monotonic() - killed_at)
         ledger.wait_final(ids, timeout=120)
     finally:
@@ -59,8 +66,12 @@ def test_scenario_1_killed_work_horse(tmp_path, fault_env, fault_mode, ledger, r
     for job_id in killed:
         assert _outcomes(ledger, job_id)[:2] == ["abandoned", "completed"]
     assert fleet.restarts("worker") == 0  # a dead horse does not take its worker down
-    record_figures("1 kill -9 work-horse", rep, recovery=max(recoveries),
-                   notes=f"{len(killed)} horses killed mid-job; max s from kill to completed (retry backoff 1 s)")
+    record_figures(
+        "1 kill -9 work-horse",
+        rep,
+        recovery=max(recoveries),
+        notes=f"{len(killed)} horses killed mid-job; max s from kill to completed (retry backoff 1 s)",
+    )
 
 
 def test_scenario_2_killed_worker_taken_over(tmp_path, fault_env, fault_mode, ledger, record_figures):
@@ -72,11 +83,16 @@ def test_scenario_2_killed_worker_taken_over(tmp_path, fault_env, fault_mode, le
         ids = _submit(fault_mode.pick(6, 20), seconds=fault_mode.pick(1.0, 2.0))
         job_id, pid = wait_until(lambda: _running(ledger), 60, "a job running")
         # The runtime runs the job in its own process (a forking worker would run it in a child).
-        victim = next(w for w in fleet.workers() if w.proc and pid in [w.proc.pid, *(c.pid for c in _children(w.proc.pid))])
+        victim = next(
+            w for w in fleet.workers() if w.proc and pid in [w.proc.pid, *(c.pid for c in _children(w.proc.pid))]
+        )
         os.killpg(victim.proc.pid, signal.SIGKILL)  # the worker and everything it runs
         killed_at = time.monotonic()
-        wait_until(lambda: ledger.statuses([job_id])[job_id] == "completed", fault_mode.pick(60, 120),
-                   "the orphaned job to be taken over")
+        wait_until(
+            lambda: ledger.statuses([job_id])[job_id] == "completed",
+            fault_mode.pick(60, 120),
+            "the orphaned job to be taken over",
+        )
         recovery = time.monotonic() - killed_at
         ledger.wait_final(ids, timeout=120)
     finally:
@@ -85,9 +101,13 @@ def test_scenario_2_killed_worker_taken_over(tmp_path, fault_env, fault_mode, le
     assert not rep.problems(), (rep, fleet.logs())
     assert _outcomes(ledger, job_id)[:2] == ["abandoned", "completed"]
     ttl = env["WORKER_TTL"]
-    record_figures("2 kill -9 whole worker", rep, recovery=recovery,
-                   notes=f"runtime, WORKER_TTL {ttl} s, reconciler every 1 s; s from kill to the "
-                         "orphan completed by another worker")
+    record_figures(
+        "2 kill -9 whole worker",
+        rep,
+        recovery=recovery,
+        notes=f"runtime, WORKER_TTL {ttl} s, reconciler every 1 s; s from kill to the "
+        "orphan completed by another worker",
+    )
 
 
 def _children(pid):
@@ -104,8 +124,9 @@ def test_scenario_3_poison_job(tmp_path, fault_env, fault_mode, ledger, record_f
     fleet = Fleet(tmp_path, fault_env(), workers=2, worker_class=FORKING).start()
     started = time.monotonic()
     try:
-        poison = [str(job_enqueue(job_type="test_crash", payload={"tag": f"p{i}"}).pk)
-                  for i in range(fault_mode.pick(2, 5))]
+        poison = [
+            str(job_enqueue(job_type="test_crash", payload={"tag": f"p{i}"}).pk) for i in range(fault_mode.pick(2, 5))
+        ]
         ids = _submit(fault_mode.pick(10, 60), seconds=0.1)
         ledger.wait_final(poison + ids, timeout=120)
         elapsed = time.monotonic() - started
@@ -119,8 +140,12 @@ def test_scenario_3_poison_job(tmp_path, fault_env, fault_mode, ledger, record_f
     assert fleet.restarts("worker") == 0
     combined = ledger.report(poison + ids, effect=False)
     combined.duplicated, combined.lost = rep.duplicated, rep.lost + bad.lost
-    record_figures("3 poison job (crashes its process)", combined, recovery=elapsed,
-                   notes=f"{len(poison)} poison jobs failed after 2 attempts each; s for everything to finish")
+    record_figures(
+        "3 poison job (crashes its process)",
+        combined,
+        recovery=elapsed,
+        notes=f"{len(poison)} poison jobs failed after 2 attempts each; s for everything to finish",
+    )
 
 
 def _registered(env, pid) -> bool:
@@ -140,9 +165,13 @@ def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, rec
         for _ in range(fault_mode.pick(1, 3)):
             for worker in fleet.workers():
                 proc = worker.proc
-                wait_until(lambda worker=worker, proc=proc: worker.proc is not None and worker.proc is not proc
-                           or proc is not None, 30,
-                           "the worker to be running")
+                wait_until(
+                    lambda worker=worker, proc=proc: (
+                        worker.proc is not None and worker.proc is not proc or proc is not None
+                    ),
+                    30,
+                    "the worker to be running",
+                )
                 proc = worker.proc
                 # A deploy stops booted workers; one still importing Django would die of the default action.
                 wait_until(lambda proc=proc: _registered(env, proc.pid), 60, "the worker to register")
@@ -150,8 +179,11 @@ def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, rec
                 proc.wait(60)
                 assert proc.returncode == 0
                 # the supervisor starts a fresh one (as a deploy would); wait before the next
-                wait_until(lambda worker=worker, proc=proc: worker.proc is not None and worker.proc is not proc, 30,
-                           "the restart")
+                wait_until(
+                    lambda worker=worker, proc=proc: worker.proc is not None and worker.proc is not proc,
+                    30,
+                    "the restart",
+                )
         last = time.monotonic()
         ledger.wait_final(ids, timeout=180)
         drained = time.monotonic() - last
@@ -160,5 +192,9 @@ def test_scenario_4_rolling_sigterm(tmp_path, fault_env, fault_mode, ledger, rec
     rep = ledger.report(ids)
     assert not rep.problems(), (rep, fleet.logs("worker"))
     assert rep.reexecuted == 0  # a warm shutdown finishes the job in flight, nothing runs twice
-    record_figures("4 SIGTERM rolling restart", rep, recovery=drained,
-                   notes=f"{fleet.restarts('worker')} worker restarts; s to drain after the last restart")
+    record_figures(
+        "4 SIGTERM rolling restart",
+        rep,
+        recovery=drained,
+        notes=f"{fleet.restarts('worker')} worker restarts; s to drain after the last restart",
+    )

@@ -44,8 +44,9 @@ def process_env(redis_server, multiproc_dir):
 
 
 def manage(*args, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def django_script(code: str, *, env) -> str:
@@ -62,8 +63,14 @@ def start_worker(process_env, tmp_path):
 
     def start(*queues, env=None):
         log = open(tmp_path / f"worker-{len(procs)}.log", "w+")
-        proc = subprocess.Popen([sys.executable, "manage.py", "rqworker", *queues, "--with-scheduler"], cwd=ROOT,
-                                env=env or process_env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "rqworker", *queues, "--with-scheduler"],
+            cwd=ROOT,
+            env=env or process_env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
         proc.log = log
         procs.append(proc)
         return proc

@@ -48,8 +48,11 @@ def test_request_id_follows_the_job_into_the_worker_and_its_retry(make_api_clien
     assert access[-1]["status"] == 202 and access[-1]["path"] == "/test/flaky-jobs"
 
     worker = start_worker("database")
-    wait_for(lambda: JobRecord.objects.get(pk=job_id).status == JobStatus.COMPLETED, timeout=30,
-             message="the flaky job to complete on its second attempt")
+    wait_for(
+        lambda: JobRecord.objects.get(pk=job_id).status == JobStatus.COMPLETED,
+        timeout=30,
+        message="the flaky job to complete on its second attempt",
+    )
     output = stop_worker(worker)
 
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
@@ -77,6 +80,7 @@ def test_django_request_warnings_carry_the_request_id(client, log_lines):
 
 def test_text_format_carries_the_request_id():
     from django.conf import settings
+
     from queues.logs import log_context
 
     formatter = logging.Formatter(settings.LOGGING["formatters"]["text"]["format"])

@@ -25,7 +25,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\$\w+", "", expr)
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        name, rest = match.group(0), expr[match.end():].lstrip()
+        name, rest = match.group(0), expr[match.end() :].lstrip()
         if name in KEYWORDS or rest.startswith("(") or re.fullmatch(r"\d.*", name):
             continue
         names.add(name)
@@ -77,14 +77,22 @@ def test_every_queried_metric_exists(staff_client, settings):
     assert not missing
     # what the issue asks the dashboard and the alerts to cover
     dashboard = " ".join(dashboard_exprs())
-    for name in ("slimy_jobs_finished_total", "slimy_job_duration_seconds_bucket", "slimy_job_wait_seconds_bucket",
-                 "slimy_queue_jobs", "slimy_workers", "slimy_chat_fallbacks_total"):
+    for name in (
+        "slimy_jobs_finished_total",
+        "slimy_job_duration_seconds_bucket",
+        "slimy_job_wait_seconds_bucket",
+        "slimy_queue_jobs",
+        "slimy_workers",
+        "slimy_chat_fallbacks_total",
+    ):
         assert name in dashboard
     alerts = {rule["alert"]: rule["expr"] for rule in alert_rules()}
-    for alert, name in {"SlimyQueueBacklogGrowing": "slimy_queue_jobs",
-                        "SlimyJobFailureRateHigh": "slimy_jobs_finished_total",
-                        "SlimyNoWorkerForQueue": "slimy_queue_workers",
-                        "SlimyOldestJobTooOld": "slimy_queue_oldest_job_age_seconds",
-                        "SlimyAuditChainBroken": "slimy_audit_chain_ok",
-                        "SlimyLlmBreakerOpen": "slimy_llm_breaker_open"}.items():
+    for alert, name in {
+        "SlimyQueueBacklogGrowing": "slimy_queue_jobs",
+        "SlimyJobFailureRateHigh": "slimy_jobs_finished_total",
+        "SlimyNoWorkerForQueue": "slimy_queue_workers",
+        "SlimyOldestJobTooOld": "slimy_queue_oldest_job_age_seconds",
+        "SlimyAuditChainBroken": "slimy_audit_chain_ok",
+        "SlimyLlmBreakerOpen": "slimy_llm_breaker_open",
+    }.items():
         assert name in metric_names(alerts[alert])

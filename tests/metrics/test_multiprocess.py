@@ -15,8 +15,9 @@ def test_forked_work_horses_counts_reach_metrics(staff_client, process_env, mult
     sleeps = [job_enqueue(job_type="test_sleep", payload={"seconds": 0, "tag": f"s{i}"}) for i in range(2)]
 
     # The forking worker (the runtime, the default, runs jobs in its own process: no horses to count).
-    done = manage("rqworker", "database", "chat", "--burst", "--worker-class", "queues.worker.SlimyWorker",
-                  env=process_env)
+    done = manage(
+        "rqworker", "database", "chat", "--burst", "--worker-class", "queues.worker.SlimyWorker", env=process_env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {j.status for j in JobRecord.objects.filter(pk__in=[j.pk for j in echo + sleeps])} == {JobStatus.COMPLETED}
 
@@ -33,7 +34,9 @@ def test_forked_work_horses_counts_reach_metrics(staff_client, process_env, mult
     assert value(samples, "slimy_redis_up") == 1
 
     # Every job ran in its own forked horse, yet the horses of one worker share one file set.
-    horse_pids = {int(item.split(b":")[0]) for tag in ("s0", "s1") for item in redis_conn.lrange(f"test:started:{tag}", 0, -1)}
+    horse_pids = {
+        int(item.split(b":")[0]) for tag in ("s0", "s1") for item in redis_conn.lrange(f"test:started:{tag}", 0, -1)
+    }
     assert len(horse_pids) == 2
     files = sorted(p.name for p in multiproc_dir.glob("*.db"))
     assert not [f for f in files if any(f.endswith(f"_{pid}.db") for pid in horse_pids)], files

@@ -47,10 +47,13 @@ def test_known_workload_figures_in_metrics_and_snapshot(staff_client, process_en
     assert JobRecord.objects.count() == 10
     database = start_worker("database", env=process_env)
     start_worker("chat", "audit", env=process_env)
-    wait_for(lambda: JobRecord.objects.exclude(status__in=FINAL_STATUSES).count() == 0, timeout=90,
-             message="every job final")
-    wait_for(lambda: value(parse_metrics(staff_client.get("/metrics").content.decode()), "slimy_workers",
-                           state="idle") == 2, message="both workers idle")
+    wait_for(
+        lambda: JobRecord.objects.exclude(status__in=FINAL_STATUSES).count() == 0, timeout=90, message="every job final"
+    )
+    wait_for(
+        lambda: value(parse_metrics(staff_client.get("/metrics").content.decode()), "slimy_workers", state="idle") == 2,
+        message="both workers idle",
+    )
 
     samples = parse_metrics(staff_client.get("/metrics").content.decode())
     snapshot = staff_client.get("/api/metrics").json()
@@ -59,13 +62,24 @@ def test_known_workload_figures_in_metrics_and_snapshot(staff_client, process_en
     for (queue, job_type, outcome), n in FINISHED.items():
         assert value(samples, "slimy_jobs_finished_total", queue=queue, job_type=job_type, outcome=outcome) == n
     assert total(samples, "slimy_jobs_finished_total") == sum(FINISHED.values())
-    enqueued = {("database", "test_echo"): 2, ("database", "test_permanent"): 1, ("database", "test_flaky"): 1,
-                ("audit", "test_record"): 3, ("chat", "test_sleep"): 2, ("chat", "test_crash"): 1}
+    enqueued = {
+        ("database", "test_echo"): 2,
+        ("database", "test_permanent"): 1,
+        ("database", "test_flaky"): 1,
+        ("audit", "test_record"): 3,
+        ("chat", "test_sleep"): 2,
+        ("chat", "test_crash"): 1,
+    }
     for (queue, job_type), n in enqueued.items():
         assert value(samples, "slimy_jobs_enqueued_total", queue=queue, job_type=job_type) == n
     # one duration per attempt the runner saw end; a dead horse's attempt has none
-    runs = {("database", "test_echo"): 2, ("database", "test_permanent"): 1, ("database", "test_flaky"): 2,
-            ("audit", "test_record"): 3, ("chat", "test_sleep"): 2}
+    runs = {
+        ("database", "test_echo"): 2,
+        ("database", "test_permanent"): 1,
+        ("database", "test_flaky"): 2,
+        ("audit", "test_record"): 3,
+        ("chat", "test_sleep"): 2,
+    }
     for (queue, job_type), n in runs.items():
         assert value(samples, "slimy_job_duration_seconds_count", queue=queue, job_type=job_type) == n
     assert value(samples, "slimy_job_duration_seconds_count", queue="chat", job_type="test_crash") is None
@@ -103,10 +117,19 @@ def test_known_workload_figures_in_metrics_and_snapshot(staff_client, process_en
         assert figures["averageDuration"] == round(seconds / count * 1000, 3)
         assert figures["enqueued"] == total(samples, "slimy_jobs_enqueued_total", queue=queue)
     assert jobs["queues"]["chat"]["averageDuration"] >= 200  # test_sleep sleeps 0.2 s
-    assert {k: jobs["totals"][k] for k in ("queued", "active", "completed", "failed")} == \
-        {"queued": 0, "active": 0, "completed": 8, "failed": 2}
-    assert snapshot["audit"] == {"logged": 3, "failed": 1, "successRate": 75.0, "failedByStage": {"enqueue": 1},
-                                 "chainOk": None}
+    assert {k: jobs["totals"][k] for k in ("queued", "active", "completed", "failed")} == {
+        "queued": 0,
+        "active": 0,
+        "completed": 8,
+        "failed": 2,
+    }
+    assert snapshot["audit"] == {
+        "logged": 3,
+        "failed": 1,
+        "successRate": 75.0,
+        "failedByStage": {"enqueue": 1},
+        "chainOk": None,
+    }
     assert snapshot["workers"]["byState"]["idle"] == 2
     assert snapshot["multiprocess"] is True
     assert snapshot["process"]["memory"]["rss"] > 0 and snapshot["process"]["uptimeSeconds"] > 0

@@ -221,11 +221,11 @@ def test_inline_batches_run_beyond_the_slots_but_share_one_with_blocking_jobs(re
     assert all(r.status == JobStatus.COMPLETED for r in records)
     # Short jobs ran in batches larger than the one slot (a batch starts in one statement: one start time)...
     batches = {}
-    for record in records[len(sleepers):]:
+    for record in records[len(sleepers) :]:
         batches.setdefault(record.started_at, []).append(record)
     assert max(len(batch) for batch in batches.values()) > 1
     # ...yet with one slot, nothing ran beside a blocking job: no batch overlaps a sleeper.
-    for sleeper in records[:len(sleepers)]:
+    for sleeper in records[: len(sleepers)]:
         for batch in batches.values():
             start, end = batch[0].started_at, max(r.finished_at for r in batch)
             assert end <= sleeper.started_at or start >= sleeper.finished_at

@@ -6,10 +6,10 @@ import pytest
 from django.utils import timezone
 
 from queues.constants import JobStatus
-from queues.services.batch import job_start_batch
 from queues.models import JobRecord
 from queues.reconcile import queues_reconcile
 from queues.services import job_attempt_failed, job_enqueue, job_retry, job_start
+from queues.services.batch import job_start_batch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,8 +44,9 @@ def test_retry_after_hints_are_bounded(hint, expected):
 def test_a_retried_old_job_gets_a_fresh_grace_period(run_worker, redis_conn):
     job = job_enqueue(job_type="test_permanent", payload={"tag": "old"})
     run_worker(["database"])
-    JobRecord.objects.filter(pk=job.pk).update(created_at=timezone.now() - dt.timedelta(hours=1),
-                                               updated_at=timezone.now() - dt.timedelta(hours=1))
+    JobRecord.objects.filter(pk=job.pk).update(
+        created_at=timezone.now() - dt.timedelta(hours=1), updated_at=timezone.now() - dt.timedelta(hours=1)
+    )
     job_retry(job=JobRecord.objects.get(pk=job.pk))
     redis_conn.flushdb()  # as if its push were still in flight
     assert queues_reconcile(grace_seconds=30).requeued == []

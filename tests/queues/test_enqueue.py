@@ -91,13 +91,16 @@ def test_delay_makes_a_scheduled_job(redis_conn):
     assert str(job.pk) in get_rq_queue("database").scheduled_job_registry.get_job_ids()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"delay": -1}, "delay"),
-    ({"priority": "urgent"}, "priority"),
-    ({"run_at": dt.datetime(2030, 1, 1)}, "run_at"),
-    ({"delay": 60 * 60 * 24 * 365}, "run_at"),
-    ({"delay": 5, "run_at": timezone.now()}, "delay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"delay": -1}, "delay"),
+        ({"priority": "urgent"}, "priority"),
+        ({"run_at": dt.datetime(2030, 1, 1)}, "run_at"),
+        ({"delay": 60 * 60 * 24 * 365}, "run_at"),
+        ({"delay": 5, "run_at": timezone.now()}, "delay"),
+    ],
+)
 def test_bad_job_options_are_validation_errors(kwargs, field):
     with pytest.raises(ValidationFailed) as err:
         job_enqueue(job_type="test_echo", payload={"value": "x"}, **kwargs)

@@ -42,7 +42,9 @@ def web(redis_server, tmp_path):
     def start(**env):
         port = free_port()
         argv = web_child(host="127.0.0.1", port=port, python=sys.executable, processes=1).argv
-        proc = Proc(argv, process_env(redis_server.url, METRICS_TOKEN=METRICS_TOKEN, **env), tmp_path / f"web-{port}.log")
+        proc = Proc(
+            argv, process_env(redis_server.url, METRICS_TOKEN=METRICS_TOKEN, **env), tmp_path / f"web-{port}.log"
+        )
         started.append(proc)
         wait_for(lambda: _status(port, "/health/live") == 200, timeout=60, message="the web server to answer")
         proc.port = port
@@ -93,8 +95,11 @@ def _open_streams(port, token, jobs, **kwargs) -> list[LiveStream]:
 
 
 def _redis_connections(pid: int, redis_port: int) -> int:
-    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
-               if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED)
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
+    )
 
 
 def _worker_pid(proc) -> int:
@@ -104,8 +109,9 @@ def _worker_pid(proc) -> int:
 
 
 def _metric(port, name) -> float:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                     headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -254,8 +260,11 @@ def test_owner_only_and_request_ids(user, other_user, web):
     assert status == 401
     token = api_token_issue(user=user)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", f"/api/jobs/{job.pk}/events",
-                 headers={"Authorization": f"Token {token}", "X-Request-ID": "stream-request-0001"})
+    conn.request(
+        "GET",
+        f"/api/jobs/{job.pk}/events",
+        headers={"Authorization": f"Token {token}", "X-Request-ID": "stream-request-0001"},
+    )
     response = conn.getresponse()
     assert response.status == 200 and response.headers["X-Request-ID"] == "stream-request-0001"
     response.readline()
@@ -315,8 +324,10 @@ def test_streams_end_at_their_time_limit_and_resume_without_gaps_or_repeats(user
     jobs = [_job(user) for _ in range(20)]
     idle = _job(user)  # writes nothing until the end
     outcomes = {job.pk: {"connections": 0, "events": [], "comments": [], "error": None} for job in [*jobs, idle]}
-    followers = [threading.Thread(target=_follow, args=(server.port, token, job), kwargs={"outcome": outcomes[job.pk]})
-                 for job in [*jobs, idle]]
+    followers = [
+        threading.Thread(target=_follow, args=(server.port, token, job), kwargs={"outcome": outcomes[job.pk]})
+        for job in [*jobs, idle]
+    ]
     for thread in followers:
         thread.start()
     writers = [output_writer_open(job_id=str(job.pk), job_type="test_echo", attempt=1) for job in jobs]
@@ -354,13 +365,14 @@ def _reader_keys(monitor, deadline) -> set[str] | None:
             return None
         words = command["command"].split()
         if words and words[0].upper() == "XREAD" and "BLOCK" in (w.upper() for w in words):
-            streams = words[[w.upper() for w in words].index("STREAMS") + 1:]
+            streams = words[[w.upper() for w in words].index("STREAMS") + 1 :]
             return set(streams[: len(streams) // 2])
     return None
 
 
 def test_a_client_that_goes_away_gives_back_its_slot_and_its_place_in_the_read_at_once(
-        user, web, redis_server, redis_conn):
+    user, web, redis_server, redis_conn
+):
     # Heartbeats every 300 s: only the server hearing the disconnect can free anything within the test.
     server = web(JOB_EVENTS_HEARTBEAT="300", JOB_EVENTS_MAX_SECONDS="300", API_MAX_STREAMS_PER_USER="100")
     token = api_token_issue(user=user)
@@ -434,5 +446,7 @@ def test_shutdown_while_replies_stream_ends_each_after_a_whole_event_and_another
         outcome = {"connections": 0, "events": [], "comments": [], "error": None}
         _follow(resumed.port, token, job, outcome=outcome, last_id=last_id)
         assert outcome["error"] is None, outcome["error"]
-        texts = [e.data["text"] for e in only(events, "chunk")] + [e.data["text"] for e in only(outcome["events"], "chunk")]
+        texts = [e.data["text"] for e in only(events, "chunk")] + [
+            e.data["text"] for e in only(outcome["events"], "chunk")
+        ]
         assert texts == expected, i

@@ -4,10 +4,10 @@ PostgreSQL: submission, due retries, cancel and delete, ids left on RQ's plain l
 import pytest
 from rq.job import Job
 
+from queues.connections import get_rq_queue
 from queues.constants import JobStatus, QueueName
 from queues.fairness import fair_pop, fair_waiting_count, fair_waiting_heads, fair_waiting_ids
 from queues.models import JobRecord
-from queues.connections import get_rq_queue
 from queues.reconcile import scheduled_release_due
 from queues.selectors.queue_state import queue_depths
 from queues.services import job_cancel, job_delete_from_redis, job_enqueue, job_push
@@ -75,13 +75,21 @@ def test_ids_on_the_plain_list_move_into_their_tenants_lines(redis_conn, setting
     assert all(redis_conn.llen(get_rq_queue(CHAT, p).key) == 0 for p in ("high", "normal", "low"))
     pops = [fair_pop(conn=redis_conn, queue=CHAT, worker="w", cap=10) for _ in range(5)]
     assert [(p.job_id, p.tenant) for p in pops] == [
-        (str(high.pk), "B"), (str(old[0].pk), "A"), (str(old[2].pk), "B"), ("not-a-ledger-id", "-"),
-        (str(old[1].pk), "A")]
+        (str(high.pk), "B"),
+        (str(old[0].pk), "A"),
+        (str(old[2].pk), "B"),
+        ("not-a-ledger-id", "-"),
+        (str(old[1].pk), "A"),
+    ]
 
 
 def test_depth_figures_count_the_tenants_lines(redis_conn):
     jobs = [_step("A", "a1"), _step("A", "a2"), _step("B", "b1", priority="low")]
-    assert fair_waiting_count(conn=redis_conn, queue=CHAT) == 3 == queue_depths(redis_conn, with_workers=False)["queues"][CHAT]["queued"]
+    assert (
+        fair_waiting_count(conn=redis_conn, queue=CHAT)
+        == 3
+        == queue_depths(redis_conn, with_workers=False)["queues"][CHAT]["queued"]
+    )
     count, heads = fair_waiting_heads(conn=redis_conn, queue=CHAT)
     assert count == 3 and set(heads) == {str(jobs[0].pk), str(jobs[2].pk)}
 

@@ -7,8 +7,18 @@ from django.conf import settings
 
 from queues import fairness
 from queues.fairness import (
-    afair_pop, afair_push, afair_release, fair_held, fair_pop, fair_push, fair_release, fair_release_worker,
-    fair_remove, fair_tenant_loads, fair_wait, tenant_loads_top,
+    afair_pop,
+    afair_push,
+    afair_release,
+    fair_held,
+    fair_pop,
+    fair_push,
+    fair_release,
+    fair_release_worker,
+    fair_remove,
+    fair_tenant_loads,
+    fair_wait,
+    tenant_loads_top,
 )
 
 Q = "chat"
@@ -159,8 +169,11 @@ def test_many_pops_in_parallel_never_exceed_the_cap(redis_server):
         while True:
             job = fair_pop(conn=conn, queue=Q, worker=threading.current_thread().name, cap=2)
             if job is None:
-                if conn.hlen("slimy:fair:chat:held") == 0 and conn.llen("slimy:fair:chat:ring") == 0 \
-                        and conn.scard("slimy:fair:chat:parked") == 0:
+                if (
+                    conn.hlen("slimy:fair:chat:held") == 0
+                    and conn.llen("slimy:fair:chat:ring") == 0
+                    and conn.scard("slimy:fair:chat:parked") == 0
+                ):
                     return
                 continue
             inflight = int(conn.hget("slimy:fair:chat:inflight", job.tenant))
@@ -204,8 +217,12 @@ def test_setting_default_is_two():
 def test_push_many_in_one_round_trip_keeps_the_turns(redis_conn):
     from queues.fairness import fair_push_many
 
-    fair_push_many(conn=redis_conn, queue=Q, items=[("normal", "A", "a0"), ("normal", "A", "a1"),
-                                                    ("normal", "B", "b0"), ("high", "C", "c0")], cap=5)
+    fair_push_many(
+        conn=redis_conn,
+        queue=Q,
+        items=[("normal", "A", "a0"), ("normal", "A", "a1"), ("normal", "B", "b0"), ("high", "C", "c0")],
+        cap=5,
+    )
     assert [pop(redis_conn, cap=5) for _ in range(5)] == ["c0", "a0", "b0", "a1", None]
 
 

@@ -33,7 +33,8 @@ def test_console_colours_levels_and_process_roles_only_when_asked():
     assert "\x1b[34mreconciler" in reconciler and "\x1b[31;1mERROR" in reconciler
     # RQ colours parts of its messages itself; a plain console line drops those codes.
     plain = ConsoleFormatter(process_tag="web", colour=False).format(
-        _record(name="rq.worker", msg="*** Listening on \x1b[32mdatabase\x1b[39;49;00m...", args=()))
+        _record(name="rq.worker", msg="*** Listening on \x1b[32mdatabase\x1b[39;49;00m...", args=())
+    )
     assert "\x1b" not in plain and plain.endswith("*** Listening on database...")
 
 
@@ -54,8 +55,12 @@ def test_json_line_keeps_todays_fields_and_adds_the_process_tag():
         record = _record(msg="\x1b[32mdone\x1b[0m", args=())
     line = json.loads(JsonFormatter(process_tag="worker-database-1").format(record))
     assert line["message"] == "done" and line["level"] == "INFO" and line["logger"] == "queues.runner"
-    assert (line["request_id"], line["job_id"], line["job_type"], line["queue"]) == ("req-1", "job-1", "test_echo",
-                                                                                     "database")
+    assert (line["request_id"], line["job_id"], line["job_type"], line["queue"]) == (
+        "req-1",
+        "job-1",
+        "test_echo",
+        "database",
+    )
     assert line["process"] == "worker-database-1" and line["ts"].endswith("Z")
     assert "process" not in json.loads(JsonFormatter().format(_record()))
 

@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from queues.api import output_watch
-from queues.output import output_writer_open
 from queues.api.output_watch import OutputHub
+from queues.output import output_writer_open
 from queues.services import job_enqueue
 
 pytestmark = pytest.mark.django_db(transaction=True)

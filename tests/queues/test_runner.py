@@ -122,8 +122,9 @@ def test_delayed_job_waits_until_due(run_worker):
 
 
 def test_run_at_schedules_for_that_time(run_worker):
-    job = job_enqueue(job_type="test_echo", payload={"value": "at"},
-                      run_at=timezone.now() + timezone.timedelta(seconds=1))
+    job = job_enqueue(
+        job_type="test_echo", payload={"value": "at"}, run_at=timezone.now() + timezone.timedelta(seconds=1)
+    )
     assert job.status == JobStatus.SCHEDULED
     _drain(run_worker, lambda: _record(job).status == JobStatus.COMPLETED)
 

@@ -78,8 +78,10 @@ def _record(job):
 
 def test_jobs_run_at_the_same_time_in_one_process(run_thread_worker, user, settings):
     settings.CHAT_TENANT_CONCURRENCY = 12  # all twelve are one user's: the fair-dequeue cap would hold 10 back
-    jobs = [job_enqueue(job_type="test_thread_barrier", payload={"key": "barrier:a", "parties": 12}, owner=user)
-            for _ in range(12)]
+    jobs = [
+        job_enqueue(job_type="test_thread_barrier", payload={"key": "barrier:a", "parties": 12}, owner=user)
+        for _ in range(12)
+    ]
     worker = run_thread_worker(threads=12)
     for job in jobs:
         record = _record(job)

@@ -20,13 +20,24 @@ def test_a_body_bigger_than_what_the_loop_reads_first_reaches_the_view_whole(dja
     server = web()
     service = django_user_model.objects.create_user(username="svc-billing", password="pw-svc-123")
     service.groups.add(Group.objects.get_or_create(name="service")[0])
-    events = [{"action": "invoice.pay", "resourceType": "invoice", "resourceId": f"INV-{i}",
-               "details": {"note": f"{i:04d}" + "x" * 400}} for i in range(1000)]
+    events = [
+        {
+            "action": "invoice.pay",
+            "resourceType": "invoice",
+            "resourceId": f"INV-{i}",
+            "details": {"note": f"{i:04d}" + "x" * 400},
+        }
+        for i in range(1000)
+    ]
     body = json.dumps(events).encode()
     assert len(body) > 1.5 * BODY_PRELOAD_BYTES  # the rest is read from the request's thread
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("POST", "/api/audit-log", body=body, headers={
-        "Authorization": f"Token {api_token_issue(user=service)}", "Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/api/audit-log",
+        body=body,
+        headers={"Authorization": f"Token {api_token_issue(user=service)}", "Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     answer = json.loads(response.read())
     conn.close()

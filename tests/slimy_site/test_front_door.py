@@ -15,8 +15,12 @@ def test_front_door_links_to_admin_docs_health_and_quick_start(client):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/html")
     page = response.content.decode()
     links = dict(re.findall(r'<a id="(slimy-link-[a-z-]+)" href="([^"]+)"', page))
-    assert links == {"slimy-link-admin": "/admin/", "slimy-link-docs": "/api/docs/",
-                     "slimy-link-health": "/health/ready", "slimy-link-quick-start": "#quick-start"}
+    assert links == {
+        "slimy-link-admin": "/admin/",
+        "slimy-link-docs": "/api/docs/",
+        "slimy-link-health": "/health/ready",
+        "slimy-link-quick-start": "#quick-start",
+    }
     for url in ("/admin/", "/api/docs/", "/health/ready"):
         assert client.get(url).status_code in (200, 302), url  # the admin redirects to its login
     assert 'id="quick-start"' in page and "make run" in page  # the README section, inline

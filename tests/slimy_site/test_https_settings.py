@@ -10,12 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BASE_DIR = Path(__file__).resolve().parents[2]
-HTTPS_VARIABLES = ("DJANGO_HTTPS", "DJANGO_DEBUG", "DEBUG", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE",
-                   "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-                   "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER", "SECURE_REDIRECT_EXEMPT")
+HTTPS_VARIABLES = (
+    "DJANGO_HTTPS",
+    "DJANGO_DEBUG",
+    "DEBUG",
+    "SECURE_SSL_REDIRECT",
+    "SESSION_COOKIE_SECURE",
+    "CSRF_COOKIE_SECURE",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
+    "SECURE_PROXY_SSL_HEADER",
+    "SECURE_REDIRECT_EXEMPT",
+)
 
 # Requests made inside the configured process: (path, extra headers) -> status, Location, HSTS header.
 PROBE = """
@@ -42,8 +50,9 @@ def _env(**extra):
 
 
 def _run(args, **extra):
-    return subprocess.run([sys.executable, *args], cwd=BASE_DIR, env=_env(**extra), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=BASE_DIR, env=_env(**extra), capture_output=True, text=True, timeout=120
+    )
 
 
 def _probe(**extra):
@@ -73,8 +82,13 @@ def test_django_https_redirects_plain_http_and_sends_hsts_behind_the_proxy():
 
 
 def test_each_setting_can_be_overridden_from_the_environment():
-    out = _probe(DJANGO_HTTPS="1", SECURE_SSL_REDIRECT="0", SECURE_HSTS_SECONDS="60",
-                 SECURE_PROXY_SSL_HEADER="HTTP_X_SCHEME=https", SESSION_COOKIE_SECURE="0")
+    out = _probe(
+        DJANGO_HTTPS="1",
+        SECURE_SSL_REDIRECT="0",
+        SECURE_HSTS_SECONDS="60",
+        SECURE_PROXY_SSL_HEADER="HTTP_X_SCHEME=https",
+        SESSION_COOKIE_SECURE="0",
+    )
     assert out["settings"]["SECURE_SSL_REDIRECT"] is False and out["settings"]["SESSION_COOKIE_SECURE"] is False
     assert out["settings"]["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_SCHEME", "https"]
     assert out["plain"][0] == 401  # no redirect
@@ -83,9 +97,14 @@ def test_each_setting_can_be_overridden_from_the_environment():
 
 def test_defaults_serve_plain_http():
     out = _probe()
-    assert out["settings"] == {"SECURE_SSL_REDIRECT": False, "SESSION_COOKIE_SECURE": False,
-                               "CSRF_COOKIE_SECURE": False, "SECURE_HSTS_SECONDS": 0,
-                               "SECURE_PROXY_SSL_HEADER": None, "DEBUG": False}
+    assert out["settings"] == {
+        "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "DEBUG": False,
+    }
     assert out["plain"][0] == 401 and out["plain"][2] is None
 
 

@@ -53,8 +53,9 @@ def test_a_success_before_the_limit_resets_the_count(operator):
 def test_the_lock_out_ends_after_the_cool_off(operator, settings):
     _guess(5)
     assert _login(Client(), "pw-operator-123").status_code == 429
-    AccessAttempt.objects.update(attempt_time=dt.datetime.now(dt.timezone.utc) - settings.AXES_COOLOFF_TIME
-                                 - dt.timedelta(seconds=1))
+    AccessAttempt.objects.update(
+        attempt_time=dt.datetime.now(dt.UTC) - settings.AXES_COOLOFF_TIME - dt.timedelta(seconds=1)
+    )
     assert _login(Client(), "pw-operator-123").status_code == 302
 
 
@@ -62,8 +63,11 @@ def test_staff_clear_a_lock_out_in_the_admin_and_it_is_audited(operator, django_
     _guess(5)
     assert _login(Client(), "pw-operator-123").status_code == 429
     clearer = django_user_model.objects.create_user(username="keeper", password="pw-keeper-123", is_staff=True)
-    clearer.user_permissions.set(Permission.objects.filter(
-        content_type__app_label="axes", codename__in=["view_accessattempt", "delete_accessattempt"]))
+    clearer.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="axes", codename__in=["view_accessattempt", "delete_accessattempt"]
+        )
+    )
     admin = Client()
     admin.force_login(clearer)
     attempt = AccessAttempt.objects.get(username="operator")
@@ -98,14 +102,15 @@ def test_deleting_lock_out_records_is_audited_too(operator, django_user_model, r
 def test_staff_without_the_delete_permission_cannot_clear(operator, django_user_model):
     _guess(5)
     viewer = django_user_model.objects.create_user(username="viewer", password="pw-viewer-123", is_staff=True)
-    viewer.user_permissions.set(Permission.objects.filter(content_type__app_label="axes",
-                                                          codename="view_accessattempt"))
+    viewer.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="axes", codename="view_accessattempt")
+    )
     admin = Client()
     admin.force_login(viewer)
     attempt = AccessAttempt.objects.get(username="operator")
-    admin.post(reverse("admin:axes_accessattempt_changelist"),
-               {"action": "clear_lockouts", "_selected_action": [attempt.pk]})
-    assert admin.post(reverse("admin:axes_accessattempt_delete", args=[attempt.pk]),
-                      {"post": "yes"}).status_code == 403
+    admin.post(
+        reverse("admin:axes_accessattempt_changelist"), {"action": "clear_lockouts", "_selected_action": [attempt.pk]}
+    )
+    assert admin.post(reverse("admin:axes_accessattempt_delete", args=[attempt.pk]), {"post": "yes"}).status_code == 403
     assert AccessAttempt.objects.filter(pk=attempt.pk).exists()
     assert _login(Client(), "pw-operator-123").status_code == 429

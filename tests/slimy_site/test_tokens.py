@@ -90,8 +90,10 @@ def test_plain_text_tokens_of_earlier_versions_keep_working_once_hashed(django_u
     user = django_user_model.objects.create_user(username="yul")
     old_key = secrets.token_hex(20)  # DRF's authtoken format: 40 hex characters
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamptz NOT NULL,"
-                       " user_id integer NOT NULL UNIQUE)")
+        cursor.execute(
+            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamptz NOT NULL,"
+            " user_id integer NOT NULL UNIQUE)"
+        )
         cursor.execute("INSERT INTO authtoken_token VALUES (%s, %s, %s)", [old_key, timezone.now(), user.pk])
     migration = importlib.import_module("slimy_site.migrations.0001_security_api_tokens")
     with connection.schema_editor() as editor:
@@ -107,10 +109,13 @@ def test_plain_text_tokens_of_earlier_versions_keep_working_once_hashed(django_u
 def test_the_admin_shows_no_token_secret(client, django_user_model):
     key = _user_add("zed")
     token = ApiToken.objects.get(user__username="zed")
-    client.force_login(django_user_model.objects.create_superuser(username="root", password="pw-root-123",
-                                                                  email="r@x.test"))
-    pages = [client.get(reverse("admin:slimy_site_apitoken_changelist")),
-             client.get(reverse("admin:slimy_site_apitoken_change", args=[token.pk]))]
+    client.force_login(
+        django_user_model.objects.create_superuser(username="root", password="pw-root-123", email="r@x.test")
+    )
+    pages = [
+        client.get(reverse("admin:slimy_site_apitoken_changelist")),
+        client.get(reverse("admin:slimy_site_apitoken_change", args=[token.pk])),
+    ]
     for page in pages:
         assert page.status_code == 200
         text = page.content.decode()
@@ -122,5 +127,8 @@ def test_the_admin_shows_no_token_secret(client, django_user_model):
 def test_audit_redaction_recognises_the_token_prefix():
     key = "slimy_" + secrets.token_hex(32)
     assert redact({"note": f"client sent Token {key}", "header": key, "list": [key]}) == {
-        "note": REDACTED, "header": REDACTED, "list": [REDACTED]}
+        "note": REDACTED,
+        "header": REDACTED,
+        "list": [REDACTED],
+    }
     assert redact({"note": "slimy_audit_events_written_total"}) == {"note": "slimy_audit_events_written_total"}

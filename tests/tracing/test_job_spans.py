@@ -46,10 +46,8 @@ def _runs(exporter):
     return [s for s in exporter.get_finished_spans() if s.name.startswith("job.run")]
 
 
-def test_the_worker_runs_the_chat_reply_inside_a_child_of_the_submission(spans, llm, user, make_api_client,
-                                                                         run_worker):
-    response = make_api_client(user).post("/api/chat/bot", {"prompt": SECRET_PROMPT, "guildId": "g-9"},
-                                          format="json")
+def test_the_worker_runs_the_chat_reply_inside_a_child_of_the_submission(spans, llm, user, make_api_client, run_worker):
+    response = make_api_client(user).post("/api/chat/bot", {"prompt": SECRET_PROMPT, "guildId": "g-9"}, format="json")
     assert response.status_code == 202
     http_span = next(s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER)
     run_worker(["chat"])
@@ -80,8 +78,7 @@ def test_a_synchronous_job_and_its_failed_attempt_are_traced_too(spans, user, ru
     assert runs[str(bad.pk)].attributes["slimy.job.outcome"] == "failed"
 
 
-def test_the_runtime_process_exports_the_job_span_under_the_submission(spans, llm, user, make_api_client,
-                                                                        redis_server):
+def test_the_runtime_process_exports_the_job_span_under_the_submission(spans, llm, user, make_api_client, redis_server):
     """A real `manage.py rqworker` (the worker runtime) sets tracing up itself from the OTLP setting."""
     received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Collector,), {"received": received}))
@@ -89,10 +86,21 @@ def test_the_runtime_process_exports_the_job_span_under_the_submission(spans, ll
     try:
         response = make_api_client(user).post("/api/chat/bot", {"prompt": SECRET_PROMPT}, format="json")
         http_span = next(s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER)
-        env = process_env(redis_server.url, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
-                          OPENAI_API_KEY=llm.api_key, OPENAI_BASE_URL=llm.base_url, WORKER_RECONCILER="false")
-        done = subprocess.run([sys.executable, "manage.py", "rqworker", "chat", "--burst"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        env = process_env(
+            redis_server.url,
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+            OPENAI_API_KEY=llm.api_key,
+            OPENAI_BASE_URL=llm.base_url,
+            WORKER_RECONCILER="false",
+        )
+        done = subprocess.run(
+            [sys.executable, "manage.py", "rqworker", "chat", "--burst"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         server.shutdown()

@@ -39,8 +39,7 @@ def test_off_without_an_endpoint_costs_nothing(settings, user):
 
 
 def test_http_submission_span_is_the_parent_of_the_job_span_across_the_record(spans, user, make_api_client):
-    response = make_api_client(user).post("/api/chat/bot", {"prompt": SECRET_PROMPT, "guildId": "g-1"},
-                                          format="json")
+    response = make_api_client(user).post("/api/chat/bot", {"prompt": SECRET_PROMPT, "guildId": "g-1"}, format="json")
     assert response.status_code == 202
     server = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert len(server) == 1 and server[0].attributes.get("http.route", "").endswith("bot")
@@ -61,10 +60,16 @@ def test_http_submission_span_is_the_parent_of_the_job_span_across_the_record(sp
     assert inner.parent.span_id == run.context.span_id
     assert run.kind == SpanKind.CONSUMER
     assert wait.start_time <= wait.end_time <= run.start_time
-    assert {k: run.attributes[k] for k in ("slimy.job.id", "slimy.job.type", "slimy.job.queue",
-                                           "slimy.job.attempt", "slimy.tenant")} == {
-        "slimy.job.id": str(record.pk), "slimy.job.type": "chat_bot_interaction", "slimy.job.queue": "chat",
-        "slimy.job.attempt": 2, "slimy.tenant": record.tenant}
+    assert {
+        k: run.attributes[k]
+        for k in ("slimy.job.id", "slimy.job.type", "slimy.job.queue", "slimy.job.attempt", "slimy.tenant")
+    } == {
+        "slimy.job.id": str(record.pk),
+        "slimy.job.type": "chat_bot_interaction",
+        "slimy.job.queue": "chat",
+        "slimy.job.attempt": 2,
+        "slimy.tenant": record.tenant,
+    }
 
 
 def test_no_span_carries_prompt_text(spans, user, make_api_client):
@@ -110,8 +115,11 @@ def test_capture_inside_a_span(spans):
     with get_tracer("test").start_as_current_span("outer") as outer:
         carrier = job_trace_context_capture()
     version, trace_id, span_id, _flags = carrier["traceparent"].split("-")
-    assert (version, trace_id, span_id) == ("00", f"{outer.get_span_context().trace_id:032x}",
-                                            f"{outer.get_span_context().span_id:016x}")
+    assert (version, trace_id, span_id) == (
+        "00",
+        f"{outer.get_span_context().trace_id:032x}",
+        f"{outer.get_span_context().span_id:016x}",
+    )
 
 
 def test_llm_call_inside_the_job_span_is_its_child(spans, user):
@@ -153,8 +161,14 @@ def test_worker_process_continues_the_trace_from_the_record(spans, user, make_ap
         "print(json.dumps({'trace': run.context.trace_id, 'parent': run.parent.span_id,"
         " 'attempt': run.attributes['slimy.job.attempt']}))\n"
     )
-    done = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=process_env(redis_server.url))
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=process_env(redis_server.url),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"trace": http_span.context.trace_id, "parent": http_span.context.span_id, "attempt": 1}

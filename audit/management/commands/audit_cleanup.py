@@ -4,13 +4,16 @@ from audit.retention import audit_cleanup, audit_cleanup_schedule_next
 
 
 class Command(BaseCommand):
-    help = ("Delete audit events older than AUDIT_RETENTION_DAYS (keeping AUDIT_RETENTION_KEEP_ACTIONS), "
-            "or with --schedule make sure the daily audit_cleanup job is scheduled.")
+    help = (
+        "Delete audit events older than AUDIT_RETENTION_DAYS (keeping AUDIT_RETENTION_KEEP_ACTIONS), "
+        "or with --schedule make sure the daily audit_cleanup job is scheduled."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--days", type=int, default=None, help="Override AUDIT_RETENTION_DAYS.")
-        parser.add_argument("--schedule", action="store_true",
-                            help="Only schedule the daily audit_cleanup job (idempotent) and exit.")
+        parser.add_argument(
+            "--schedule", action="store_true", help="Only schedule the daily audit_cleanup job (idempotent) and exit."
+        )
 
     def handle(self, *args, days=None, schedule=False, **options):
         if schedule:

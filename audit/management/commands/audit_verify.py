@@ -9,7 +9,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         report = audit_chain_state()
         if not report.ok:
-            raise CommandError(f"audit chain BROKEN ({report.kind}) at row {report.row_id}: {report.message} "
-                               f"[{report.checked} row(s) verified before it]")
-        self.stdout.write(f"audit chain OK: {report.checked} row(s), {report.gaps} retention checkpoint(s), "
-                          f"head #{report.head_id}")
+            raise CommandError(
+                f"audit chain BROKEN ({report.kind}) at row {report.row_id}: {report.message} "
+                f"[{report.checked} row(s) verified before it]"
+            )
+        self.stdout.write(
+            f"audit chain OK: {report.checked} row(s), {report.gaps} retention checkpoint(s), head #{report.head_id}"
+        )

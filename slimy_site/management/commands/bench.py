@@ -28,10 +28,16 @@ class Command(BaseCommand):
         parser.add_argument("--levels", help="chat-concurrency: comma-separated levels, e.g. 50,200,1000")
         parser.add_argument("--timeout", type=float, help="seconds a round may take before it is stopped")
         parser.add_argument("--out", default=str(RESULTS_DIR), help="directory for <scenario>.json and README.md")
-        parser.add_argument("--database", default="slimy_bench",
-                            help="database to create (if missing), migrate and use (default slimy_bench)")
-        parser.add_argument("--use-current-database", action="store_true",
-                            help="use DATABASE_URL's database as is (no create, no migrate)")
+        parser.add_argument(
+            "--database",
+            default="slimy_bench",
+            help="database to create (if missing), migrate and use (default slimy_bench)",
+        )
+        parser.add_argument(
+            "--use-current-database",
+            action="store_true",
+            help="use DATABASE_URL's database as is (no create, no migrate)",
+        )
         parser.add_argument("--redis-url", help="use this (private!) Redis instead of starting one; it is flushed")
 
     def handle(self, *args, **options):
@@ -51,8 +57,9 @@ class Command(BaseCommand):
         db = settings.DATABASES["default"]
         if not db["ENGINE"].endswith("postgresql"):
             raise CommandError("Benchmarks run against PostgreSQL: set DATABASE_URL=postgres://...")
-        database_url = _current_url(db) if options["use_current_database"] else self._bench_database(
-            options["database"])
+        database_url = (
+            _current_url(db) if options["use_current_database"] else self._bench_database(options["database"])
+        )
 
         server = None
         redis_url = options["redis_url"]
@@ -63,8 +70,9 @@ class Command(BaseCommand):
             redis_url = server.url
         self._point_at_redis(redis_url)
         try:
-            env = BenchEnv(database_url=database_url, redis_url=redis_url, out_dir=Path(options["out"]),
-                           smoke=options["smoke"])
+            env = BenchEnv(
+                database_url=database_url, redis_url=redis_url, out_dir=Path(options["out"]), smoke=options["smoke"]
+            )
             names = list(SCENARIOS) if options["scenario"] == "all" else [options["scenario"]]
             for name in names:
                 module = load(name)

@@ -14,7 +14,6 @@ from queues.metrics import prepare_multiprocess_dir
 from slimy_site.runall import EmbeddedRedis, Supervisor, SupervisorError, build_children, redis_answers
 
 
-
 class Command(BaseCommand):
     help = "Run the whole system (web and worker processes; the reconciler runs inside the workers)."
     # The checks run in a child process below: importing every URLconf and view here would stay in this
@@ -42,8 +41,11 @@ class Command(BaseCommand):
 
         # In child processes: a first migrate loads every migration's state, memory this long-lived
         # supervisor would otherwise keep for its whole life (issue 13's footprint budget).
-        for argv in (["check"], ["migrate", "--no-input", "--verbosity", "0"],
-                     ["collectstatic", "--no-input", "--verbosity", "0"]):
+        for argv in (
+            ["check"],
+            ["migrate", "--no-input", "--verbosity", "0"],
+            ["collectstatic", "--no-input", "--verbosity", "0"],
+        ):
             if subprocess.run([sys.executable, "manage.py", *argv], env=env).returncode != 0:
                 raise CommandError(f"`manage.py {argv[0]}` failed; see its output above.")
         self._ensure_staff()
@@ -51,8 +53,12 @@ class Command(BaseCommand):
         if settings.WORKER_PROCESSES < 1:
             raise CommandError("WORKER_PROCESSES must be at least 1.")
         # Each worker process serves every queue at CHAT/DATABASE/AUDIT_CONCURRENCY (slots, not processes).
-        children = build_children(host=options["host"], port=options["port"], processes=settings.WORKER_PROCESSES,
-                                  reconciler_process=not settings.WORKER_RECONCILER)
+        children = build_children(
+            host=options["host"],
+            port=options["port"],
+            processes=settings.WORKER_PROCESSES,
+            reconciler_process=not settings.WORKER_RECONCILER,
+        )
         if options["no_web"]:
             children = [c for c in children if c.name != "web"]
         supervisor = Supervisor(children, env, log=lambda m: self.stdout.write(f"[runall] {m}"))
@@ -79,7 +85,9 @@ class Command(BaseCommand):
             return local, None
         embedded = EmbeddedRedis(settings.DATA_DIR)
         embedded.start()
-        self.stdout.write(f"[runall] started embedded Redis on port {embedded.port} (data in {settings.DATA_DIR}/redis)")
+        self.stdout.write(
+            f"[runall] started embedded Redis on port {embedded.port} (data in {settings.DATA_DIR}/redis)"
+        )
         return embedded.url, embedded
 
     def _warn_eviction(self, url):
@@ -104,7 +112,9 @@ class Command(BaseCommand):
             raise CommandError(f"User {username!r} exists but is not active staff; fix it with `manage.py user_add`.")
         password = secrets.token_urlsafe(16)
         users.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(self.style.WARNING(
-            f"[runall] created staff account '{username}' with password: {password}\n"
-            "[runall] (shown once; it is stored only as a hash)"
-        ))
+        self.stdout.write(
+            self.style.WARNING(
+                f"[runall] created staff account '{username}' with password: {password}\n"
+                "[runall] (shown once; it is stored only as a hash)"
+            )
+        )
