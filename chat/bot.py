@@ -318,7 +318,7 @@ async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
 
 def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
     """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
-    messages = [(MessageRole.USER, request.prompt, context.job_id)]
+    messages: list[tuple[str, str, object]] = [(MessageRole.USER, request.prompt, context.job_id)]
     if reply:
         messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
     try:

@@ -45,7 +45,10 @@ def _cooldown_ms() -> int:
 
 def breaker_state() -> str:
     conn = get_connection()
-    return _state(*conn.pipeline(transaction=False).exists(OPEN_KEY).get(FAILURES_KEY).execute())
+    pipe = conn.pipeline(transaction=False)
+    pipe.exists(OPEN_KEY)
+    pipe.get(FAILURES_KEY)
+    return _state(*pipe.execute())
 
 
 def _state(is_open, failures) -> str:

@@ -131,7 +131,8 @@ async def llm_stream_completion(
     try:
         # The SDK sends the request and maps its errors; the stream's events are read here as plain JSON
         # (the SDK builds a typed model of every chunk: most of a reply's CPU with a thousand in flight).
-        async with _client().chat.completions.with_streaming_response.create(
+        # `messages` are the protocol's plain dicts; the SDK types them as TypedDicts of each role.
+        async with _client().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
             model=model,
             messages=messages,
             max_tokens=max_tokens or settings.OPENAI_MAX_TOKENS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import cast
 
 from django.conf import settings
 
@@ -101,7 +102,7 @@ async def aquota_check(
         row = await TenantQuota.objects.filter(tenant=tenant).values("daily_tokens").afirst()
         limit = _default_limit() if row is None else row["daily_tokens"]
     used = int(await conn.get(_key(tenant, day)) or 0)
-    return _decide(tenant, used, limit, tokens)
+    return _decide(tenant, used, cast("int | None", limit), tokens)
 
 
 async def aquota_charge(*, tenant: str, tokens: int, conn, day: dt.date | None = None) -> int:

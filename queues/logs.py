@@ -86,7 +86,10 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, *args, process_tag: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.process_tag = process_tag
-        self._second = (None, "")  # the last second formatted (a worker writes hundreds of lines a second)
+        self._second: tuple[int | None, str] = (
+            None,
+            "",
+        )  # the last second formatted (a worker writes hundreds of lines a second)
 
     def _timestamp(self, record) -> str:
         second = int(record.created)

@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core import checks
@@ -147,7 +148,7 @@ def on_job_finished(sender, job, outcome, duration=None, **kwargs) -> None:
 # A long-lived worker process counts finished jobs in memory and writes them about once a second
 # (its heartbeat calls `throughput_flush`): one round trip per second instead of one per job. Elsewhere
 # (a forked work-horse exits right after its job, a web process) each count is written at once.
-_throughput = {"deferred": False, "counts": {}}
+_throughput: dict[str, Any] = {"deferred": False, "counts": {}}
 _throughput_lock = threading.Lock()
 
 

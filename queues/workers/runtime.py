@@ -720,7 +720,12 @@ def _check_session() -> None:
     trip: not one per call, with a thousand replies in flight.)"""
     now = time.monotonic()
     used, checked = getattr(_session_checked, "used", None), getattr(_session_checked, "checked", None)
-    if used is None or now - used >= SESSION_CHECK_SECONDS or now - checked >= 10 * SESSION_CHECK_SECONDS:
+    if (
+        used is None
+        or checked is None
+        or now - used >= SESSION_CHECK_SECONDS
+        or now - checked >= 10 * SESSION_CHECK_SECONDS
+    ):
         close_old_connections()
         _session_checked.checked = now
     _session_checked.used = now
@@ -914,6 +919,8 @@ class Lane:
 
     def _push_back(self, key: str | None, ids: list[str]) -> None:
         """Heavy jobs beyond the slots: back to the head of their list, in order, for the next pop."""
+        if key is None:  # taken from a fair queue, which pops no more than its free slots: nothing defers
+            return
         try:
             self.worker.connection.lpush(key, *reversed(ids))
         except (RedisError, OSError) as exc:
