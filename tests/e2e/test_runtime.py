@@ -9,28 +9,12 @@ import time
 import pytest
 
 from queues.constants import JobStatus, Priority
-from queues.models import JobRecord
 from queues.output import output_read_all
 from queues.services import job_cancel, job_enqueue, job_retry
+from tests.e2e.records import _outcomes, _record, _started, _status
 from tests.processes import process_env, start_worker, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def _record(job):
-    return JobRecord.objects.get(pk=job.pk)
-
-
-def _status(job):
-    return _record(job).status
-
-
-def _started(redis_conn, tag):
-    return [e.decode() for e in redis_conn.lrange(f"test:started:{tag}", 0, -1)]
-
-
-def _outcomes(job):
-    return [a.outcome for a in _record(job).attempt_history.order_by("number")]
 
 
 @pytest.fixture
