@@ -3,13 +3,24 @@
 import weakref
 
 from django.conf import settings
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
 from queues.constants import PRIORITY_ORDER, rq_queue_name
 
 _connections: dict[tuple[str, float], Redis] = {}
+# Connections each shared client may open; None: one per thread that uses it at once. The web process
+# bounds it (slimy_site.asgi): its request threads take turns on a few, so however many streams it
+# serves, it holds a handful of Redis connections (commands take well under a millisecond).
+_sync_max_connections: int | None = None
+
+
+def connections_bound(max_per_client: int | None) -> None:
+    """Bound the connections of every shared synchronous client of this process from now on."""
+    global _sync_max_connections
+    _sync_max_connections = max_per_client
+    reset_connections()
 
 
 def connection_for(url: str, timeout: float) -> Redis:
@@ -17,9 +28,17 @@ def connection_for(url: str, timeout: float) -> Redis:
     key = (url, timeout)
     conn = _connections.get(key)
     if conn is None:
-        conn = _connections[key] = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0), health_check_interval=30
-        )
+        options = dict(socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0), health_check_interval=30)
+        if _sync_max_connections is None:
+            conn = Redis.from_url(url, **options)
+        else:
+            # A thread waits for a free connection as long as it would wait for an answer, then fails
+            # as if Redis did not answer.
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=_sync_max_connections, timeout=timeout, **options
+            )
+            conn = Redis(connection_pool=pool)
+        _connections[key] = conn
     return conn
 
 

@@ -45,8 +45,12 @@ def build_application():
     from django.conf import settings
 
     from queues.api.output import STREAM_HANDOFF, StreamHandoff
+    from queues.connections import connections_bound
 
     threads = ThreadPoolExecutor(max_workers=settings.WEB_THREADS, thread_name_prefix="slimy-web")
+    # The request threads share a few Redis connections per client (two clients: the usual timeout and
+    # the short one of pings and stream slots) beside the stream hub's three.
+    connections_bound(settings.WEB_REDIS_CONNECTIONS)
 
     async def application(scope, receive, send):
         if scope["type"] == "lifespan":

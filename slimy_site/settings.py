@@ -355,6 +355,8 @@ API_MAX_STREAMS_PER_PROCESS = env.int("API_MAX_STREAMS_PER_PROCESS", default=200
 # The web server of `make run` (slimy_site.asgi): processes, and threads per process for the WSGI routes.
 WEB_PROCESSES = env.int("WEB_PROCESSES", default=1)
 WEB_THREADS = env.int("WEB_THREADS", default=8)
+# Redis connections each shared client of a web process may open (its request threads take turns).
+WEB_REDIS_CONNECTIONS = env.int("WEB_REDIS_CONNECTIONS", default=3)
 # Attempts of one chat reply, and the backoff before the 2nd (doubling); the last failure answers the fallback.
 CHAT_RETRY_ATTEMPTS = env.int("CHAT_RETRY_ATTEMPTS", default=3)
 CHAT_RETRY_BACKOFF = env.float("CHAT_RETRY_BACKOFF", default=2.0)
