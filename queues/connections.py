@@ -1,5 +1,6 @@
 """The one place that builds Redis connections and RQ queues (lazily, never at import time)."""
 
+import threading
 import weakref
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from rq import Queue
 from queues.constants import PRIORITY_ORDER, rq_queue_name
 
 _connections: dict[tuple[str, float], Redis] = {}
+_connections_lock = threading.Lock()
 # Connections each shared client may open; None: one per thread that uses it at once. The web process
 # bounds it (slimy_site.asgi): its request threads take turns on a few, so however many streams it
 # serves, it holds a handful of Redis connections (commands take well under a millisecond).
@@ -27,7 +29,14 @@ def connection_for(url: str, timeout: float) -> Redis:
     """One shared client per (URL, socket timeout): callers that must not wait long pass a short timeout."""
     key = (url, timeout)
     conn = _connections.get(key)
-    if conn is None:
+    if conn is not None:
+        return conn
+    # Under a lock: a client built twice by racing threads closes its pool when the loser is collected,
+    # under whoever still uses it.
+    with _connections_lock:
+        conn = _connections.get(key)
+        if conn is not None:
+            return conn
         options = dict(socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0), health_check_interval=30)
         if _sync_max_connections is None:
             conn = Redis.from_url(url, **options)

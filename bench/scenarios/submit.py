@@ -156,8 +156,10 @@ def _load(port, method, path, body, headers, total, concurrency, expected) -> di
             try:
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
-                response.read()
+                answer = response.read()
                 status = response.status
+                if status != expected:  # say why: the error code of the usual error body
+                    status = f"{status} {answer[:200].decode(errors='replace')}"
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -147,7 +147,8 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
                 if queue in settings.FAIR_QUEUES:  # its jobs wait in tenants' lines (queues.fairness)
                     fair_waiting_count(conn=pipe, queue=queue, pipeline=pipe)
             replies = pipe.execute()
-    except (RedisError, OSError):
+    except (RedisError, OSError) as exc:
+        logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     replies = replies[1:]
     for scope in charged:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -96,15 +97,21 @@ def rate_for(*, scope: str, user) -> Rate | None:
 
 
 _connections: dict[str, Redis] = {}
+_connections_lock = threading.Lock()
 
 
 def _connection() -> Redis:
     url = settings.REDIS_URL
     conn = _connections.get(url)
     if conn is None:
-        conn = _connections[url] = Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
+        # Under a lock: two request threads racing here built two clients, and the one dropped closed
+        # its pool when collected — under the other thread's pipeline ("Bad file descriptor").
+        with _connections_lock:
+            conn = _connections.get(url)
+            if conn is None:
+                conn = _connections[url] = Redis.from_url(
+                    url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+                )
     return conn
 
 
