@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
+from queues.connections import connection_for
 from queues.keys import RATELIMIT_PREFIX
 from slimy_site.exceptions import RateLimited
 from slimy_site.roles import Role, user_roles
@@ -96,23 +96,10 @@ def rate_for(*, scope: str, user) -> Rate | None:
     return parse_rate(rates.get(scope))
 
 
-_connections: dict[str, Redis] = {}
-_connections_lock = threading.Lock()
-
-
 def _connection() -> Redis:
-    url = settings.REDIS_URL
-    conn = _connections.get(url)
-    if conn is None:
-        # Under a lock: two request threads racing here built two clients, and the one dropped closed
-        # its pool when collected — under the other thread's pipeline ("Bad file descriptor").
-        with _connections_lock:
-            conn = _connections.get(url)
-            if conn is None:
-                conn = _connections[url] = Redis.from_url(
-                    url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-                )
-    return conn
+    # The short-timeout shared client (pings and stream slots use it too): in a web process its
+    # connections are bounded with the others (queues.connections.connections_bound).
+    return connection_for(settings.REDIS_URL, REDIS_TIMEOUT)
 
 
 def rate_limit_connection() -> Redis:
