@@ -87,22 +87,29 @@ def test_killed_worker_job_is_recovered_by_the_reconciler(tmp_path, env, redis_c
 
 
 def test_thread_worker_cold_shutdown_hands_back_every_job_in_flight(tmp_path, redis_server, redis_conn):
+    # The three jobs are one tenant's: lift the chat queue's per-tenant cap (2) so that all three run.
     env = process_env(
-        redis_server.url, WORKER_TTL=3, RQ_WORKER_CLASS="queues.threadworker.SlimyThreadWorker", WORKER_THREADS=4
+        redis_server.url,
+        WORKER_TTL=3,
+        RQ_WORKER_CLASS="queues.threadworker.SlimyThreadWorker",
+        WORKER_THREADS=4,
+        CHAT_TENANT_CONCURRENCY=4,
     )
     jobs = [
         job_enqueue(job_type="test_sleep", payload={"seconds": 30, "tag": f"tcold{i}", "cooperative": False})
         for i in range(3)
     ]
     worker = start_worker(tmp_path, env, ["chat"])
-    wait_for(lambda: all(redis_conn.llen(f"test:started:tcold{i}") for i in range(3)), message="jobs start")
-    pids = {redis_conn.lrange(f"test:started:tcold{i}", 0, -1)[0].split(b":")[0] for i in range(3)}
-    assert pids == {str(worker.pid).encode()}  # all three in the worker process itself
-    worker.signal(signal.SIGTERM)
-    time.sleep(1.2)
-    worker.signal(signal.SIGTERM)
-    worker.wait(30)
-    worker.stop()
+    try:  # a worker left running would take the jobs of every later test
+        wait_for(lambda: all(redis_conn.llen(f"test:started:tcold{i}") for i in range(3)), message="jobs start")
+        pids = {redis_conn.lrange(f"test:started:tcold{i}", 0, -1)[0].split(b":")[0] for i in range(3)}
+        assert pids == {str(worker.pid).encode()}  # all three in the worker process itself
+        worker.signal(signal.SIGTERM)
+        time.sleep(1.2)
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
+    finally:
+        worker.stop()
     for job in jobs:
         record = JobRecord.objects.get(pk=job.pk)
         assert record.status == JobStatus.RETRYING, worker.output()
