@@ -235,6 +235,25 @@ def check_results_structure(data: dict) -> None:
         assert figure["ratio"] is not None and figure["ratio"] > 0, figure
 
 
+def gthread_argv(port: int, *, processes: int = 1, threads: int = 8) -> list[str]:
+    """The baseline web server of the scenarios: gunicorn's threaded worker serving the WSGI app."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "slimy_site.wsgi",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+    ]
+
+
 def free_port() -> int:
     import socket
 

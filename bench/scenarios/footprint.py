@@ -66,21 +66,7 @@ def run(env: BenchEnv, *, idle: float, ready_timeout: float, overrides: dict | N
     port = harness.free_port()
     web = _measure(
         env,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "slimy_site.wsgi",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            "8",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--no-control-socket",
-        ],
+        harness.gthread_argv(port),
         "web",
         port,
         idle,

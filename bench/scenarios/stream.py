@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import time
 
 from bench import harness
@@ -47,21 +46,7 @@ def run(env: BenchEnv, *, jobs: int, delay: float, **_) -> Result:
     llm = dict(OPENAI_API_KEY=fake.api_key, OPENAI_BASE_URL=fake.base_url, LOG_LEVEL="WARNING")
     web = harness.start(
         env,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "slimy_site.wsgi",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            "8",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--no-control-socket",
-        ],
+        harness.gthread_argv(port),
         "stream-web",
         API_RATE_LIMITS=UNLIMITED,
         **llm,

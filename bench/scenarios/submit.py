@@ -47,20 +47,7 @@ def run(env: BenchEnv, *, jobs: int, processes: int, concurrency: int, **_) -> R
     port = harness.free_port()
     server = harness.start(
         env,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "slimy_site.wsgi",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            str(processes),
-            "--threads",
-            "8",
-            "--bind",
-            f"127.0.0.1:{port}",
-        ],
+        harness.gthread_argv(port, processes=processes),
         "submit-web",
         API_RATE_LIMITS=UNLIMITED,
         LOG_LEVEL="WARNING",

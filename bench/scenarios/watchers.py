@@ -118,21 +118,7 @@ def _ours_argv(port: int) -> list[str]:
 
 def _gthread_argv(streams: int):
     def argv(port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "slimy_site.wsgi",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "1",
-            "--threads",
-            str(streams + 8),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--no-control-socket",
-        ]
+        return harness.gthread_argv(port, threads=streams + 8)
 
     return argv
 
