@@ -9,6 +9,15 @@ from django.utils import timezone
 from queues.constants import JobStatus, Priority, QueueName
 
 
+def is_job_id(value: str) -> bool:
+    """Whether an id read from Redis can be a JobRecord key (a uuid), before it goes into a query."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 class JobRecord(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     job_type = models.CharField(max_length=100)

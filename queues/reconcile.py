@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -29,7 +28,7 @@ from queues.connections import get_connection, get_rq_queue
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.fairness import fair_held, fair_release, fair_release_worker, fair_waiting_ids
 from queues.keys import RECOVER_KEY, alive_key, suspect_key
-from queues.models import JobRecord
+from queues.models import JobRecord, is_job_id
 from queues.services import job_push, job_recover_abandoned
 from queues.services.fair import fair_push_ids, queue_is_fair
 
@@ -185,7 +184,7 @@ def fair_slots_reconcile(
         running = {
             str(pk)
             for pk in JobRecord.objects.filter(
-                pk__in=[i for i in old if _is_uuid(i)], status=JobStatus.STARTED
+                pk__in=[i for i in old if is_job_id(i)], status=JobStatus.STARTED
             ).values_list("pk", flat=True)
         }
         stale = [job_id for job_id in old if job_id not in running]
@@ -197,14 +196,6 @@ def fair_slots_reconcile(
 def _redis_now(conn) -> float:
     seconds, micros = conn.time()
     return seconds + micros / 1e6
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:

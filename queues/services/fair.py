@@ -10,7 +10,6 @@ line by the workers (`fair_plain_drain`, and the runtime's pop), never run past 
 from __future__ import annotations
 
 import logging
-import uuid
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -18,7 +17,7 @@ from rq import Queue
 
 from queues.constants import PRIORITY_ORDER, base_queue_name, rq_queue_name
 from queues.fairness import fair_push_many, fair_remove
-from queues.models import JobRecord
+from queues.models import JobRecord, is_job_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def queue_is_fair(queue: str) -> bool:
 
 def fair_tenants_of(job_ids) -> dict[str, str]:
     """Tenant of each id the ledger knows (ids it does not know wait under the empty tenant)."""
-    ids = [i for i in job_ids if _is_uuid(i)]
+    ids = [i for i in job_ids if is_job_id(i)]
     return {str(pk): tenant for pk, tenant in JobRecord.objects.filter(pk__in=ids).values_list("pk", "tenant")}
 
 
@@ -66,11 +65,3 @@ def fair_plain_drain(*, conn, queue: str, limit: int = DRAIN_BATCH) -> int:
 def fair_job_remove(*, conn, job: JobRecord) -> bool:
     """A waiting job of a fair queue leaves its tenant's line (cancelled or deleted before it ran)."""
     return fair_remove(conn=conn, queue=job.queue, priority=job.priority, tenant=job.tenant, job_id=str(job.pk))
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
