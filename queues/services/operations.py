@@ -28,20 +28,27 @@ from slimy_site.exceptions import Conflict, ValidationFailed
 logger = logging.getLogger(__name__)
 
 
+def _queued_again(definition) -> dict:
+    """What a retry writes on a failed (or cancelled) record: waiting again, with a fresh attempt budget."""
+    return dict(
+        status=JobStatus.QUEUED,
+        max_attempts=F("attempts") + definition.retry.max_attempts,
+        scheduled_for=None,
+        finished_at=None,
+        error_code="",
+        error_message="",
+        error_traceback="",
+        result=None,
+        updated_at=timezone.now(),
+    )
+
+
 def job_retry(*, job: JobRecord, actor=None) -> JobRecord:
     """Run a failed or cancelled job again with a fresh attempt budget."""
     definition = job_definition_get(job.job_type)
     with transaction.atomic():
         updated = JobRecord.objects.filter(pk=job.pk, status__in=[JobStatus.FAILED, JobStatus.CANCELLED]).update(
-            status=JobStatus.QUEUED,
-            max_attempts=F("attempts") + definition.retry.max_attempts,
-            scheduled_for=None,
-            finished_at=None,
-            error_code="",
-            error_message="",
-            error_traceback="",
-            result=None,
-            updated_at=timezone.now(),
+            **_queued_again(definition)
         )
         if not updated:
             raise Conflict(
@@ -146,17 +153,7 @@ def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) ->
             .order_by("created_at")
             .values_list("pk", flat=True)[:limit]
         )
-        JobRecord.objects.filter(pk__in=ids, status=JobStatus.FAILED).update(
-            status=JobStatus.QUEUED,
-            max_attempts=F("attempts") + definition.retry.max_attempts,
-            scheduled_for=None,
-            finished_at=None,
-            error_code="",
-            error_message="",
-            error_traceback="",
-            result=None,
-            updated_at=timezone.now(),
-        )
+        JobRecord.objects.filter(pk__in=ids, status=JobStatus.FAILED).update(**_queued_again(definition))
         jobs = list(JobRecord.objects.filter(pk__in=ids, status=JobStatus.QUEUED))
         for job in jobs:
             transaction.on_commit(functools.partial(job_push_safely, job.pk))
