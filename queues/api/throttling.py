@@ -96,20 +96,15 @@ def rate_for(*, scope: str, user) -> Rate | None:
     return parse_rate(rates.get(scope))
 
 
-def _connection() -> Redis:
-    # The short-timeout shared client (pings and stream slots use it too): in a web process its
-    # connections are bounded with the others (queues.connections.connections_bound).
-    return connection_for(settings.REDIS_URL, REDIS_TIMEOUT)
-
-
 def rate_limit_connection() -> Redis:
-    """The short-timeout connection rate limits (and the submission guard) use."""
-    return _connection()
+    """The short-timeout client rate limits (and the submission guard) use; pings and stream slots share
+    it, and in a web process its connections are bounded with the others (connections_bound)."""
+    return connection_for(settings.REDIS_URL, REDIS_TIMEOUT)
 
 
 def rate_limit_hit(*, scope: str, ident: str, rate: Rate) -> float:
     """Count one request; 0 when allowed, else the seconds to wait. Raises RedisError when Redis fails."""
-    conn = _connection()
+    conn = rate_limit_connection()
     reply = conn.register_script(_GCRA)(
         keys=[f"{RATELIMIT_PREFIX}:{scope}:{ident}"], args=[rate.limit, rate.period * 1000]
     )
