@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -84,6 +84,7 @@ DRAIN_BATCH = 100  # stray ids moved from a fair queue's plain list per pass
 BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits at most this after its start)
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
 SESSION_CHECK_SECONDS = 1.0  # a database session used within this long is not checked again
+SESSION_KEEP_SECONDS = SESSION_CHECK_SECONDS / 2  # an idle lane checks its session this often (_keep_session)
 GC_GEN0_THRESHOLD = 10_000
 
 
@@ -731,6 +732,29 @@ def _check_session() -> None:
     _session_checked.used = now
 
 
+def _keep_session() -> None:
+    """An idle lane thread's session, checked (and replaced if broken or past CONN_MAX_AGE) now, while
+    nothing waits on it, rather than when the next job arrives: the first job after a quiet spell
+    would otherwise pay the `SELECT 1` round trip of `_check_session` — or, after PostgreSQL dropped
+    the session, a whole new connection — before its start. Only a thread that has used a session
+    keeps one (a lane that never ran a job opens none). If PostgreSQL does not answer, the next pass
+    (or the next job, through `_check_session`) tries again."""
+    if getattr(_session_checked, "used", None) is None:
+        return
+    conn = connections[DEFAULT_DB_ALIAS]
+    try:
+        close_old_connections()  # replaced when past CONN_MAX_AGE or after errors
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()
+        conn.ensure_connection()
+        # Checked just now: the next cursor need not run CONN_HEALTH_CHECKS' `SELECT 1` again.
+        conn.health_check_done = True
+    except DatabaseError:
+        conn.close()
+        return
+    _session_checked.checked = _session_checked.used = time.monotonic()
+
+
 def _db_call(fn, args, kwargs):
     _check_session()
     try:
@@ -841,7 +865,11 @@ class Lane:
     def _main(self) -> None:
         try:
             while True:
-                task = self.inbox.get()
+                try:
+                    task = self.inbox.get(timeout=SESSION_KEEP_SECONDS)
+                except queue_module.Empty:
+                    _keep_session()  # idle: the next job's start finds its session checked and open
+                    continue
                 if task is None:
                     return
                 fn, args = task

@@ -248,3 +248,35 @@ def test_every_heartbeat_writes_the_slots_hash_for_the_dashboard(tmp_path, env, 
     finally:
         worker.stop()
     assert not redis_conn.exists("slimy:worker:slots:dash")  # a stopped process leaves no stale slots
+
+
+def test_an_idle_lane_replaces_a_dropped_database_session_before_the_next_job(tmp_path, env, redis_conn):
+    # Without the in-process reconciler, nothing else in an idle worker touches PostgreSQL: a session that
+    # appears after the old ones were dropped is the idle lane's own, opened ahead of the next job.
+    from django.db import connection
+
+    from queues.workers.runtime import SESSION_CHECK_SECONDS
+
+    def sessions():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return {row[0] for row in cursor.fetchall()}
+
+    first = job_enqueue(job_type="test_record", payload={"tag": "before"})
+    worker = start_worker(tmp_path, {**env, "WORKER_RECONCILER": "0"}, queues=("audit",))
+    try:
+        wait_for(lambda: _status(first) == JobStatus.COMPLETED, timeout=30, message="the first job")
+        # Past SESSION_CHECK_SECONDS, so the thread that records completions checks its session on its
+        # next use too (a session used within it is trusted; its job would go to its retry policy).
+        time.sleep(SESSION_CHECK_SECONDS + 0.5)
+        dropped = sessions()
+        assert dropped
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [list(dropped)])
+        wait_for(lambda: sessions() - dropped, timeout=30, message="a new session for the idle lane")
+        second = job_enqueue(job_type="test_record", payload={"tag": "after"})
+        wait_for(lambda: _status(second) == JobStatus.COMPLETED, timeout=30, message="the job after")
+    finally:
+        worker.stop()
