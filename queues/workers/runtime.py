@@ -186,6 +186,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         self._paused: set[str] = set()
         self._paused_checked = float("-inf")
         self._blocking_pop: asyncio.Task | None = None
+        self._blocking_names: frozenset[str] = frozenset()  # the queues it waits on
         self._completions: list[tuple] = []
         self._counts = [0, 0]
         self._forgotten: collections.deque[str] = collections.deque()
@@ -361,6 +362,8 @@ class SlimyRuntimeWorker(SimpleWorker):
                     await self._sleep(PAUSE_RECHECK_SECONDS)
                     continue
                 if self._blocking_pop is None:
+                    # The names first: a lane thread reading both sees these with this pop, or an older pop done.
+                    self._blocking_names = frozenset(s.name for s in open_queues)
                     self._blocking_pop = asyncio.create_task(self._block(open_queues))
                 self._wake.clear()
                 waker = asyncio.create_task(self._wake.wait())
@@ -537,12 +540,27 @@ class SlimyRuntimeWorker(SimpleWorker):
                 except (RedisError, OSError) as exc:
                     _fair_release_failed(job_ids, exc)
 
+        if self.loop is None:
+            return
+        wake = self._pass_needed(queue)
+        if not count and not wake:
+            return  # nothing to update, and the loop would find nothing new: leave it (and the GIL) alone
+
         def free():
             self.slots[queue].busy -= count
-            self._wake.set()
+            if wake:
+                self._wake.set()
 
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(free)
+        self.loop.call_soon_threadsafe(free)
+
+    def _pass_needed(self, queue: str) -> bool:
+        """Whether room on `queue` (a slot, or a lane's pending batch taken) calls for a new pass of the loop.
+
+        Not while its blocking pop waits on that queue: a job pushed there wakes it anyway, and a pass would
+        only repeat the pop (a Redis round trip and the GIL, just as a lane starts its job — on the pickup
+        path). Read from lane threads: the names are set before the pop they belong to."""
+        pop = self._blocking_pop
+        return self.stopping or pop is None or pop.done() or queue not in self._blocking_names
 
     async def _fair_release(self, queue: str, job_ids: list[str]) -> None:
         try:

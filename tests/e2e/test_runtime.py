@@ -280,3 +280,26 @@ def test_an_idle_lane_replaces_a_dropped_database_session_before_the_next_job(tm
         wait_for(lambda: _status(second) == JobStatus.COMPLETED, timeout=30, message="the job after")
     finally:
         worker.stop()
+
+
+def test_a_lane_starting_and_finishing_a_job_does_not_send_the_loop_round_again(tmp_path, env, redis_conn):
+    # While the loop's blocking pop waits on the job's queue, a new job wakes it anyway: the lane's "room
+    # again" (job started, batch taken, outcome recorded) need not make it repeat its pop, a Redis round trip
+    # just as the job starts. A pass after a blocking pop ends issues one LMPOP and a new BLMPOP; a pass
+    # that the lane called for only an LMPOP.
+    def calls(command):
+        stats = redis_conn.info("commandstats").get(f"cmdstat_{command}")
+        return stats["calls"] if stats else 0
+
+    worker = start_worker(tmp_path, env, queues=("audit",))
+    try:
+        warm = job_enqueue(job_type="test_record", payload={"tag": "warm"})
+        wait_for(lambda: _status(warm) == JobStatus.COMPLETED, timeout=30, message="the first job")
+        lmpop, blmpop = calls("lmpop"), calls("blmpop")
+        for i in range(10):
+            job = job_enqueue(job_type="test_record", payload={"tag": f"one{i}"})
+            wait_for(lambda job=job: _status(job) == JobStatus.COMPLETED, timeout=30, message=f"job {i}")
+        extra_passes = (calls("lmpop") - lmpop) - (calls("blmpop") - blmpop)
+    finally:
+        worker.stop()
+    assert extra_passes < 10, extra_passes
