@@ -84,12 +84,24 @@ def _release_overdue(report: ReconcileReport, lag: float) -> None:
     # RQ scores scheduled jobs in whole seconds, rounded down: a score of the current second may still be
     # up to a second early, and a worker refuses to start a record before it is due (DUE_TOLERANCE).
     cutoff = int(time.time() - max(lag, 1))
+    rq_queues = {
+        (queue, priority): get_rq_queue(queue, priority) for queue in QueueName.values for priority in PRIORITY_ORDER
+    }
+    # Every registry in one round trip: this runs every second in a worker's in-process reconciler, beside
+    # the jobs it picks up. (What `get_jobs_to_schedule` reads, 1,000 at most per registry and pass.)
+    with next(iter(rq_queues.values())).connection.pipeline(transaction=False) as pipe:
+        for rq_queue in rq_queues.values():
+            pipe.zrangebyscore(rq_queue.scheduled_job_registry.key, 0, cutoff, start=0, num=1000)
+        due = dict(zip(rq_queues, pipe.execute()))
     for queue in QueueName.values:
         fair = []  # (priority, id): a fair queue's due jobs wait in their tenants' lines
         for priority in PRIORITY_ORDER:
-            rq_queue = get_rq_queue(queue, priority)
+            ids = [_text(i) for i in due[queue, priority]]
+            if not ids:
+                continue
+            rq_queue = rq_queues[queue, priority]
             registry = rq_queue.scheduled_job_registry
-            for job in Job.fetch_many(registry.get_jobs_to_schedule(cutoff), connection=rq_queue.connection):
+            for job in Job.fetch_many(ids, connection=rq_queue.connection):
                 if job is None:
                     continue
                 # Remove first: if RQ's scheduler moved it meanwhile, zrem returns 0 and we leave it.
