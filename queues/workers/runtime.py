@@ -762,11 +762,9 @@ def _keep_session() -> None:
     conn = connections[DEFAULT_DB_ALIAS]
     try:
         close_old_connections()  # replaced when past CONN_MAX_AGE or after errors
-        if conn.connection is not None and not conn.is_usable():
-            conn.close()
+        # CONN_HEALTH_CHECKS' `SELECT 1` now (closed if it fails), so the next cursor need not run it.
+        conn.close_if_health_check_failed()
         conn.ensure_connection()
-        # Checked just now: the next cursor need not run CONN_HEALTH_CHECKS' `SELECT 1` again.
-        conn.health_check_done = True
     except DatabaseError:
         conn.close()
         return
