@@ -36,9 +36,11 @@ def _k(name: str, part: str) -> str:
     return f"{PREFIX}{name}:{part}"
 
 
-# KEYS: tenant list of L, ring of L, parked of L, inflight of Q, wake of Q.  ARGV: job id, tenant, cap.
+# KEYS: tenant list of L, ring of L, parked of L, inflight of Q, wake of Q.
+# ARGV: job id, tenant, cap, wake bound, "1" to put the job at the head of its tenant's line.
 _PUSH = """
-local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+local n
+if ARGV[5] == '1' then n = redis.call('LPUSH', KEYS[1], ARGV[1]) else n = redis.call('RPUSH', KEYS[1], ARGV[1]) end
 if n == 1 then
   local inflight = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
   if inflight < tonumber(ARGV[3]) then
@@ -260,12 +262,12 @@ def _tenant(tenant: str) -> str:
 # --- argument builders shared by the sync and asyncio entry points
 
 
-def _push_call(queue, priority, tenant, job_id, cap):
+def _push_call(queue, priority, tenant, job_id, cap, front=False):
     name = rq_queue_name(queue, priority)
     tenant = _tenant(tenant)
     return (
         [_k(name, "q:" + tenant), _k(name, "ring"), _k(name, "parked"), _k(queue, "inflight"), _k(queue, "wake")],
-        [job_id, tenant, _cap(cap), WAKE_BOUND],
+        [job_id, tenant, _cap(cap), WAKE_BOUND, "1" if front else "0"],
     )
 
 
@@ -314,20 +316,24 @@ def _now(conn_time) -> float:
 # --- sync API
 
 
-def fair_push(*, conn, queue: str, priority: str, tenant: str, job_id: str, cap: int | None = None) -> int:
-    """Make `job_id` wait for its tenant's turn. Returns the tenant's waiting count in that priority."""
-    keys, args = _push_call(base_queue_name(queue), priority, tenant, job_id, cap)
+def fair_push(
+    *, conn, queue: str, priority: str, tenant: str, job_id: str, cap: int | None = None, front: bool = False
+) -> int:
+    """Make `job_id` wait for its tenant's turn (`front`: first in its tenant's line). Returns the tenant's
+    waiting count in that priority."""
+    keys, args = _push_call(base_queue_name(queue), priority, tenant, job_id, cap, front)
     return int(_script(conn, "push")(keys=keys, args=args))
 
 
-def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None) -> None:
+def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None, front: bool = False) -> None:
     """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script); with
-    `pipeline`, the pushes are added to it (executed with the caller's other commands)."""
+    `pipeline`, the pushes are added to it (executed with the caller's other commands). `front`: each
+    goes first in its tenant's line."""
     queue = base_queue_name(queue)
     pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
     script = _script(pipe, "push")
     for priority, tenant, job_id in items:
-        keys, args = _push_call(queue, priority, tenant, job_id, cap)
+        keys, args = _push_call(queue, priority, tenant, job_id, cap, front)
         script(keys=keys, args=args, client=pipe)
     if pipeline is None:
         with pipe:

@@ -170,8 +170,9 @@ def job_push_safely(job_id, record: JobRecord | None = None) -> None:
         logger.warning("push to Redis failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 
 
-def job_push(*, job: JobRecord) -> None:
-    """Put the record's id on its RQ queue (or in the scheduled registry when it runs later)."""
+def job_push(*, job: JobRecord, front: bool = False) -> None:
+    """Put the record's id on its RQ queue (or in the scheduled registry when it runs later). `front`:
+    ahead of the jobs waiting at its priority (in its tenant's line on a fair queue)."""
     definition = registry.get(job.job_type)
     timeout = definition.timeout if definition else 60
     ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
@@ -200,9 +201,13 @@ def job_push(*, job: JobRecord) -> None:
             rq_job.enqueued_at = rq_now()
             rq_job.save(pipeline=pipe)
             fair_push_many(
-                conn=queue.connection, pipeline=pipe, queue=job.queue, items=[(job.priority, job.tenant, str(job.id))]
+                conn=queue.connection,
+                pipeline=pipe,
+                queue=job.queue,
+                items=[(job.priority, job.tenant, str(job.id))],
+                front=front,
             )
         else:
-            queue.enqueue(RUNNER, str(job.id), pipeline=pipe, **options)
+            queue.enqueue(RUNNER, str(job.id), pipeline=pipe, at_front=front, **options)
         queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
         pipe.execute()
