@@ -85,7 +85,7 @@ def stop_leftover_processes() -> list[str]:
     leaked = []
     for proc in list(Proc.live):
         if proc.popen.poll() is None:
-            leaked.append(" ".join(map(str, proc.popen.args)))
+            leaked.append(str(proc.popen.args))
         proc.stop(timeout=5)
     return leaked
 
