@@ -23,10 +23,12 @@ provider's rate-limit headers, and charges the tenant's quota.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -48,10 +50,12 @@ from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.quotas import aquota_charge, aquota_check, quota_limit
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
-from chat.services import message_save_many
+from chat.services import UNSET, message_save_many, message_save_together
 from queues.connections import get_async_connection
+from queues.constants import JobStatus
 from queues.context import JobContext
-from queues.definitions import PermanentJobError, TransientJobError
+from queues.definitions import JobCancelled, PermanentJobError, TransientJobError
+from queues.models import JobRecord
 from queues.output import AsyncOutputWriter, output_writer_aopen
 from queues.services import job_attempt_guard
 
@@ -78,6 +82,9 @@ CANCEL_CHECK_INTERVAL = 0.25
 CANCEL_CHECK_CHUNKS = 16
 # Longest a reply waits for the provider budget; the job's timeout (120 s) normally fires first.
 BUDGET_MAX_WAIT = 300
+# A finished reply waits this long for others to record their side effects in the same transaction.
+RECORD_BATCH_DELAY = 0.005
+RECORD_BATCH_MAX = 200
 # Message ids of the assistant's replies are derived from the job id in this namespace.
 REPLY_NAMESPACE = uuid.UUID("6c1f6f1e-5d8e-4f0b-9d55-1b7a6c0a2b3e")
 
@@ -131,12 +138,141 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     }
     if conversation is not None:
         result["conversationId"] = str(conversation.pk)
-    saved = await context.run_db(
-        _record_reply, request, context, mode, None if fallback_reason else reply, conversation is not None, details
+    saved = await _recorder().record(
+        context, (request, context, mode, None if fallback_reason else reply, conversation is not None, details)
     )
     if saved is False:
         result["conversationSaved"] = False
     return result
+
+
+class _ReplyRecorder:
+    """One per event loop: replies that finish together record their side effects together.
+
+    A reply's record waits RECORD_BATCH_DELAY for others (at most RECORD_BATCH_MAX), then all of them go
+    to the database pool in ONE trip and ONE transaction (`_record_replies`): a thousand replies ending
+    within a few milliseconds cost a few dozen statements, not ten each. Each reply still gets its own
+    answer: saved or not, or JobCancelled when its attempt is no longer the current one.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: list[tuple[tuple, asyncio.Future, JobContext]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def record(self, context: JobContext, args: tuple) -> bool | None:
+        future = self.loop.create_future()
+        self.pending.append((args, future, context))
+        if len(self.pending) >= RECORD_BATCH_MAX:
+            self._flush()
+        elif self.timer is None:
+            self.timer = self.loop.call_later(RECORD_BATCH_DELAY, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending, []
+        if batch:
+            self.loop.create_task(self._write(batch))
+
+    async def _write(self, batch: list[tuple[tuple, asyncio.Future, JobContext]]) -> None:
+        try:
+            # Every reply's run_db is the same runtime pool; the first's carries the trip.
+            answers = await batch[0][2].run_db(_record_replies, [args for args, _, _ in batch])
+        except BaseException as exc:
+            for _, future, _ in batch:
+                if not future.done():  # a reply cancelled meanwhile no longer waits
+                    future.set_exception(exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        for (_, future, _), answer in zip(batch, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+
+_recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReplyRecorder] = weakref.WeakKeyDictionary()
+
+
+def _recorder() -> _ReplyRecorder:
+    loop = asyncio.get_running_loop()
+    recorder = _recorders.get(loop)
+    if recorder is None:
+        recorder = _recorders[loop] = _ReplyRecorder(loop)
+    return recorder
+
+
+def _record_replies(items: list[tuple]) -> list:
+    """`_record_reply` for each item, together when there are several: per item its answer or its exception."""
+    if len(items) > 1:
+        try:
+            return _record_together(items)
+        except Exception:  # each then on its own, which answers (or raises) for itself
+            logger.info("recording %s replies together failed; recording each on its own", len(items), exc_info=True)
+    answers: list = []
+    for item in items:
+        try:
+            answers.append(_record_reply(*item))
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers.append(exc)
+    return answers
+
+
+def _record_together(items: list[tuple]) -> list:
+    """What `_record_reply` does for each item, in one transaction: one statement locks every current
+    attempt's record (a reply whose attempt is not current gets JobCancelled and writes nothing), the
+    messages are saved together (`message_save_together`), one query finds every actor, one statement
+    stages every audit event. A second reply of a conversation already in the batch is recorded after it,
+    on its own (its messages come after the first's, as when each recorded alone)."""
+    answers: list = [None] * len(items)
+    alone: list[int] = []
+    with transaction.atomic(), audit_events_batched():
+        ids = [str(context.job_id) for _, context, *_ in items]
+        current = {
+            (str(pk), attempts)
+            for pk, attempts in JobRecord.objects.select_for_update()
+            .filter(pk__in=ids, status=JobStatus.STARTED)
+            .order_by("pk")
+            .values_list("pk", "attempts")
+        }
+        live, savers, conversations = [], [], set()
+        for index, (request, context, _mode, _reply, has_conversation, _details) in enumerate(items):
+            if (str(context.job_id), context.attempt) not in current:
+                answers[index] = JobCancelled(str(context.job_id))
+                continue
+            if has_conversation:
+                if request.conversation_id in conversations:
+                    alone.append(index)
+                    continue
+                conversations.add(request.conversation_id)
+                savers.append(index)
+            live.append(index)
+        owners = {items[i][0].owner_id for i in live if items[i][0].owner_id}
+        actors = {user.pk: user for user in get_user_model().objects.filter(pk__in=owners)} if owners else {}
+        saved = message_save_together(
+            [_message_rows(*items[i][:4]) for i in savers],
+            actors=actors,
+        )
+        for index, answer in zip(savers, saved, strict=True):
+            answers[index] = answer
+            if not answer:
+                request = items[index][0]
+                logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
+        for index in live:
+            request, context, _mode, _reply, _has, details = items[index]
+            _audit(request, context, action="chat_bot_interaction", details=details, actor=actors.get(request.owner_id))
+    for index in alone:
+        try:
+            answers[index] = _record_reply(*items[index])
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers[index] = exc
+    return answers
 
 
 def _record_reply(
@@ -316,15 +452,19 @@ async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
     return None, reason
 
 
-def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
-    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+def _message_rows(request: ChatRequest, context: JobContext, mode: str, reply: str | None):
+    """(conversation id, owner id, messages, personality mode) of a reply to save: the prompt, then the reply."""
     messages: list[tuple[str, str, object]] = [(MessageRole.USER, request.prompt, context.job_id)]
     if reply:
         messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
+    return request.conversation_id, request.owner_id, messages, mode
+
+
+def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
+    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    conversation_id, owner_id, messages, mode = _message_rows(request, context, mode, reply)
     try:
-        message_save_many(
-            conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages, personality_mode=mode
-        )
+        message_save_many(conversation_id=conversation_id, owner_id=owner_id, messages=messages, personality_mode=mode)
     except ConversationNotFound:
         # The user still gets the answer; there is just nowhere left to keep it.
         logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
@@ -355,9 +495,11 @@ def _audit(
     details: dict,
     success: bool = True,
     error_message: str = "",
+    actor=UNSET,
 ) -> None:
     # audit_event_record never raises: an event that cannot be recorded never fails the reply.
-    actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
+    if actor is UNSET:
+        actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
     audit_event_record(
         action=action,
         resource_type="chat_job",
