@@ -26,6 +26,8 @@ import httpx2  # the openai SDK's HTTP client (its connection limits)
 import openai
 from django.conf import settings
 
+from chat.llm_network import AsyncioTransport
+
 TRANSIENT_STATUSES = frozenset({408, 429})
 
 
@@ -100,10 +102,13 @@ def _client() -> openai.AsyncOpenAI:
                 timeout=settings.OPENAI_TIMEOUT,
                 max_retries=0,
                 http_client=openai.DefaultAsyncHttpxClient(
-                    limits=httpx2.Limits(
-                        max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
-                        max_keepalive_connections=KEEPALIVE_PER_CLIENT,
-                    )
+                    # Reads and writes straight on the loop (chat.llm_network), not through anyio.
+                    transport=AsyncioTransport(
+                        limits=httpx2.Limits(
+                            max_connections=openai.DEFAULT_CONNECTION_LIMITS.max_connections,
+                            max_keepalive_connections=KEEPALIVE_PER_CLIENT,
+                        )
+                    ),
                 ),
             )
         )
