@@ -51,12 +51,12 @@ from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.quotas import aquota_charge, aquota_check, quota_limit
 from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
 from chat.services import UNSET, message_save_many, message_save_together
-from queues.connections import get_async_connection
 from queues.constants import JobStatus
 from queues.context import JobContext
 from queues.definitions import JobCancelled, PermanentJobError, TransientJobError
 from queues.models import JobRecord
 from queues.output import AsyncOutputWriter, output_writer_aopen
+from queues.redis_batch import get_async_batched_connection
 from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ async def _complete(
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
-    redis = get_async_connection()
+    redis = get_async_batched_connection()
     estimated = budget_tokens_estimate(prompt_chars=sum(len(m["content"]) for m in messages))
     quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis, limit=limit)
     if not quota.allowed:
