@@ -47,9 +47,15 @@ from chat.budget import (
 )
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
-from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
-from chat.quotas import aquota_charge, aquota_check, quota_limit
-from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
+from chat.models import MAX_CONTENT_LENGTH, Conversation, MessageRole, PersonalityMode
+from chat.quotas import aquota_charge, aquota_check, quota_limit, quota_limits
+from chat.selectors import (
+    ConversationNotFound,
+    conversation_get_for_owner,
+    message_list_recent,
+    message_list_recent_many,
+    uuid_or_none,
+)
 from chat.services import UNSET, message_save_many, message_save_together
 from queues.constants import JobStatus
 from queues.context import JobContext
@@ -105,7 +111,7 @@ def reply_job_id(job_id) -> uuid.UUID:
 
 
 async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation, mode, messages, daily_limit = await context.run_db(_prompt, request, context)
+    conversation, mode, messages, daily_limit = await _db_batch(_prompts).call(context, (request, context))
     writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
         completion, fallback_reason = await _complete(request, messages, writer, context, daily_limit)
@@ -138,7 +144,7 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     }
     if conversation is not None:
         result["conversationId"] = str(conversation.pk)
-    saved = await _recorder().record(
+    saved = await _db_batch(_record_replies).call(
         context, (request, context, mode, None if fallback_reason else reply, conversation is not None, details)
     )
     if saved is False:
@@ -146,21 +152,23 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     return result
 
 
-class _ReplyRecorder:
-    """One per event loop: replies that finish together record their side effects together.
+class _DbBatch:
+    """One per event loop and database function: calls that come together make ONE trip to the pool.
 
-    A reply's record waits RECORD_BATCH_DELAY for others (at most RECORD_BATCH_MAX), then all of them go
-    to the database pool in ONE trip and ONE transaction (`_record_replies`): a thousand replies ending
-    within a few milliseconds cost a few dozen statements, not ten each. Each reply still gets its own
-    answer: saved or not, or JobCancelled when its attempt is no longer the current one.
+    A call waits RECORD_BATCH_DELAY for others (at most RECORD_BATCH_MAX), then `fn(items)` runs once on
+    the database pool for all of them and answers each in order, with its own result or its own exception.
+    Used for the reply's two database trips: loading its prompt (`_prompts`) and recording its side effects
+    (`_record_replies`): a thousand replies starting or ending within a few milliseconds cost a few dozen
+    statements, not several each.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, fn):
         self.loop = loop
+        self.fn = fn
         self.pending: list[tuple[tuple, asyncio.Future, JobContext]] = []
         self.timer: asyncio.TimerHandle | None = None
 
-    async def record(self, context: JobContext, args: tuple) -> bool | None:
+    async def call(self, context: JobContext, args: tuple):
         future = self.loop.create_future()
         self.pending.append((args, future, context))
         if len(self.pending) >= RECORD_BATCH_MAX:
@@ -175,12 +183,12 @@ class _ReplyRecorder:
             self.timer = None
         batch, self.pending = self.pending, []
         if batch:
-            self.loop.create_task(self._write(batch))
+            self.loop.create_task(self._run(batch))
 
-    async def _write(self, batch: list[tuple[tuple, asyncio.Future, JobContext]]) -> None:
+    async def _run(self, batch: list[tuple[tuple, asyncio.Future, JobContext]]) -> None:
         try:
             # Every reply's run_db is the same runtime pool; the first's carries the trip.
-            answers = await batch[0][2].run_db(_record_replies, [args for args, _, _ in batch])
+            answers = await batch[0][2].run_db(self.fn, [args for args, _, _ in batch])
         except BaseException as exc:
             for _, future, _ in batch:
                 if not future.done():  # a reply cancelled meanwhile no longer waits
@@ -197,15 +205,16 @@ class _ReplyRecorder:
                 future.set_result(answer)
 
 
-_recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReplyRecorder] = weakref.WeakKeyDictionary()
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
 
 
-def _recorder() -> _ReplyRecorder:
+def _db_batch(fn) -> _DbBatch:
     loop = asyncio.get_running_loop()
-    recorder = _recorders.get(loop)
-    if recorder is None:
-        recorder = _recorders[loop] = _ReplyRecorder(loop)
-    return recorder
+    per_loop = _batches.setdefault(loop, {})
+    batch = per_loop.get(fn)
+    if batch is None:
+        batch = per_loop[fn] = _DbBatch(loop, fn)
+    return batch
 
 
 def _record_replies(items: list[tuple]) -> list:
@@ -287,6 +296,58 @@ def _record_reply(
     return saved
 
 
+def _prompts(items: list[tuple]) -> list:
+    """`_prompt` for each (request, context), together when there are several: per item its answer or its
+    exception (a missing conversation's PermanentJobError)."""
+    if len(items) > 1:
+        try:
+            return _prompts_together(items)
+        except Exception:  # each then on its own, which answers (or raises) for itself
+            logger.info("loading %s prompts together failed; loading each on its own", len(items), exc_info=True)
+    answers: list = []
+    for item in items:
+        try:
+            answers.append(_prompt(*item))
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers.append(exc)
+    return answers
+
+
+def _prompts_together(items: list[tuple]) -> list:
+    """What `_prompt` reads for each item, in three queries for all: the conversations, their recent
+    messages (`message_list_recent_many`), the tenants' daily limits."""
+    wanted = {
+        pk for pk in (uuid_or_none(request.conversation_id) for request, _ in items if request.conversation_id) if pk
+    }
+    conversations = {c.pk: c for c in Conversation.objects.filter(pk__in=wanted)} if wanted else {}
+    recent = message_list_recent_many(conversation_ids=list(conversations), limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+    limits = quota_limits(tenants={request.tenant for request, _ in items if request.tenant})
+    answers: list = []
+    for request, context in items:
+        conversation = None
+        if request.conversation_id:
+            pk = uuid_or_none(request.conversation_id)
+            conversation = conversations.get(pk) if pk is not None else None
+            if conversation is None or request.owner_id is None or conversation.owner_id != request.owner_id:
+                answers.append(_conversation_not_found())
+                continue
+        mode = (
+            request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
+        )
+        messages = chat_messages_build(
+            request=request,
+            mode=mode,
+            context_job_id=context.job_id,
+            recent=recent.get(conversation.pk, []) if conversation is not None else None,
+        )
+        answers.append((conversation, mode, messages, limits[request.tenant] if request.tenant else None))
+    return answers
+
+
+def _conversation_not_found() -> PermanentJobError:
+    return PermanentJobError("The conversation does not exist or is not yours.", code="conversation_not_found")
+
+
 def _prompt(request: ChatRequest, context: JobContext):
     """(conversation or None, personality mode, messages for the model, the tenant's daily token limit):
     one trip to the database pool."""
@@ -304,13 +365,12 @@ def _conversation(request: ChatRequest):
             conversation_id=request.conversation_id, owner_id=request.owner_id, counted=False
         )
     except ConversationNotFound as exc:
-        raise PermanentJobError(
-            "The conversation does not exist or is not yours.", code="conversation_not_found"
-        ) from exc
+        raise _conversation_not_found() from exc
 
 
-def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None) -> list[dict]:
-    """System prompt, the conversation's recent messages within the token budget, then the prompt."""
+def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None, recent=None) -> list[dict]:
+    """System prompt, the conversation's recent messages within the token budget, then the prompt.
+    `recent`: the conversation's last CHAT_CONTEXT_MAX_MESSAGES messages, oldest first, if read already."""
     system = SYSTEM_PROMPTS.get(mode, SYSTEM_PROMPTS[DEFAULT_PERSONALITY])
     if request.guild_id:
         system += f" You are chatting in the Discord server {request.guild_id}."
@@ -318,7 +378,10 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     if request.conversation_id:
         own = {str(context_job_id), str(reply_job_id(context_job_id))} if context_job_id else set()
         budget = settings.CHAT_CONTEXT_TOKEN_BUDGET
-        recent = message_list_recent(conversation_id=request.conversation_id, limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+        if recent is None:
+            recent = message_list_recent(
+                conversation_id=request.conversation_id, limit=settings.CHAT_CONTEXT_MAX_MESSAGES
+            )
         for message in reversed(recent):  # newest first until the budget is spent
             if message.job_id is not None and str(message.job_id) in own:
                 continue  # written by an earlier attempt of this very job
