@@ -56,9 +56,11 @@ return n
 
 # KEYS: inflight of Q, held of Q, then (ring, parked) for each priority list in order.
 # ARGV: cap, worker name, now, then the list name (L) for each priority in order.
-_POP = """
+_POP_HEAD = """
 local cap = tonumber(ARGV[1])
 local lists = (#KEYS - 2) / 2
+"""
+_POP_BODY = """
 for i = 1, lists do
   local ring, parked, name = KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[3 + i]
   if redis.call('LLEN', ring) == 0 and redis.call('SCARD', parked) > 0 then
@@ -99,6 +101,24 @@ for i = 1, lists do
 end
 return false
 """
+_POP = _POP_HEAD + _POP_BODY
+# The same pop, up to ARGV[4 + lists] times in one call (one script run, not one per job asked for: a
+# worker with a thousand free slots asks for many, and most rounds find few waiting). Each pop is the one
+# above; the answer is the list of what was popped, in order, until the first pop that finds nothing.
+_POP_MANY = (
+    _POP_HEAD
+    + "local function pop()\n"
+    + _POP_BODY
+    + """end
+local popped = {}
+for _ = 1, tonumber(ARGV[4 + lists]) do
+  local job = pop()
+  if not job then break end
+  popped[#popped + 1] = job
+end
+return popped
+"""
+)
 
 # KEYS: inflight of Q, held of Q, wake of Q, then (ring, parked) for each priority list.
 # ARGV: cap, wake bound, then job ids to release.  Returns how many slots were released.
@@ -196,6 +216,7 @@ return n
 _SOURCES = {
     "push": _PUSH,
     "pop": _POP,
+    "pop_many": _POP_MANY,
     "release": _RELEASE,
     "release_worker": _RELEASE_WORKER,
     "remove": _REMOVE,
@@ -457,16 +478,12 @@ async def afair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int 
 async def afair_pop_many(
     *, conn, queue: str, worker: str, count: int, priorities=None, cap: int | None = None
 ) -> list[FairJob]:
-    """Up to `count` jobs in one round trip (a pipeline of pops; each pop is atomic on its own)."""
+    """Up to `count` jobs in one round trip and one script run (the pops stop at the first that finds nothing)."""
     if count <= 0:
         return []
     keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
-    async with conn.pipeline(transaction=False) as pipe:
-        script = _script(pipe, "pop")
-        for _ in range(count):
-            await script(keys=keys, args=args, client=pipe)
-        answers = await pipe.execute()
-    return [job for job in map(_pop_result, answers) if job is not None]
+    answers = await _script(conn, "pop_many")(keys=keys, args=[*args, count])
+    return [job for job in map(_pop_result, answers or []) if job is not None]
 
 
 async def afair_release(*, conn, queue: str, job_ids, cap: int | None = None) -> int:
