@@ -109,6 +109,9 @@ TEMPLATES = [
 # --- Database: PostgreSQL with DATABASE_URL, else SQLite (WAL) under DATA_DIR for a laptop run.
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db("DATABASE_URL")}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with its session check made only after the session sat unused (slimy_site/postgresql).
+        DATABASES["default"]["ENGINE"] = "slimy_site.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int("DB_CONNECT_TIMEOUT", default=5)
