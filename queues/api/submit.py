@@ -18,12 +18,13 @@ only when the view passes them, validated by `PriorityField` / `DelayField`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 
 from django.conf import settings
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -118,12 +119,23 @@ def idempotency_key_from(request) -> str | None:
     return key
 
 
+_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+@functools.lru_cache(maxsize=64)
+def _job_detail_path(script_prefix: str) -> tuple[str, str]:
+    # The path around the id, reversed once per script prefix instead of once per submission.
+    head, _, tail = reverse("job-detail", kwargs={"job_id": _ID_PLACEHOLDER}).partition(_ID_PLACEHOLDER)
+    return head, tail
+
+
 def job_accepted_body(request, job, **extra) -> dict:
+    head, tail = _job_detail_path(get_script_prefix())
     body = {
         "ok": True,
         "jobId": str(job.id),
         "status": job.status,
-        "statusUrl": request.build_absolute_uri(reverse("job-detail", kwargs={"job_id": job.id})),
+        "statusUrl": request.build_absolute_uri(f"{head}{job.id}{tail}"),
     }
     body.update(extra)
     return body
@@ -142,8 +154,8 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
                 if rate_limit_queue(pipe, request, scope=scope)
             ]
             if not replay:
-                for priority in PRIORITY_ORDER:
-                    pipe.llen(get_rq_queue(queue, priority).key)
+                for key in _queue_keys(queue):
+                    pipe.llen(key)
                 if queue in settings.FAIR_QUEUES:  # its jobs wait in tenants' lines (queues.fairness)
                     fair_waiting_count(conn=pipe, queue=queue, pipeline=pipe)
             replies = pipe.execute()
@@ -165,6 +177,11 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
             details={"queue": queue},
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _queue_keys(queue: str) -> tuple[str, ...]:
+    return tuple(get_rq_queue(queue, priority).key for priority in PRIORITY_ORDER)
 
 
 def accept_job(

@@ -12,6 +12,7 @@ while Redis is down, and submissions are refused by `accept_job` anyway.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -76,6 +77,7 @@ class Rate:
         return f"{self.limit}/{self.period}s"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_rate(text: str | None) -> Rate | None:
     """`"30/min"`, `"5/10s"`, `"1000/hour"`; `None`, `""` or `"none"` means unlimited."""
     if text is None or str(text).strip().lower() in ("", "none", "off"):
