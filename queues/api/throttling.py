@@ -133,6 +133,21 @@ def rate_limit_queue(pipe, request, *, scope: str) -> bool:
     return True
 
 
+def rate_limit_charges(request, *, scopes) -> list[tuple[str, str, int, int]]:
+    """This request's charges for `scopes` not made yet, as (scope, key, limit, period in ms): for a caller
+    that runs the GCRA of several scopes in a script of its own (the submission guard's). Each scope is
+    then counted as charged, as rate_limit_queue counts it."""
+    charges = []
+    for scope in scopes:
+        if not _first_charge(request, scope):
+            continue
+        rate = rate_for(scope=scope, user=getattr(request, "user", None))
+        if rate is not None:
+            key = f"{RATELIMIT_PREFIX}:{scope}:{request_ident(request)}"
+            charges.append((scope, key, rate.limit, rate.period * 1000))
+    return charges
+
+
 def _first_charge(request, scope: str) -> bool:
     charged = getattr(request, "_slimy_rate_scopes", None)
     if charged is None:
