@@ -253,6 +253,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["slimy_site.roles.HasAnyRole"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "slimy_site.negotiation.QuickNegotiation",
     "DEFAULT_THROTTLE_CLASSES": ["queues.api.throttling.ScopedRedisThrottle"],
     "EXCEPTION_HANDLER": "slimy_site.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "slimy_site.schema.SlimyAutoSchema",
