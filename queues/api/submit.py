@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import re
+import weakref
 
 from django.conf import settings
 from django.urls import get_script_prefix, reverse
@@ -218,10 +219,7 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
         args += (limit, period_ms)
     conn = rate_limit_connection()
     try:
-        script = getattr(conn, "_slimy_guard_script", None)
-        if script is None:
-            script = conn._slimy_guard_script = conn.register_script(_GUARD_SCRIPT)
-        replies = script(keys=keys, args=args, client=conn)
+        replies = _guard_script(conn)(keys=keys, args=args, client=conn)
     except (RedisError, OSError) as exc:
         logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
@@ -230,6 +228,16 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
             raise rate_limited(scope=scope, wait=max(int(wait_ms) / 1000.0, 0.001))
     if not replay:
         _refuse_when_full(queue, int(replies[-1]))
+
+
+_guard_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _guard_script(conn):
+    script = _guard_scripts.get(conn)
+    if script is None:
+        script = _guard_scripts[conn] = conn.register_script(_GUARD_SCRIPT)
+    return script
 
 
 def _refuse_when_full(queue: str, backlog: int) -> None:

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import logging
+import weakref
 import zlib
 from typing import Any
 
@@ -292,8 +293,11 @@ def _push_now(queue, *, job_id: str, options: dict) -> None:
     )
 
 
+_push_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _push_script(conn):
-    script = getattr(conn, "_slimy_push_script", None)
+    script = _push_scripts.get(conn)
     if script is None:
-        script = conn._slimy_push_script = conn.register_script(_PUSH_SCRIPT)
+        script = _push_scripts[conn] = conn.register_script(_PUSH_SCRIPT)
     return script
