@@ -23,10 +23,12 @@ provider's rate-limit headers, and charges the tenant's quota.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -45,14 +47,22 @@ from chat.budget import (
 )
 from chat.llm import Completion, LLMError, estimate_tokens, llm_configured, llm_stream_completion
 from chat.metrics import CHAT_FALLBACKS, LLM_TOKENS
-from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
-from chat.quotas import aquota_charge, aquota_check, quota_limit
-from chat.selectors import ConversationNotFound, conversation_get_for_owner, message_list_recent
-from chat.services import message_save_many
-from queues.connections import get_async_connection
+from chat.models import MAX_CONTENT_LENGTH, Conversation, MessageRole, PersonalityMode
+from chat.quotas import aquota_charge, aquota_check, quota_limit, quota_limits
+from chat.selectors import (
+    ConversationNotFound,
+    conversation_get_for_owner,
+    message_list_recent,
+    message_list_recent_many,
+    uuid_or_none,
+)
+from chat.services import UNSET, message_save_many, message_save_together
+from queues.constants import JobStatus
 from queues.context import JobContext
-from queues.definitions import PermanentJobError, TransientJobError
+from queues.definitions import JobCancelled, PermanentJobError, TransientJobError
+from queues.models import JobRecord
 from queues.output import AsyncOutputWriter, output_writer_aopen
+from queues.redis_batch import get_async_batched_connection
 from queues.services import job_attempt_guard
 
 logger = logging.getLogger(__name__)
@@ -78,6 +88,9 @@ CANCEL_CHECK_INTERVAL = 0.25
 CANCEL_CHECK_CHUNKS = 16
 # Longest a reply waits for the provider budget; the job's timeout (120 s) normally fires first.
 BUDGET_MAX_WAIT = 300
+# A finished reply waits this long for others to record their side effects in the same transaction.
+RECORD_BATCH_DELAY = 0.005
+RECORD_BATCH_MAX = 200
 # Message ids of the assistant's replies are derived from the job id in this namespace.
 REPLY_NAMESPACE = uuid.UUID("6c1f6f1e-5d8e-4f0b-9d55-1b7a6c0a2b3e")
 
@@ -98,7 +111,7 @@ def reply_job_id(job_id) -> uuid.UUID:
 
 
 async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
-    conversation, mode, messages, daily_limit = await context.run_db(_prompt, request, context)
+    conversation, mode, messages, daily_limit = await _db_batch(_prompts).call(context, (request, context))
     writer = await output_writer_aopen(job_id=context.job_id, job_type=context.job_type, attempt=context.attempt)
     try:
         completion, fallback_reason = await _complete(request, messages, writer, context, daily_limit)
@@ -131,12 +144,144 @@ async def chat_bot_reply(*, request: ChatRequest, context: JobContext) -> dict:
     }
     if conversation is not None:
         result["conversationId"] = str(conversation.pk)
-    saved = await context.run_db(
-        _record_reply, request, context, mode, None if fallback_reason else reply, conversation is not None, details
+    saved = await _db_batch(_record_replies).call(
+        context, (request, context, mode, None if fallback_reason else reply, conversation is not None, details)
     )
     if saved is False:
         result["conversationSaved"] = False
     return result
+
+
+class _DbBatch:
+    """One per event loop and database function: calls that come together make ONE trip to the pool.
+
+    A call waits RECORD_BATCH_DELAY for others (at most RECORD_BATCH_MAX), then `fn(items)` runs once on
+    the database pool for all of them and answers each in order, with its own result or its own exception.
+    Used for the reply's two database trips: loading its prompt (`_prompts`) and recording its side effects
+    (`_record_replies`): a thousand replies starting or ending within a few milliseconds cost a few dozen
+    statements, not several each.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fn):
+        self.loop = loop
+        self.fn = fn
+        self.pending: list[tuple[tuple, asyncio.Future, JobContext]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def call(self, context: JobContext, args: tuple):
+        future = self.loop.create_future()
+        self.pending.append((args, future, context))
+        if len(self.pending) >= RECORD_BATCH_MAX:
+            self._flush()
+        elif self.timer is None:
+            self.timer = self.loop.call_later(RECORD_BATCH_DELAY, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending, []
+        if batch:
+            self.loop.create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[tuple, asyncio.Future, JobContext]]) -> None:
+        try:
+            # Every reply's run_db is the same runtime pool; the first's carries the trip.
+            answers = await batch[0][2].run_db(self.fn, [args for args, _, _ in batch])
+        except BaseException as exc:
+            for _, future, _ in batch:
+                if not future.done():  # a reply cancelled meanwhile no longer waits
+                    future.set_exception(exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        for (_, future, _), answer in zip(batch, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict] = weakref.WeakKeyDictionary()
+
+
+def _db_batch(fn) -> _DbBatch:
+    loop = asyncio.get_running_loop()
+    per_loop = _batches.setdefault(loop, {})
+    batch = per_loop.get(fn)
+    if batch is None:
+        batch = per_loop[fn] = _DbBatch(loop, fn)
+    return batch
+
+
+def _record_replies(items: list[tuple]) -> list:
+    """`_record_reply` for each item, together when there are several: per item its answer or its exception."""
+    if len(items) > 1:
+        try:
+            return _record_together(items)
+        except Exception:  # each then on its own, which answers (or raises) for itself
+            logger.info("recording %s replies together failed; recording each on its own", len(items), exc_info=True)
+    answers: list = []
+    for item in items:
+        try:
+            answers.append(_record_reply(*item))
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers.append(exc)
+    return answers
+
+
+def _record_together(items: list[tuple]) -> list:
+    """What `_record_reply` does for each item, in one transaction: one statement locks every current
+    attempt's record (a reply whose attempt is not current gets JobCancelled and writes nothing), the
+    messages are saved together (`message_save_together`), one query finds every actor, one statement
+    stages every audit event. A second reply of a conversation already in the batch is recorded after it,
+    on its own (its messages come after the first's, as when each recorded alone)."""
+    answers: list = [None] * len(items)
+    alone: list[int] = []
+    with transaction.atomic(), audit_events_batched():
+        ids = [str(context.job_id) for _, context, *_ in items]
+        current = {
+            (str(pk), attempts)
+            for pk, attempts in JobRecord.objects.select_for_update()
+            .filter(pk__in=ids, status=JobStatus.STARTED)
+            .order_by("pk")
+            .values_list("pk", "attempts")
+        }
+        live, savers, conversations = [], [], set()
+        for index, (request, context, _mode, _reply, has_conversation, _details) in enumerate(items):
+            if (str(context.job_id), context.attempt) not in current:
+                answers[index] = JobCancelled(str(context.job_id))
+                continue
+            if has_conversation:
+                if request.conversation_id in conversations:
+                    alone.append(index)
+                    continue
+                conversations.add(request.conversation_id)
+                savers.append(index)
+            live.append(index)
+        owners = {items[i][0].owner_id for i in live if items[i][0].owner_id}
+        actors = {user.pk: user for user in get_user_model().objects.filter(pk__in=owners)} if owners else {}
+        saved = message_save_together(
+            [_message_rows(*items[i][:4]) for i in savers],
+            actors=actors,
+        )
+        for index, answer in zip(savers, saved, strict=True):
+            answers[index] = answer
+            if not answer:
+                request = items[index][0]
+                logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
+        for index in live:
+            request, context, _mode, _reply, _has, details = items[index]
+            _audit(request, context, action="chat_bot_interaction", details=details, actor=actors.get(request.owner_id))
+    for index in alone:
+        try:
+            answers[index] = _record_reply(*items[index])
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers[index] = exc
+    return answers
 
 
 def _record_reply(
@@ -149,6 +294,58 @@ def _record_reply(
         saved = _save(request, context, mode, reply) if has_conversation else None
         _audit(request, context, action="chat_bot_interaction", details=details)
     return saved
+
+
+def _prompts(items: list[tuple]) -> list:
+    """`_prompt` for each (request, context), together when there are several: per item its answer or its
+    exception (a missing conversation's PermanentJobError)."""
+    if len(items) > 1:
+        try:
+            return _prompts_together(items)
+        except Exception:  # each then on its own, which answers (or raises) for itself
+            logger.info("loading %s prompts together failed; loading each on its own", len(items), exc_info=True)
+    answers: list = []
+    for item in items:
+        try:
+            answers.append(_prompt(*item))
+        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers.append(exc)
+    return answers
+
+
+def _prompts_together(items: list[tuple]) -> list:
+    """What `_prompt` reads for each item, in three queries for all: the conversations, their recent
+    messages (`message_list_recent_many`), the tenants' daily limits."""
+    wanted = {
+        pk for pk in (uuid_or_none(request.conversation_id) for request, _ in items if request.conversation_id) if pk
+    }
+    conversations = {c.pk: c for c in Conversation.objects.filter(pk__in=wanted)} if wanted else {}
+    recent = message_list_recent_many(conversation_ids=list(conversations), limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+    limits = quota_limits(tenants={request.tenant for request, _ in items if request.tenant})
+    answers: list = []
+    for request, context in items:
+        conversation = None
+        if request.conversation_id:
+            pk = uuid_or_none(request.conversation_id)
+            conversation = conversations.get(pk) if pk is not None else None
+            if conversation is None or request.owner_id is None or conversation.owner_id != request.owner_id:
+                answers.append(_conversation_not_found())
+                continue
+        mode = (
+            request.personality_mode or (conversation.personality_mode if conversation else "") or DEFAULT_PERSONALITY
+        )
+        messages = chat_messages_build(
+            request=request,
+            mode=mode,
+            context_job_id=context.job_id,
+            recent=recent.get(conversation.pk, []) if conversation is not None else None,
+        )
+        answers.append((conversation, mode, messages, limits[request.tenant] if request.tenant else None))
+    return answers
+
+
+def _conversation_not_found() -> PermanentJobError:
+    return PermanentJobError("The conversation does not exist or is not yours.", code="conversation_not_found")
 
 
 def _prompt(request: ChatRequest, context: JobContext):
@@ -168,13 +365,12 @@ def _conversation(request: ChatRequest):
             conversation_id=request.conversation_id, owner_id=request.owner_id, counted=False
         )
     except ConversationNotFound as exc:
-        raise PermanentJobError(
-            "The conversation does not exist or is not yours.", code="conversation_not_found"
-        ) from exc
+        raise _conversation_not_found() from exc
 
 
-def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None) -> list[dict]:
-    """System prompt, the conversation's recent messages within the token budget, then the prompt."""
+def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None, recent=None) -> list[dict]:
+    """System prompt, the conversation's recent messages within the token budget, then the prompt.
+    `recent`: the conversation's last CHAT_CONTEXT_MAX_MESSAGES messages, oldest first, if read already."""
     system = SYSTEM_PROMPTS.get(mode, SYSTEM_PROMPTS[DEFAULT_PERSONALITY])
     if request.guild_id:
         system += f" You are chatting in the Discord server {request.guild_id}."
@@ -182,7 +378,10 @@ def chat_messages_build(*, request: ChatRequest, mode: str, context_job_id=None)
     if request.conversation_id:
         own = {str(context_job_id), str(reply_job_id(context_job_id))} if context_job_id else set()
         budget = settings.CHAT_CONTEXT_TOKEN_BUDGET
-        recent = message_list_recent(conversation_id=request.conversation_id, limit=settings.CHAT_CONTEXT_MAX_MESSAGES)
+        if recent is None:
+            recent = message_list_recent(
+                conversation_id=request.conversation_id, limit=settings.CHAT_CONTEXT_MAX_MESSAGES
+            )
         for message in reversed(recent):  # newest first until the budget is spent
             if message.job_id is not None and str(message.job_id) in own:
                 continue  # written by an earlier attempt of this very job
@@ -201,7 +400,7 @@ async def _complete(
     """(completion or None, fallback reason or ""). Raises TransientJobError to retry, or JobCancelled."""
     if not llm_configured():
         return await _fallback(writer, "not_configured")
-    redis = get_async_connection()
+    redis = get_async_batched_connection()
     estimated = budget_tokens_estimate(prompt_chars=sum(len(m["content"]) for m in messages))
     quota = await aquota_check(tenant=request.tenant, tokens=estimated, conn=redis, limit=limit)
     if not quota.allowed:
@@ -316,15 +515,19 @@ async def _fallback(writer: AsyncOutputWriter, reason: str) -> tuple[None, str]:
     return None, reason
 
 
-def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
-    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+def _message_rows(request: ChatRequest, context: JobContext, mode: str, reply: str | None):
+    """(conversation id, owner id, messages, personality mode) of a reply to save: the prompt, then the reply."""
     messages: list[tuple[str, str, object]] = [(MessageRole.USER, request.prompt, context.job_id)]
     if reply:
         messages.append((MessageRole.ASSISTANT, reply[:MAX_CONTENT_LENGTH], reply_job_id(context.job_id)))
+    return request.conversation_id, request.owner_id, messages, mode
+
+
+def _save(request: ChatRequest, context: JobContext, mode: str, reply: str | None) -> bool:
+    """Save the prompt and the reply; False when the conversation was deleted while the model answered."""
+    conversation_id, owner_id, messages, mode = _message_rows(request, context, mode, reply)
     try:
-        message_save_many(
-            conversation_id=request.conversation_id, owner_id=request.owner_id, messages=messages, personality_mode=mode
-        )
+        message_save_many(conversation_id=conversation_id, owner_id=owner_id, messages=messages, personality_mode=mode)
     except ConversationNotFound:
         # The user still gets the answer; there is just nowhere left to keep it.
         logger.warning("conversation %s was deleted during the reply; not saved", request.conversation_id)
@@ -355,9 +558,11 @@ def _audit(
     details: dict,
     success: bool = True,
     error_message: str = "",
+    actor=UNSET,
 ) -> None:
     # audit_event_record never raises: an event that cannot be recorded never fails the reply.
-    actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
+    if actor is UNSET:
+        actor = get_user_model().objects.filter(pk=request.owner_id).first() if request.owner_id else None
     audit_event_record(
         action=action,
         resource_type="chat_job",

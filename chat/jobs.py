@@ -62,9 +62,36 @@ class CreateConversationPayload(serializers.Serializer):
     )
 
 
+def plain_title(value):
+    """A title as TitleField takes it (None, or text trimmed to at most MAX_TITLE_LENGTH characters),
+    or UNCHECKED when the value needs the field's own validation (another type, too long, a NUL)."""
+    if value is None:
+        return None
+    if type(value) is not str or "\x00" in value:
+        return UNCHECKED
+    value = value.strip()
+    return value if len(value) <= MAX_TITLE_LENGTH else UNCHECKED
+
+
+UNCHECKED = object()
+_PERSONALITY_MODES = frozenset(PersonalityMode.values)
+
+
 class CreateConversationJob(_DatabaseJob):
     name = "create_conversation"
     payload_serializer = CreateConversationPayload
+
+    @classmethod
+    def validate(cls, payload):
+        # Plain code for what is plainly valid (every submission, and again when it runs): the serializer's
+        # field copies cost more than the job's own work. Anything else goes through the serializer, so
+        # errors are worded as before.
+        if type(payload) is dict and payload.keys() <= {"title", "personality_mode"}:
+            title = plain_title(payload.get("title"))
+            mode = payload.get("personality_mode", PersonalityMode.HELPFUL.value)
+            if title is not UNCHECKED and type(mode) is str and mode in _PERSONALITY_MODES:
+                return {"title": title, "personality_mode": mode}
+        return super().validate(payload)
 
     def run(self, payload, context):
         with _as_permanent():

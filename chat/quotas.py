@@ -63,6 +63,16 @@ def quota_limit(*, tenant: str) -> int | None:
     return _default_limit() if row is None else row["daily_tokens"]
 
 
+def quota_limits(*, tenants) -> dict[str, int | None]:
+    """`quota_limit` of several tenants in one query: {tenant: tokens per day or None}."""
+    tenants = set(tenants)
+    if not tenants:
+        return {}
+    rows = dict(TenantQuota.objects.filter(tenant__in=tenants).values_list("tenant", "daily_tokens"))
+    default = _default_limit()
+    return {tenant: rows[tenant] if tenant in rows else default for tenant in tenants}
+
+
 def quota_usage(*, tenant: str, day: dt.date | None = None, conn=None) -> int:
     return int(_conn(conn).get(_key(tenant, day)) or 0)
 

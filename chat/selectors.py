@@ -124,6 +124,27 @@ def message_list_recent(*, conversation_id, limit: int) -> list[Message]:
     return list(reversed(list(newest)))
 
 
+def message_list_recent_many(*, conversation_ids, limit: int) -> dict:
+    """`message_list_recent` of several conversations in one query: {conversation id: messages, oldest first}
+    (a conversation without messages is absent). Each conversation's newest `limit` rows come from its
+    (conversation, created_at, id) index, as for one."""
+    ids = [pk for pk in (uuid_or_none(c) for c in conversation_ids) if pk is not None]
+    if limit <= 0 or not ids:
+        return {}
+    table = Message._meta.db_table
+    rows = Message.objects.raw(
+        "SELECT m.* FROM unnest(%s::uuid[]) AS c(id) CROSS JOIN LATERAL ("
+        f" SELECT * FROM {table} WHERE conversation_id = c.id ORDER BY created_at DESC, id DESC LIMIT %s) AS m",
+        [ids, int(limit)],
+    )
+    found: dict = {}
+    for message in rows:
+        found.setdefault(message.conversation_id, []).append(message)
+    for messages in found.values():
+        messages.sort(key=lambda m: (m.created_at, m.id))
+    return found
+
+
 def db_job_get_for_owner(*, job_id, owner_id) -> JobRecord:
     """A `database`-queue job of this owner; anyone else's (or another queue's) job is JobNotFound."""
     pk = uuid_or_none(job_id)

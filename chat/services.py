@@ -228,6 +228,93 @@ def message_save_many(
     return [existing[job_id] if job_id is not None and job_id in existing else next(saved) for *_, job_id in checked]
 
 
+def message_save_together(
+    saves: list[tuple[object, object, list[tuple[str, str, object]], str | None]], *, actors: dict
+) -> list[bool]:
+    """`message_save_many` for several distinct conversations at once, in the caller's transaction:
+    `saves` are (conversation id, owner id, messages, personality mode); `actors` maps owner ids to their
+    users (or lacks them). Per save: True when its messages are saved (now or by an earlier delivery),
+    False when its conversation is gone or not the owner's (where `message_save_many` raises
+    ConversationNotFound). The same lookups for all: one query for the messages the job ids already
+    wrote, one for the conversations, one insert per position (each message of a save gets a later
+    `created_at` than the one before it), one update, one audit statement (the caller's batch).
+
+    A validation error or a duplicate delivery racing this one (IntegrityError) raises for all: the caller
+    then saves each with `message_save_many`, which answers them one by one.
+    """
+    checked = []
+    for conversation_id, owner_id, messages, personality_mode in saves:
+        rows = []
+        for role, content, job_id in messages:
+            if role not in MessageRole.values:
+                raise ValidationFailed(details={"role": [f"Must be one of {', '.join(MessageRole.values)}."]})
+            if not isinstance(content, str) or not content.strip() or len(content) > MAX_CONTENT_LENGTH:
+                raise ValidationFailed(details={"content": ["Blank or too long."]})
+            rows.append((role, content, _job_uuid(job_id)))
+        if personality_mode is not None:
+            _clean_mode(personality_mode)
+        checked.append((uuid_or_none(conversation_id), owner_id, rows, personality_mode))
+
+    wanted = [job_id for *_, rows, _mode in checked for *_, job_id in rows if job_id is not None]
+    existing = {m.job_id: m for m in Message.objects.select_related("conversation").filter(job_id__in=wanted)}
+    conversation_ids = [pk for pk, *_ in checked if pk is not None]
+    conversations = {c.pk: c for c in Conversation.objects.filter(pk__in=conversation_ids)}
+    answers: list[bool] = []
+    waves: list[list[Message]] = []  # the n-th new message of every save
+    written: list[tuple[int, Message]] = []  # (owner id, message), for the audit events
+    touched = []
+    for pk, owner_id, rows, personality_mode in checked:
+        found = [existing.get(job_id) for *_, job_id in rows if job_id is not None]
+        if any(m is not None and m.conversation.owner_id != owner_id for m in found):
+            answers.append(False)  # someone else's: not found
+            continue
+        if all(job_id is not None and job_id in existing for *_, job_id in rows):
+            answers.append(True)
+            continue
+        conversation = conversations.get(pk) if pk is not None else None
+        if conversation is None or owner_id is None or conversation.owner_id != owner_id:
+            answers.append(False)
+            continue
+        new = [
+            Message(
+                conversation_id=conversation.pk,
+                author_id=owner_id if role == MessageRole.USER else None,
+                role=role,
+                content=content,
+                personality_mode=personality_mode or conversation.personality_mode,
+                job_id=job_id,
+            )
+            for role, content, job_id in rows
+            if job_id is None or job_id not in existing
+        ]
+        for position, message in enumerate(new):
+            if position == len(waves):
+                waves.append([])
+            waves[position].append(message)
+            written.append((owner_id, message))
+        touched.append(conversation.pk)
+        answers.append(True)
+    if touched:
+        with transaction.atomic():
+            for wave in waves:  # one statement per position: a later one gets a later created_at
+                Message.objects.bulk_create(wave)
+            Conversation.objects.filter(pk__in=touched).update(updated_at=timezone.now())
+            with audit_events_batched():
+                for owner_id, message in written:
+                    _audit(
+                        "message.saved",
+                        owner_id=owner_id,
+                        conversation_id=message.conversation_id,
+                        actor=actors.get(owner_id),
+                        details={
+                            "messageId": str(message.pk),
+                            "role": message.role,
+                            "contentLength": len(message.content),
+                        },
+                    )
+    return answers
+
+
 def _messages_of_jobs(job_ids, owner_id) -> dict:
     """{job id: message} of the messages these job ids wrote; someone else's is ConversationNotFound."""
     wanted = [job_id for job_id in job_ids if job_id is not None]

@@ -88,6 +88,11 @@ def get_rq_queue(queue: str, priority: str = "normal") -> Queue:
     return Queue(rq_queue_name(queue, priority), connection=get_connection(), default_timeout=600)
 
 
+def get_rq_queue_by_name(name: str) -> Queue:
+    """The RQ queue of an RQ list name (`database`, `database.high`, ...)."""
+    return Queue(name, connection=get_connection(), default_timeout=600)
+
+
 def get_rq_queues(queue: str) -> list[Queue]:
     return [get_rq_queue(queue, p) for p in PRIORITY_ORDER]
 

@@ -36,9 +36,11 @@ def _k(name: str, part: str) -> str:
     return f"{PREFIX}{name}:{part}"
 
 
-# KEYS: tenant list of L, ring of L, parked of L, inflight of Q, wake of Q.  ARGV: job id, tenant, cap.
+# KEYS: tenant list of L, ring of L, parked of L, inflight of Q, wake of Q.
+# ARGV: job id, tenant, cap, wake bound, "1" to put the job at the head of its tenant's line.
 _PUSH = """
-local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+local n
+if ARGV[5] == '1' then n = redis.call('LPUSH', KEYS[1], ARGV[1]) else n = redis.call('RPUSH', KEYS[1], ARGV[1]) end
 if n == 1 then
   local inflight = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
   if inflight < tonumber(ARGV[3]) then
@@ -54,9 +56,11 @@ return n
 
 # KEYS: inflight of Q, held of Q, then (ring, parked) for each priority list in order.
 # ARGV: cap, worker name, now, then the list name (L) for each priority in order.
-_POP = """
+_POP_HEAD = """
 local cap = tonumber(ARGV[1])
 local lists = (#KEYS - 2) / 2
+"""
+_POP_BODY = """
 for i = 1, lists do
   local ring, parked, name = KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[3 + i]
   if redis.call('LLEN', ring) == 0 and redis.call('SCARD', parked) > 0 then
@@ -97,6 +101,24 @@ for i = 1, lists do
 end
 return false
 """
+_POP = _POP_HEAD + _POP_BODY
+# The same pop, up to ARGV[4 + lists] times in one call (one script run, not one per job asked for: a
+# worker with a thousand free slots asks for many, and most rounds find few waiting). Each pop is the one
+# above; the answer is the list of what was popped, in order, until the first pop that finds nothing.
+_POP_MANY = (
+    _POP_HEAD
+    + "local function pop()\n"
+    + _POP_BODY
+    + """end
+local popped = {}
+for _ = 1, tonumber(ARGV[4 + lists]) do
+  local job = pop()
+  if not job then break end
+  popped[#popped + 1] = job
+end
+return popped
+"""
+)
 
 # KEYS: inflight of Q, held of Q, wake of Q, then (ring, parked) for each priority list.
 # ARGV: cap, wake bound, then job ids to release.  Returns how many slots were released.
@@ -194,6 +216,7 @@ return n
 _SOURCES = {
     "push": _PUSH,
     "pop": _POP,
+    "pop_many": _POP_MANY,
     "release": _RELEASE,
     "release_worker": _RELEASE_WORKER,
     "remove": _REMOVE,
@@ -260,12 +283,12 @@ def _tenant(tenant: str) -> str:
 # --- argument builders shared by the sync and asyncio entry points
 
 
-def _push_call(queue, priority, tenant, job_id, cap):
+def _push_call(queue, priority, tenant, job_id, cap, front=False):
     name = rq_queue_name(queue, priority)
     tenant = _tenant(tenant)
     return (
         [_k(name, "q:" + tenant), _k(name, "ring"), _k(name, "parked"), _k(queue, "inflight"), _k(queue, "wake")],
-        [job_id, tenant, _cap(cap), WAKE_BOUND],
+        [job_id, tenant, _cap(cap), WAKE_BOUND, "1" if front else "0"],
     )
 
 
@@ -314,20 +337,24 @@ def _now(conn_time) -> float:
 # --- sync API
 
 
-def fair_push(*, conn, queue: str, priority: str, tenant: str, job_id: str, cap: int | None = None) -> int:
-    """Make `job_id` wait for its tenant's turn. Returns the tenant's waiting count in that priority."""
-    keys, args = _push_call(base_queue_name(queue), priority, tenant, job_id, cap)
+def fair_push(
+    *, conn, queue: str, priority: str, tenant: str, job_id: str, cap: int | None = None, front: bool = False
+) -> int:
+    """Make `job_id` wait for its tenant's turn (`front`: first in its tenant's line). Returns the tenant's
+    waiting count in that priority."""
+    keys, args = _push_call(base_queue_name(queue), priority, tenant, job_id, cap, front)
     return int(_script(conn, "push")(keys=keys, args=args))
 
 
-def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None) -> None:
+def fair_push_many(*, conn, queue: str, items, cap: int | None = None, pipeline=None, front: bool = False) -> None:
     """Push many (priority, tenant, job id) in one round trip (a pipeline of the same script); with
-    `pipeline`, the pushes are added to it (executed with the caller's other commands)."""
+    `pipeline`, the pushes are added to it (executed with the caller's other commands). `front`: each
+    goes first in its tenant's line."""
     queue = base_queue_name(queue)
     pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
     script = _script(pipe, "push")
     for priority, tenant, job_id in items:
-        keys, args = _push_call(queue, priority, tenant, job_id, cap)
+        keys, args = _push_call(queue, priority, tenant, job_id, cap, front)
         script(keys=keys, args=args, client=pipe)
     if pipeline is None:
         with pipe:
@@ -451,16 +478,12 @@ async def afair_pop(*, conn, queue: str, worker: str, priorities=None, cap: int 
 async def afair_pop_many(
     *, conn, queue: str, worker: str, count: int, priorities=None, cap: int | None = None
 ) -> list[FairJob]:
-    """Up to `count` jobs in one round trip (a pipeline of pops; each pop is atomic on its own)."""
+    """Up to `count` jobs in one round trip and one script run (the pops stop at the first that finds nothing)."""
     if count <= 0:
         return []
     keys, args = _pop_call(queue, worker, _now(await conn.time()), priorities, cap)
-    async with conn.pipeline(transaction=False) as pipe:
-        script = _script(pipe, "pop")
-        for _ in range(count):
-            await script(keys=keys, args=args, client=pipe)
-        answers = await pipe.execute()
-    return [job for job in map(_pop_result, answers) if job is not None]
+    answers = await _script(conn, "pop_many")(keys=keys, args=[*args, count])
+    return [job for job in map(_pop_result, answers or []) if job is not None]
 
 
 async def afair_release(*, conn, queue: str, job_ids, cap: int | None = None) -> int:

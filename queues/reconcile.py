@@ -27,7 +27,7 @@ from rq.utils import now, utcformat
 from queues.connections import get_connection, get_rq_queue
 from queues.constants import PRIORITY_ORDER, WAITING_STATUSES, JobStatus, QueueName
 from queues.fairness import fair_held, fair_release, fair_release_worker, fair_waiting_ids
-from queues.keys import RECOVER_KEY, alive_key, suspect_key
+from queues.keys import RECOVER_KEY, alive_key, slots_key, suspect_key
 from queues.models import JobRecord, is_job_id
 from queues.services import job_push, job_recover_abandoned
 from queues.services.fair import fair_push_ids, queue_is_fair
@@ -146,6 +146,32 @@ def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
             job_id=job_id, reason=f"worker {name} stopped beating", immediate=True
         ):
             report.recovered.append(str(job_id))
+
+
+def reconcile_exited_process(*, host: str, pid: int) -> ReconcileReport:
+    """A worker process its supervisor saw exit (`kill -9`, the OOM killer): its jobs go back to their
+    queues and its fair-dequeue slots are freed at once. The exit is proof of death, so the liveness
+    key's lapse and its confirmation (several seconds, see _dead_workers) need not be waited for.
+
+    The process is found by the slot hash its heartbeat writes (host and pid), which outlives it by up
+    to WORKER_TTL; a process that never beat has no jobs to recover.
+    """
+    report = ReconcileReport()
+    conn = get_connection()
+    names = []
+    for key in conn.scan_iter(match=slots_key("*"), count=500):
+        owner_host, owner_pid = conn.hmget(key, "host", "pid")
+        if _text(owner_host) == host and owner_pid is not None and int(owner_pid) == pid:
+            names.append(_text(key)[len(slots_key("")) :])
+    for name in names:
+        conn.delete(alive_key(name), slots_key(name))
+        for job_id in JobRecord.objects.filter(status=JobStatus.STARTED, worker_name=name).values_list("id", flat=True):
+            if job_recover_abandoned(job_id=job_id, reason=f"worker {name} exited", immediate=True):
+                report.recovered.append(str(job_id))
+        for queue in settings.FAIR_QUEUES:
+            if fair_release_worker(conn=conn, queue=queue, worker=name):
+                report.slots_released.append(f"worker:{name}")
+    return report
 
 
 def _dead_workers(names: list[str], confirm: float) -> set[str]:

@@ -126,12 +126,13 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], env: dict, log=print, stop_timeout: float = 60.0):
+    def __init__(self, children: list[Child], env: dict, log=print, stop_timeout: float = 60.0, on_exit=None):
         self.children = children
         self.env = env
         self.log = log
         self.stop_timeout = stop_timeout
         self.stopping = False
+        self.on_exit = on_exit  # on_exit(child, pid): a child died unasked, before its replacement starts
 
     def _spawn(self, child: Child) -> None:
         # SLIMY_PROCESS tags the child's log lines (web, worker-database-1, reconciler).
@@ -161,6 +162,11 @@ class Supervisor:
                     # sooner); repeated exits back off 2, 4, ... 30 s.
                     delay = 0 if child.restarts == 1 else min(2 ** min(child.restarts - 1, 5), 30)
                     self.log(f"{child.name} exited with {code}; restarting in {delay} s")
+                    if self.on_exit is not None:
+                        try:
+                            self.on_exit(child, child.proc.pid)
+                        except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any failure here
+                            self.log(f"after {child.name} exited: {exc!r}")
                     child.proc = None
                     child.next_start = now + delay
             time.sleep(0.5)

@@ -109,6 +109,9 @@ TEMPLATES = [
 # --- Database: PostgreSQL with DATABASE_URL, else SQLite (WAL) under DATA_DIR for a laptop run.
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db("DATABASE_URL")}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with its session check made only after the session sat unused (slimy_site/postgresql).
+        DATABASES["default"]["ENGINE"] = "slimy_site.postgresql"
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env.int("DB_CONNECT_TIMEOUT", default=5)
@@ -250,6 +253,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["slimy_site.roles.HasAnyRole"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["slimy_site.parsers.SafeJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "slimy_site.negotiation.QuickNegotiation",
     "DEFAULT_THROTTLE_CLASSES": ["queues.api.throttling.ScopedRedisThrottle"],
     "EXCEPTION_HANDLER": "slimy_site.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "slimy_site.schema.SlimyAutoSchema",

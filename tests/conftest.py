@@ -62,6 +62,14 @@ def _fresh_role_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes():
+    yield
+    from tests.processes import stop_leftover_processes
+
+    stop_leftover_processes()
+
+
 @pytest.fixture
 def redis_conn():
     from queues.connections import get_connection

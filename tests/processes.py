@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 from django.conf import settings
@@ -38,12 +39,17 @@ def process_env(redis_url: str, **extra) -> dict:
 class Proc:
     """A child process (own session) whose combined output goes to a log file (tests and benchmarks)."""
 
+    # Every Proc not yet stopped: a test that fails before stopping its worker must not leave it
+    # running on the session's Redis, where it would take the jobs of later tests.
+    live: "weakref.WeakSet[Proc]" = weakref.WeakSet()
+
     def __init__(self, argv, env, log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        Proc.live.add(self)
 
     @property
     def pid(self) -> int:
@@ -71,6 +77,17 @@ class Proc:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(5)
         self._log.close()
+        Proc.live.discard(self)
+
+
+def stop_leftover_processes() -> list[str]:
+    """Stop every Proc still running; return their command lines (a test that leaked one)."""
+    leaked = []
+    for proc in list(Proc.live):
+        if proc.popen.poll() is None:
+            leaked.append(str(proc.popen.args))
+        proc.stop(timeout=5)
+    return leaked
 
 
 FORKING = "queues.worker.SlimyWorker"

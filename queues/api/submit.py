@@ -18,17 +18,20 @@ only when the view passes them, validated by `PriorityField` / `DelayField`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import weakref
 
 from django.conf import settings
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from queues.api.throttling import (
+    rate_limit_charges,
     rate_limit_connection,
     rate_limit_queue,
     rate_limit_take_deferred,
@@ -118,12 +121,23 @@ def idempotency_key_from(request) -> str | None:
     return key
 
 
+_ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+
+
+@functools.lru_cache(maxsize=64)
+def _job_detail_path(script_prefix: str) -> tuple[str, str]:
+    # The path around the id, reversed once per script prefix instead of once per submission.
+    head, _, tail = reverse("job-detail", kwargs={"job_id": _ID_PLACEHOLDER}).partition(_ID_PLACEHOLDER)
+    return head, tail
+
+
 def job_accepted_body(request, job, **extra) -> dict:
+    head, tail = _job_detail_path(get_script_prefix())
     body = {
         "ok": True,
         "jobId": str(job.id),
         "status": job.status,
-        "statusUrl": request.build_absolute_uri(reverse("job-detail", kwargs={"job_id": job.id})),
+        "statusUrl": request.build_absolute_uri(f"{head}{job.id}{tail}"),
     }
     body.update(extra)
     return body
@@ -132,6 +146,9 @@ def job_accepted_body(request, job, **extra) -> dict:
 def submission_guard(request, *, queue: str, replay: bool = False) -> None:
     """The checks before anything is pushed to `queue` (also used by job retry), in one round trip on
     the short-timeout connection: Redis answering, the `submit` rate limit, the backlog."""
+    if queue not in settings.FAIR_QUEUES:
+        _guard_in_one_script(request, queue=queue, replay=replay)
+        return
     try:
         with rate_limit_connection().pipeline(transaction=False) as pipe:
             pipe.ping()
@@ -142,8 +159,8 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
                 if rate_limit_queue(pipe, request, scope=scope)
             ]
             if not replay:
-                for priority in PRIORITY_ORDER:
-                    pipe.llen(get_rq_queue(queue, priority).key)
+                for key in _queue_keys(queue):
+                    pipe.llen(key)
                 if queue in settings.FAIR_QUEUES:  # its jobs wait in tenants' lines (queues.fairness)
                     fair_waiting_count(conn=pipe, queue=queue, pipeline=pipe)
             replies = pipe.execute()
@@ -157,7 +174,73 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
             raise rate_limited(scope=scope, wait=wait)
     if replay:
         return
-    backlog = sum(int(n) for n in replies)
+    _refuse_when_full(queue, sum(int(n) for n in replies))
+
+
+# The guard of a queue whose jobs wait in RQ's lists, as one script (one command; its reply shows Redis
+# answers): the GCRA of each rate-limit scope (queues.api.throttling), each charged when allowed, then the
+# backlog. KEYS: one per scope, then the queue's lists. ARGV: the number of scopes, then limit and period
+# (ms) per scope. Returns the ms to wait per scope (0: allowed), then the backlog.
+_GUARD_SCRIPT = """
+local n = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {}
+for i = 1, n do
+  local limit = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  if allow_at > now then
+    out[i] = math.ceil(allow_at - now)
+  else
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+    out[i] = 0
+  end
+end
+local backlog = 0
+for j = n + 1, #KEYS do
+  backlog = backlog + redis.call('LLEN', KEYS[j])
+end
+out[n + 1] = backlog
+return out
+"""
+
+
+def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
+    # The view's own scope first (left here by the DRF throttle: see rate_limit_defer), then `submit`.
+    charges = rate_limit_charges(request, scopes=(*rate_limit_take_deferred(request), "submit"))
+    keys = [key for _, key, _, _ in charges] + ([] if replay else list(_queue_keys(queue)))
+    args: list = [len(charges)]
+    for _, _, limit, period_ms in charges:
+        args += (limit, period_ms)
+    conn = rate_limit_connection()
+    try:
+        replies = _guard_script(conn)(keys=keys, args=args, client=conn)
+    except (RedisError, OSError) as exc:
+        logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
+        raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+    for (scope, _, _, _), wait_ms in zip(charges, replies, strict=False):
+        if int(wait_ms):
+            raise rate_limited(scope=scope, wait=max(int(wait_ms) / 1000.0, 0.001))
+    if not replay:
+        _refuse_when_full(queue, int(replies[-1]))
+
+
+_guard_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _guard_script(conn):
+    script = _guard_scripts.get(conn)
+    if script is None:
+        script = _guard_scripts[conn] = conn.register_script(_GUARD_SCRIPT)
+    return script
+
+
+def _refuse_when_full(queue: str, backlog: int) -> None:
     if backlog > settings.QUEUE_MAX_BACKLOG:
         logger.warning("queue %s is full (%s waiting); submission refused", queue, backlog)
         raise QueueFull(
@@ -165,6 +248,11 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
             details={"queue": queue},
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _queue_keys(queue: str) -> tuple[str, ...]:
+    return tuple(get_rq_queue(queue, priority).key for priority in PRIORITY_ORDER)
 
 
 def accept_job(

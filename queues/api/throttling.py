@@ -12,6 +12,7 @@ while Redis is down, and submissions are refused by `accept_job` anyway.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -76,6 +77,7 @@ class Rate:
         return f"{self.limit}/{self.period}s"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_rate(text: str | None) -> Rate | None:
     """`"30/min"`, `"5/10s"`, `"1000/hour"`; `None`, `""` or `"none"` means unlimited."""
     if text is None or str(text).strip().lower() in ("", "none", "off"):
@@ -129,6 +131,21 @@ def rate_limit_queue(pipe, request, *, scope: str) -> bool:
     # EVAL, not EVALSHA: a pipeline would first ask SCRIPT EXISTS, a round trip of its own.
     pipe.eval(_GCRA, 1, f"{RATELIMIT_PREFIX}:{scope}:{request_ident(request)}", rate.limit, rate.period * 1000)
     return True
+
+
+def rate_limit_charges(request, *, scopes) -> list[tuple[str, str, int, int]]:
+    """This request's charges for `scopes` not made yet, as (scope, key, limit, period in ms): for a caller
+    that runs the GCRA of several scopes in a script of its own (the submission guard's). Each scope is
+    then counted as charged, as rate_limit_queue counts it."""
+    charges = []
+    for scope in scopes:
+        if not _first_charge(request, scope):
+            continue
+        rate = rate_for(scope=scope, user=getattr(request, "user", None))
+        if rate is not None:
+            key = f"{RATELIMIT_PREFIX}:{scope}:{request_ident(request)}"
+            charges.append((scope, key, rate.limit, rate.period * 1000))
+    return charges
 
 
 def _first_charge(request, scope: str) -> bool:

@@ -4,9 +4,12 @@ so a rolled-back write enqueues nothing. Idempotency keys return the existing jo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
+import weakref
+import zlib
 from typing import Any
 
 from django.conf import settings
@@ -15,10 +18,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 from rest_framework import serializers
+from rq.job import JobStatus as RQJobStatus
 from rq.utils import now as rq_now
+from rq.utils import utcformat
 
 from queues import signals
-from queues.connections import get_rq_queue
+from queues.connections import get_rq_queue, get_rq_queue_by_name
 from queues.constants import JobStatus, Priority
 from queues.definitions import JobDefinition, registry
 from queues.fairness import fair_push_many
@@ -129,9 +134,9 @@ def job_enqueue(
         # INSERT is atomic already, and BEGIN/COMMIT would be two more round trips per submission.
         if transaction.get_connection().in_atomic_block:
             with transaction.atomic():
-                record.save(force_insert=True)
+                _record_insert(record)
         else:
-            record.save(force_insert=True)
+            _record_insert(record)
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer with its job.
         existing = _idempotent_match(owner, idempotency_key, fingerprint) if idempotency_key else None
@@ -144,6 +149,30 @@ def job_enqueue(
     # Counted on commit: a rolled-back write enqueued nothing.
     transaction.on_commit(lambda: signals.job_enqueued.send(sender=JobRecord, job=record))
     return record
+
+
+@functools.cache
+def _insert_statement(vendor: str) -> tuple[str, tuple]:
+    fields = tuple(JobRecord._meta.concrete_fields)
+    qn = transaction.get_connection().ops.quote_name
+    columns = ", ".join(qn(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {qn(JobRecord._meta.db_table)} ({columns}) VALUES ({placeholders})", fields
+
+
+def _record_insert(record: JobRecord) -> None:
+    """`record.save(force_insert=True)` as one prepared statement: the ORM's compilation of the INSERT was
+    a sixth of a submission's CPU. Every column is written from the record, converted by its field as
+    the ORM converts it (the two timestamps set as `auto_now_add`/`auto_now` would set them); JobRecord
+    has no save() override and nothing listens to its save signals."""
+    connection = transaction.get_connection()
+    sql, fields = _insert_statement(connection.vendor)
+    record.created_at = record.updated_at = timezone.now()
+    values = [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+    record._state.adding = False
+    record._state.db = connection.alias
 
 
 def _idempotent_match(owner, key: str, fingerprint: str) -> JobRecord | None:
@@ -170,8 +199,9 @@ def job_push_safely(job_id, record: JobRecord | None = None) -> None:
         logger.warning("push to Redis failed; the reconciler will enqueue job %s", job_id, exc_info=True)
 
 
-def job_push(*, job: JobRecord) -> None:
-    """Put the record's id on its RQ queue (or in the scheduled registry when it runs later)."""
+def job_push(*, job: JobRecord, front: bool = False) -> None:
+    """Put the record's id on its RQ queue (or in the scheduled registry when it runs later). `front`:
+    ahead of the jobs waiting at its priority (in its tenant's line on a fair queue)."""
     definition = registry.get(job.job_type)
     timeout = definition.timeout if definition else 60
     ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
@@ -200,9 +230,79 @@ def job_push(*, job: JobRecord) -> None:
             rq_job.enqueued_at = rq_now()
             rq_job.save(pipeline=pipe)
             fair_push_many(
-                conn=queue.connection, pipeline=pipe, queue=job.queue, items=[(job.priority, job.tenant, str(job.id))]
+                conn=queue.connection,
+                pipeline=pipe,
+                queue=job.queue,
+                items=[(job.priority, job.tenant, str(job.id))],
+                front=front,
             )
         else:
-            queue.enqueue(RUNNER, str(job.id), pipeline=pipe, **options)
+            _push_now(queue, job_id=str(job.id), options=options, front=front)
+            return
         queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
         pipe.execute()
+
+
+# What `queue.enqueue(...)` followed by `failed_job_registry.remove(...)` writes, in one script (one command
+# instead of a MULTI/EXEC of six, and no RQ Job object built per push): the queue registered in RQ's set of
+# queues, the job hash, the id at the tail of the queue's list, a failed copy forgotten. Atomic like RQ's
+# transaction. KEYS: rq:queues, the queue's list, the job hash, the failed registry. ARGV: the queue key,
+# the job id, "1" for the head of the list (RQ's at_front), then the hash's field/value pairs.
+_PUSH_SCRIPT = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+if ARGV[3] == '1' then redis.call('LPUSH', KEYS[2], ARGV[2]) else redis.call('RPUSH', KEYS[2], ARGV[2]) end
+redis.call('ZREM', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _rq_job_template(queue_name: str, redis_url: str, job_type: str, timeout: int, ttl: int):
+    """The RQ job hash every push of this (queue, job type) writes, built once by RQ itself; only the
+    record id (in `data`) and the two timestamps differ from push to push. Returns (fields, serializer)."""
+    queue = get_rq_queue_by_name(queue_name)
+    rq_job = queue.create_job(
+        RUNNER,
+        args=("00000000-0000-0000-0000-000000000000",),
+        timeout=timeout,
+        result_ttl=ttl,
+        failure_ttl=ttl,
+        description=job_type,
+        meta={"job_type": job_type},
+        job_id="00000000-0000-0000-0000-000000000000",
+    )
+    rq_job.origin = queue.name
+    rq_job.enqueued_at = rq_now()
+    rq_job._status = RQJobStatus.QUEUED
+    fields = rq_job.to_dict()
+    return fields, rq_job.serializer
+
+
+def _push_now(queue, *, job_id: str, options: dict, front: bool = False) -> None:
+    fields, serializer = _rq_job_template(
+        queue.name, settings.REDIS_URL, options["description"], options["job_timeout"], options["result_ttl"]
+    )
+    fields = dict(fields)
+    stamp = utcformat(rq_now())
+    fields["created_at"] = fields["enqueued_at"] = stamp
+    fields["data"] = zlib.compress(serializer.dumps((RUNNER, None, (job_id,), {})))
+    args: list[Any] = [queue.key, job_id, "1" if front else "0"]
+    for name, value in fields.items():
+        args += (name, value)
+    conn = queue.connection
+    _push_script(conn)(
+        keys=[queue.redis_queues_keys, queue.key, queue.job_class.key_for(job_id), queue.failed_job_registry.key],
+        args=args,
+        client=conn,
+    )
+
+
+_push_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _push_script(conn):
+    script = _push_scripts.get(conn)
+    if script is None:
+        script = _push_scripts[conn] = conn.register_script(_PUSH_SCRIPT)
+    return script

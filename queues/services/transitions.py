@@ -133,7 +133,9 @@ def job_recover_abandoned(*, job_id, reason: str, immediate: bool = False) -> st
         logger.warning("could not fence off the output of job %s attempt %s", job_id, job.attempts)
     if job.status == JobStatus.RETRYING:
         try:
-            job_push(job=job)
+            # First in line: its attempt was already under way (someone may be watching the reply), so
+            # the jobs submitted after it must not delay it again.
+            job_push(job=job, front=True)
         except (RedisError, OSError):
             logger.warning("push of recovered job %s failed; the reconciler retries it", job_id, exc_info=True)
         signals.job_finished.send(sender=JobRecord, job=job, outcome="retried", duration=None)

@@ -166,6 +166,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.fair = {n for n in names if n in settings.FAIR_QUEUES}
         self._wake_keys = {fair_wake_key(n) for n in self.fair}
         self._fair_releases: set[asyncio.Task] = set()
+        self._fair_pending: dict[str, list[str]] = {}  # released on the loop, sent together (one script call)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.inflight: dict[str, Inflight] = {}
         self.inflight_lock = threading.Lock()
@@ -292,6 +293,8 @@ class SlimyRuntimeWorker(SimpleWorker):
                 await asyncio.wait({self._blocking_pop}, timeout=BLOCK_SECONDS + 1)
             await asyncio.gather(*guards, return_exceptions=True)
             await self._flush_completions()
+            for queue in list(self._fair_pending):
+                self._start_fair_release(queue)
             await asyncio.gather(*self._fair_releases, return_exceptions=True)
             forgotten = self._take_forgotten()
             if forgotten:
@@ -531,9 +534,11 @@ class SlimyRuntimeWorker(SimpleWorker):
         count = len(job_ids) if slots is None else slots
         if queue in self.fair and job_ids:
             if _running_loop() is self.loop:
-                task = self.loop.create_task(self._fair_release(queue, job_ids))
-                self._fair_releases.add(task)
-                task.add_done_callback(self._fair_releases.discard)
+                # Jobs released within COMPLETE_BATCH_DELAY share one release script call.
+                pending = self._fair_pending.setdefault(queue, [])
+                if not pending:
+                    self.loop.call_later(COMPLETE_BATCH_DELAY, self._start_fair_release, queue)
+                pending.extend(job_ids)
             else:
                 try:
                     fair_release(conn=self.connection, queue=queue, job_ids=job_ids)
@@ -561,6 +566,13 @@ class SlimyRuntimeWorker(SimpleWorker):
         path). Read from lane threads: the names are set before the pop they belong to."""
         pop = self._blocking_pop
         return self.stopping or pop is None or pop.done() or queue not in self._blocking_names
+
+    def _start_fair_release(self, queue: str) -> None:
+        job_ids = self._fair_pending.pop(queue, [])
+        if job_ids:
+            task = self.loop.create_task(self._fair_release(queue, job_ids))
+            self._fair_releases.add(task)
+            task.add_done_callback(self._fair_releases.discard)
 
     async def _fair_release(self, queue: str, job_ids: list[str]) -> None:
         try:

@@ -40,7 +40,9 @@ EXPECTED_FIGURES = {
         "POST p50",
         "POST p99",
         "make-run server POST submissions",
+        "make-run server POST p50",
         "make-run server POST p99",
+        "make-run server POST submissions, vs gthread",
         "make-run server GET /health/live",
     },
     "watchers": {

@@ -135,3 +135,29 @@ def test_make_run_explains_missing_redis(tmp_path):
     )
     assert done.returncode != 0
     assert "install redis-server" in done.stderr and "REDIS_URL" in done.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_make_run_recovers_a_killed_workers_jobs_as_soon_as_it_sees_the_process_die(tmp_path, redis_server, redis_conn):
+    from queues.constants import JobStatus
+    from queues.services import job_enqueue
+    from tests.e2e.records import _outcomes, _record, _started
+    from tests.processes import process_env
+
+    port = free_port()
+    # Liveness that would take a minute to lapse: only the supervisor, which saw its child die, can hand
+    # the job over within the wait below.
+    env = process_env(
+        redis_server.url, PORT=port, DATA_DIR=tmp_path / "data", WORKER_TTL=60, RECONCILE_CONFIRM_SECONDS=60
+    )
+    run = Proc([sys.executable, "manage.py", "runall"], env, tmp_path / "runall.log")
+    try:
+        job = job_enqueue(job_type="test_sleep", payload={"seconds": 3, "tag": "killed"})
+        wait_for(lambda: _started(redis_conn, "killed"), timeout=90, interval=0.2, message="the job to start")
+        worker_pid = int(_started(redis_conn, "killed")[0].split(":")[0])
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: _record(job).status == JobStatus.COMPLETED, timeout=40, message="the job to complete again")
+        assert _outcomes(job) == ["abandoned", "completed"]
+        assert "job(s) pushed again" in run.output()
+    finally:
+        run.stop()

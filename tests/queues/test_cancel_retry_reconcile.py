@@ -211,3 +211,36 @@ def test_a_dead_workers_job_is_pushed_again_at_once_without_back_off(redis_conn)
     # On its queue now, not in the scheduled registry behind the retry policy's 2 s back-off.
     assert get_rq_queue("database").job_ids == [str(job.pk)]
     assert [a.outcome for a in record.attempt_history.all()] == ["abandoned"]
+
+
+def _dead_worker_holds(job, worker="gone-worker"):
+    JobRecord.objects.filter(pk=job.pk).update(status=JobStatus.STARTED, attempts=1, worker_name=worker)
+    record = _record(job)
+    record.attempt_history.create(number=1, worker_name=worker, started_at=record.created_at)
+
+
+@pytest.mark.parametrize("job_type", ["test_echo", "test_sleep"])  # a plain queue and a fair (chat) queue
+def test_a_dead_workers_job_goes_back_first_in_line(job_type, redis_conn):
+    from queues.connections import get_rq_queue
+    from queues.fairness import fair_pop
+    from queues.services.fair import queue_is_fair
+
+    payload = {"value": "x"} if job_type == "test_echo" else {"seconds": 0}
+    orphan = job_enqueue(job_type=job_type, payload=payload)
+    later = [job_enqueue(job_type=job_type, payload=payload) for _ in range(3)]
+    queue = orphan.queue
+    # The orphan was popped by a worker that then died; the jobs submitted after it are still waiting.
+    if queue_is_fair(queue):
+        assert fair_pop(conn=redis_conn, queue=queue, worker="gone-worker").job_id == str(orphan.pk)
+    else:
+        assert get_rq_queue(queue).pop_job_id() == str(orphan.pk)
+    _dead_worker_holds(orphan)
+
+    assert queues_reconcile(grace_seconds=3600, confirm_seconds=0).recovered == [str(orphan.pk)]
+
+    # It runs next, before the jobs that came after it (not at the back of the line again).
+    if queue_is_fair(queue):
+        popped = [fair_pop(conn=redis_conn, queue=queue, worker="w", cap=10).job_id for _ in range(4)]
+    else:
+        popped = [get_rq_queue(queue).pop_job_id() for _ in range(4)]
+    assert popped == [str(orphan.pk)] + [str(j.pk) for j in later]

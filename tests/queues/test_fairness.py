@@ -245,6 +245,29 @@ def test_pop_many_takes_turns_and_stops_at_the_cap_in_one_round_trip(redis_serve
     assert {s.job_id: s.worker for s in fair_held(conn=redis_conn, queue=Q)} == {"a0": "aw", "b0": "aw", "a1": "aw"}
 
 
+def test_pop_many_stops_at_count_in_one_script_run_and_leaves_the_rest_waiting(redis_server, redis_conn):
+    from queues.fairness import afair_pop_many
+
+    push(redis_conn, "A", "a0")
+    push(redis_conn, "B", "b0")
+    push(redis_conn, "A", "a1", priority="high")
+    redis_conn.config_resetstat()
+
+    async def scenario(count):
+        conn = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await afair_pop_many(conn=conn, queue=Q, worker="aw", count=count, cap=5)
+        finally:
+            await conn.aclose()
+
+    assert [j.job_id for j in asyncio.run(scenario(2))] == ["a1", "a0"]  # high first, then normal in turn
+    assert [j.job_id for j in asyncio.run(scenario(1000))] == ["b0"]
+    assert asyncio.run(scenario(1000)) == []
+    stats = redis_conn.info("commandstats")
+    scripts = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+    assert scripts <= 4  # one run per call (plus a load of the script), not one per job asked for
+
+
 def test_waiting_count_ids_and_heads_follow_the_lines(redis_conn):
     from queues.fairness import fair_waiting_count, fair_waiting_heads, fair_waiting_ids
 

@@ -35,6 +35,8 @@ class Command(BaseCommand):
         except SupervisorError as exc:
             raise CommandError(str(exc)) from exc
 
+        # This process talks to the same Redis as its children (it recovers a dead worker's jobs).
+        settings.REDIS_URL = env["REDIS_URL"]
         env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.DATA_DIR / "prometheus"))
         prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
         env["DATA_DIR"] = str(settings.DATA_DIR)
@@ -61,7 +63,9 @@ class Command(BaseCommand):
         )
         if options["no_web"]:
             children = [c for c in children if c.name != "web"]
-        supervisor = Supervisor(children, env, log=lambda m: self.stdout.write(f"[runall] {m}"))
+        supervisor = Supervisor(
+            children, env, log=lambda m: self.stdout.write(f"[runall] {m}"), on_exit=self._worker_exited
+        )
         signal.signal(signal.SIGINT, supervisor.request_stop)
         signal.signal(signal.SIGTERM, supervisor.request_stop)
         self.stdout.write(f"[runall] Slimy on http://{options['host']}:{options['port']}/ (Redis {env['REDIS_URL']})")
@@ -71,6 +75,24 @@ class Command(BaseCommand):
             if embedded:
                 embedded.stop()
                 self.stdout.write("[runall] embedded Redis stopped")
+
+    def _worker_exited(self, child, pid):
+        """A worker process died (kill -9, OOM): its jobs run again now, not when its liveness key lapses."""
+        if not child.name.startswith("worker-"):
+            return
+        import socket
+
+        from django.db import connections
+
+        # Imported here, on a crash only: the supervisor stays small while everything runs.
+        from queues.reconcile import reconcile_exited_process
+
+        try:
+            report = reconcile_exited_process(host=socket.gethostname(), pid=pid)
+        finally:
+            connections.close_all()  # the supervisor holds no database session between crashes
+        if report.recovered:
+            self.stdout.write(f"[runall] {child.name}'s {len(report.recovered)} job(s) pushed again")
 
     def _redis(self, env):
         if env.get("REDIS_URL"):
