@@ -774,9 +774,12 @@ def _keep_session() -> None:
     conn = connections[DEFAULT_DB_ALIAS]
     try:
         close_old_connections()  # replaced when past CONN_MAX_AGE or after errors
-        # CONN_HEALTH_CHECKS' `SELECT 1` now (closed if it fails), so the next cursor need not run it.
-        conn.close_if_health_check_failed()
+        # The `SELECT 1` now, whatever the backend's own rule for when to check (slimy_site.postgresql
+        # skips it for a session used within a second: this pass counts as a use).
+        if conn.connection is not None and not conn.is_usable():
+            conn.close()
         conn.ensure_connection()
+        conn.close_if_health_check_failed()  # marks it checked: the next cursor does not check it again
     except DatabaseError:
         conn.close()
         return
