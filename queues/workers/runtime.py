@@ -600,7 +600,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             if item.task is not None:
                 item.task.cancel()
             else:
-                await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
+                await self.db(_hand_back_at_shutdown, item, self.name)
         tasks = [item.task for item in left if item.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
@@ -657,7 +657,7 @@ class SlimyRuntimeWorker(SimpleWorker):
                 item.recording = True
                 if outcome is None:
                     if item.handed_back:
-                        await self.db(_hand_back_item, item, self.name, "worker shutdown interrupted the job")
+                        await self.db(_hand_back_at_shutdown, item, self.name)
                     else:  # superseded: closes the attempt row; the record is someone else's now
                         await self.db(_close_superseded, job)
                     return
@@ -795,11 +795,11 @@ def _db_call(fn, args, kwargs):
         raise
 
 
-def _hand_back(job_id: str, worker_name: str, reason: str) -> None:
+def _hand_back(job_id: str, worker_name: str, reason: str, immediate: bool = False) -> None:
     from queues.services import job_recover_abandoned
 
     try:
-        job_recover_abandoned(job_id=job_id, reason=reason)
+        job_recover_abandoned(job_id=job_id, reason=reason, immediate=immediate)
     except DatabaseError:
         # Fault suite finding (scenario 8): with PostgreSQL down the failure cannot be recorded now;
         # the reconciler retries it once the database answers.
@@ -812,9 +812,15 @@ def _hand_back(job_id: str, worker_name: str, reason: str) -> None:
             logger.error("could not report job %s for recovery", job_id)
 
 
-def _hand_back_item(item: Inflight, worker_name: str, reason: str) -> None:
+def _hand_back_item(item: Inflight, worker_name: str, reason: str, immediate: bool = False) -> None:
     item.retried = True  # its RQ copy may wait in the scheduled registry now: it must not be forgotten
-    _hand_back(item.job_id, worker_name, reason)
+    _hand_back(item.job_id, worker_name, reason, immediate)
+
+
+def _hand_back_at_shutdown(item: Inflight, worker_name: str) -> None:
+    # The attempt did not fail, its worker stopped: due at once and first in line (another worker may
+    # take it now), like a dead worker's job.
+    _hand_back_item(item, worker_name, "worker shutdown interrupted the job", immediate=True)
 
 
 def _close_superseded(job) -> None:

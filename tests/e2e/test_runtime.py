@@ -227,6 +227,12 @@ def test_second_sigterm_hands_jobs_back_at_once_and_they_run_again(tmp_path, env
         record = _record(j)
         assert record.status == JobStatus.RETRYING, record.status
         assert _outcomes(j) == ["abandoned"]
+    # Handed back due now, where the next worker pops (not in the scheduled registry for a back-off).
+    from queues.connections import get_rq_queue
+    from queues.fairness import fair_waiting_ids
+
+    assert str(job.pk) in fair_waiting_ids(conn=redis_conn, queue="chat")
+    assert str(sync_job.pk) in get_rq_queue("database").get_job_ids()
 
 
 def test_every_heartbeat_writes_the_slots_hash_for_the_dashboard(tmp_path, env, redis_conn):
