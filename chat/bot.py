@@ -217,20 +217,26 @@ def _db_batch(fn) -> _DbBatch:
     return batch
 
 
-def _record_replies(items: list[tuple]) -> list:
-    """`_record_reply` for each item, together when there are several: per item its answer or its exception."""
+def _together_or_each(items: list[tuple], together, each, what: str) -> list:
+    """`together(items)` when there are several, else (or when that fails) `each(*item)` for every item:
+    per item its answer or its exception."""
     if len(items) > 1:
         try:
-            return _record_together(items)
+            return together(items)
         except Exception:  # each then on its own, which answers (or raises) for itself
-            logger.info("recording %s replies together failed; recording each on its own", len(items), exc_info=True)
+            logger.info("%s: %s together failed; each on its own", what, len(items), exc_info=True)
     answers: list = []
     for item in items:
         try:
-            answers.append(_record_reply(*item))
-        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
+            answers.append(each(*item))
+        except Exception as exc:  # noqa: BLE001 - the item's own outcome
             answers.append(exc)
     return answers
+
+
+def _record_replies(items: list[tuple]) -> list:
+    """`_record_reply` for each item, together when there are several: per item its answer or its exception."""
+    return _together_or_each(items, _record_together, _record_reply, "recording replies")
 
 
 def _record_together(items: list[tuple]) -> list:
@@ -299,18 +305,7 @@ def _record_reply(
 def _prompts(items: list[tuple]) -> list:
     """`_prompt` for each (request, context), together when there are several: per item its answer or its
     exception (a missing conversation's PermanentJobError)."""
-    if len(items) > 1:
-        try:
-            return _prompts_together(items)
-        except Exception:  # each then on its own, which answers (or raises) for itself
-            logger.info("loading %s prompts together failed; loading each on its own", len(items), exc_info=True)
-    answers: list = []
-    for item in items:
-        try:
-            answers.append(_prompt(*item))
-        except Exception as exc:  # noqa: BLE001 - the reply's own outcome
-            answers.append(exc)
-    return answers
+    return _together_or_each(items, _prompts_together, _prompt, "loading prompts")
 
 
 def _prompts_together(items: list[tuple]) -> list:

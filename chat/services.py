@@ -187,18 +187,7 @@ def message_save_many(
     if all(job_id is not None and job_id in existing for *_, job_id in checked):
         return [existing[job_id] for *_, job_id in checked]
     conversation = conversation_get_for_owner(conversation_id=conversation_id, owner_id=owner_id, counted=False)
-    new = [
-        Message(
-            conversation_id=conversation.pk,
-            author_id=owner_id if role == MessageRole.USER else None,
-            role=role,
-            content=content,
-            personality_mode=personality_mode or conversation.personality_mode,
-            job_id=job_id,
-        )
-        for role, content, job_id in checked
-        if job_id is None or job_id not in existing
-    ]
+    new = _new_messages(conversation, owner_id, checked, existing, personality_mode)
     try:
         with transaction.atomic():
             for message in new:  # one at a time: each gets its own, later, created_at
@@ -275,18 +264,7 @@ def message_save_together(
         if conversation is None or owner_id is None or conversation.owner_id != owner_id:
             answers.append(False)
             continue
-        new = [
-            Message(
-                conversation_id=conversation.pk,
-                author_id=owner_id if role == MessageRole.USER else None,
-                role=role,
-                content=content,
-                personality_mode=personality_mode or conversation.personality_mode,
-                job_id=job_id,
-            )
-            for role, content, job_id in rows
-            if job_id is None or job_id not in existing
-        ]
+        new = _new_messages(conversation, owner_id, rows, existing, personality_mode)
         for position, message in enumerate(new):
             if position == len(waves):
                 waves.append([])
@@ -326,3 +304,19 @@ def _messages_of_jobs(job_ids, owner_id) -> dict:
             raise ConversationNotFound()
         found[message.job_id] = message
     return found
+
+
+def _new_messages(conversation, owner_id, rows, existing, personality_mode) -> list[Message]:
+    """The Message objects of (role, content, job id) rows whose job has not written its message yet."""
+    return [
+        Message(
+            conversation_id=conversation.pk,
+            author_id=owner_id if role == MessageRole.USER else None,
+            role=role,
+            content=content,
+            personality_mode=personality_mode or conversation.personality_mode,
+            job_id=job_id,
+        )
+        for role, content, job_id in rows
+        if job_id is None or job_id not in existing
+    ]
