@@ -111,3 +111,18 @@ def reset_connections() -> None:
         conn.close()
     _connections.clear()
     _async_connections.clear()
+
+
+_registered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def registered_script(conn, source: str):
+    """The Lua `source` registered once per client (redis-py's Script keeps the SHA and reloads it after a
+    restart): callers on a hot path avoid hashing the source on every call."""
+    per_conn = _registered.get(conn)
+    if per_conn is None:
+        per_conn = _registered[conn] = {}
+    script = per_conn.get(source)
+    if script is None:
+        script = per_conn[source] = conn.register_script(source)
+    return script

@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import re
-import weakref
 
 from django.conf import settings
 from django.urls import get_script_prefix, reverse
@@ -38,7 +37,7 @@ from queues.api.throttling import (
     rate_limit_wait,
     rate_limited,
 )
-from queues.connections import get_connection, get_rq_queue
+from queues.connections import get_connection, get_rq_queue, registered_script
 from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
 from queues.fairness import fair_waiting_count
@@ -219,7 +218,7 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
         args += (limit, period_ms)
     conn = rate_limit_connection()
     try:
-        replies = _guard_script(conn)(keys=keys, args=args, client=conn)
+        replies = registered_script(conn, _GUARD_SCRIPT)(keys=keys, args=args, client=conn)
     except (RedisError, OSError) as exc:
         logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
@@ -228,16 +227,6 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
             raise rate_limited(scope=scope, wait=max(int(wait_ms) / 1000.0, 0.001))
     if not replay:
         _refuse_when_full(queue, int(replies[-1]))
-
-
-_guard_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _guard_script(conn):
-    script = _guard_scripts.get(conn)
-    if script is None:
-        script = _guard_scripts[conn] = conn.register_script(_GUARD_SCRIPT)
-    return script
 
 
 def _refuse_when_full(queue: str, backlog: int) -> None:

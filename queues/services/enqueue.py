@@ -8,7 +8,6 @@ import functools
 import hashlib
 import json
 import logging
-import weakref
 import zlib
 from typing import Any
 
@@ -23,7 +22,7 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from queues import signals
-from queues.connections import get_rq_queue, get_rq_queue_by_name
+from queues.connections import get_rq_queue, get_rq_queue_by_name, registered_script
 from queues.constants import JobStatus, Priority
 from queues.definitions import JobDefinition, registry
 from queues.fairness import fair_push_many
@@ -291,18 +290,8 @@ def _push_now(queue, *, job_id: str, options: dict, front: bool = False) -> None
     for name, value in fields.items():
         args += (name, value)
     conn = queue.connection
-    _push_script(conn)(
+    registered_script(conn, _PUSH_SCRIPT)(
         keys=[queue.redis_queues_keys, queue.key, queue.job_class.key_for(job_id), queue.failed_job_registry.key],
         args=args,
         client=conn,
     )
-
-
-_push_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _push_script(conn):
-    script = _push_scripts.get(conn)
-    if script is None:
-        script = _push_scripts[conn] = conn.register_script(_PUSH_SCRIPT)
-    return script
