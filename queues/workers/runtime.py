@@ -348,13 +348,18 @@ class SlimyRuntimeWorker(SimpleWorker):
             try:
                 active = [s for s in self.slots.values() if s.name not in await self._paused_names()]
                 await self._drain_plain([s for s in active if s.name in self.fair])
-                took = await self._pop_now([s for s in active if s.free], max_jobs)
+                polled = [s for s in active if s.free]
+                took = await self._pop_now(polled, max_jobs)
                 wait = 1.0
                 if took:
                     idle_since = time.monotonic()
                     continue
                 if burst:
-                    if not self.inflight and not any(lane.pending for lane in self.lanes.values()):
+                    # Empty only if every queue was polled: a lane's finished jobs leave `inflight` before
+                    # their slots are given back (on this loop, a moment later), and a queue with no free
+                    # slot was not looked at in this pass.
+                    done = not self.inflight and not any(lane.pending for lane in self.lanes.values())
+                    if done and len(polled) == len(active):
                         return
                     await self._sleep(0.02)
                     continue
