@@ -33,6 +33,25 @@ _COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
 _ATTNAMES = [f.attname for f in _FIELDS]
 _CONVERTERS = [(i, f.from_db_value) for i, f in enumerate(_FIELDS) if hasattr(f, "from_db_value")]
 
+
+def _started_ctes(which: str) -> str:
+    """The `started` (records of `which` ids still waiting and due, marked started) and `attempt` (their
+    attempt rows) parts of a start statement, committed without the disk flush (see the module's note)."""
+    return f"""started AS (
+    UPDATE {_RECORD}
+       SET status = %(started)s, attempts = attempts + 1, started_at = %(now)s, worker_name = %(worker)s,
+           progress = NULL, updated_at = %(now)s
+      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
+     WHERE {which} AND status = ANY(%(waiting)s::text[])
+       AND (scheduled_for IS NULL OR scheduled_for <= %(due)s)
+ RETURNING {_COLUMNS}
+), attempt AS (
+    INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
+                            error_traceback)
+    SELECT id, attempts, %(worker)s, %(now)s, NULL, %(running)s, '', '' FROM started
+)"""
+
+
 # `heavy` job types (threaded and async jobs) each need a slot of their own; the others run one after
 # another on their queue's lane and share one. With a limit, the ids start in order while the slots they
 # take stay within it (a strict prefix, so the order holds); the rest are left waiting and returned as
@@ -49,19 +68,7 @@ WITH candidate AS (
       FROM candidate WINDOW upto AS (ORDER BY pos ROWS UNBOUNDED PRECEDING)
 ), pick AS (
     SELECT id FROM costed WHERE %(limit)s::int IS NULL OR slots <= %(limit)s::int
-), started AS (
-    UPDATE {_RECORD}
-       SET status = %(started)s, attempts = attempts + 1, started_at = %(now)s, worker_name = %(worker)s,
-           progress = NULL, updated_at = %(now)s
-      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
-     WHERE id IN (SELECT id FROM pick) AND status = ANY(%(waiting)s::text[])
-       AND (scheduled_for IS NULL OR scheduled_for <= %(due)s)
- RETURNING {_COLUMNS}
-), attempt AS (
-    INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
-                            error_traceback)
-    SELECT id, attempts, %(worker)s, %(now)s, NULL, %(running)s, '', '' FROM started
-)
+), {_started_ctes("id IN (SELECT id FROM pick)")}
 SELECT (SELECT array_agg(c.id::text ORDER BY c.pos) FROM costed c WHERE c.id NOT IN (SELECT id FROM pick)),
        started.*
   FROM (SELECT 1) AS one LEFT JOIN started ON true
@@ -71,19 +78,7 @@ SELECT (SELECT array_agg(c.id::text ORDER BY c.pos) FROM costed c WHERE c.id NOT
 # the costing above is not needed: the same update and attempt rows, planned in half the time (on the
 # pickup path — submit to handler start — this statement is the worker's one round trip to PostgreSQL).
 START_ALL_SQL = f"""
-WITH started AS (
-    UPDATE {_RECORD}
-       SET status = %(started)s, attempts = attempts + 1, started_at = %(now)s, worker_name = %(worker)s,
-           progress = NULL, updated_at = %(now)s
-      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_fsync_wait
-     WHERE id = ANY(%(ids)s::uuid[]) AND status = ANY(%(waiting)s::text[])
-       AND (scheduled_for IS NULL OR scheduled_for <= %(due)s)
- RETURNING {_COLUMNS}
-), attempt AS (
-    INSERT INTO {_ATTEMPT} (job_id, number, worker_name, started_at, finished_at, outcome, error_message,
-                            error_traceback)
-    SELECT id, attempts, %(worker)s, %(now)s, NULL, %(running)s, '', '' FROM started
-)
+WITH {_started_ctes("id = ANY(%(ids)s::uuid[])")}
 SELECT NULL, started.* FROM started
 """
 
