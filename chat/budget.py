@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from queues.connections import registered_script
+
 PREFIX = "slimy:budget:"
 SAFETY = 0.02  # spacing 2 % wider than the limit: clock and network jitter never add up to a 429
 OBSERVED_TTL = 600  # seconds a limit learnt from the provider's headers stays in force
@@ -120,17 +122,11 @@ return 1
 """
 
 _SOURCES = {"acquire": _ACQUIRE, "settle": _SETTLE, "observe": _OBSERVE, "backoff": _BACKOFF}
-_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _script(conn, name: str):
-    per_conn = _scripts.get(conn)
-    if per_conn is None:
-        per_conn = _scripts[conn] = {}
-    if name not in per_conn:
-        per_conn[name] = conn.register_script(_SOURCES[name])
-    return per_conn[name]
+    return registered_script(conn, _SOURCES[name])
 
 
 def _sync_conn(conn):

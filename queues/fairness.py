@@ -21,11 +21,11 @@ running (fair_held + fair_release). Left out: weights per tenant, and moving job
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
 
+from queues.connections import registered_script
 from queues.constants import PRIORITY_ORDER, base_queue_name, rq_queue_name
 from queues.keys import FAIR_PREFIX as PREFIX
 
@@ -223,18 +223,11 @@ _SOURCES = {
     "stats": _STATS,
     "waiting": _WAITING,
 }
-_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _script(conn, name: str):
     """The script registered on this client (sync or asyncio: redis-py picks the matching class)."""
-    per_conn = _scripts.get(conn)
-    if per_conn is None:
-        per_conn = _scripts[conn] = {}
-    script = per_conn.get(name)
-    if script is None:
-        script = per_conn[name] = conn.register_script(_SOURCES[name])
-    return script
+    return registered_script(conn, _SOURCES[name])
 
 
 @dataclass(frozen=True)
