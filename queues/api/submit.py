@@ -30,6 +30,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from queues.api.throttling import (
+    GCRA_LUA,
     rate_limit_charges,
     rate_limit_connection,
     rate_limit_queue,
@@ -177,28 +178,18 @@ def submission_guard(request, *, queue: str, replay: bool = False) -> None:
 
 
 # The guard of a queue whose jobs wait in RQ's lists, as one script (one command; its reply shows Redis
-# answers): the GCRA of each rate-limit scope (queues.api.throttling), each charged when allowed, then the
+# answers): the GCRA of each rate-limit scope (queues.api.throttling.GCRA_LUA), each charged when allowed, then the
 # backlog. KEYS: one per scope, then the queue's lists. ARGV: the number of scopes, then limit and period
 # (ms) per scope. Returns the ms to wait per scope (0: allowed), then the backlog.
-_GUARD_SCRIPT = """
+_GUARD_SCRIPT = (
+    GCRA_LUA
+    + """
 local n = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = now_ms()
 local out = {}
 for i = 1, n do
-  local limit = tonumber(ARGV[2 * i])
-  local period = tonumber(ARGV[2 * i + 1])
-  local interval = period / limit
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - period
-  if allow_at > now then
-    out[i] = math.ceil(allow_at - now)
-  else
-    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
-    out[i] = 0
-  end
+  local _, wait = gcra(KEYS[i], tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1]), now)
+  out[i] = wait
 end
 local backlog = 0
 for j = n + 1, #KEYS do
@@ -207,6 +198,7 @@ end
 out[n + 1] = backlog
 return out
 """
+)
 
 
 def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:

@@ -50,22 +50,34 @@ _ROLE_ORDER = (Role.STAFF, Role.SERVICE, Role.CLUB, Role.MEMBER)
 
 # GCRA: KEYS[1] holds the theoretical arrival time (ms). ARGV: limit, period (ms).
 # Returns {allowed (1/0), ms to wait, remaining}.
-_GCRA = """
-local limit = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = period / limit
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-if allow_at > now then
-  return {0, math.ceil(allow_at - now), 0}
+# The GCRA as Lua functions, for this module's script and for scripts that charge several scopes at once
+# (the submission guard's). gcra() charges `key` when allowed; returns allowed (1/0), the ms to wait,
+# and the requests left.
+GCRA_LUA = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
-return {1, 0, math.floor((now - allow_at) / interval)}
+local function gcra(key, limit, period, now)
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period
+  if allow_at > now then
+    return 0, math.ceil(allow_at - now), 0
+  end
+  redis.call('SET', key, string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+  return 1, 0, math.floor((now - allow_at) / interval)
+end
 """
+_GCRA = (
+    GCRA_LUA
+    + """
+local allowed, wait, left = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now_ms())
+return {allowed, wait, left}
+"""
+)
 
 
 @dataclass(frozen=True)
