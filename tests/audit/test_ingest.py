@@ -4,6 +4,7 @@ log_events_bulk, no loss or doubles (a drain worker killed mid-batch included)."
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 
@@ -276,6 +277,12 @@ def test_staged_event_already_in_the_chain_is_not_written_twice(redis_conn):
     assert AuditLog.objects.count() == 1 and chain_verify().ok
 
 
+def _sessions_blocked_by(pid: int) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", [pid])
+        return cursor.fetchone()[0]
+
+
 RUNTIME_CMD = [sys.executable, "manage.py", "rqworker", "audit", "--burst"]  # the default runtime: drains on its pool
 
 
@@ -301,28 +308,36 @@ def test_drain_worker_killed_mid_batch_loses_no_event(redis_conn, worker_cmd):
             ["0" * 64],
         )
         cursor.execute("SELECT 1 FROM audit_auditchainhead WHERE id = 1 FOR UPDATE")
+        cursor.execute("SELECT pg_backend_pid()")
+        blocker_pid = cursor.fetchone()[0]
+    stderr = tempfile.TemporaryFile()
     worker = subprocess.Popen(
         worker_cmd,
         cwd=ROOT,
         env=_worker_env(),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180  # a worker process starts slowly on a loaded machine
-        while True:  # the batch is locked by the worker: a SKIP LOCKED read sees none of it
-            with transaction.atomic():
-                visible = len(AuditStagedEvent.objects.select_for_update(skip_locked=True).values_list("id"))
-            if visible == 0:
-                break
+        # Wait for a session blocked by the held chain head: the drain, inside its transaction, after taking
+        # its batch. The wait takes no row lock itself (a probe that locked the buffer rows, even briefly,
+        # made a drain running at that moment skip them all and finish with nothing to do).
+        while not _sessions_blocked_by(blocker_pid):
+            if worker.poll() is not None:
+                stderr.seek(0)
+                pytest.fail(f"the worker exited ({worker.returncode}) before its drain: {stderr.read()[-2000:]!r}")
             assert time.monotonic() < deadline, "the worker never started its drain"
             time.sleep(0.05)
+        with transaction.atomic():  # the worker holds every buffered row
+            assert not AuditStagedEvent.objects.select_for_update(skip_locked=True).exists()
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
+        stderr.close()
         blocker.rollback()
         blocker.close()
     assert AuditStagedEvent.objects.count() == 300 and not AuditLog.objects.exists()
