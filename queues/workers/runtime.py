@@ -871,6 +871,7 @@ class _InlineBatch:
     completions: list = field(default_factory=list)  # (job, Outcome) of the jobs that succeeded
     finished: list = field(default_factory=list)  # Inflight of the jobs whose outcome is recorded
     retried: set = field(default_factory=set)  # ids whose RQ copy waits in the scheduled registry
+    begun: asyncio.Future | None = None  # a job run on the lane thread: resolved as its handler starts
 
 
 class Lane:
@@ -1002,11 +1003,15 @@ class Lane:
         # Tracked now (`inflight` holds them); inline ones stay pending until the runner takes their batch
         # (one run here is taken now: the release below is also the "room for the next batch" wake-up).
         self._count(-(len(ids) - (0 if here else len(inline))))
-        # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
-        worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0), begun=begun)
+        # The slots its jobs do not need: one for the inline batch, one per threaded or async job. A job run
+        # here resolves `begun` as its handler starts instead (`_limit`): the loop's next pass waits till then.
+        worker.release(
+            self.queue, skipped, slots=reserved - heavy - (1 if inline else 0), begun=None if here else begun
+        )
         if inline:
             work = _InlineBatch(inline, delivered=len(ids))
             if here:
+                work.begun = begun
                 self._run_inline(work)
             else:
                 self.runs.put(work)
@@ -1029,8 +1034,20 @@ class Lane:
         avg = self._avg_job_seconds
         self._avg_job_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
 
-    def _limit(self, item: Inflight):
-        return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
+    def _limit(self, item: Inflight, work: _InlineBatch | None = None):
+        """The job's hard timeout, entered just before its handler runs (also where its `begun` is resolved)."""
+
+        def limit(seconds):
+            if work is not None:
+                self._begun(work)
+            return self.worker.watchdog.limit(item.job_id, seconds)
+
+        return limit
+
+    def _begun(self, work: _InlineBatch) -> None:
+        begun, work.begun = work.begun, None
+        if begun is not None:
+            self.worker.release(self.queue, [], slots=0, begun=begun)
 
     def _run_main(self) -> None:
         try:
@@ -1069,7 +1086,7 @@ class Lane:
                     continue
                 try:
                     with runner.job_log_context(job):
-                        outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                        outcome = runner.run_sync(job, time_limit=self._limit(item, work), superseded=item.superseded)
                 except (DatabaseError, RedisError, OSError):
                     raise
                 except Exception as exc:  # the runner could not record it: hand this job back
@@ -1095,6 +1112,7 @@ class Lane:
                 _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
             work.finished = [item for _, item in work.batch]
         finally:
+            self._begun(work)  # a job that never reached its handler (invalid, handed back, failed)
             if not handed_over:
                 self._finish(work)
 

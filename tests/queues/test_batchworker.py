@@ -231,11 +231,13 @@ def test_inline_batches_run_beyond_the_slots_but_share_one_with_blocking_jobs(re
             assert end <= sleeper.started_at or start >= sleeper.finished_at
 
 
-def test_a_job_from_the_blocking_pop_is_started_before_the_loop_pops_again(redis_conn, monkeypatch, settings):
-    # The pickup path: an idle lane starts what the blocking pop took before the loop's next pass (its LMPOP)
-    # competes with it for the GIL. The start is held back here: the loop's next pop must still wait for it.
+def test_a_job_from_the_blocking_pop_reaches_its_handler_before_the_loop_pops_again(redis_conn, monkeypatch, settings):
+    # The pickup path: an idle lane starts what the blocking pop took, and runs it up to its handler, before
+    # the loop's next pass (its LMPOP) competes with it for the GIL. The start and the runner's preparation
+    # are held back here: the loop's next pop must still wait for them.
     import threading
 
+    from queues import runner
     from queues.batchworker import SlimyBatchWorker
     from queues.connections import get_connection
     from queues.workers import runtime
@@ -258,7 +260,17 @@ def test_a_job_from_the_blocking_pop_is_started_before_the_loop_pops_again(redis
         finally:
             counts["started"] = lmpops()
 
+    prepare = runner._prepare
+
+    def slow_prepare(*args, **kwargs):
+        time.sleep(0.3)
+        try:
+            return prepare(*args, **kwargs)
+        finally:
+            counts["prepared"] = lmpops()
+
     monkeypatch.setattr(runtime, "job_start_delivery", slow_start)
+    monkeypatch.setattr(runner, "_prepare", slow_prepare)
     # Slots to spare: a queue with none left would not be popped again until the job is done anyway.
     worker = SlimyBatchWorker([QueueName.DATABASE], connection=get_connection(), concurrency={"database": 4})
     jobs = []
@@ -282,3 +294,4 @@ def test_a_job_from_the_blocking_pop_is_started_before_the_loop_pops_again(redis
     submitter.join()
     assert _record(jobs[0]).status == JobStatus.COMPLETED
     assert counts["started"] == counts["pushed"], "the loop popped again while the lane was starting the job"
+    assert counts["prepared"] == counts["pushed"], "the loop popped again before the job's handler started"
