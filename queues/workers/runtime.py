@@ -85,6 +85,7 @@ BATCH_SECONDS = 0.1  # a batch of short jobs runs about this long (a job waits a
 COMPLETE_BATCH_DELAY = 0.005  # async completions wait this long to share one statement
 SESSION_CHECK_SECONDS = 1.0  # a database session used within this long is not checked again
 SESSION_KEEP_SECONDS = SESSION_CHECK_SECONDS / 2  # an idle lane checks its session this often (_keep_session)
+BEGUN_WAIT_SECONDS = 0.05  # longest the loop leaves an idle lane alone to start a job it popped (see _block)
 GC_GEN0_THRESHOLD = 10_000
 
 
@@ -507,7 +508,17 @@ class SlimyRuntimeWorker(SimpleWorker):
         if self.stopping or not slots.free or slots.name in self._paused:
             await self._push_back(key, items)
             return False
-        self._take(slots, items, key=key)
+        lane = self.lanes[slots.name]
+        if not lane.idle():
+            self._take(slots, items, key=key)
+            return True
+        # The pickup path: an idle lane starts the job at once. Until it has, this loop stays off the GIL
+        # (its next pass — a pop, its reply, the next blocking pop — would otherwise run first, before the
+        # lane thread can take the job and again when its start statement returns). The lane's one
+        # wake-up after the start resolves `begun`; the bound only covers a lane that never answers.
+        begun = self.loop.create_future()
+        self._take(slots, items, key=key, begun=begun)
+        await asyncio.wait({begun}, timeout=BEGUN_WAIT_SECONDS)
         return True
 
     async def _pop_without_lmpop(self, keys: list[str], count: int):
@@ -524,18 +535,23 @@ class SlimyRuntimeWorker(SimpleWorker):
         # To the head, in order: they were first in line and stay so.
         await self.aconn.lpush(key, *reversed(ids))
 
-    def _take(self, slots: QueueSlots, ids: list[str], *, key: str | None = None) -> None:
+    def _take(
+        self, slots: QueueSlots, ids: list[str], *, key: str | None = None, begun: asyncio.Future | None = None
+    ) -> None:
         """Hand popped ids to their lane with the slots they may use: up to all the free ones (the lane
-        gives back what its jobs do not need as soon as it has started them)."""
+        gives back what its jobs do not need as soon as it has started them, and then resolves `begun`)."""
         reserved = min(max(slots.free, 1), len(ids))
         slots.busy += reserved
         self.started_jobs += len(ids)
-        self.lanes[slots.name].submit(ids, reserved, key)
+        self.lanes[slots.name].submit(ids, reserved, key, begun)
 
-    def release(self, queue: str, job_ids: list[str], slots: int | None = None) -> None:
+    def release(
+        self, queue: str, job_ids: list[str], slots: int | None = None, begun: asyncio.Future | None = None
+    ) -> None:
         """The jobs' outcomes are recorded (or they were skipped, or handed back): `slots` (default: one per
         job) of this process's queue are free again and, on a fair queue, the jobs' tenants' slots (shared by
-        every worker). Also wakes the loop (a lane's room for the next batch). From any thread."""
+        every worker). Also wakes the loop (a lane's room for the next batch) and resolves `begun` (a
+        delivery's start, awaited by the blocking pop that took it: one wake-up for both). From any thread."""
         count = len(job_ids) if slots is None else slots
         if queue in self.fair and job_ids:
             if _running_loop() is self.loop:
@@ -553,13 +569,15 @@ class SlimyRuntimeWorker(SimpleWorker):
         if self.loop is None:
             return
         wake = self._pass_needed(queue)
-        if not count and not wake:
+        if not count and not wake and begun is None:
             return  # nothing to update, and the loop would find nothing new: leave it (and the GIL) alone
 
         def free():
             self.slots[queue].busy -= count
             if wake:
                 self._wake.set()
+            if begun is not None and not begun.done():
+                begun.set_result(None)
 
         self.loop.call_soon_threadsafe(free)
 
@@ -853,6 +871,7 @@ class _InlineBatch:
     completions: list = field(default_factory=list)  # (job, Outcome) of the jobs that succeeded
     finished: list = field(default_factory=list)  # Inflight of the jobs whose outcome is recorded
     retried: set = field(default_factory=set)  # ids whose RQ copy waits in the scheduled registry
+    begun: asyncio.Future | None = None  # a job run on the lane thread: resolved as its handler starts
 
 
 class Lane:
@@ -872,6 +891,7 @@ class Lane:
         self._avg_job_seconds: float | None = None
         self.inline_seen = False  # its last started jobs included inline ones: it may take a batch ahead
         self._runner_idle = True
+        self._ledger_idle = True  # its thread waits for a delivery (not starting one, not running a job here)
         self._thread = threading.Thread(target=self._main, name=f"slimy-lane-{self.queue}", daemon=True)
         self._thread.start()
         self._runner = threading.Thread(target=self._run_main, name=f"slimy-run-{self.queue}", daemon=True)
@@ -885,10 +905,15 @@ class Lane:
         with self._pending_lock:
             self._pending += n
 
-    def submit(self, ids: list[str], reserved: int, key: str | None) -> None:
-        """Ids popped from `key`, with `reserved` slots of the queue taken for them."""
+    def idle(self) -> bool:
+        """Nothing handed to it waits, and its thread would start a new delivery at once (read from the loop)."""
+        return self._ledger_idle and not self._pending
+
+    def submit(self, ids: list[str], reserved: int, key: str | None, begun: asyncio.Future | None = None) -> None:
+        """Ids popped from `key`, with `reserved` slots of the queue taken for them; `begun` is resolved
+        (through `release`) once they are started, skipped or handed back."""
         self._count(len(ids))
-        self.inbox.put((self._batch, (ids, reserved, key)))
+        self.inbox.put((self._batch, (ids, reserved, key, begun)))
 
     def stop(self) -> None:
         self.runs.put(None)
@@ -915,6 +940,7 @@ class Lane:
                 if task is None:
                     return
                 fn, args = task
+                self._ledger_idle = False
                 try:
                     fn(*args)
                 except JobTimeoutException:
@@ -922,10 +948,12 @@ class Lane:
                 except Exception:  # the lane must live on; the ledger and reconciler recover
                     logger.exception("lane %s: batch failed", self.queue)
                     connections.close_all()
+                finally:
+                    self._ledger_idle = True
         finally:
             connections.close_all()
 
-    def _batch(self, ids: list[str], reserved: int, key: str | None) -> None:
+    def _batch(self, ids: list[str], reserved: int, key: str | None, begun: asyncio.Future | None = None) -> None:
         worker = self.worker
         try:
             _check_session()
@@ -940,7 +968,7 @@ class Lane:
             logger.error("lane %s: could not start %s job(s): %s", self.queue, len(ids), exc)
             connections.close_all()
             self._count(-len(ids))
-            worker.release(self.queue, ids, slots=reserved)
+            worker.release(self.queue, ids, slots=reserved, begun=begun)
             return
         if deferred:
             self._push_back(key, deferred)
@@ -953,7 +981,7 @@ class Lane:
             self._forget(skipped)
         if not jobs:
             self._count(-len(ids))
-            worker.release(self.queue, skipped, slots=reserved)
+            worker.release(self.queue, skipped, slots=reserved, begun=begun)
             return
         inline = []
         items = [worker.track(job, self.queue) for job in jobs]
@@ -969,16 +997,21 @@ class Lane:
             else:
                 inline.append((job, item))
         self.inline_seen = bool(inline)
-        # Tracked now (`inflight` holds them); inline ones stay pending until the runner takes their batch.
-        self._count(-(len(ids) - len(inline)))
-        # The slots its jobs do not need: one for the inline batch, one per threaded or async job.
-        worker.release(self.queue, skipped, slots=reserved - heavy - (1 if inline else 0))
+        # One job and an idle runner (the first job after a quiet spell): run it here, without waking
+        # another thread, for the pickup latency. Batches go to the runner.
+        here = len(inline) == 1 and self._runner_idle and self.runs.empty()
+        # Tracked now (`inflight` holds them); inline ones stay pending until the runner takes their batch
+        # (one run here is taken now: the release below is also the "room for the next batch" wake-up).
+        self._count(-(len(ids) - (0 if here else len(inline))))
+        # The slots its jobs do not need: one for the inline batch, one per threaded or async job. A job run
+        # here resolves `begun` as its handler starts instead (`_limit`): the loop's next pass waits till then.
+        worker.release(
+            self.queue, skipped, slots=reserved - heavy - (1 if inline else 0), begun=None if here else begun
+        )
         if inline:
             work = _InlineBatch(inline, delivered=len(ids))
-            if len(inline) == 1 and self._runner_idle and self.runs.empty():
-                # One job and an idle runner (the first job after a quiet spell): run it here, without
-                # waking another thread, for the pickup latency. Batches go to the runner.
-                self._take_batch(work)
+            if here:
+                work.begun = begun
                 self._run_inline(work)
             else:
                 self.runs.put(work)
@@ -1001,8 +1034,20 @@ class Lane:
         avg = self._avg_job_seconds
         self._avg_job_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
 
-    def _limit(self, item: Inflight):
-        return lambda seconds: self.worker.watchdog.limit(item.job_id, seconds)
+    def _limit(self, item: Inflight, work: _InlineBatch | None = None):
+        """The job's hard timeout, entered just before its handler runs (also where its `begun` is resolved)."""
+
+        def limit(seconds):
+            if work is not None:
+                self._begun(work)
+            return self.worker.watchdog.limit(item.job_id, seconds)
+
+        return limit
+
+    def _begun(self, work: _InlineBatch) -> None:
+        begun, work.begun = work.begun, None
+        if begun is not None:
+            self.worker.release(self.queue, [], slots=0, begun=begun)
 
     def _run_main(self) -> None:
         try:
@@ -1041,7 +1086,7 @@ class Lane:
                     continue
                 try:
                     with runner.job_log_context(job):
-                        outcome = runner.run_sync(job, time_limit=self._limit(item), superseded=item.superseded)
+                        outcome = runner.run_sync(job, time_limit=self._limit(item, work), superseded=item.superseded)
                 except (DatabaseError, RedisError, OSError):
                     raise
                 except Exception as exc:  # the runner could not record it: hand this job back
@@ -1067,6 +1112,7 @@ class Lane:
                 _hand_back_item(item, worker.name, f"worker could not record the outcome: {exc}")
             work.finished = [item for _, item in work.batch]
         finally:
+            self._begun(work)  # a job that never reached its handler (invalid, handed back, failed)
             if not handed_over:
                 self._finish(work)
 

@@ -229,3 +229,69 @@ def test_inline_batches_run_beyond_the_slots_but_share_one_with_blocking_jobs(re
         for batch in batches.values():
             start, end = batch[0].started_at, max(r.finished_at for r in batch)
             assert end <= sleeper.started_at or start >= sleeper.finished_at
+
+
+def test_a_job_from_the_blocking_pop_reaches_its_handler_before_the_loop_pops_again(redis_conn, monkeypatch, settings):
+    # The pickup path: an idle lane starts what the blocking pop took, and runs it up to its handler, before
+    # the loop's next pass (its LMPOP) competes with it for the GIL. The start and the runner's preparation
+    # are held back here: the loop's next pop must still wait for them.
+    import threading
+
+    from queues import runner
+    from queues.batchworker import SlimyBatchWorker
+    from queues.connections import get_connection
+    from queues.workers import runtime
+
+    settings.WORKER_RECONCILER = False
+    monkeypatch.setattr(runtime, "BEGUN_WAIT_SECONDS", 60)  # only a lane that never answers ends the wait
+    monkeypatch.setattr(runtime, "BLOCK_SECONDS", 5)  # no pass of its own while the job is pushed
+
+    def lmpops():
+        stats = redis_conn.info("commandstats").get("cmdstat_lmpop")
+        return stats["calls"] if stats else 0
+
+    counts = {}
+    start = runtime.job_start_delivery
+
+    def slow_start(**kwargs):
+        time.sleep(0.3)
+        try:
+            return start(**kwargs)
+        finally:
+            counts["started"] = lmpops()
+
+    prepare = runner._prepare
+
+    def slow_prepare(*args, **kwargs):
+        time.sleep(0.3)
+        try:
+            return prepare(*args, **kwargs)
+        finally:
+            counts["prepared"] = lmpops()
+
+    monkeypatch.setattr(runtime, "job_start_delivery", slow_start)
+    monkeypatch.setattr(runner, "_prepare", slow_prepare)
+    # Slots to spare: a queue with none left would not be popped again until the job is done anyway.
+    worker = SlimyBatchWorker([QueueName.DATABASE], connection=get_connection(), concurrency={"database": 4})
+    jobs = []
+
+    def submit_while_blocked():
+        deadline = time.monotonic() + 30
+        try:
+            while not any(c.get("cmd") == "blmpop" for c in redis_conn.client_list()):
+                assert time.monotonic() < deadline, "the worker never blocked"
+                time.sleep(0.01)
+            counts["pushed"] = lmpops()
+            jobs.append(job_enqueue(job_type="test_echo", payload={"value": "x"}))
+            while _record(jobs[0]).status != JobStatus.COMPLETED and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            worker.request_stop()
+
+    submitter = threading.Thread(target=submit_while_blocked)
+    submitter.start()
+    worker.work(logging_level="WARNING")
+    submitter.join()
+    assert _record(jobs[0]).status == JobStatus.COMPLETED
+    assert counts["started"] == counts["pushed"], "the loop popped again while the lane was starting the job"
+    assert counts["prepared"] == counts["pushed"], "the loop popped again before the job's handler started"
