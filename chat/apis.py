@@ -24,6 +24,7 @@ from chat.serializers import (
     pagination_data,
 )
 from queues.api.jobs import JobErrorSerializer
+from queues.api.quick_submit import QuickSubmission, QuickSubmitMixin
 from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.constants import JobStatus
 from queues.selectors import job_error_for_viewer
@@ -59,7 +60,7 @@ CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApi
 # --- Conversations and messages.
 
 
-class ConversationListCreateApi(APIView):
+class ConversationListCreateApi(QuickSubmitMixin, APIView):
     permission_classes = [IsMember]
     submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
@@ -100,12 +101,20 @@ class ConversationListCreateApi(APIView):
         data = _create_input_plain(request.data)
         if data is None:
             data = validate_input(self.InputSerializer, request.data)
-        payload = {}
-        if data.get("title") is not None:
-            payload["title"] = data["title"]
-        if "personalityMode" in data:
-            payload["personality_mode"] = data["personalityMode"]
-        return accept_job(request, job_type="create_conversation", payload=payload)
+        return accept_job(request, job_type="create_conversation", payload=_create_payload(data))
+
+    def quick_submission(self, request, data):
+        clean = _create_input_plain(data)
+        return None if clean is None else QuickSubmission("create_conversation", _create_payload(clean))
+
+
+def _create_payload(data: dict) -> dict:
+    payload = {}
+    if data.get("title") is not None:
+        payload["title"] = data["title"]
+    if "personalityMode" in data:
+        payload["personality_mode"] = data["personalityMode"]
+    return payload
 
 
 def _create_input_plain(data) -> dict | None:

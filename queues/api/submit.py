@@ -38,7 +38,7 @@ from queues.api.throttling import (
     rate_limit_wait,
     rate_limited,
 )
-from queues.connections import get_connection, get_rq_queue, registered_script
+from queues.connections import get_connection, get_rq_queue, script_run
 from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
 from queues.fairness import fair_waiting_count
@@ -210,7 +210,7 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
         args += (limit, period_ms)
     conn = rate_limit_connection()
     try:
-        replies = registered_script(conn, _GUARD_SCRIPT)(keys=keys, args=args, client=conn)
+        replies = script_run(conn, _GUARD_SCRIPT, keys=keys, args=args)
     except (RedisError, OSError) as exc:
         logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None

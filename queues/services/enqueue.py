@@ -22,8 +22,8 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from queues import signals
-from queues.connections import get_rq_queue, get_rq_queue_by_name, registered_script
-from queues.constants import JobStatus, Priority
+from queues.connections import get_connection, get_rq_queue, get_rq_queue_by_name, script_run
+from queues.constants import JobStatus, Priority, rq_queue_name
 from queues.definitions import JobDefinition, registry
 from queues.fairness import fair_push_many
 from queues.logs import current_request_id
@@ -150,24 +150,52 @@ def job_enqueue(
     return record
 
 
+# The columns job_enqueue sets on a new record; every other column holds its default.
+_SET_PER_RECORD = frozenset(
+    (
+        "id", "job_type", "queue", "owner_id", "payload", "status", "priority", "max_attempts", "scheduled_for",
+        "created_at", "updated_at", "request_id", "idempotency_key", "idempotency_fingerprint", "tenant",
+        "trace_context",
+    )
+)  # fmt: skip
+
+
 @functools.cache
 def _insert_statement(vendor: str) -> tuple[str, tuple]:
-    fields = tuple(JobRecord._meta.concrete_fields)
-    qn = transaction.get_connection().ops.quote_name
-    columns = ", ".join(qn(field.column) for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {qn(JobRecord._meta.db_table)} ({columns}) VALUES ({placeholders})", fields
+    """The INSERT of a record made by job_enqueue, and the fields of its parameters.
+
+    Columns job_enqueue leaves at their default (NULL, '' or 0 on a new record) are written into the
+    statement; the others are parameters. A field whose database value differs from its Python one
+    (the JSON columns) is converted by the field, as the ORM converts it; the rest go as they are."""
+    connection = transaction.get_connection()
+    qn = connection.ops.quote_name
+    fresh = JobRecord()
+    columns, values, fields = [], [], []
+    for field in JobRecord._meta.concrete_fields:
+        columns.append(qn(field.column))
+        default = field.get_db_prep_save(getattr(fresh, field.attname), connection)
+        if field.attname not in _SET_PER_RECORD and (default is None or default == "" or isinstance(default, int)):
+            values.append("NULL" if default is None else "''" if default == "" else str(int(default)))
+            continue
+        values.append("%s")
+        converts = field.get_internal_type() == "JSONField"
+        fields.append((field.attname, field.get_db_prep_save if converts else None))
+    sql = f"INSERT INTO {qn(JobRecord._meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+    return sql, tuple(fields)
 
 
 def _record_insert(record: JobRecord) -> None:
     """`record.save(force_insert=True)` as one prepared statement: the ORM's compilation of the INSERT was
-    a sixth of a submission's CPU. Every column is written from the record, converted by its field as
-    the ORM converts it (the two timestamps set as `auto_now_add`/`auto_now` would set them); JobRecord
-    has no save() override and nothing listens to its save signals."""
+    a sixth of a submission's CPU. The record is one job_enqueue made (its other columns hold their
+    defaults); the two timestamps are set as `auto_now_add`/`auto_now` would set them. JobRecord has no
+    save() override and nothing listens to its save signals."""
     connection = transaction.get_connection()
     sql, fields = _insert_statement(connection.vendor)
     record.created_at = record.updated_at = timezone.now()
-    values = [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
+    values = [
+        getattr(record, attname) if convert is None else convert(getattr(record, attname), connection)
+        for attname, convert in fields
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
     record._state.adding = False
@@ -204,6 +232,18 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     definition = registry.get(job.job_type)
     timeout = definition.timeout if definition else 60
     ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
+    scheduled = job.scheduled_for and job.scheduled_for > timezone.now()
+    if not scheduled and not queue_is_fair(job.queue):
+        # The common case, without building RQ's Queue object: the push script on cached keys.
+        _push_now(
+            rq_queue_name(job.queue, job.priority),
+            job_id=str(job.id),
+            job_type=job.job_type,
+            timeout=timeout,
+            ttl=ttl,
+            front=front,
+        )
+        return
     queue = get_rq_queue(job.queue, job.priority)
     options: dict[str, Any] = dict(
         job_id=str(job.id),
@@ -216,14 +256,14 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     with queue.connection.pipeline() as pipe:
         # One round trip (one MULTI/EXEC) for enqueuing and forgetting a failed copy. The enqueue goes
         # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
-        if job.scheduled_for and job.scheduled_for > timezone.now():
+        if scheduled:
             # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
             due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(
                 seconds=1 if job.scheduled_for.microsecond else 0
             )
             queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
-        elif queue_is_fair(job.queue):
-            # The RQ job is written as `enqueue` would, but its id waits in its tenant's line.
+        else:
+            # A fair queue: the RQ job is written as `enqueue` would, but its id waits in its tenant's line.
             timeout = options.pop("job_timeout")
             rq_job = queue.create_job(RUNNER, args=(str(job.id),), timeout=timeout, **options)
             rq_job.enqueued_at = rq_now()
@@ -235,9 +275,6 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
                 items=[(job.priority, job.tenant, str(job.id))],
                 front=front,
             )
-        else:
-            _push_now(queue, job_id=str(job.id), options=options, front=front)
-            return
         queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
         pipe.execute()
 
@@ -278,20 +315,24 @@ def _rq_job_template(queue_name: str, redis_url: str, job_type: str, timeout: in
     return fields, rq_job.serializer
 
 
-def _push_now(queue, *, job_id: str, options: dict, front: bool = False) -> None:
-    fields, serializer = _rq_job_template(
-        queue.name, settings.REDIS_URL, options["description"], options["job_timeout"], options["result_ttl"]
-    )
+@functools.lru_cache(maxsize=256)
+def _push_keys(rq_name: str, redis_url: str) -> tuple[str, str, str, Any]:
+    """The keys the push script of one RQ list writes (RQ's set of queues, the list, the failed
+    registry) and RQ's job class (the job hash's key), read once from RQ's own Queue."""
+    queue = get_rq_queue_by_name(rq_name)
+    return queue.redis_queues_keys, queue.key, queue.failed_job_registry.key, queue.job_class
+
+
+def _push_now(rq_name: str, *, job_id: str, job_type: str, timeout: int, ttl: int, front: bool = False) -> None:
+    queues_key, list_key, failed_key, job_class = _push_keys(rq_name, settings.REDIS_URL)
+    fields, serializer = _rq_job_template(rq_name, settings.REDIS_URL, job_type, timeout, ttl)
     fields = dict(fields)
     stamp = utcformat(rq_now())
     fields["created_at"] = fields["enqueued_at"] = stamp
     fields["data"] = zlib.compress(serializer.dumps((RUNNER, None, (job_id,), {})))
-    args: list[Any] = [queue.key, job_id, "1" if front else "0"]
+    args: list[Any] = [list_key, job_id, "1" if front else "0"]
     for name, value in fields.items():
         args += (name, value)
-    conn = queue.connection
-    registered_script(conn, _PUSH_SCRIPT)(
-        keys=[queue.redis_queues_keys, queue.key, queue.job_class.key_for(job_id), queue.failed_job_registry.key],
-        args=args,
-        client=conn,
+    script_run(
+        get_connection(), _PUSH_SCRIPT, keys=[queues_key, list_key, job_class.key_for(job_id), failed_key], args=args
     )
