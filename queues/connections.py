@@ -10,7 +10,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from rq import Queue
 
 from queues.constants import PRIORITY_ORDER, rq_queue_name
-from slimy_site.tracing import tracing_enabled
+from slimy_site.tracing import tracing_active
 
 _connections: dict[tuple[str, float], Redis] = {}
 _connections_lock = threading.Lock()
@@ -141,7 +141,7 @@ def script_run(conn: Redis, source: str, *, keys, args):
     a failed connection is dropped and the caller answers.
     """
     script = registered_script(conn, source)
-    if tracing_enabled():
+    if tracing_active():
         return script(keys=keys, args=args, client=conn)
     pool = conn.connection_pool
     connection = pool.get_connection()
