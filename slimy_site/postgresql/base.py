@@ -31,3 +31,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
         last, self._slimy_last_housekeeping = self._slimy_last_housekeeping, now
         if self.connection is not None and last is not None and now - last < IDLE_CHECK_SECONDS:
             self.health_check_done = True
+
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        if (
+            connection.prepare_threshold is None
+            and self.settings_dict["OPTIONS"].get("server_side_binding") is not True
+        ):
+            # Statements run through bound_cursor() are prepared on their first run; Django's own cursors bind
+            # on the client and never prepare, whatever the threshold.
+            connection.prepare_threshold = 0
+        return connection
+
+    def bound_cursor(self):
+        """A cursor that binds its parameters on the server and prepares its statement once per session,
+        wrapped as Django wraps its own (errors, the query log), for one statement run on every request
+        (the ledger INSERT of a submission): PostgreSQL parses and plans it once per session, and psycopg
+        sends the values without quoting them into the SQL. Behind a pooler in transaction mode, the
+        pooler must keep prepared statements per client (PgBouncer 1.21+: max_prepared_statements)."""
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            return self._prepare_cursor(self.Database.Cursor(self.connection))
