@@ -123,6 +123,7 @@ def _view_plan(view_class) -> tuple[TokenAuthentication, Any, str, str] | None:
     throttle scope its POST is charged (left to the guard), its `Allow` header. None when the view is
     not set up the way the quick path reproduces (then DRF serves every request)."""
     view = view_class()
+    view.setup(None)  # as as_view() sets a view up (a GET view answers HEAD too: the Allow header says so)
     authenticators = view.get_authenticators()
     parsers = view.get_parsers()
     throttles = view.get_throttles()

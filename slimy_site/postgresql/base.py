@@ -15,12 +15,26 @@ from __future__ import annotations
 
 import time
 
-from django.db.backends.postgresql import base
+from django.db.backends.postgresql import base, operations
 
 IDLE_CHECK_SECONDS = 1.0
 
 
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor, sql, params):
+        # A statement of bound_cursor() (bound on the server, prepared) leaves no client-side query text:
+        # the query log shows it with its values composed in, as Django's own statements appear.
+        text = super().last_executed_query(cursor, sql, params)
+        if text is None and params is not None:
+            try:
+                return self.compose_sql(sql, params)
+            except (TypeError, ValueError):
+                return None
+        return text
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
     _slimy_last_housekeeping: float | None = None
 
     def close_if_unusable_or_obsolete(self) -> None:
