@@ -35,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 
 class QuickSubmission(NamedTuple):
-    """What a view makes of a plainly valid body: the job to create and the extra fields of its 202."""
+    """What a view makes of a plainly valid body: the job to create and the extra fields of its 202 (a dict,
+    or a function of the new job returning one, as accept_job's `extra_body`)."""
 
     job_type: str
     payload: dict
-    extra_body: dict | None = None
+    extra_body: Any = None
 
 
 class QuickSubmitMixin:
@@ -114,7 +115,8 @@ def _accept(request, submission: QuickSubmission) -> dict:
         request_id=getattr(request, "request_id", None),
     )
     logger.info("job %s accepted (%s)", job.id, submission.job_type)
-    return job_accepted_body(request, job, **(submission.extra_body or {}))
+    extra = submission.extra_body
+    return job_accepted_body(request, job, **((extra(job) if callable(extra) else extra) or {}))
 
 
 @functools.cache

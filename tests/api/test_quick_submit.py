@@ -157,3 +157,42 @@ def test_the_prepared_insert_is_in_the_query_log(member, make_api_client):
 def test_api_answers_carry_no_message_storage(member, make_api_client):
     answer = make_api_client(member).post(URL, {}, format="json")
     assert not hasattr(answer.wsgi_request, "_messages")
+
+
+def test_a_plain_message_takes_the_quick_path_and_others_conversations_are_404(
+    member, make_api_client, django_user_model, drf_dispatches
+):
+    from chat.models import Conversation
+
+    mine = Conversation.objects.create(owner=member, title="mine")
+    other = django_user_model.objects.create_user(username="quick-o", password="pw-quick-o-1")
+    theirs = Conversation.objects.create(owner=other, title="theirs")
+    client = make_api_client(member)
+    answer = client.post("/api/chat/messages", {"conversationId": str(mine.pk), "content": " hi "}, format="json")
+    assert answer.status_code == 202 and drf_dispatches == []
+    assert answer.json()["conversationId"] == str(mine.pk)
+    payload = JobRecord.objects.get(pk=answer.json()["jobId"]).payload
+    assert (payload["conversation_id"], payload["role"], payload["content"]) == (str(mine.pk), "user", " hi ")
+    missing = client.post("/api/chat/messages", {"conversationId": str(theirs.pk), "content": "x"}, format="json")
+    assert missing.status_code == 404 and missing.json()["error"] == "conversation_not_found"
+    blank = client.post("/api/chat/messages", {"conversationId": str(mine.pk), "content": " \u3000"}, format="json")
+    assert blank.status_code == 400 and "content" in blank.json()["details"]
+    assert drf_dispatches == ["POST", "POST"]
+
+
+def test_a_plain_bot_request_takes_the_quick_path_with_its_links(member, make_api_client, drf_dispatches):
+    client = make_api_client(member)
+    quick = client.post("/api/chat/bot", {"prompt": "hello"}, format="json")
+    slow = client.post("/api/chat/bot", {"prompt": "hello"}, format="json", HTTP_ACCEPT="application/json")
+    assert quick.status_code == slow.status_code == 202 and drf_dispatches == ["POST"]
+    assert set(quick.json()) == set(slow.json()) == {"ok", "jobId", "status", "statusUrl", "eventsUrl", "outputUrl"}
+    job_id = quick.json()["jobId"]
+    assert quick.json()["statusUrl"] == f"http://testserver/api/chat/jobs/{job_id}"
+    assert quick.json()["eventsUrl"] == f"http://testserver/api/jobs/{job_id}/events"
+    assert quick["Allow"] == slow["Allow"]
+    assert _job_columns(job_id) == _job_columns(slow.json()["jobId"])
+    gone = client.post(
+        "/api/chat/bot", {"prompt": "x", "conversationId": "8d1c1d5e-6d0b-4a53-9a8c-0d8d8a6c2f11"}, format="json"
+    )
+    assert gone.status_code == 404 and gone.json()["error"] == "conversation_not_found"
+    assert drf_dispatches == ["POST", "POST"]
