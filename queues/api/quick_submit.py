@@ -14,7 +14,6 @@ token, a refused role — goes to DRF's dispatch untouched, before anything was 
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -68,7 +67,9 @@ def quick_submit(view, request) -> HttpResponse | None:
         or "HTTP_IDEMPOTENCY_KEY" in meta
     ):
         return None
-    plan = _view_plan(type(view))
+    plan = _plans.get(type(view), _UNKNOWN)
+    if plan is _UNKNOWN:
+        plan = _plans[type(view)] = _view_plan(type(view))
     if plan is None:
         return None
     authenticator, parser, scope, allow = plan
@@ -119,7 +120,10 @@ def _accept(request, submission: QuickSubmission) -> dict:
     return job_accepted_body(request, job, **((extra(job) if callable(extra) else extra) or {}))
 
 
-@functools.cache
+_UNKNOWN: Any = object()
+_plans: dict[type, Any] = {}  # per view class: what _view_plan found (None: DRF serves every request)
+
+
 def _view_plan(view_class) -> tuple[TokenAuthentication, Any, str, str] | None:
     """What the quick path needs of a view class, once: its token authenticator, its JSON parser, the
     throttle scope its POST is charged (left to the guard), its `Allow` header. None when the view is

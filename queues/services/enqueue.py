@@ -167,12 +167,11 @@ def _new_record(*, id, **values) -> JobRecord:
     position, the others at a fresh record's defaults (a dict default copied). Keyword arguments cost
     three times as much."""
     values["id"] = id
-    return JobRecord(
-        *[
-            values[name] if name in values else default.copy() if type(default) is dict else default
-            for name, default in _record_defaults()
-        ]
-    )
+    row: Any = [
+        values[name] if name in values else default.copy() if type(default) is dict else default
+        for name, default in _record_defaults()
+    ]
+    return JobRecord(*row)
 
 
 # The columns job_enqueue sets on a new record; every other column holds its default.
@@ -260,8 +259,8 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     definition = registry.get(job.job_type)
     timeout = definition.timeout if definition else 60
     ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
-    scheduled = job.scheduled_for and job.scheduled_for > timezone.now()
-    if not scheduled and not queue_is_fair(job.queue):
+    scheduled = job.scheduled_for if job.scheduled_for and job.scheduled_for > timezone.now() else None
+    if scheduled is None and not queue_is_fair(job.queue):
         # The common case, without building RQ's Queue object: the push script on cached keys.
         _push_now(
             rq_queue_name(job.queue, job.priority),
@@ -284,11 +283,9 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     with queue.connection.pipeline() as pipe:
         # One round trip (one MULTI/EXEC) for enqueuing and forgetting a failed copy. The enqueue goes
         # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
-        if scheduled:
+        if scheduled is not None:
             # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
-            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(
-                seconds=1 if job.scheduled_for.microsecond else 0
-            )
+            due = scheduled.replace(microsecond=0) + dt.timedelta(seconds=1 if scheduled.microsecond else 0)
             queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
         else:
             # A fair queue: the RQ job is written as `enqueue` would, but its id waits in its tenant's line.

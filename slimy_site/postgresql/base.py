@@ -65,4 +65,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pooler must keep prepared statements per client (PgBouncer 1.21+: max_prepared_statements)."""
         self.ensure_connection()
         with self.wrap_database_errors:
-            return self._prepare_cursor(self.Database.Cursor(self.connection))
+            cursor = self.Database.Cursor(self.connection)
+        # What BaseDatabaseWrapper.cursor() does with the cursor it creates.
+        self.validate_thread_sharing()
+        return self.make_debug_cursor(cursor) if self.queries_logged else self.make_cursor(cursor)
