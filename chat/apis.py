@@ -5,6 +5,8 @@ Someone else's conversation or job is a 404 (`conversation_not_found` / `job_not
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -24,12 +26,19 @@ from chat.serializers import (
     pagination_data,
 )
 from queues.api.jobs import JobErrorSerializer
+from queues.api.quick_submit import QuickSubmission, QuickSubmitMixin
 from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.constants import JobStatus
 from queues.selectors import job_error_for_viewer
 from slimy_site.roles import IsMember
 from slimy_site.schema import error_responses
-from slimy_site.serializers import NonBlankCharField, StrictQuerySerializer, StrictSerializer, validate_input
+from slimy_site.serializers import (
+    NON_BLANK_PATTERN,
+    NonBlankCharField,
+    StrictQuerySerializer,
+    StrictSerializer,
+    validate_input,
+)
 
 # --- Shared pieces.
 
@@ -59,7 +68,7 @@ CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApi
 # --- Conversations and messages.
 
 
-class ConversationListCreateApi(APIView):
+class ConversationListCreateApi(QuickSubmitMixin, APIView):
     permission_classes = [IsMember]
     submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
@@ -100,12 +109,20 @@ class ConversationListCreateApi(APIView):
         data = _create_input_plain(request.data)
         if data is None:
             data = validate_input(self.InputSerializer, request.data)
-        payload = {}
-        if data.get("title") is not None:
-            payload["title"] = data["title"]
-        if "personalityMode" in data:
-            payload["personality_mode"] = data["personalityMode"]
-        return accept_job(request, job_type="create_conversation", payload=payload)
+        return accept_job(request, job_type="create_conversation", payload=_create_payload(data))
+
+    def quick_submission(self, request, data):
+        clean = _create_input_plain(data)
+        return None if clean is None else QuickSubmission("create_conversation", _create_payload(clean))
+
+
+def _create_payload(data: dict) -> dict:
+    payload = {}
+    if data.get("title") is not None:
+        payload["title"] = data["title"]
+    if "personalityMode" in data:
+        payload["personality_mode"] = data["personalityMode"]
+    return payload
 
 
 def _create_input_plain(data) -> dict | None:
@@ -218,7 +235,7 @@ class ConversationDetailApi(APIView):
         )
 
 
-class MessageCreateApi(APIView):
+class MessageCreateApi(QuickSubmitMixin, APIView):
     permission_classes = [IsMember]
     submit_methods = ("POST",)
 
@@ -239,14 +256,53 @@ class MessageCreateApi(APIView):
     def post(self, request):
         data = validate_input(self.InputSerializer, request.data)
         conversation = selectors.conversation_get_for_owner(
-            conversation_id=data["conversationId"], owner_id=request.user.pk
+            conversation_id=data["conversationId"], owner_id=request.user.pk, counted=False
         )
-        payload = {"conversation_id": str(conversation.pk), "role": data["role"], "content": data["content"]}
-        if "personalityMode" in data:
-            payload["personality_mode"] = data["personalityMode"]
-        return accept_job(
-            request, job_type="save_message", payload=payload, extra_body={"conversationId": str(conversation.pk)}
-        )
+        return accept_job(request, **_message_submission(conversation, data)._asdict())
+
+    def quick_submission(self, request, data):
+        clean = _message_input_plain(data)
+        if clean is None:
+            return None
+        try:
+            conversation = selectors.conversation_get_for_owner(
+                conversation_id=clean["conversationId"], owner_id=request.user.pk, counted=False
+            )
+        except selectors.ConversationNotFound:
+            return None  # DRF's path answers the 404 (and charges the request's write scope)
+        return _message_submission(conversation, clean)
+
+
+def _message_submission(conversation, data: dict) -> QuickSubmission:
+    payload = {"conversation_id": str(conversation.pk), "role": data["role"], "content": data["content"]}
+    if "personalityMode" in data:
+        payload["personality_mode"] = data["personalityMode"]
+    return QuickSubmission("save_message", payload, {"conversationId": str(conversation.pk)})
+
+
+_MESSAGE_FIELDS = frozenset({"conversationId", "role", "content", "personalityMode"})
+_NON_BLANK = re.compile(NON_BLANK_PATTERN)
+
+
+def _message_input_plain(data) -> dict | None:
+    """What MessageCreateApi.InputSerializer makes of a plainly valid body, checked in plain code; None when
+    the body needs the serializer (which then words the errors)."""
+    if type(data) is not dict or not data.keys() <= _MESSAGE_FIELDS:
+        return None
+    conversation_id, role, content = data.get("conversationId"), data.get("role", "user"), data.get("content")
+    if type(conversation_id) is not str or selectors.uuid_or_none(conversation_id) is None:
+        return None
+    if type(role) is not str or role not in MessageRole.values:
+        return None
+    if type(content) is not str or len(content) > MAX_CONTENT_LENGTH or not _NON_BLANK.search(content):
+        return None
+    clean = {"conversationId": conversation_id, "role": role, "content": content}
+    if "personalityMode" in data:
+        mode = data["personalityMode"]
+        if type(mode) is not str or mode not in PersonalityMode.values:
+            return None
+        clean["personalityMode"] = mode
+    return clean
 
 
 # --- Status of database jobs.

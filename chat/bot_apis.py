@@ -4,6 +4,8 @@ Watching the reply as it streams is the job system's business: `eventsUrl` point
 `/api/jobs/<id>/events` (queues.api.output); cancelling is `POST /api/jobs/<id>/cancel`.
 """
 
+import functools
+
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -11,8 +13,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.jobs import ChatBotInteractionJob, ChatBotPayload
-from chat.selectors import conversation_get_for_owner
+from chat.selectors import ConversationNotFound, conversation_get_for_owner
 from queues.api.jobs import JOB_ID_PARAMETER, JobErrorSerializer
+from queues.api.quick_submit import QuickSubmission, QuickSubmitMixin
 from queues.api.submit import JobAcceptedSerializer, accept_job, submit_responses
 from queues.constants import JobStatus
 from queues.selectors import JobNotFound, job_error_for_viewer, job_get_for_user
@@ -30,7 +33,7 @@ class ChatBotAcceptedSerializer(JobAcceptedSerializer):
         ref_name = "ChatBotAccepted"
 
 
-class ChatBotApi(APIView):
+class ChatBotApi(QuickSubmitMixin, APIView):
     permission_classes = [IsMember]
     submit_methods = ("POST",)  # rate-limited in accept_job's one Redis round trip
 
@@ -48,15 +51,26 @@ class ChatBotApi(APIView):
         if payload.get("conversationId"):
             # Refuse at once rather than after a trip through the queue.
             conversation_get_for_owner(conversation_id=payload["conversationId"], owner_id=request.user.pk)
+        return accept_job(
+            request, job_type=ChatBotInteractionJob.name, payload=payload, extra_body=functools.partial(_links, request)
+        )
 
-        def links(job):
-            return {
-                "statusUrl": request.build_absolute_uri(reverse("chat-bot-job", kwargs={"job_id": job.id})),
-                "eventsUrl": request.build_absolute_uri(reverse("job-events", kwargs={"job_id": job.id})),
-                "outputUrl": request.build_absolute_uri(reverse("job-output", kwargs={"job_id": job.id})),
-            }
+    def quick_submission(self, request, data):
+        try:
+            payload = ChatBotInteractionJob.validate(data)
+            if payload.get("conversationId"):
+                conversation_get_for_owner(conversation_id=payload["conversationId"], owner_id=request.user.pk)
+        except (serializers.ValidationError, ConversationNotFound):
+            return None  # DRF's path words the 400 or answers the 404
+        return QuickSubmission(ChatBotInteractionJob.name, payload, functools.partial(_links, request))
 
-        return accept_job(request, job_type=ChatBotInteractionJob.name, payload=payload, extra_body=links)
+
+def _links(request, job) -> dict:
+    return {
+        "statusUrl": request.build_absolute_uri(reverse("chat-bot-job", kwargs={"job_id": job.id})),
+        "eventsUrl": request.build_absolute_uri(reverse("job-events", kwargs={"job_id": job.id})),
+        "outputUrl": request.build_absolute_uri(reverse("job-output", kwargs={"job_id": job.id})),
+    }
 
 
 class ChatBotJobApi(APIView):

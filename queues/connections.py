@@ -3,12 +3,14 @@
 import threading
 import weakref
 
+import hiredis
 from django.conf import settings
 from redis import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from rq import Queue
 
 from queues.constants import PRIORITY_ORDER, rq_queue_name
+from slimy_site.tracing import tracing_active
 
 _connections: dict[tuple[str, float], Redis] = {}
 _connections_lock = threading.Lock()
@@ -126,3 +128,33 @@ def registered_script(conn, source: str):
     if script is None:
         script = per_conn[source] = conn.register_script(source)
     return script
+
+
+def script_run(conn: Redis, source: str, *, keys, args):
+    """Run a registered script (`registered_script`) as one EVALSHA straight on a pooled connection.
+
+    For the submission's hot path: redis-py's command machinery (argument checks, retry wrapper, response
+    callbacks, per-command observability) cost as much CPU as the script itself. What is kept: the pool's
+    checkout (which replaces a connection the server closed), a script reloaded after NOSCRIPT (a
+    restarted or flushed Redis), the error types callers catch (RedisError, OSError), and redis-py's own
+    path while tracing is on (its instrumentation makes the span of each command). Nothing is retried:
+    a failed connection is dropped and the caller answers.
+    """
+    script = registered_script(conn, source)
+    if tracing_active():
+        return script(keys=keys, args=args, client=conn)
+    pool = conn.connection_pool
+    connection = pool.get_connection()
+    try:
+        try:
+            connection.send_packed_command([hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))])
+            return connection.read_response()
+        except NoScriptError:
+            connection.send_packed_command([hiredis.pack_command(("EVAL", source, len(keys), *keys, *args))])
+            return connection.read_response()
+    except (RedisError, OSError) as exc:
+        if not isinstance(exc, ResponseError):
+            connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)

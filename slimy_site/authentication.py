@@ -49,11 +49,22 @@ def _token_for(digest: str) -> ApiToken:
                 _token_cache[digest] = (now + ttl, cached)
         else:
             return cached
-    # Model instances copy their state (and their loaded user) with them: nothing is shared.
-    token = copy.copy(cached)
-    user = copy.copy(cached.user)
+    # Copies with their own state: nothing set on them during a request reaches the cache.
+    token = _model_copy(cached)
+    user = _model_copy(cached.user)
     token.user = user
     return token
+
+
+def _model_copy(instance):
+    """What `copy.copy` makes of a model instance (its fields and a copy of its state, the cache of loaded
+    relations copied too), without going through pickling's protocol (`__reduce_ex__`, `__getstate__`,
+    `__setstate__`): a third of the cost of authenticating from the cache."""
+    clone = instance.__class__.__new__(instance.__class__)
+    clone.__dict__.update(instance.__dict__)
+    state = clone._state = copy.copy(instance._state)
+    state.fields_cache = dict(instance._state.fields_cache)
+    return clone
 
 
 def token_cache_clear(*, digests=None, user_ids=None) -> None:

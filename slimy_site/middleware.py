@@ -5,6 +5,7 @@ Bodies outside /api/ (admin forms) keep Django's own DATA_UPLOAD_MAX_MEMORY_SIZE
 """
 
 from django.conf import settings
+from django.contrib.messages.middleware import MessageMiddleware
 
 from slimy_site.exceptions import api_error_response, is_api_request
 
@@ -46,3 +47,13 @@ class BodySizeLimitMiddleware:
                 details={"maxBytes": limit, "receivedBytes": length},
             )
         return None
+
+
+class SiteMessageMiddleware(MessageMiddleware):
+    """Django's messages for the admin and the site's pages, not for the API: its answers are JSON and
+    never carry a message, and building the message storage (cookie and session backends) was a
+    twentieth of an API request's CPU."""
+
+    def process_request(self, request):
+        if not is_api_request(request):
+            super().process_request(request)

@@ -25,6 +25,7 @@ import re
 
 from django.conf import settings
 from django.urls import get_script_prefix, reverse
+from django.utils.encoding import iri_to_uri
 from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -38,7 +39,7 @@ from queues.api.throttling import (
     rate_limit_wait,
     rate_limited,
 )
-from queues.connections import get_connection, get_rq_queue, registered_script
+from queues.connections import get_connection, get_rq_queue, script_run
 from queues.constants import PRIORITY_ORDER, JobStatus, Priority
 from queues.definitions import registry
 from queues.fairness import fair_waiting_count
@@ -126,9 +127,10 @@ _ID_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 
 @functools.lru_cache(maxsize=64)
 def _job_detail_path(script_prefix: str) -> tuple[str, str]:
-    # The path around the id, reversed once per script prefix instead of once per submission.
+    # The path around the id, reversed (and quoted as build_absolute_uri quotes it) once per script prefix
+    # instead of once per submission.
     head, _, tail = reverse("job-detail", kwargs={"job_id": _ID_PLACEHOLDER}).partition(_ID_PLACEHOLDER)
-    return head, tail
+    return iri_to_uri(head), iri_to_uri(tail)
 
 
 def job_accepted_body(request, job, **extra) -> dict:
@@ -137,7 +139,9 @@ def job_accepted_body(request, job, **extra) -> dict:
         "ok": True,
         "jobId": str(job.id),
         "status": job.status,
-        "statusUrl": request.build_absolute_uri(f"{head}{job.id}{tail}"),
+        # request.build_absolute_uri() of the path, without parsing and quoting an absolute path with an id
+        # in it: the host is validated by get_host() as there.
+        "statusUrl": f"{request.scheme}://{request.get_host()}{head}{job.id}{tail}",
     }
     body.update(extra)
     return body
@@ -210,7 +214,7 @@ def _guard_in_one_script(request, *, queue: str, replay: bool) -> None:
         args += (limit, period_ms)
     conn = rate_limit_connection()
     try:
-        replies = registered_script(conn, _GUARD_SCRIPT)(keys=keys, args=args, client=conn)
+        replies = script_run(conn, _GUARD_SCRIPT, keys=keys, args=args)
     except (RedisError, OSError) as exc:
         logger.warning("submission refused: Redis did not answer the guard (%s: %s)", exc.__class__.__name__, exc)
         raise QueuesUnavailable(headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import logging
+import uuid
 import zlib
 from typing import Any
 
@@ -22,8 +23,8 @@ from rq.utils import now as rq_now
 from rq.utils import utcformat
 
 from queues import signals
-from queues.connections import get_rq_queue, get_rq_queue_by_name, registered_script
-from queues.constants import JobStatus, Priority
+from queues.connections import get_connection, get_rq_queue, get_rq_queue_by_name, script_run
+from queues.constants import JobStatus, Priority, rq_queue_name
 from queues.definitions import JobDefinition, registry
 from queues.fairness import fair_push_many
 from queues.logs import current_request_id
@@ -31,11 +32,13 @@ from queues.models import JobRecord
 from queues.services.fair import queue_is_fair
 from queues.tracing import job_trace_context_capture
 from slimy_site.exceptions import ApplicationError, ValidationFailed
+from slimy_site.tracing import tracing_active
 
 logger = logging.getLogger(__name__)
 
 
 RUNNER = "queues.runner.execute"
+_PRIORITIES = frozenset(Priority.values)
 IDEMPOTENCY_WINDOW = dt.timedelta(hours=24)
 MAX_DELAY = dt.timedelta(days=30)
 
@@ -98,13 +101,13 @@ def job_enqueue(
     instead (its `replayed` attribute is True); a different payload under the same key is a 422.
     """
     definition = job_definition_get(job_type)
-    if priority not in Priority.values:
+    if priority not in _PRIORITIES:
         raise ValidationFailed(details={"priority": [f"Must be one of {', '.join(Priority.values)}."]})
     try:
         clean = definition.validate(payload)
     except serializers.ValidationError as exc:
         raise ValidationFailed(details=exc.detail) from exc
-    scheduled_for = _scheduled_for(run_at, delay)
+    scheduled_for = _scheduled_for(run_at, delay) if run_at is not None or delay is not None else None
     fingerprint = payload_fingerprint(job_type, clean, priority) if idempotency_key else ""
 
     if idempotency_key:
@@ -113,10 +116,11 @@ def job_enqueue(
             return existing
 
     owner = owner if owner is not None and owner.is_authenticated else None
-    record = JobRecord(
+    record = _new_record(
+        id=uuid.uuid4(),
         job_type=job_type,
         queue=definition.queue,
-        owner=owner,
+        owner_id=owner.pk if owner is not None else None,
         payload=clean,
         priority=priority,
         max_attempts=definition.retry.max_attempts,
@@ -128,6 +132,8 @@ def job_enqueue(
         tenant=definition.tenant_of(clean, owner.pk if owner is not None else None),
         trace_context=job_trace_context_capture(),
     )
+    if owner is not None:
+        record._state.fields_cache["owner"] = owner  # as `owner=owner` leaves it: no query to read it back
     try:
         # A savepoint only inside a caller's transaction (to survive a duplicate key); on its own the
         # INSERT is atomic already, and BEGIN/COMMIT would be two more round trips per submission.
@@ -151,24 +157,73 @@ def job_enqueue(
 
 
 @functools.cache
+def _record_defaults() -> tuple[tuple[str, Any], ...]:
+    fresh = JobRecord()
+    return tuple((field.attname, getattr(fresh, field.attname)) for field in JobRecord._meta.concrete_fields)
+
+
+def _new_record(*, id, **values) -> JobRecord:
+    """`JobRecord(id=id, **values)` (by attribute name) as Django builds the rows it loads: every field by
+    position, the others at a fresh record's defaults (a dict default copied). Keyword arguments cost
+    three times as much."""
+    values["id"] = id
+    row: Any = [
+        values[name] if name in values else default.copy() if type(default) is dict else default
+        for name, default in _record_defaults()
+    ]
+    return JobRecord(*row)
+
+
+# The columns job_enqueue sets on a new record; every other column holds its default.
+_SET_PER_RECORD = frozenset(
+    (
+        "id", "job_type", "queue", "owner_id", "payload", "status", "priority", "max_attempts", "scheduled_for",
+        "created_at", "updated_at", "request_id", "idempotency_key", "idempotency_fingerprint", "tenant",
+        "trace_context",
+    )
+)  # fmt: skip
+
+
+@functools.cache
 def _insert_statement(vendor: str) -> tuple[str, tuple]:
-    fields = tuple(JobRecord._meta.concrete_fields)
-    qn = transaction.get_connection().ops.quote_name
-    columns = ", ".join(qn(field.column) for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {qn(JobRecord._meta.db_table)} ({columns}) VALUES ({placeholders})", fields
+    """The INSERT of a record made by job_enqueue, and the fields of its parameters.
+
+    Columns job_enqueue leaves at their default (NULL, '' or 0 on a new record) are written into the
+    statement; the others are parameters. A field whose database value differs from its Python one
+    (the JSON columns) is converted by the field, as the ORM converts it; the rest go as they are."""
+    connection = transaction.get_connection()
+    qn = connection.ops.quote_name
+    fresh = JobRecord()
+    columns, values, fields = [], [], []
+    for field in JobRecord._meta.concrete_fields:
+        columns.append(qn(field.column))
+        default = field.get_db_prep_save(getattr(fresh, field.attname), connection)
+        if field.attname not in _SET_PER_RECORD and (default is None or default == "" or isinstance(default, int)):
+            values.append("NULL" if default is None else "''" if default == "" else str(int(default)))
+            continue
+        values.append("%s")
+        converts = field.get_internal_type() == "JSONField"
+        fields.append((field.attname, field.get_db_prep_save if converts else None))
+    sql = f"INSERT INTO {qn(JobRecord._meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"
+    return sql, tuple(fields)
 
 
 def _record_insert(record: JobRecord) -> None:
     """`record.save(force_insert=True)` as one prepared statement: the ORM's compilation of the INSERT was
-    a sixth of a submission's CPU. Every column is written from the record, converted by its field as
-    the ORM converts it (the two timestamps set as `auto_now_add`/`auto_now` would set them); JobRecord
-    has no save() override and nothing listens to its save signals."""
+    a sixth of a submission's CPU. The record is one job_enqueue made (its other columns hold their
+    defaults); the two timestamps are set as `auto_now_add`/`auto_now` would set them. JobRecord has no
+    save() override and nothing listens to its save signals."""
     connection = transaction.get_connection()
     sql, fields = _insert_statement(connection.vendor)
     record.created_at = record.updated_at = timezone.now()
-    values = [field.get_db_prep_save(getattr(record, field.attname), connection) for field in fields]
-    with connection.cursor() as cursor:
+    values = [
+        getattr(record, attname) if convert is None else convert(getattr(record, attname), connection)
+        for attname, convert in fields
+    ]
+    # A prepared statement where the backend offers one (slimy_site.postgresql), except while tracing: the
+    # instrumented cursors are Django's own.
+    bound_cursor = getattr(connection, "bound_cursor", None)
+    with bound_cursor() if bound_cursor is not None and not tracing_active() else connection.cursor() as cursor:
         cursor.execute(sql, values)
     record._state.adding = False
     record._state.db = connection.alias
@@ -204,6 +259,18 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     definition = registry.get(job.job_type)
     timeout = definition.timeout if definition else 60
     ttl = (definition.result_ttl if definition else None) or settings.JOB_RESULT_TTL
+    scheduled = job.scheduled_for if job.scheduled_for and job.scheduled_for > timezone.now() else None
+    if scheduled is None and not queue_is_fair(job.queue):
+        # The common case, without building RQ's Queue object: the push script on cached keys.
+        _push_now(
+            rq_queue_name(job.queue, job.priority),
+            job_id=str(job.id),
+            job_type=job.job_type,
+            timeout=timeout,
+            ttl=ttl,
+            front=front,
+        )
+        return
     queue = get_rq_queue(job.queue, job.priority)
     options: dict[str, Any] = dict(
         job_id=str(job.id),
@@ -216,14 +283,12 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
     with queue.connection.pipeline() as pipe:
         # One round trip (one MULTI/EXEC) for enqueuing and forgetting a failed copy. The enqueue goes
         # first: RQ opens the transaction (MULTI) itself and refuses a pipeline with commands in it.
-        if job.scheduled_for and job.scheduled_for > timezone.now():
+        if scheduled is not None:
             # RQ's scheduler keeps whole seconds (truncated): round up so a job never starts early.
-            due = job.scheduled_for.replace(microsecond=0) + dt.timedelta(
-                seconds=1 if job.scheduled_for.microsecond else 0
-            )
+            due = scheduled.replace(microsecond=0) + dt.timedelta(seconds=1 if scheduled.microsecond else 0)
             queue.enqueue_at(due, RUNNER, str(job.id), pipeline=pipe, **options)
-        elif queue_is_fair(job.queue):
-            # The RQ job is written as `enqueue` would, but its id waits in its tenant's line.
+        else:
+            # A fair queue: the RQ job is written as `enqueue` would, but its id waits in its tenant's line.
             timeout = options.pop("job_timeout")
             rq_job = queue.create_job(RUNNER, args=(str(job.id),), timeout=timeout, **options)
             rq_job.enqueued_at = rq_now()
@@ -235,9 +300,6 @@ def job_push(*, job: JobRecord, front: bool = False) -> None:
                 items=[(job.priority, job.tenant, str(job.id))],
                 front=front,
             )
-        else:
-            _push_now(queue, job_id=str(job.id), options=options, front=front)
-            return
         queue.failed_job_registry.remove(str(job.id), pipeline=pipe)
         pipe.execute()
 
@@ -278,20 +340,24 @@ def _rq_job_template(queue_name: str, redis_url: str, job_type: str, timeout: in
     return fields, rq_job.serializer
 
 
-def _push_now(queue, *, job_id: str, options: dict, front: bool = False) -> None:
-    fields, serializer = _rq_job_template(
-        queue.name, settings.REDIS_URL, options["description"], options["job_timeout"], options["result_ttl"]
-    )
+@functools.lru_cache(maxsize=256)
+def _push_keys(rq_name: str, redis_url: str) -> tuple[str, str, str, Any]:
+    """The keys the push script of one RQ list writes (RQ's set of queues, the list, the failed
+    registry) and RQ's job class (the job hash's key), read once from RQ's own Queue."""
+    queue = get_rq_queue_by_name(rq_name)
+    return queue.redis_queues_keys, queue.key, queue.failed_job_registry.key, queue.job_class
+
+
+def _push_now(rq_name: str, *, job_id: str, job_type: str, timeout: int, ttl: int, front: bool = False) -> None:
+    queues_key, list_key, failed_key, job_class = _push_keys(rq_name, settings.REDIS_URL)
+    fields, serializer = _rq_job_template(rq_name, settings.REDIS_URL, job_type, timeout, ttl)
     fields = dict(fields)
     stamp = utcformat(rq_now())
     fields["created_at"] = fields["enqueued_at"] = stamp
     fields["data"] = zlib.compress(serializer.dumps((RUNNER, None, (job_id,), {})))
-    args: list[Any] = [queue.key, job_id, "1" if front else "0"]
+    args: list[Any] = [list_key, job_id, "1" if front else "0"]
     for name, value in fields.items():
         args += (name, value)
-    conn = queue.connection
-    registered_script(conn, _PUSH_SCRIPT)(
-        keys=[queue.redis_queues_keys, queue.key, queue.job_class.key_for(job_id), queue.failed_job_registry.key],
-        args=args,
-        client=conn,
+    script_run(
+        get_connection(), _PUSH_SCRIPT, keys=[queues_key, list_key, job_class.key_for(job_id), failed_key], args=args
     )

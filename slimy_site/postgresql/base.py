@@ -15,12 +15,26 @@ from __future__ import annotations
 
 import time
 
-from django.db.backends.postgresql import base
+from django.db.backends.postgresql import base, operations
 
 IDLE_CHECK_SECONDS = 1.0
 
 
+class DatabaseOperations(operations.DatabaseOperations):
+    def last_executed_query(self, cursor, sql, params):
+        # A statement of bound_cursor() (bound on the server, prepared) leaves no client-side query text:
+        # the query log shows it with its values composed in, as Django's own statements appear.
+        text = super().last_executed_query(cursor, sql, params)
+        if text is None and params is not None:
+            try:
+                return self.compose_sql(sql, params)
+            except (TypeError, ValueError):
+                return None
+        return text
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    ops_class = DatabaseOperations
     _slimy_last_housekeeping: float | None = None
 
     def close_if_unusable_or_obsolete(self) -> None:
@@ -31,3 +45,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
         last, self._slimy_last_housekeeping = self._slimy_last_housekeeping, now
         if self.connection is not None and last is not None and now - last < IDLE_CHECK_SECONDS:
             self.health_check_done = True
+
+    def get_new_connection(self, conn_params):
+        connection = super().get_new_connection(conn_params)
+        if (
+            connection.prepare_threshold is None
+            and self.settings_dict["OPTIONS"].get("server_side_binding") is not True
+        ):
+            # Statements run through bound_cursor() are prepared on their first run; Django's own cursors bind
+            # on the client and never prepare, whatever the threshold.
+            connection.prepare_threshold = 0
+        return connection
+
+    def bound_cursor(self):
+        """A cursor that binds its parameters on the server and prepares its statement once per session,
+        wrapped as Django wraps its own (errors, the query log), for one statement run on every request
+        (the ledger INSERT of a submission): PostgreSQL parses and plans it once per session, and psycopg
+        sends the values without quoting them into the SQL. Behind a pooler in transaction mode, the
+        pooler must keep prepared statements per client (PgBouncer 1.21+: max_prepared_statements)."""
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            cursor = self.Database.Cursor(self.connection)
+        # What BaseDatabaseWrapper.cursor() does with the cursor it creates.
+        self.validate_thread_sharing()
+        return self.make_debug_cursor(cursor) if self.queries_logged else self.make_cursor(cursor)
