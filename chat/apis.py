@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors
-from chat.jobs import UNCHECKED, TitleField, plain_title
+from chat.jobs import UNCHECKED, TitleField, plain_mode, plain_title
 from chat.models import MAX_CONTENT_LENGTH, MessageRole, PersonalityMode
 from chat.serializers import (
     ConversationOutputSerializer,
@@ -138,8 +138,8 @@ def _create_input_plain(data) -> dict | None:
             return None
         clean["title"] = title
     if "personalityMode" in data:
-        mode = data["personalityMode"]
-        if type(mode) is not str or mode not in PersonalityMode.values:
+        mode = plain_mode(data["personalityMode"])
+        if mode is UNCHECKED:
             return None
         clean["personalityMode"] = mode
     return clean
@@ -298,8 +298,8 @@ def _message_input_plain(data) -> dict | None:
         return None
     clean = {"conversationId": conversation_id, "role": role, "content": content}
     if "personalityMode" in data:
-        mode = data["personalityMode"]
-        if type(mode) is not str or mode not in PersonalityMode.values:
+        mode = plain_mode(data["personalityMode"])
+        if mode is UNCHECKED:
             return None
         clean["personalityMode"] = mode
     return clean

@@ -77,6 +77,11 @@ UNCHECKED = object()
 _PERSONALITY_MODES = frozenset(PersonalityMode.values)
 
 
+def plain_mode(value):
+    """A personality mode as its ChoiceField takes it, or UNCHECKED when the field must word the error."""
+    return value if type(value) is str and value in _PERSONALITY_MODES else UNCHECKED
+
+
 class CreateConversationJob(_DatabaseJob):
     name = "create_conversation"
     payload_serializer = CreateConversationPayload
@@ -88,8 +93,8 @@ class CreateConversationJob(_DatabaseJob):
         # errors are worded as before.
         if type(payload) is dict and payload.keys() <= {"title", "personality_mode"}:
             title = plain_title(payload.get("title"))
-            mode = payload.get("personality_mode", PersonalityMode.HELPFUL.value)
-            if title is not UNCHECKED and type(mode) is str and mode in _PERSONALITY_MODES:
+            mode = plain_mode(payload.get("personality_mode", PersonalityMode.HELPFUL.value))
+            if title is not UNCHECKED and mode is not UNCHECKED:
                 return {"title": title, "personality_mode": mode}
         return super().validate(payload)
 
