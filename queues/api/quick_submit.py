@@ -77,20 +77,21 @@ def quick_submit(view, request) -> HttpResponse | None:
     if len(credentials) != 2 or credentials[0].lower() != authenticator.keyword.lower():
         return None
     try:
-        user, token = authenticator.authenticate_credentials(credentials[1])
-        data = parser.parse(io.BytesIO(request.body), "application/json")
-    except APIException:
-        return None
-    request.user, request.auth = user, token  # as DRF's Request sets them (the access log reads the user)
-    if not all(permission.has_permission(request, view) for permission in view.get_permissions()):
-        return None
-    submission = view.quick_submission(request, data)
-    if submission is None:
-        return None
-    rate_limit_defer(request, scope=scope)  # charged in the guard's script, as DRF's throttle leaves it
-    try:
+        try:
+            user, token = authenticator.authenticate_credentials(credentials[1])
+            data = parser.parse(io.BytesIO(request.body), "application/json")
+        except APIException:
+            return None
+        request.user, request.auth = user, token  # as DRF's Request sets them (the access log reads the user)
+        if not all(permission.has_permission(request, view) for permission in view.get_permissions()):
+            return None
+        submission = view.quick_submission(request, data)
+        if submission is None:
+            return None
+        rate_limit_defer(request, scope=scope)  # charged in the guard's script, as DRF's throttle leaves it
         body = _accept(request, submission)
     except Exception as exc:  # noqa: BLE001 - as DRF's dispatch: every error answers through the API's handler
+        # (the database down while the role, the conversation or the record is read or written: a 503)
         response = api_exception_handler(exc, {"request": request, "view": view})
         answer = HttpResponse(
             JSONRenderer().render(response.data), status=response.status_code, content_type="application/json"

@@ -202,7 +202,9 @@ def _insert_statement(vendor: str) -> tuple[str, tuple]:
             values.append("NULL" if default is None else "''" if default == "" else str(int(default)))
             continue
         values.append("%s")
-        converts = field.get_internal_type() == "JSONField"
+        # psycopg adapts UUIDs and datetimes itself; other backends (SQLite, `make run`'s default) need the
+        # field's conversion for every column.
+        converts = field.get_internal_type() == "JSONField" or vendor != "postgresql"
         fields.append((field.attname, field.get_db_prep_save if converts else None))
     sql = f"INSERT INTO {qn(JobRecord._meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(values)})"
     return sql, tuple(fields)
