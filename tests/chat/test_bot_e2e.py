@@ -126,7 +126,10 @@ def test_cancel_then_retry_while_attempt_1_streams_records_only_attempt_2(fake_l
     assert fake_llm.holding.wait(30), runtime.output()
     job_cancel(job=JobRecord.objects.get(pk=job.pk))
     job_retry(job=JobRecord.objects.get(pk=job.pk))
-    wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="attempt 2 completes")
+    try:
+        wait_for(lambda: _status(job) == JobStatus.COMPLETED, timeout=30, message="attempt 2 completes")
+    except AssertionError as exc:  # once in CI (cause not found yet): keep the worker's account of it
+        raise AssertionError(f"{exc}; status {_status(job)}; worker output:\n{runtime.output()[-4000:]}") from None
     fake_llm.release()  # attempt 1's provider goes on, too late
     wait_for(
         lambda: AuditLog.objects.filter(action="chat_bot_interaction", resource_id=str(job.pk)).exists(),
