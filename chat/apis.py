@@ -125,6 +125,16 @@ def _create_payload(data: dict) -> dict:
     return payload
 
 
+def _with_plain_mode(data: dict, clean: dict) -> dict | None:
+    """`clean` with the body's personalityMode when plainly valid (None: the serializer words the error)."""
+    if "personalityMode" in data:
+        mode = plain_mode(data["personalityMode"])
+        if mode is UNCHECKED:
+            return None
+        clean["personalityMode"] = mode
+    return clean
+
+
 def _create_input_plain(data) -> dict | None:
     """What ConversationListCreateApi.InputSerializer makes of a plainly valid body, checked in plain code
     (a serializer per submission cost a tenth of its CPU); None when the body needs the serializer (which
@@ -137,12 +147,7 @@ def _create_input_plain(data) -> dict | None:
         if title is UNCHECKED:
             return None
         clean["title"] = title
-    if "personalityMode" in data:
-        mode = plain_mode(data["personalityMode"])
-        if mode is UNCHECKED:
-            return None
-        clean["personalityMode"] = mode
-    return clean
+    return _with_plain_mode(data, clean)
 
 
 class ConversationDetailApi(APIView):
@@ -297,12 +302,7 @@ def _message_input_plain(data) -> dict | None:
     if type(content) is not str or len(content) > MAX_CONTENT_LENGTH or not _NON_BLANK.search(content):
         return None
     clean = {"conversationId": conversation_id, "role": role, "content": content}
-    if "personalityMode" in data:
-        mode = plain_mode(data["personalityMode"])
-        if mode is UNCHECKED:
-            return None
-        clean["personalityMode"] = mode
-    return clean
+    return _with_plain_mode(data, clean)
 
 
 # --- Status of database jobs.
