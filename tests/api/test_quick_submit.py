@@ -2,7 +2,6 @@
 sends everything that is not plain to DRF before anything is charged or written."""
 
 import pytest
-from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.views import APIView
@@ -14,13 +13,6 @@ from tests.redis_server import free_port
 pytestmark = pytest.mark.django_db(transaction=True)
 
 URL = "/api/chat/conversations"
-
-
-@pytest.fixture
-def member(django_user_model):
-    user = django_user_model.objects.create_user(username="quick-m", password="pw-quick-m-1")
-    user.groups.add(Group.objects.get_or_create(name="member")[0])
-    return user
 
 
 @pytest.fixture
