@@ -109,13 +109,15 @@ def job_attempt_failed(
     return delay
 
 
-def job_recover_abandoned(*, job_id, reason: str, immediate: bool = False) -> str | None:
+def job_recover_abandoned(*, job_id, reason: str, immediate: bool = False, attempt: int | None = None) -> str | None:
     """A started job whose process died or gave it up: count the attempt and push it again (`immediate`:
-    due now, without the retry policy's back-off — for a dead worker's jobs).
+    due now, without the retry policy's back-off — for a dead worker's jobs). `attempt`: only if that attempt
+    is still the current one (a worker handing back its own attempt, never a newer one's).
 
     Returns the new status, or None when the record was not started (nothing to recover).
     """
-    job = JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED).first()
+    started = JobRecord.objects.filter(pk=job_id, status=JobStatus.STARTED)
+    job = (started if attempt is None else started.filter(attempts=attempt)).first()
     if job is None:
         return None
     delay = job_attempt_failed(

@@ -92,7 +92,9 @@ class Watchdog:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._running: dict[str, tuple[int, float, int]] = {}  # job id -> (thread ident, deadline, timeout)
+        # Keyed by thread: one thread runs one job at a time, while two attempts of one job (cancel + retry)
+        # may run at once in one process. thread ident -> (job id, deadline, timeout)
+        self._running: dict[int, tuple[str, float, int]] = {}
 
     @contextlib.contextmanager
     def limit(self, job_id: str, seconds: int):
@@ -100,23 +102,24 @@ class Watchdog:
         if seconds <= 0:
             yield
             return
+        ident = threading.get_ident()
         with self._lock:
-            self._running[job_id] = (threading.get_ident(), time.monotonic() + seconds, seconds)
+            self._running[ident] = (job_id, time.monotonic() + seconds, seconds)
         try:
             yield
         finally:
             # Under the lock: once removed, the job can no longer be interrupted (enforce holds it too).
             with self._lock:
-                self._running.pop(job_id, None)
+                self._running.pop(ident, None)
 
     def enforce(self) -> list[str]:
         now = time.monotonic()
         fired = []
         with self._lock:
-            for job_id, (ident, deadline, seconds) in list(self._running.items()):
+            for ident, (job_id, deadline, seconds) in list(self._running.items()):
                 if now <= deadline:
                     continue
-                del self._running[job_id]  # once per job
+                del self._running[ident]  # once per job
                 logger.warning("job %s exceeded its %s s timeout; interrupting its thread", job_id, seconds)
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(JobTimeoutException))
                 fired.append(job_id)

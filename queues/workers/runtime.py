@@ -169,7 +169,10 @@ class SlimyRuntimeWorker(SimpleWorker):
         self._fair_releases: set[asyncio.Task] = set()
         self._fair_pending: dict[str, list[str]] = {}  # released on the loop, sent together (one script call)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.inflight: dict[str, Inflight] = {}
+        self.inflight: dict[str, Inflight] = {}  # job id -> its attempt running here
+        # Attempts a newer attempt of the same job replaced in `inflight` while they still run (cancel +
+        # retry reached this process before the fence): id(item) -> item, until they end.
+        self.outdated: dict[int, Inflight] = {}
         self.inflight_lock = threading.Lock()
         self.watchdog = Watchdog()
         self.db_pool = DaemonPool(settings.WORKER_DB_THREADS, "slimy-db", on_exit=connections.close_all)
@@ -359,7 +362,8 @@ class SlimyRuntimeWorker(SimpleWorker):
                     # Empty only if every queue was polled: a lane's finished jobs leave `inflight` before
                     # their slots are given back (on this loop, a moment later), and a queue with no free
                     # slot was not looked at in this pass.
-                    done = not self.inflight and not any(lane.pending for lane in self.lanes.values())
+                    idle = not self.inflight and not self.outdated
+                    done = idle and not any(lane.pending for lane in self.lanes.values())
                     if done and len(polled) == len(active):
                         return
                     await self._sleep(0.02)
@@ -606,7 +610,9 @@ class SlimyRuntimeWorker(SimpleWorker):
     async def _drain(self) -> None:
         """Stopping: let jobs in flight finish within the grace, then hand back what still runs."""
         deadline = time.monotonic() + settings.WORKER_SHUTDOWN_GRACE
-        while (self.inflight or any(lane.pending for lane in self.lanes.values())) and not self.hand_back_now:
+        while (
+            self.inflight or self.outdated or any(lane.pending for lane in self.lanes.values())
+        ) and not self.hand_back_now:
             if time.monotonic() >= deadline:
                 break
             await self._sleep(0.05)
@@ -654,12 +660,28 @@ class SlimyRuntimeWorker(SimpleWorker):
     def track(self, job, queue: str) -> Inflight:
         item = Inflight(job_id=str(job.pk), queue=queue, attempt=job.attempts)
         with self.inflight_lock:
+            older = self.inflight.get(item.job_id)
             self.inflight[item.job_id] = item
+            if older is not None:
+                self.outdated[id(older)] = older
+        if older is not None and not older.recording:
+            # Only the newest attempt is current: the older one stops now, not at the fence's next pass
+            # (which only sees `inflight`), and must not release what the newer one holds (`untrack`).
+            logger.info("job %s: attempt %s is no longer current; stopping it", item.job_id, older.attempt)
+            older.superseded.set()
+            if older.task is not None:
+                self.loop.call_soon_threadsafe(older.task.cancel)
         return item
 
-    def untrack(self, job_id: str) -> None:
+    def untrack(self, item: Inflight) -> bool:
+        """The attempt ended. Returns whether it was its job's current one here: if a newer attempt of the
+        job replaced it, the job's fair slot and RQ copy are the newer attempt's, not to be released."""
         with self.inflight_lock:
-            self.inflight.pop(job_id, None)
+            if self.inflight.get(item.job_id) is item:
+                del self.inflight[item.job_id]
+                return True
+            self.outdated.pop(id(item), None)
+            return False
 
     # --- database work of async jobs: a small bounded pool
     async def db(self, fn, /, *args, **kwargs):
@@ -692,9 +714,9 @@ class SlimyRuntimeWorker(SimpleWorker):
             except Exception:
                 logger.exception("job %s: could not hand back", item.job_id)
         finally:
-            self.untrack(item.job_id)
-            self.release(item.queue, [item.job_id])
-            if not item.retried:  # a retry's RQ copy waits in the scheduled registry
+            current = self.untrack(item)
+            self.release(item.queue, [item.job_id] if current else [], slots=1)
+            if current and not item.retried:  # a retry's RQ copy waits in the scheduled registry
                 self.forget([item.job_id])
 
     async def _record(self, job, outcome: Outcome, item: Inflight) -> None:
@@ -818,11 +840,11 @@ def _db_call(fn, args, kwargs):
         raise
 
 
-def _hand_back(job_id: str, worker_name: str, reason: str, immediate: bool = False) -> None:
+def _hand_back(job_id: str, worker_name: str, reason: str, immediate: bool = False, attempt: int | None = None) -> None:
     from queues.services import job_recover_abandoned
 
     try:
-        job_recover_abandoned(job_id=job_id, reason=reason, immediate=immediate)
+        job_recover_abandoned(job_id=job_id, reason=reason, immediate=immediate, attempt=attempt)
     except DatabaseError:
         # Fault suite finding (scenario 8): with PostgreSQL down the failure cannot be recorded now;
         # the reconciler retries it once the database answers.
@@ -837,7 +859,7 @@ def _hand_back(job_id: str, worker_name: str, reason: str, immediate: bool = Fal
 
 def _hand_back_item(item: Inflight, worker_name: str, reason: str, immediate: bool = False) -> None:
     item.retried = True  # its RQ copy may wait in the scheduled registry now: it must not be forgotten
-    _hand_back(item.job_id, worker_name, reason, immediate)
+    _hand_back(item.job_id, worker_name, reason, immediate, attempt=item.attempt)
 
 
 def _hand_back_at_shutdown(item: Inflight, worker_name: str) -> None:
@@ -1140,12 +1162,14 @@ class Lane:
     def _finish(self, work: _InlineBatch) -> None:
         worker = self.worker
         recorded = {i.job_id for i in work.finished}
+        current = []
         for _, item in work.batch:
             if item.job_id not in recorded:  # a timeout landed between jobs: hand back what is left
                 _hand_back_item(item, worker.name, "job exceeded its timeout")
-            worker.untrack(item.job_id)
-        worker.release(self.queue, [item.job_id for _, item in work.batch], slots=1)  # the batch held one slot
-        self._forget([item.job_id for _, item in work.batch if item.job_id not in work.retried and not item.retried])
+            if worker.untrack(item):
+                current.append(item)
+        worker.release(self.queue, [item.job_id for item in current], slots=1)  # the batch held one slot
+        self._forget([item.job_id for item in current if item.job_id not in work.retried and not item.retried])
 
     def _run_blocking(self, job, item: Inflight) -> None:
         worker = self.worker
@@ -1174,9 +1198,9 @@ class Lane:
             logger.exception("job %s: unexpected error; handing it back", item.job_id)
             _hand_back_item(item, worker.name, f"unexpected error: {exc.__class__.__name__}")
         finally:
-            worker.untrack(item.job_id)
-            worker.release(self.queue, [item.job_id])
-            if not retried and not item.retried:  # a retry's RQ copy waits in the scheduled registry
+            current = worker.untrack(item)
+            worker.release(self.queue, [item.job_id] if current else [], slots=1)
+            if current and not retried and not item.retried:  # a retry's RQ copy waits in the scheduled registry
                 self._forget([item.job_id])
 
     def _forget(self, job_ids: list[str]) -> None:

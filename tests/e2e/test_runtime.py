@@ -204,6 +204,30 @@ def test_cancel_then_retry_while_attempt_1_runs_leaves_attempt_1_cancelled(tmp_p
     assert redis_conn.lrange("test:done:cr", 0, -1) == [str(record.attempts).encode()]
 
 
+def test_a_retry_started_before_the_fence_pass_stops_attempt_1(tmp_path, env, redis_conn):
+    """Cancel and retry in one commit: attempt 2 reaches the same process before the fence's next pass
+    could see attempt 1 as cancelled. Attempt 1 (a threaded job that learns of it only from the runtime)
+    must still be told to stop, not left to run to its end untracked."""
+    from django.db import transaction
+
+    job = job_enqueue(job_type="test_sleep", payload={"seconds": 4, "tag": "rr"})
+    worker = start_worker(tmp_path, env, ["chat"])
+    try:
+        wait_for(lambda: _started(redis_conn, "rr"), timeout=30, message="attempt 1 starts")
+        began = time.monotonic()
+        with transaction.atomic():
+            job_cancel(job=_record(job))
+            job_retry(job=_record(job))
+        wait_for(lambda: len(_started(redis_conn, "rr")) == 2, timeout=30, message="attempt 2 starts")
+        job_cancel(job=_record(job))
+        wait_for(lambda: _outcomes(job) == ["cancelled", "cancelled"], timeout=10, message="attempt 2 cancelled")
+        time.sleep(max(0.0, began + 5 - time.monotonic()))  # past the end attempt 1 would have reached
+        assert redis_conn.llen("test:done:rr") == 0, "attempt 1 ran to its end"
+    finally:
+        worker.stop()
+    assert not redis_conn.hgetall("slimy:fair:chat:held")  # no fair slot left behind
+
+
 def test_warm_shutdown_lets_jobs_in_flight_finish(tmp_path, env, redis_conn):
     jobs = [job_enqueue(job_type="test_async_sleep", payload={"seconds": 1.5, "tag": f"w{i}"}) for i in range(3)]
     worker = start_worker(tmp_path, env, ["chat"])
