@@ -109,7 +109,7 @@ class QueueSlots:
         return max(self.slots - self.busy, 0)
 
 
-@dataclass
+@dataclass(eq=False)  # one attempt running here: compared (and hashed) by identity, cheaply
 class Inflight:
     job_id: str
     queue: str
@@ -171,8 +171,8 @@ class SlimyRuntimeWorker(SimpleWorker):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.inflight: dict[str, Inflight] = {}  # job id -> its attempt running here
         # Attempts a newer attempt of the same job replaced in `inflight` while they still run (cancel +
-        # retry reached this process before the fence): id(item) -> item, until they end.
-        self.outdated: dict[int, Inflight] = {}
+        # retry reached this process before the fence), until they end.
+        self.outdated: set[Inflight] = set()
         self.inflight_lock = threading.Lock()
         self.watchdog = Watchdog()
         self.db_pool = DaemonPool(settings.WORKER_DB_THREADS, "slimy-db", on_exit=connections.close_all)
@@ -663,7 +663,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             older = self.inflight.get(item.job_id)
             self.inflight[item.job_id] = item
             if older is not None:
-                self.outdated[id(older)] = older
+                self.outdated.add(older)
         if older is not None and not older.recording:
             # Only the newest attempt is current: the older one stops now, not at the fence's next pass
             # (which only sees `inflight`), and must not release what the newer one holds (`untrack`).
@@ -680,7 +680,7 @@ class SlimyRuntimeWorker(SimpleWorker):
             if self.inflight.get(item.job_id) is item:
                 del self.inflight[item.job_id]
                 return True
-            self.outdated.pop(id(item), None)
+            self.outdated.discard(item)
             return False
 
     # --- database work of async jobs: a small bounded pool
@@ -1147,7 +1147,8 @@ class Lane:
             worker.count_outcomes(succeeded=len(done), failed=len(work.batch) - len(done))
             for job, outcome in work.completions:
                 runner.job_completed(job, outcome.duration, str(job.pk) in done)
-            work.finished.extend(item for _, item in work.batch if item not in work.finished)
+            finished = set(work.finished)
+            work.finished.extend(item for _, item in work.batch if item not in finished)
         except (DatabaseError, RedisError, OSError) as exc:
             logger.error("lane %s: outcomes not recorded (%s); handing the batch back", self.queue, exc)
             connections.close_all()
