@@ -12,6 +12,8 @@ SUSPECT_KEY = "slimy:worker:suspect:{}"  # when the reconciler first missed the 
 # the reconciler hands to the retry policy once PostgreSQL answers again.
 RECOVER_KEY = "slimy:recover"
 PAUSED_KEY = "slimy:queue:paused:{}"
+# Published (the queue's name) after a pause or resume: runtime workers re-read the paused keys at once.
+PAUSE_CHANNEL = "slimy:queue:paused-changed"
 # The dashboard contract: a hash per runtime process with `host`, `pid` and, per queue, `{queue}:busy` and
 # `{queue}:slots`; written on every heartbeat, expiring with the heartbeat TTL.
 SLOTS_KEY = "slimy:worker:slots:{}"

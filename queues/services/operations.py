@@ -19,7 +19,7 @@ from rq.job import Job
 from queues import signals
 from queues.connections import get_connection
 from queues.constants import FINAL_STATUSES, JobStatus, QueueName
-from queues.keys import paused_key
+from queues.keys import PAUSE_CHANNEL, paused_key
 from queues.models import JobAttempt, JobRecord
 from queues.services.enqueue import job_definition_get, job_enqueue, job_push_safely
 from queues.services.fair import fair_job_remove, queue_is_fair
@@ -127,18 +127,33 @@ def job_delete_from_redis(*, job: JobRecord, actor=None) -> JobRecord:
 
 
 def queue_pause(*, queue: str, actor=None, reason: str = "") -> None:
-    """Workers stop taking this queue's jobs (within about two seconds); submissions are still accepted."""
+    """Workers stop taking this queue's jobs (runtime workers at once, being told; the forking worker within
+    about two seconds); submissions are still accepted."""
     if queue not in QueueName.values:
         raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
     info = {"at": timezone.now().isoformat(), "by": getattr(actor, "username", "") or "", "reason": reason[:500]}
-    get_connection().set(paused_key(queue), json.dumps(info))
+    conn = get_connection()
+    conn.set(paused_key(queue), json.dumps(info))
+    _announce_pause_change(conn, queue)
 
 
 def queue_resume(*, queue: str, actor=None) -> bool:
     """Returns whether the queue was paused."""
     if queue not in QueueName.values:
         raise ValidationFailed(details={"queue": [f"Unknown queue {queue!r}."]})
-    return bool(get_connection().delete(paused_key(queue)))
+    conn = get_connection()
+    was_paused = bool(conn.delete(paused_key(queue)))
+    _announce_pause_change(conn, queue)
+    return was_paused
+
+
+def _announce_pause_change(conn, queue: str) -> None:
+    # The key is what counts (workers also re-read it every second); the message only makes runtime
+    # workers notice at once, so a job submitted right after a pause is not started.
+    try:
+        conn.publish(PAUSE_CHANNEL, queue)
+    except (RedisError, OSError):
+        logger.warning("could not announce the pause change of queue %s; workers notice within a second", queue)
 
 
 def job_retry_failed_of_type(*, job_type: str, actor=None, limit: int = 1000) -> list[JobRecord]:

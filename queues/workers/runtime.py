@@ -66,7 +66,7 @@ from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
 from queues.definitions import registry
 from queues.fairness import afair_pop_many, afair_release, fair_release, fair_wake_key
-from queues.keys import RECOVER_KEY, paused_key
+from queues.keys import PAUSE_CHANNEL, RECOVER_KEY, paused_key
 from queues.runner import Outcome, OutcomeKind
 from queues.services.batch import job_complete_batch, job_start_delivery
 from queues.workers.executors import DaemonPool, Watchdog
@@ -74,8 +74,9 @@ from queues.workers.liveness import Heartbeat, InProcessReconciler
 
 logger = logging.getLogger("queues.worker")
 
-BLOCK_SECONDS = 1  # longest blocking pop; a pause from the admin takes effect within it
+BLOCK_SECONDS = 1  # longest blocking pop (also how often the paused keys are re-read without an announcement)
 POP_READ_TIMEOUT = 60
+PAUSE_LISTEN_SECONDS = 30  # one wait for a pause announcement (shorter than POP_READ_TIMEOUT)
 PAUSE_RECHECK_SECONDS = 1
 FENCE_SECONDS = 0.25  # how often attempts in flight are checked against the ledger
 WATCHDOG_SECONDS = 0.1
@@ -285,6 +286,7 @@ class SlimyRuntimeWorker(SimpleWorker):
         guards = [
             asyncio.create_task(self._every(FENCE_SECONDS, self._check_fence)),
             asyncio.create_task(self._every(WATCHDOG_SECONDS, self._enforce_timeouts)),
+            asyncio.create_task(self._watch_pauses()),
         ]
         try:
             await self._dispatch(burst=burst, max_jobs=max_jobs, max_idle_time=max_idle_time)
@@ -410,6 +412,29 @@ class SlimyRuntimeWorker(SimpleWorker):
                 logger.warning("worker %s: could not read paused queues; keeping the last known set", self.name)
             self._paused_checked = time.monotonic()
         return self._paused
+
+    async def _watch_pauses(self) -> None:
+        """A pause or resume is announced (queue_pause, queue_resume): re-read the paused keys at once, so
+        that a job pushed right after a pause is put back, not started (without it: within a second)."""
+        wait = 1.0
+        while True:
+            pubsub = self.pop_conn.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(PAUSE_CHANNEL)
+                self._paused_checked = float("-inf")  # a change announced while (re)subscribing
+                wait = 1.0
+                while True:
+                    if await pubsub.get_message(timeout=PAUSE_LISTEN_SECONDS) is None:
+                        continue
+                    self._paused_checked = float("-inf")
+                    await self._paused_names()
+                    self._wake.set()
+            except (RedisError, OSError) as exc:
+                logger.warning("worker %s: not listening for pauses (%s); retrying in %.0f s", self.name, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 30)
+            finally:
+                await pubsub.aclose()
 
     def _wants(self, slots: QueueSlots) -> int:
         """How many ids to pop for this queue now (0: none).

@@ -10,7 +10,7 @@ import pytest
 
 from queues.constants import JobStatus, Priority
 from queues.output import output_read_all
-from queues.services import job_cancel, job_enqueue, job_retry
+from queues.services import job_cancel, job_enqueue, job_retry, queue_pause, queue_resume
 from tests.e2e.records import _outcomes, _record, _started, _status
 from tests.processes import process_env, start_worker, wait_for
 
@@ -75,6 +75,31 @@ def test_priorities_hold_inside_a_queue(tmp_path, env, redis_conn):
     assert worker.wait(60) == 0, worker.output()
     order = [t.decode() for t in redis_conn.lrange("test:order", 0, -1)]
     assert order == ["high-1", "high-2", "normal-1", "normal-2", "low-1", "low-2"]
+
+
+def test_a_job_submitted_right_after_a_pause_waits_until_resume(tmp_path, env, redis_conn):
+    """The pause is announced: an idle worker (in its blocking pop, its paused set read before the pause)
+    puts the job back instead of starting it, on a plain queue (audit) and a fair one (chat)."""
+    worker = start_worker(tmp_path, env, ["chat", "audit"])
+    try:
+        warm = job_enqueue(job_type="test_record", payload={"tag": "warm"})
+        wait_for(lambda: _status(warm) == JobStatus.COMPLETED, timeout=30, message="worker up")
+        time.sleep(0.3)  # back in its blocking pop
+        queue_pause(queue="audit")
+        queue_pause(queue="chat")
+        plain = job_enqueue(job_type="test_record", payload={"tag": "paused"})
+        fair = job_enqueue(job_type="test_async_sleep", payload={"seconds": 0, "tag": "paused-chat"})
+        time.sleep(2.5)  # past the worker's own periodic re-read: long enough for a missed pause to show
+        assert (_status(plain), _status(fair)) == (JobStatus.QUEUED, JobStatus.QUEUED)
+        assert not _started(redis_conn, "paused-chat")
+        queue_resume(queue="audit")
+        queue_resume(queue="chat")
+        wait_for(lambda: _status(plain) == _status(fair) == JobStatus.COMPLETED, timeout=30, message="resumed")
+    finally:
+        queue_resume(queue="audit")
+        queue_resume(queue="chat")
+        worker.stop()
+    assert [t.decode() for t in redis_conn.lrange("test:order", 0, -1)] == ["warm", "paused"]
 
 
 def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
