@@ -64,6 +64,7 @@ from rq.worker import WorkerStatus
 
 from queues import runner, signals
 from queues.constants import PRIORITY_ORDER, QueueName, base_queue_name, rq_queue_name
+from queues.context import StopFlag
 from queues.definitions import registry
 from queues.fairness import afair_pop_many, afair_release, fair_release, fair_wake_key
 from queues.keys import PAUSE_CHANNEL, RECOVER_KEY, paused_key
@@ -115,7 +116,7 @@ class Inflight:
     job_id: str
     queue: str
     attempt: int
-    superseded: threading.Event = field(default_factory=threading.Event)
+    superseded: StopFlag = field(default_factory=StopFlag)
     task: asyncio.Task | None = None
     handed_back: bool = False
     recording: bool = False  # its outcome is being recorded: the fence watcher leaves it alone

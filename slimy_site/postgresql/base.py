@@ -63,6 +63,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         (the ledger INSERT of a submission): PostgreSQL parses and plans it once per session, and psycopg
         sends the values without quoting them into the SQL. Behind a pooler in transaction mode, the
         pooler must keep prepared statements per client (PgBouncer 1.21+: max_prepared_statements)."""
+        # What BaseDatabaseWrapper._cursor() does first: a session found broken is replaced, not used.
+        self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:
             cursor = self.Database.Cursor(self.connection)
