@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 from django.db.backends.postgresql import base, operations
 
 IDLE_CHECK_SECONDS = 1.0
@@ -33,9 +34,18 @@ class DatabaseOperations(operations.DatabaseOperations):
         return text
 
 
+class _KeptCursor(psycopg.Cursor):
+    """bound_cursor()'s cursor, kept for its session: closing it after a statement (as Django's cursor
+    wrapper does on leaving `with`) leaves it open for the next; it goes with its session."""
+
+    def close(self) -> None:
+        pass
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
     ops_class = DatabaseOperations
     _slimy_last_housekeeping: float | None = None
+    _slimy_bound_cursor: _KeptCursor | None = None
 
     def close_if_unusable_or_obsolete(self) -> None:
         # Called at each request's start and end (and by the workers between jobs): the time between two
@@ -66,8 +76,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # What BaseDatabaseWrapper._cursor() does first: a session found broken is replaced, not used.
         self.close_if_health_check_failed()
         self.ensure_connection()
-        with self.wrap_database_errors:
-            cursor = self.Database.Cursor(self.connection)
+        cursor = self._slimy_bound_cursor
+        if cursor is None or cursor.connection is not self.connection:
+            # One per session, kept: psycopg keeps a cursor's adapters for the statement it ran last, so
+            # the next run of the same statement dumps its values without looking each type up again
+            # (and without building a cursor).
+            with self.wrap_database_errors:
+                cursor = self._slimy_bound_cursor = _KeptCursor(self.connection)
         # What BaseDatabaseWrapper.cursor() does with the cursor it creates.
         self.validate_thread_sharing()
         return self.make_debug_cursor(cursor) if self.queries_logged else self.make_cursor(cursor)

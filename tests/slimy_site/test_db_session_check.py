@@ -66,3 +66,16 @@ def test_a_session_unused_for_a_second_is_checked_and_replaced_when_broken(check
     _request_cycle()  # the check finds it broken: a new session answers, no error reaches the request
     assert checks
     assert connection.connection.info.backend_pid != old_pid
+
+
+def test_the_bound_cursor_is_kept_for_its_session_and_replaced_with_it():
+    def run():
+        with connection.bound_cursor() as cursor:
+            cursor.execute("SELECT %s::int", [1])
+            assert cursor.fetchone() == (1,)
+            return cursor.cursor
+
+    first = run()
+    assert run() is first and not first.closed  # left open on leaving `with`, for the next statement
+    connection.close()
+    assert run() is not first  # a new session, a new cursor
