@@ -14,6 +14,7 @@ made while the server goes down already does — and Django replaces it at the e
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 from django.db.backends.postgresql import base, operations
@@ -76,7 +77,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # What BaseDatabaseWrapper._cursor() does first: a session found broken is replaced, not used.
         self.close_if_health_check_failed()
         self.ensure_connection()
-        cursor = self._slimy_bound_cursor
+        cursor: Any = self._slimy_bound_cursor  # (django-stubs type make_cursor's argument as a wrapper)
         if cursor is None or cursor.connection is not self.connection:
             # One per session, kept: psycopg keeps a cursor's adapters for the statement it ran last, so
             # the next run of the same statement dumps its values without looking each type up again
