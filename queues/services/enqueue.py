@@ -134,14 +134,16 @@ def job_enqueue(
     )
     if owner is not None:
         record._state.fields_cache["owner"] = owner  # as `owner=owner` leaves it: no query to read it back
+    connection = transaction.get_connection()
+    in_transaction = connection.in_atomic_block
     try:
         # A savepoint only inside a caller's transaction (to survive a duplicate key); on its own the
         # INSERT is atomic already, and BEGIN/COMMIT would be two more round trips per submission.
-        if transaction.get_connection().in_atomic_block:
+        if in_transaction:
             with transaction.atomic():
-                _record_insert(record)
+                _record_insert(record, connection)
         else:
-            _record_insert(record)
+            _record_insert(record, connection)
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer with its job.
         existing = _idempotent_match(owner, idempotency_key, fingerprint) if idempotency_key else None
@@ -149,6 +151,11 @@ def job_enqueue(
             raise
         return existing
     record.replayed = False
+    if not in_transaction and connection.autocommit:
+        # Committed already (autocommit, the API's case): what on_commit would call at once, without it.
+        job_push_safely(record.pk, record=record)
+        signals.job_enqueued.send(sender=JobRecord, job=record)
+        return record
     # The record just written is what gets pushed: no need to read it back.
     transaction.on_commit(lambda: job_push_safely(record.pk, record=record))
     # Counted on commit: a rolled-back write enqueued nothing.
@@ -210,12 +217,11 @@ def _insert_statement(vendor: str) -> tuple[str, tuple]:
     return sql, tuple(fields)
 
 
-def _record_insert(record: JobRecord) -> None:
+def _record_insert(record: JobRecord, connection) -> None:
     """`record.save(force_insert=True)` as one prepared statement: the ORM's compilation of the INSERT was
     a sixth of a submission's CPU. The record is one job_enqueue made (its other columns hold their
     defaults); the two timestamps are set as `auto_now_add`/`auto_now` would set them. JobRecord has no
     save() override and nothing listens to its save signals."""
-    connection = transaction.get_connection()
     sql, fields = _insert_statement(connection.vendor)
     record.created_at = record.updated_at = timezone.now()
     values = [
