@@ -2,8 +2,8 @@
 
 from django.dispatch import Signal
 
-# job
-job_enqueued = Signal()
+# job (sent by JobRecord on every submission: its receivers are cached per sender)
+job_enqueued = Signal(use_caching=True)
 # job, wait (seconds from due time to start)
 job_started = Signal()
 # job, outcome ("completed" | "failed" | "retried" | "cancelled"), duration (seconds or None)

@@ -128,8 +128,17 @@ THROUGHPUT_WINDOW_SECONDS = 300
 
 
 # --- Hook receivers (connected in QueuesConfig.ready()).
+_enqueued_children: dict[tuple[str, str], Any] = {}
+
+
 def on_job_enqueued(sender, job, **kwargs) -> None:
-    JOBS_ENQUEUED.labels(job.queue, job.job_type).inc()
+    # Once per submission: the labelled child looked up once per (queue, type), not through labels() (its
+    # checks and lock) each time; JOBS_ENQUEUED's children are never removed.
+    key = (job.queue, job.job_type)
+    child = _enqueued_children.get(key)
+    if child is None:
+        child = _enqueued_children[key] = JOBS_ENQUEUED.labels(*key)
+    child.inc()
 
 
 def on_job_started(sender, job, wait=None, **kwargs) -> None:
