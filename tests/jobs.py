@@ -16,6 +16,13 @@ def _redis():
     return get_connection()
 
 
+def record_hook_process():
+    """A periodic hook (PERIODIC_HOOKS) noting which process ran it, against which database."""
+    from django.db import connection
+
+    _redis().rpush("test:hooks", f"{os.getpid()} {connection.settings_dict['NAME']}")
+
+
 class EchoPayload(serializers.Serializer):
     value = serializers.CharField(max_length=100)
     count = serializers.IntegerField(min_value=0, max_value=10, required=False, default=1)

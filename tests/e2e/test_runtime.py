@@ -102,6 +102,21 @@ def test_a_job_submitted_right_after_a_pause_waits_until_resume(tmp_path, env, r
     assert [t.decode() for t in redis_conn.lrange("test:order", 0, -1)] == ["warm", "paused"]
 
 
+def test_the_periodic_hooks_run_in_a_process_of_their_own_on_the_same_database(tmp_path, env, redis_conn):
+    """Heavy hooks (the audit chain's verification) must not hold the GIL the worker's pickups wait on."""
+    from django.db import connection
+
+    hooks = {"PERIODIC_HOOKS": "tests.jobs.record_hook_process", "PERIODIC_HOOKS_INTERVAL": "1"}
+    worker = start_worker(tmp_path, {**env, **hooks}, ["audit"])
+    try:
+        wait_for(lambda: redis_conn.llen("test:hooks") >= 2, timeout=30, message="two hook runs")
+    finally:
+        worker.stop()
+    runs = [entry.decode().split(" ") for entry in redis_conn.lrange("test:hooks", 0, -1)]
+    assert all(pid != str(worker.pid) for pid, _ in runs), (runs, worker.pid)
+    assert {name for _, name in runs} == {connection.settings_dict["NAME"]}
+
+
 def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
     jobs = [
         job_enqueue(job_type=t, payload={"seconds": 30})

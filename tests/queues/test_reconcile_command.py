@@ -16,6 +16,22 @@ def count_call():
     CALLS.append(1)
 
 
+def failing_hook():
+    raise RuntimeError("a hook's bug")
+
+
+def test_hooks_command_runs_every_hook_once_and_reports_failures(settings):
+    CALLS.clear()
+    settings.PERIODIC_HOOKS = [
+        "tests.queues.test_reconcile_command.failing_hook",
+        "tests.queues.test_reconcile_command.count_call",
+    ]
+    err = io.StringIO()
+    call_command("queues_hooks", stderr=err)
+    assert CALLS == [1]  # the failing hook did not stop the next one
+    assert "1 periodic hook(s) failed" in err.getvalue()
+
+
 def test_one_pass_reports_what_it_did(redis_conn):
     job_enqueue(job_type="test_echo", payload={"value": "x"})
     redis_conn.flushdb()
