@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import json
 
-import psycopg
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from psycopg import postgres
-from psycopg.pq import Format
 
 from queues.constants import DUE_TOLERANCE, WAITING_STATUSES, JobStatus
 from queues.models import JobAttempt, JobRecord
@@ -36,8 +33,6 @@ _FIELDS = JobRecord._meta.concrete_fields
 _COLUMNS = ", ".join(f'"{f.column}"' for f in _FIELDS)
 _ATTNAMES = [f.attname for f in _FIELDS]
 _CONVERTERS = [(i, f.from_db_value) for i, f in enumerate(_FIELDS) if hasattr(f, "from_db_value")]
-_TIMESTAMPTZ_OID = postgres.types["timestamptz"].oid
-_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
 
 
 def _started_ctes(which: str) -> str:
@@ -108,18 +103,13 @@ SELECT id FROM done
 """
 
 
-def _statement_cursor():
-    """For the two batch statements, run for every batch a worker starts and completes: bound on the server
-    and prepared once per session where the backend offers it (slimy_site.postgresql: no parameters quoted
-    into the SQL in Python, no planning per batch), and reading timestamps with psycopg's own C loader
-    (Django's replaces it with a Python one, a tenth of a worker's CPU on no-op jobs). Django's cursor
-    while tracing: the instrumented cursors are Django's own."""
+def statement_cursor(connection):
+    """The cursor for a statement run on every submission or batch: bound on the server and prepared once
+    per session where the backend offers it (slimy_site.postgresql's `bound_cursor()`: no parameters
+    quoted into the SQL in Python, no planning per run); Django's own cursor elsewhere and while tracing
+    (the instrumented cursors are Django's)."""
     bound_cursor = getattr(connection, "bound_cursor", None)
-    if bound_cursor is None or tracing_active():
-        return connection.cursor()
-    cursor = bound_cursor()
-    cursor.cursor.adapters.register_loader(_TIMESTAMPTZ_OID, _TIMESTAMPTZ_LOADER)
-    return cursor
+    return bound_cursor() if bound_cursor is not None and not tracing_active() else connection.cursor()
 
 
 def job_start_batch(*, job_ids: list[str], worker_name: str) -> list[JobRecord]:
@@ -151,7 +141,7 @@ def job_start_delivery(
         return [job for job in (_start_one(job_id=i, worker_name=worker_name) for i in job_ids) if job is not None], []
     now = timezone.now()
     limited = heavy_limit is not None and heavy_limit < len(job_ids)
-    with _statement_cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(
             START_SQL if limited else START_ALL_SQL,
             {
@@ -191,7 +181,7 @@ def job_complete_batch(*, outcomes: list[tuple[JobRecord, object]]) -> set[str]:
     if connection.vendor != "postgresql":
         return {str(job.pk) for job, result in outcomes if _complete_one(job=job, result=result)}
     now = timezone.now()
-    with _statement_cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(
             COMPLETE_SQL,
             [

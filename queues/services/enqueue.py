@@ -29,10 +29,10 @@ from queues.definitions import JobDefinition, registry
 from queues.fairness import fair_push_many
 from queues.logs import current_request_id
 from queues.models import JobRecord
+from queues.services.batch import statement_cursor
 from queues.services.fair import queue_is_fair
 from queues.tracing import job_trace_context_capture
 from slimy_site.exceptions import ApplicationError, ValidationFailed
-from slimy_site.tracing import tracing_active
 
 logger = logging.getLogger(__name__)
 
@@ -228,10 +228,7 @@ def _record_insert(record: JobRecord, connection) -> None:
         getattr(record, attname) if convert is None else convert(getattr(record, attname), connection)
         for attname, convert in fields
     ]
-    # A prepared statement where the backend offers one (slimy_site.postgresql), except while tracing: the
-    # instrumented cursors are Django's own.
-    bound_cursor = getattr(connection, "bound_cursor", None)
-    with bound_cursor() if bound_cursor is not None and not tracing_active() else connection.cursor() as cursor:
+    with statement_cursor(connection) as cursor:
         cursor.execute(sql, values)
     record._state.adding = False
     record._state.db = connection.alias

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from redis.exceptions import RedisError
 
 from queues import signals
@@ -150,8 +150,6 @@ class InProcessReconciler:
 def _hooks_child() -> subprocess.Popen:
     """`manage.py queues_hooks` with this process's settings and environment, its output beside ours; the
     reconciler looks at it again on its next passes (no second one while it runs), never waits for it."""
-    from django.db import connection
-
     env = dict(os.environ, REDIS_URL=settings.REDIS_URL)
     url = os.environ.get("DATABASE_URL")
     if url and connection.vendor == "postgresql":
