@@ -8,6 +8,7 @@ in `AppConfig.job_modules`, imported by `registry.load()` (lazily, never at impo
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -90,12 +91,13 @@ class JobDefinition:
             raise serializers.ValidationError({"payload": ["Must be a JSON object."]})
         if not payload and cls.payload_serializer is EmptyPayload:
             return {}  # nothing to check (and a serializer costs more than a short job itself)
-        serializer = cls.payload_serializer(data=payload)
-        serializer.is_valid(raise_exception=True)
+        serializer = _payload_validator(cls.payload_serializer)
+        # As is_valid() would, without a new serializer (and a deep copy of its fields) per payload.
+        data = serializer.run_validation(payload)
         unknown = sorted(set(payload) - set(serializer.fields))
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return _plain(serializer.validated_data)
+        return _plain(data)
 
     @classmethod
     def validate_stored(cls, payload: Any) -> dict:
@@ -126,6 +128,14 @@ class JobDefinition:
     @classmethod
     def is_async(cls) -> bool:
         return inspect.iscoroutinefunction(cls.run)
+
+
+@functools.cache
+def _payload_validator(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """One bound serializer per payload class, shared by every validation: run_validation keeps no state
+    on the instance (nested serializers are used the same way), and binding the fields costs more than
+    checking a short payload."""
+    return serializer_class()
 
 
 def _plain(data):

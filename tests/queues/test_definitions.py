@@ -33,6 +33,26 @@ def test_validate_rejects_non_objects():
         registry.get("test_echo").validate(["value"])
 
 
+def test_validation_from_many_threads_at_once_keeps_each_payload_its_own():
+    # One serializer validates every payload of a type (queues.definitions._payload_validator): threads
+    # validating different payloads at once must each get their own data back, and their own errors.
+    from concurrent.futures import ThreadPoolExecutor
+
+    definition = registry.get("test_echo")
+
+    def check(n):
+        for i in range(200):
+            value = f"{n}-{i}"
+            assert definition.validate({"value": value, "count": 1 + i % 3}) == {"value": value, "count": 1 + i % 3}
+            with pytest.raises(serializers.ValidationError) as err:
+                definition.validate({"value": value, "count": 99})
+            assert set(err.value.detail) == {"count"}
+
+    with ThreadPoolExecutor(8) as pool:
+        for outcome in [pool.submit(check, n) for n in range(8)]:
+            outcome.result()
+
+
 def test_registry_reports_duplicate_names(monkeypatch):
     fresh = Registry()
     monkeypatch.setattr("queues.definitions.registry", fresh)
