@@ -17,10 +17,11 @@ def _redis():
 
 
 def record_hook_process():
-    """A periodic hook (PERIODIC_HOOKS) noting which process ran it, against which database."""
+    """A periodic hook (PERIODIC_HOOKS) noting which process ran it, against which database, at which priority."""
     from django.db import connection
 
-    _redis().rpush("test:hooks", f"{os.getpid()} {connection.settings_dict['NAME']}")
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
+    _redis().rpush("test:hooks", f"{os.getpid()} {connection.settings_dict['NAME']} {priority}")
 
 
 class EchoPayload(serializers.Serializer):

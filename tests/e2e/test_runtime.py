@@ -103,7 +103,10 @@ def test_a_job_submitted_right_after_a_pause_waits_until_resume(tmp_path, env, r
 
 
 def test_the_periodic_hooks_run_in_a_process_of_their_own_on_the_same_database(tmp_path, env, redis_conn):
-    """Heavy hooks (the audit chain's verification) must not hold the GIL the worker's pickups wait on."""
+    """Heavy hooks (the audit chain's verification) must not hold the GIL the worker's pickups wait on,
+    nor compete with them for a core: their process runs at a lower priority than the worker."""
+    import os
+
     from django.db import connection
 
     hooks = {"PERIODIC_HOOKS": "tests.jobs.record_hook_process", "PERIODIC_HOOKS_INTERVAL": "1"}
@@ -113,8 +116,10 @@ def test_the_periodic_hooks_run_in_a_process_of_their_own_on_the_same_database(t
     finally:
         worker.stop()
     runs = [entry.decode().split(" ") for entry in redis_conn.lrange("test:hooks", 0, -1)]
-    assert all(pid != str(worker.pid) for pid, _ in runs), (runs, worker.pid)
-    assert {name for _, name in runs} == {connection.settings_dict["NAME"]}
+    assert all(pid != str(worker.pid) for pid, _, _ in runs), (runs, worker.pid)
+    assert {name for _, name, _ in runs} == {connection.settings_dict["NAME"]}
+    # The worker runs at this test's priority (it starts it); the hooks' child, lower (a higher nice value).
+    assert {int(priority) for _, _, priority in runs} == {min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)}
 
 
 def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
