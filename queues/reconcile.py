@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -131,12 +132,22 @@ def _recover_reported(report: ReconcileReport) -> None:
         conn.srem(RECOVER_KEY, entry)
 
 
+# The two look-ups every pass makes, in plain SQL: this runs every second inside a worker process, and
+# building the same ORM queries each time (~1.5 ms of the pass's ~2.2 ms of CPU) held the GIL the jobs'
+# pickups wait on (pickup p99 6-9 ms with it, ~5 without the pass).
+_STARTED_SQL = f"""
+SELECT id, worker_name FROM {JobRecord._meta.db_table}
+ WHERE status = %s AND worker_name <> '' ORDER BY created_at DESC LIMIT %s
+"""
+_ANY_WAITING_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM {JobRecord._meta.db_table} WHERE status = ANY(%s) AND updated_at < %s)
+"""
+
+
 def _recover_abandoned(report: ReconcileReport, confirm: float) -> None:
-    started = list(
-        JobRecord.objects.filter(status=JobStatus.STARTED)
-        .exclude(worker_name="")
-        .values_list("id", "worker_name")[:BATCH]
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_STARTED_SQL, [JobStatus.STARTED, BATCH])
+        started = cursor.fetchall()
     if not started:
         return
     dead = _dead_workers(sorted({name for _, name in started}), confirm)
@@ -237,6 +248,10 @@ def _redis_now(conn) -> float:
 
 
 def _requeue_lost(report: ReconcileReport, older_than: dt.datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(_ANY_WAITING_SQL, [sorted(str(s) for s in WAITING_STATUSES), older_than])
+        if not cursor.fetchone()[0]:
+            return  # the usual pass: nothing has waited that long, nothing to compare with Redis
     waiting = list(
         JobRecord.objects.filter(status__in=WAITING_STATUSES, updated_at__lt=older_than).order_by("created_at")[:BATCH]
     )
