@@ -191,6 +191,8 @@ PERIODIC_HOOKS = env.list(
     ],
 )
 PERIODIC_HOOKS_INTERVAL = env.int("PERIODIC_HOOKS_INTERVAL", default=300)
+# How long due hooks may wait for a pass in which the worker started no job (queues.workers.liveness).
+PERIODIC_HOOKS_DEFER_SECONDS = env.float("PERIODIC_HOOKS_DEFER_SECONDS", default=60)
 # Extra modules defining job types (tests use it for their own job types).
 EXTRA_JOB_MODULES = env.list("EXTRA_JOB_MODULES", default=[])
 QUEUE_MAX_BACKLOG = env.int("QUEUE_MAX_BACKLOG", default=10_000)

@@ -17,11 +17,14 @@ def _redis():
 
 
 def record_hook_process():
-    """A periodic hook (PERIODIC_HOOKS) noting which process ran it, against which database, at which priority."""
+    """A periodic hook (PERIODIC_HOOKS) noting which process ran it, against which database, at which priority,
+    started when."""
+    import psutil
     from django.db import connection
 
     priority = os.getpriority(os.PRIO_PROCESS, 0)
-    _redis().rpush("test:hooks", f"{os.getpid()} {connection.settings_dict['NAME']} {priority}")
+    started = psutil.Process().create_time()
+    _redis().rpush("test:hooks", f"{os.getpid()} {connection.settings_dict['NAME']} {priority} {started}")
 
 
 class EchoPayload(serializers.Serializer):

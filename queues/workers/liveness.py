@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
@@ -102,14 +103,22 @@ HOOKS_NICENESS = 10  # how much lower the periodic hooks' child runs than the wo
 
 
 class InProcessReconciler:
-    def __init__(self, connection, name: str):
+    def __init__(self, connection, name: str, activity: Callable[[], int] | None = None):
+        """`activity()`: a count that grows as this process starts jobs. While it grows, due hooks wait for a
+        quiet pass, up to PERIODIC_HOOKS_DEFER_SECONDS: starting their child (a Python and Django start-up,
+        mostly in the kernel) made the pickups of the next two seconds several milliseconds slower, even
+        at a lower priority."""
         self.connection = connection
         self.name = name
+        self.activity = activity
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self.hooks_child: subprocess.Popen | None = None
+        self._last_activity: int | None = None  # activity() at the previous pass
+        self._deferred_since: float | None = None
 
     def start(self) -> None:
+        self._last_activity = self.activity() if self.activity is not None else None
         self._thread = threading.Thread(target=self._main, name="slimy-reconciler", daemon=True)
         self._thread.start()
 
@@ -126,10 +135,12 @@ class InProcessReconciler:
                 if (
                     hooks
                     and hooks_idle
+                    and not self._defer_hooks()
                     and self.connection.set(
                         HOOKS_LOCK_KEY, self.name, nx=True, ex=max(int(settings.PERIODIC_HOOKS_INTERVAL), 1)
                     )
                 ):
+                    self._deferred_since = None
                     self.hooks_child = _hooks_child()
             except (RedisError, OSError, DatabaseError) as exc:
                 # Outages are what this loop exists for: keep going, the next pass catches up.
@@ -137,6 +148,22 @@ class InProcessReconciler:
                 close_old_connections()
             except Exception:  # a hook's bug must not end the process's reconciler
                 logger.exception("worker %s: reconcile pass failed", self.name)
+
+    def _defer_hooks(self) -> bool:
+        """Whether due hooks wait for a quiet pass: jobs started since the last pass, and they have not waited
+        PERIODIC_HOOKS_DEFER_SECONDS yet (the lock's absence says they are due, for every process)."""
+        if self.activity is None:
+            return False
+        seen, self._last_activity = self._last_activity, self.activity()
+        if seen == self._last_activity:
+            return False  # quiet
+        if self.connection.exists(HOOKS_LOCK_KEY):
+            self._deferred_since = None  # not due: another process ran them, or this one, lately
+            return False
+        now = time.monotonic()
+        if self._deferred_since is None:
+            self._deferred_since = now
+        return now - self._deferred_since < settings.PERIODIC_HOOKS_DEFER_SECONDS
 
     def stop(self) -> None:
         self.stop_event.set()

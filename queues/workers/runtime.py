@@ -229,7 +229,11 @@ class SlimyRuntimeWorker(SimpleWorker):
         self._release_due()
         heartbeat = Heartbeat(self, lambda: {n: (s.busy, s.slots) for n, s in self.slots.items()})
         heartbeat.start()
-        reconciler = InProcessReconciler(self.connection, self.name) if settings.WORKER_RECONCILER else None
+        reconciler = (
+            InProcessReconciler(self.connection, self.name, activity=lambda: self.started_jobs)
+            if settings.WORKER_RECONCILER
+            else None
+        )
         if reconciler:
             reconciler.start()
         try:

@@ -116,10 +116,63 @@ def test_the_periodic_hooks_run_in_a_process_of_their_own_on_the_same_database(t
     finally:
         worker.stop()
     runs = [entry.decode().split(" ") for entry in redis_conn.lrange("test:hooks", 0, -1)]
-    assert all(pid != str(worker.pid) for pid, _, _ in runs), (runs, worker.pid)
-    assert {name for _, name, _ in runs} == {connection.settings_dict["NAME"]}
+    assert all(pid != str(worker.pid) for pid, _, _, _ in runs), (runs, worker.pid)
+    assert {name for _, name, _, _ in runs} == {connection.settings_dict["NAME"]}
     # The worker runs at this test's priority (it starts it); the hooks' child, lower (a higher nice value).
-    assert {int(priority) for _, _, priority in runs} == {min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)}
+    assert {int(priority) for _, _, priority, _ in runs} == {min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)}
+
+
+def _hook_starts(redis_conn) -> list[float]:
+    """When each hooks child (tests.jobs.record_hook_process) was started."""
+    return [float(entry.decode().split(" ")[3]) for entry in redis_conn.lrange("test:hooks", 0, -1)]
+
+
+def _steady_traffic(until):
+    """A job started every ~50 ms while `until()` says go on; returns (first submission, last submission)."""
+    first = time.time()
+    while not until():
+        job_enqueue(job_type="test_record", payload={"tag": "traffic"})
+        time.sleep(0.05)
+    return first, time.time()
+
+
+def test_due_hooks_wait_while_the_worker_starts_jobs_and_run_once_it_is_quiet(tmp_path, env, redis_conn):
+    """Starting the hooks' child slowed the pickups around it: due hooks wait for a pass with no job started."""
+    hooks = {
+        "PERIODIC_HOOKS": "tests.jobs.record_hook_process",
+        "PERIODIC_HOOKS_INTERVAL": "1",
+        "PERIODIC_HOOKS_DEFER_SECONDS": "120",
+    }
+    worker = start_worker(tmp_path, {**env, **hooks}, ["audit"])
+    try:
+        wait_for(lambda: redis_conn.llen("test:hooks") >= 1, timeout=30, message="a hook run of the idle worker")
+        deadline = time.time() + 6
+        first, last = _steady_traffic(lambda: time.time() > deadline)
+        wait_for(lambda: max(_hook_starts(redis_conn)) > last, timeout=30, message="the hooks once quiet again")
+    finally:
+        worker.stop()
+    # Due every second, but none started while jobs kept starting (after the first pass that saw them).
+    during = [t for t in _hook_starts(redis_conn) if first + 1.5 < t < last]
+    assert during == [], (first, last, _hook_starts(redis_conn))
+
+
+def test_hooks_deferred_by_steady_traffic_still_run_within_the_bound(tmp_path, env, redis_conn):
+    hooks = {
+        "PERIODIC_HOOKS": "tests.jobs.record_hook_process",
+        "PERIODIC_HOOKS_INTERVAL": "1",
+        "PERIODIC_HOOKS_DEFER_SECONDS": "2",
+    }
+    worker = start_worker(tmp_path, {**env, **hooks}, ["audit"])
+    try:
+        wait_for(lambda: redis_conn.llen("test:hooks") >= 1, timeout=30, message="a hook run of the idle worker")
+        started = time.time()
+        give_up = started + 60
+        first, last = _steady_traffic(
+            lambda: time.time() > give_up or any(t > started + 1.5 for t in _hook_starts(redis_conn))
+        )
+    finally:
+        worker.stop()
+    assert any(first + 1.5 < t <= last for t in _hook_starts(redis_conn)), (first, last, _hook_starts(redis_conn))
 
 
 def test_hard_timeouts_stop_inline_threaded_and_async_jobs(tmp_path, env, redis_conn):
