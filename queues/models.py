@@ -22,8 +22,15 @@ class JobRecord(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     job_type = models.CharField(max_length=100)
     queue = models.CharField(max_length=32, choices=QueueName.choices)
+    # No index of its own: `job_owner_created` (owner, -created_at) serves every look-up by owner, and each
+    # index more is one more entry written by every submission and every status change.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        db_index=False,
     )
     payload = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
@@ -99,7 +106,8 @@ class JobAttempt(models.Model):
         CANCELLED = "cancelled", "cancelled"
         ABANDONED = "abandoned", "abandoned (worker died)"
 
-    job = models.ForeignKey(JobRecord, on_delete=models.CASCADE, related_name="attempt_history")
+    # Indexed by `job_attempt_number_unique` (job, number), which serves every look-up by job.
+    job = models.ForeignKey(JobRecord, on_delete=models.CASCADE, related_name="attempt_history", db_index=False)
     number = models.PositiveIntegerField()
     worker_name = models.CharField(max_length=255, blank=True, default="")
     started_at = models.DateTimeField()
