@@ -103,7 +103,7 @@ HOOKS_NICENESS = 10  # how much lower the periodic hooks' child runs than the wo
 
 
 class InProcessReconciler:
-    def __init__(self, connection, name: str, activity: Callable[[], int] | None = None):
+    def __init__(self, connection, name: str, activity: Callable[[], int]):
         """`activity()`: a count that grows as this process starts jobs. While it grows, due hooks wait for a
         quiet pass, up to PERIODIC_HOOKS_DEFER_SECONDS: starting their child (a Python and Django start-up,
         mostly in the kernel) made the pickups of the next two seconds several milliseconds slower, even
@@ -114,11 +114,11 @@ class InProcessReconciler:
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self.hooks_child: subprocess.Popen | None = None
-        self._last_activity: int | None = None  # activity() at the previous pass
+        self._last_activity = 0  # activity() at the previous pass
         self._deferred_since: float | None = None
 
     def start(self) -> None:
-        self._last_activity = self.activity() if self.activity is not None else None
+        self._last_activity = self.activity()
         self._thread = threading.Thread(target=self._main, name="slimy-reconciler", daemon=True)
         self._thread.start()
 
@@ -152,8 +152,6 @@ class InProcessReconciler:
     def _defer_hooks(self) -> bool:
         """Whether due hooks wait for a quiet pass: jobs started since the last pass, and they have not waited
         PERIODIC_HOOKS_DEFER_SECONDS yet (the lock's absence says they are due, for every process)."""
-        if self.activity is None:
-            return False
         seen, self._last_activity = self._last_activity, self.activity()
         if seen == self._last_activity:
             return False  # quiet

@@ -136,16 +136,27 @@ def _steady_traffic(until):
     return first, time.time()
 
 
-def test_due_hooks_wait_while_the_worker_starts_jobs_and_run_once_it_is_quiet(tmp_path, env, redis_conn):
-    """Starting the hooks' child slowed the pickups around it: due hooks wait for a pass with no job started."""
+def _start_hooks_worker(tmp_path, env, redis_conn, *, defer_seconds: int):
+    """An `audit` worker whose hooks (tests.jobs.record_hook_process) are due every second and wait up to
+    `defer_seconds` for a quiet pass; returned once its first, idle passes have run them."""
     hooks = {
         "PERIODIC_HOOKS": "tests.jobs.record_hook_process",
         "PERIODIC_HOOKS_INTERVAL": "1",
-        "PERIODIC_HOOKS_DEFER_SECONDS": "120",
+        "PERIODIC_HOOKS_DEFER_SECONDS": str(defer_seconds),
     }
     worker = start_worker(tmp_path, {**env, **hooks}, ["audit"])
     try:
         wait_for(lambda: redis_conn.llen("test:hooks") >= 1, timeout=30, message="a hook run of the idle worker")
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def test_due_hooks_wait_while_the_worker_starts_jobs_and_run_once_it_is_quiet(tmp_path, env, redis_conn):
+    """Starting the hooks' child slowed the pickups around it: due hooks wait for a pass with no job started."""
+    worker = _start_hooks_worker(tmp_path, env, redis_conn, defer_seconds=120)
+    try:
         deadline = time.time() + 6
         first, last = _steady_traffic(lambda: time.time() > deadline)
         wait_for(lambda: max(_hook_starts(redis_conn)) > last, timeout=30, message="the hooks once quiet again")
@@ -157,14 +168,8 @@ def test_due_hooks_wait_while_the_worker_starts_jobs_and_run_once_it_is_quiet(tm
 
 
 def test_hooks_deferred_by_steady_traffic_still_run_within_the_bound(tmp_path, env, redis_conn):
-    hooks = {
-        "PERIODIC_HOOKS": "tests.jobs.record_hook_process",
-        "PERIODIC_HOOKS_INTERVAL": "1",
-        "PERIODIC_HOOKS_DEFER_SECONDS": "2",
-    }
-    worker = start_worker(tmp_path, {**env, **hooks}, ["audit"])
+    worker = _start_hooks_worker(tmp_path, env, redis_conn, defer_seconds=2)
     try:
-        wait_for(lambda: redis_conn.llen("test:hooks") >= 1, timeout=30, message="a hook run of the idle worker")
         started = time.time()
         give_up = started + 60
         first, last = _steady_traffic(
